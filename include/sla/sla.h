@@ -1,0 +1,110 @@
+// The public C++ API of SLA (Sparse-Linear Attention, arXiv 2509.24006). SPEC.md is the contract.
+//
+// Shape of a call, CUTLASS-adapter style: the caller owns every buffer. Ask for the workspace size, hand in the
+// workspace and a stream, get a Status back. The library never allocates device memory, never synchronises the
+// device, never prints and never exits. The backend (CPU or CUDA) follows from the tensors' `device`.
+//
+// Layout: Q, K, V, O and their gradients are always described with the logical shape (B, H, L, D); any element
+// strides are accepted as long as the last dimension is contiguous, so (B,H,L,D) and (B,L,H,D) memory both work
+// without copies (for (B,L,H,D) memory pass shape {B,H,L,D} with strides {L*H*D, D, H*D, 1}).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "sla/config.h"
+#include "sla/types.h"
+
+namespace sla {
+
+// Sizes of the block map of a problem.
+struct BlockMapShape {
+  int64_t batch = 0, heads = 0;
+  int64_t q_blocks = 0;    // Nq = ceil(Lq / bq)
+  int64_t k_blocks = 0;    // Nk = ceil(Lk / bk)
+  int64_t critical = 0;    // T  = clamp(floor(topk * Nk), 1, Nk): LUT entries per query block
+  int64_t negligible = 0;  // Tn = min(floor(k_l * Nk), Nk - T): negligible entries per query block (0 for global)
+};
+
+Status block_map_shape(int64_t batch, int64_t heads, int64_t lq, int64_t lk, const Config& cfg, BlockMapShape* out);
+
+// The block map (SPEC.md section 1). All tables are int32, contiguous, on the device of Q.
+// Row (b,h,i) of `lut` holds count[b,h,i] <= T sorted, distinct key-block indices; entries past the count are
+// unused. The inverse tables are compressed rows per (b,h): the query blocks i that hold key block j in their
+// critical set are inv_index[b,h, inv_offset[b,h,j] : inv_offset[b,h,j+1]], in ascending i.
+struct BlockMap {
+  TensorView lut;         // (B, H, Nq, T)
+  TensorView count;       // (B, H, Nq)
+  TensorView negl_lut;    // (B, H, Nq, Tn); absent when Tn == 0
+  TensorView negl_count;  // (B, H, Nq);     absent when Tn == 0
+  TensorView inv_offset;  // (B, H, Nk + 1)  backward only
+  TensorView inv_index;   // (B, H, Nq * T)  backward only
+  TensorView negl_inv_offset;  // (B, H, Nk + 1)   backward only, absent when Tn == 0
+  TensorView negl_inv_index;   // (B, H, Nq * Tn)  backward only, absent when Tn == 0
+};
+
+// Execution context. `stream` is a cudaStream_t for the CUDA backend (nullptr = legacy default stream) and is
+// ignored on the CPU. `num_threads` is for the CPU backend only (0 = all hardware threads).
+struct Exec {
+  void* stream = nullptr;
+  void* workspace = nullptr;
+  std::size_t workspace_bytes = 0;
+  int num_threads = 0;
+};
+
+// Predicts the block map from Q and K: smooth-K, mean pooling, scores, top-T per row (ties to the lower index),
+// the negligible set (complement variant with k_l > 0), and the inverse tables when their views are present.
+Status predict_block_map_workspace_size(const TensorView& q, const TensorView& k, const Config& cfg,
+                                        std::size_t* bytes);
+Status predict_block_map(const TensorView& q, const TensorView& k, const Config& cfg, const BlockMap& map,
+                         const Exec& exec);
+
+// Fills map.inv_* (and map.negl_inv_* when present) from map.lut/count (and negl_*): for a caller-supplied LUT.
+// Needs no workspace.
+Status invert_block_map(const BlockMap& map, const Exec& exec);
+
+// Forward pass (SPEC.md sections 2-4): O = O_s + O_l W^T + b.
+// The accumulation type `acc` is f64 for f64 inputs and f32 otherwise.
+struct ForwardArgs {
+  TensorView q;            // (B, H, Lq, D)
+  TensorView k;            // (B, H, Lk, D)
+  TensorView v;            // (B, H, Lk, Dv)
+  TensorView proj_weight;  // optional (Dv, Dv), acc dtype, contiguous; absent means W = 0
+  TensorView proj_bias;    // optional (Dv), acc dtype; absent means b = 0
+  BlockMap map;            // lut/count (and negl_* for the complement variant) are read
+  TensorView o;            // out (B, H, Lq, Dv), dtype of q
+  // Saved for the backward pass; all four may be absent together for inference.
+  TensorView lse;          // out (B, H, Lq) acc, contiguous: natural-log LSE of the sparse branch's scaled scores
+  TensorView o_lin;        // out (B, H, Lq, Dv) acc, contiguous: O_l before the projection
+  TensorView lin_h;        // out (B, H, D, Dv) acc, contiguous: H = sum over all keys of phi(k)^T v
+  TensorView lin_z;        // out (B, H, D) acc, contiguous: z = sum over all keys of phi(k)
+};
+
+Status forward_workspace_size(const ForwardArgs& args, const Config& cfg, std::size_t* bytes);
+Status forward(const ForwardArgs& args, const Config& cfg, const Exec& exec);
+
+// Backward pass (SPEC.md section 5). Inputs as in forward plus the forward's outputs; the block map must
+// include the inverse tables.
+struct BackwardArgs {
+  TensorView q, k, v;          // as in ForwardArgs
+  TensorView proj_weight;      // optional, as in ForwardArgs
+  TensorView proj_bias;        // optional, as in ForwardArgs
+  BlockMap map;
+  TensorView o;                // forward output (B, H, Lq, Dv)
+  TensorView d_o;              // gradient of O, (B, H, Lq, Dv), dtype of q
+  TensorView lse, o_lin, lin_h, lin_z;  // saved by forward
+  TensorView dq, dk, dv;       // out, shapes and dtype of q, k, v
+  TensorView d_proj_weight;    // out (Dv, Dv) acc; optional (absent: not computed)
+  TensorView d_proj_bias;      // out (Dv) acc;     optional
+};
+
+Status backward_workspace_size(const BackwardArgs& args, const Config& cfg, std::size_t* bytes);
+Status backward(const BackwardArgs& args, const Config& cfg, const Exec& exec);
+
+// True when this build has the CUDA backend and a CUDA device is present.
+bool cuda_available();
+// One line: version, backends compiled in, CUDA archs, head dims and dtypes built.
+std::string build_info();
+
+}  // namespace sla
