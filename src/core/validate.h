@@ -1,0 +1,60 @@
+// Argument checking shared by every backend. api.cpp calls one validate_* function per public entry point; on
+// success it has filled a Problem (backend.h) and the backend may assume everything listed below holds.
+//
+// What is checked: ranks, shapes, dtypes, devices, null pointers, strides (contiguous last dim, every stride >= 1,
+// no int64 overflow of any size or address computation), presence of optional inputs, the Config ranges and the
+// Exec workspace. Every failure names the argument and the expected value.
+//
+// What is NOT checked, on purpose:
+// - NaN/Inf in tensor data. Reading device memory would need a synchronisation; such values propagate to the
+//   outputs (never a hang or a crash).
+// - The contents of a caller-supplied LUT (sorted, distinct, in range): the data may live on the device. Backends
+//   clamp counts to T and never index past Nk.
+// - Aliasing between inputs and outputs.
+#pragma once
+
+#include <cstddef>
+
+#include "core/backend.h"
+#include "sla/sla.h"
+
+#ifndef SLA_RETURN_IF_ERROR
+#define SLA_RETURN_IF_ERROR(expr)              \
+  do {                                         \
+    ::sla::Status sla_status_ = (expr);        \
+    if (!sla_status_.ok()) return sla_status_; \
+  } while (0)
+#endif
+
+namespace sla {
+
+// Largest head dim (D and Dv) any backend accepts; the CUDA backend restricts further in check_supported.
+constexpr int64_t kMaxHeadDim = 1024;
+
+// Block sizes the API accepts; the CUDA backend supports a subset and says so itself.
+bool is_allowed_block_size(int block);
+
+// Config ranges (SPEC.md section 6). NaN anywhere is an error.
+Status validate_config(const Config& cfg);
+
+// The block-map sizes of SPEC.md section 1 for a validated cfg and sizes >= 1 (no checks here).
+BlockMapShape resolve_block_map_shape(int64_t batch, int64_t heads, int64_t lq, int64_t lk, const Config& cfg);
+
+// Problem fields each call fills (the rest keep their defaults):
+// - predict: batch, heads, lq, lk, d, dtype, acc, device, scale, map (dv = 0: V is not an argument);
+// - invert: batch, heads, device, map (sizes read from the tables; lq, lk, d, dv = 0);
+// - forward/backward: everything; backward sets save_for_backward = true (the saved tensors are inputs there).
+
+// predict_block_map_workspace_size: q, k and cfg only (no map yet).
+Status validate_predict_inputs(const TensorView& q, const TensorView& k, const Config& cfg, Problem* problem);
+// predict_block_map: as above, plus the output map (lut/count, negl_* iff Tn > 0, inv_* optional).
+Status validate_predict(const TensorView& q, const TensorView& k, const Config& cfg, const BlockMap& map,
+                        Problem* problem);
+// invert_block_map: the sizes come from the map itself; inv_offset/inv_index are required outputs.
+Status validate_invert(const BlockMap& map, Problem* problem);
+Status validate_forward(const ForwardArgs& args, const Config& cfg, Problem* problem);
+Status validate_backward(const BackwardArgs& args, const Config& cfg, Problem* problem);
+// Checks the caller's workspace against the backend's need (StatusCode::workspace_too_small names the bytes).
+Status validate_exec(const Exec& exec, std::size_t needed_workspace);
+
+}  // namespace sla
