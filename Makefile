@@ -29,7 +29,7 @@ bench: build
 test: test-cpp test-python
 
 test-cpp: build
-	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+	ctest --test-dir $(BUILD) --output-on-failure --no-tests=error -j $(JOBS)
 
 # The Python package is built CPU-only unless SLA_PY_CUDA=1: compiling every CUDA kernel a second time is slow on
 # small machines, and CI has no GPU to run them.
