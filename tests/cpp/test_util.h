@@ -1,0 +1,644 @@
+// Shared helpers of the C++ tests: host tensors of any dtype and strides, seeded random inputs, buffers for the
+// block map and the saved forward state, thin wrappers over the public API, and naive dense fp64 references.
+//
+// The references (namespace sla_test::ref) are written from SPEC.md directly, on dense (B, H, L, D) row-major
+// double arrays, with token-level masks and whole-matrix formulas: they share no code with src/cpu or src/cuda.
+// (HostTensor does use cpu/half_float.h to store bf16/fp16 values; that header is tested exhaustively against the
+// compiler's _Float16 and a brute-force nearest search in test_cpu_half_float.cpp.)
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cpu/half_float.h"
+#include "sla/sla.h"
+
+namespace sla_test {
+
+using sla::DType;
+
+// ------------------------------------------------------------------------------------------------------------------
+// Seeds and random numbers
+
+// A seed derived from the running test's full name: every test gets its own inputs, reproducibly.
+inline uint64_t seed_for_current_test(uint64_t salt = 0) {
+  const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string name = info ? std::string(info->test_suite_name()) + "." + info->name() : "no-test";
+  uint64_t h = 1469598103934665603ull ^ salt;  // FNV-1a
+  for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Host tensors
+
+// An owning host tensor with any element strides; storage may be larger than the logical extent (padding).
+class HostTensor {
+ public:
+  DType dtype = DType::f64;
+  std::vector<int64_t> shape, stride;
+  std::vector<unsigned char> bytes;
+
+  HostTensor() = default;
+
+  static HostTensor contiguous(DType dt, std::vector<int64_t> shape) {
+    std::vector<int64_t> stride(shape.size());
+    int64_t s = 1;
+    for (int64_t i = static_cast<int64_t>(shape.size()) - 1; i >= 0; --i) {
+      stride[i] = s;
+      s *= shape[i];
+    }
+    return strided(dt, std::move(shape), std::move(stride));
+  }
+
+  // `extra` elements of padding are appended after the last logical element.
+  static HostTensor strided(DType dt, std::vector<int64_t> shape, std::vector<int64_t> stride, int64_t extra = 0) {
+    HostTensor t;
+    t.dtype = dt;
+    t.shape = std::move(shape);
+    t.stride = std::move(stride);
+    int64_t last = 0;
+    bool empty = false;
+    for (size_t i = 0; i < t.shape.size(); ++i) {
+      if (t.shape[i] == 0) empty = true;
+      last += (t.shape[i] - 1) * t.stride[i];
+    }
+    const int64_t elems = (empty ? 0 : last + 1) + extra;
+    t.bytes.assign(static_cast<size_t>(elems) * sla::dtype_size(dt), 0);
+    return t;
+  }
+
+  bool empty() const { return bytes.empty() && shape.empty(); }
+  int64_t storage_elems() const { return static_cast<int64_t>(bytes.size() / sla::dtype_size(dtype)); }
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    return n;
+  }
+
+  sla::TensorView view() const {
+    sla::TensorView v;
+    if (shape.empty() && bytes.empty()) return v;  // absent
+    v.data = const_cast<unsigned char*>(bytes.data());
+    v.dtype = dtype;
+    v.ndim = static_cast<int>(shape.size());
+    for (int i = 0; i < v.ndim; ++i) {
+      v.shape[i] = shape[i];
+      v.stride[i] = stride[i];
+    }
+    return v;
+  }
+
+  double get_raw(int64_t off) const {
+    const unsigned char* p = bytes.data();
+    switch (dtype) {
+      case DType::f64: { double x; std::memcpy(&x, p + off * 8, 8); return x; }
+      case DType::f32: { float x; std::memcpy(&x, p + off * 4, 4); return x; }
+      case DType::i32: { int32_t x; std::memcpy(&x, p + off * 4, 4); return x; }
+      case DType::bf16: { sla::cpu::bf16 x; std::memcpy(&x, p + off * 2, 2); return sla::cpu::to_float(x); }
+      case DType::f16: { sla::cpu::f16 x; std::memcpy(&x, p + off * 2, 2); return sla::cpu::to_float(x); }
+    }
+    return 0;
+  }
+
+  void set_raw(int64_t off, double value) {
+    unsigned char* p = bytes.data();
+    switch (dtype) {
+      case DType::f64: std::memcpy(p + off * 8, &value, 8); break;
+      case DType::f32: { float x = static_cast<float>(value); std::memcpy(p + off * 4, &x, 4); break; }
+      case DType::i32: { int32_t x = static_cast<int32_t>(value); std::memcpy(p + off * 4, &x, 4); break; }
+      case DType::bf16: {
+        sla::cpu::bf16 x = sla::cpu::to_bf16(static_cast<float>(value));
+        std::memcpy(p + off * 2, &x, 2);
+        break;
+      }
+      case DType::f16: {
+        sla::cpu::f16 x = sla::cpu::to_f16(static_cast<float>(value));
+        std::memcpy(p + off * 2, &x, 2);
+        break;
+      }
+    }
+  }
+
+  int64_t offset_of_linear(int64_t linear) const {
+    int64_t off = 0;
+    for (int64_t i = static_cast<int64_t>(shape.size()) - 1; i >= 0; --i) {
+      off += (linear % shape[i]) * stride[i];
+      linear /= shape[i];
+    }
+    return off;
+  }
+
+  int64_t offset(std::initializer_list<int64_t> idx) const {
+    int64_t off = 0, i = 0;
+    for (int64_t x : idx) off += x * stride[i++];
+    return off;
+  }
+  double get(std::initializer_list<int64_t> idx) const { return get_raw(offset(idx)); }
+  void set(std::initializer_list<int64_t> idx, double value) { set_raw(offset(idx), value); }
+
+  // Logical values in row-major order of `shape`.
+  std::vector<double> logical() const {
+    std::vector<double> out(static_cast<size_t>(numel()));
+    for (int64_t l = 0; l < numel(); ++l) out[l] = get_raw(offset_of_linear(l));
+    return out;
+  }
+  void set_logical(const std::vector<double>& values) {
+    for (int64_t l = 0; l < numel(); ++l) set_raw(offset_of_linear(l), values[l]);
+  }
+  // Every element of the storage, padding included.
+  void fill_storage(double value) {
+    for (int64_t e = 0; e < storage_elems(); ++e) set_raw(e, value);
+  }
+  // Storage offsets that are not part of the logical tensor.
+  std::vector<int64_t> padding_offsets() const {
+    std::vector<char> used(static_cast<size_t>(storage_elems()), 0);
+    for (int64_t l = 0; l < numel(); ++l) used[offset_of_linear(l)] = 1;
+    std::vector<int64_t> out;
+    for (int64_t e = 0; e < storage_elems(); ++e) {
+      if (!used[e]) out.push_back(e);
+    }
+    return out;
+  }
+};
+
+// Fills the logical elements with uniform values in [lo, hi), rounded to the tensor's dtype.
+inline void fill_uniform(HostTensor& t, std::mt19937_64& rng, double lo = -1.0, double hi = 1.0) {
+  std::uniform_real_distribution<double> dist(lo, hi);
+  for (int64_t l = 0; l < t.numel(); ++l) t.set_raw(t.offset_of_linear(l), dist(rng));
+}
+
+// Memory layout of a (B, H, L, D) tensor.
+enum class Layout { bhld, blhd };
+
+// A (B, H, L, D) tensor in `layout`; `row_pad` extra elements per row and `extra_rows` extra rows of padding at the
+// end of the storage (used to check that nothing outside the logical tensor is written).
+inline HostTensor make_bhld(DType dt, int64_t b, int64_t h, int64_t l, int64_t d, Layout layout = Layout::bhld,
+                            int64_t row_pad = 0, int64_t extra_rows = 0) {
+  const int64_t ld = d + row_pad;
+  std::vector<int64_t> stride = layout == Layout::bhld ? std::vector<int64_t>{h * l * ld, l * ld, ld, 1}
+                                                       : std::vector<int64_t>{l * h * ld, ld, h * ld, 1};
+  return HostTensor::strided(dt, {b, h, l, d}, stride, extra_rows * ld + row_pad);
+}
+
+inline sla::DType acc_dtype(sla::DType input) { return input == DType::f64 ? DType::f64 : DType::f32; }
+
+// ------------------------------------------------------------------------------------------------------------------
+// One SLA problem: sizes, options, inputs and every buffer the API writes.
+
+struct Shape {
+  int64_t b = 1, h = 2, lq = 100, lk = 100, d = 16, dv = 16;
+};
+
+struct Inputs {
+  HostTensor q, k, v, w, bias;  // w, bias empty = absent
+};
+
+inline Inputs make_inputs(const Shape& s, DType dt, std::mt19937_64& rng, bool with_weight, bool with_bias,
+                          Layout layout = Layout::bhld, double qk_range = 1.0) {
+  Inputs in;
+  in.q = make_bhld(dt, s.b, s.h, s.lq, s.d, layout);
+  in.k = make_bhld(dt, s.b, s.h, s.lk, s.d, layout);
+  in.v = make_bhld(dt, s.b, s.h, s.lk, s.dv, layout);
+  fill_uniform(in.q, rng, -qk_range, qk_range);
+  fill_uniform(in.k, rng, -qk_range, qk_range);
+  fill_uniform(in.v, rng);
+  if (with_weight) {
+    in.w = HostTensor::contiguous(acc_dtype(dt), {s.dv, s.dv});
+    fill_uniform(in.w, rng, -0.5, 0.5);
+  }
+  if (with_bias) {
+    in.bias = HostTensor::contiguous(acc_dtype(dt), {s.dv});
+    fill_uniform(in.bias, rng, -0.5, 0.5);
+  }
+  return in;
+}
+
+struct MapBuffers {
+  HostTensor lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index;
+
+  sla::BlockMap view() const {
+    sla::BlockMap m;
+    m.lut = lut.view();
+    m.count = count.view();
+    m.negl_lut = negl_lut.view();
+    m.negl_count = negl_count.view();
+    m.inv_offset = inv_offset.view();
+    m.inv_index = inv_index.view();
+    m.negl_inv_offset = negl_inv_offset.view();
+    m.negl_inv_index = negl_inv_index.view();
+    return m;
+  }
+};
+
+inline sla::BlockMapShape map_shape(const Shape& s, const sla::Config& cfg) {
+  sla::BlockMapShape ms;
+  sla::Status st = sla::block_map_shape(s.b, s.h, s.lq, s.lk, cfg, &ms);
+  EXPECT_TRUE(st.ok()) << st.message;
+  return ms;
+}
+
+// Allocates the tables of a block map (inverse tables when `with_inverse`), filled with -7 so that unwritten
+// entries are visible.
+inline MapBuffers alloc_map(const sla::BlockMapShape& ms, bool with_inverse) {
+  MapBuffers m;
+  m.lut = HostTensor::contiguous(DType::i32, {ms.batch, ms.heads, ms.q_blocks, ms.critical});
+  m.count = HostTensor::contiguous(DType::i32, {ms.batch, ms.heads, ms.q_blocks});
+  if (ms.negligible > 0) {
+    m.negl_lut = HostTensor::contiguous(DType::i32, {ms.batch, ms.heads, ms.q_blocks, ms.negligible});
+    m.negl_count = HostTensor::contiguous(DType::i32, {ms.batch, ms.heads, ms.q_blocks});
+  }
+  if (with_inverse) {
+    m.inv_offset = HostTensor::contiguous(DType::i32, {ms.batch, ms.heads, ms.k_blocks + 1});
+    m.inv_index = HostTensor::contiguous(DType::i32, {ms.batch, ms.heads, ms.q_blocks * ms.critical});
+    if (ms.negligible > 0) {
+      m.negl_inv_offset = HostTensor::contiguous(DType::i32, {ms.batch, ms.heads, ms.k_blocks + 1});
+      m.negl_inv_index = HostTensor::contiguous(DType::i32, {ms.batch, ms.heads, ms.q_blocks * ms.negligible});
+    }
+  }
+  for (HostTensor* t : {&m.lut, &m.count, &m.negl_lut, &m.negl_count, &m.inv_offset, &m.inv_index,
+                        &m.negl_inv_offset, &m.negl_inv_index}) {
+    t->fill_storage(-7);
+  }
+  return m;
+}
+
+inline sla::Exec exec_with_threads(int threads) {
+  sla::Exec e;
+  e.num_threads = threads;
+  return e;
+}
+
+inline sla::Status predict(const Inputs& in, const sla::Config& cfg, const MapBuffers& map, int threads = 2) {
+  return sla::predict_block_map(in.q.view(), in.k.view(), cfg, map.view(), exec_with_threads(threads));
+}
+
+// Forward outputs; the saved state is allocated only when `save`.
+struct ForwardOutputs {
+  HostTensor o, lse, o_lin, lin_h, lin_z;
+};
+
+inline ForwardOutputs alloc_forward(const Shape& s, DType dt, bool save, Layout layout = Layout::bhld) {
+  ForwardOutputs f;
+  f.o = make_bhld(dt, s.b, s.h, s.lq, s.dv, layout);
+  f.o.fill_storage(std::numeric_limits<double>::quiet_NaN());
+  if (save) {
+    const DType acc = acc_dtype(dt);
+    f.lse = HostTensor::contiguous(acc, {s.b, s.h, s.lq});
+    f.o_lin = HostTensor::contiguous(acc, {s.b, s.h, s.lq, s.dv});
+    f.lin_h = HostTensor::contiguous(acc, {s.b, s.h, s.d, s.dv});
+    f.lin_z = HostTensor::contiguous(acc, {s.b, s.h, s.d});
+    for (HostTensor* t : {&f.lse, &f.o_lin, &f.lin_h, &f.lin_z}) t->fill_storage(std::nan(""));
+  }
+  return f;
+}
+
+inline sla::ForwardArgs forward_args(const Inputs& in, const MapBuffers& map, const ForwardOutputs& out) {
+  sla::ForwardArgs a;
+  a.q = in.q.view();
+  a.k = in.k.view();
+  a.v = in.v.view();
+  a.proj_weight = in.w.view();
+  a.proj_bias = in.bias.view();
+  a.map = map.view();
+  a.o = out.o.view();
+  a.lse = out.lse.view();
+  a.o_lin = out.o_lin.view();
+  a.lin_h = out.lin_h.view();
+  a.lin_z = out.lin_z.view();
+  return a;
+}
+
+inline sla::Status run_forward(const Inputs& in, const sla::Config& cfg, const MapBuffers& map,
+                               const ForwardOutputs& out, int threads = 2) {
+  return sla::forward(forward_args(in, map, out), cfg, exec_with_threads(threads));
+}
+
+struct Gradients {
+  HostTensor dq, dk, dv, dw, dbias;
+};
+
+inline Gradients alloc_gradients(const Shape& s, DType dt, bool with_weight, bool with_bias,
+                                 Layout layout = Layout::bhld) {
+  Gradients g;
+  g.dq = make_bhld(dt, s.b, s.h, s.lq, s.d, layout);
+  g.dk = make_bhld(dt, s.b, s.h, s.lk, s.d, layout);
+  g.dv = make_bhld(dt, s.b, s.h, s.lk, s.dv, layout);
+  if (with_weight) g.dw = HostTensor::contiguous(acc_dtype(dt), {s.dv, s.dv});
+  if (with_bias) g.dbias = HostTensor::contiguous(acc_dtype(dt), {s.dv});
+  for (HostTensor* t : {&g.dq, &g.dk, &g.dv, &g.dw, &g.dbias}) t->fill_storage(std::nan(""));
+  return g;
+}
+
+inline sla::Status run_backward(const Inputs& in, const sla::Config& cfg, const MapBuffers& map,
+                                const ForwardOutputs& fwd, const HostTensor& d_o, const Gradients& g,
+                                int threads = 2) {
+  sla::BackwardArgs a;
+  a.q = in.q.view();
+  a.k = in.k.view();
+  a.v = in.v.view();
+  a.proj_weight = in.w.view();
+  a.proj_bias = in.bias.view();
+  a.map = map.view();
+  a.o = fwd.o.view();
+  a.d_o = d_o.view();
+  a.lse = fwd.lse.view();
+  a.o_lin = fwd.o_lin.view();
+  a.lin_h = fwd.lin_h.view();
+  a.lin_z = fwd.lin_z.view();
+  a.dq = g.dq.view();
+  a.dk = g.dk.view();
+  a.dv = g.dv.view();
+  a.d_proj_weight = g.dw.view();
+  a.d_proj_bias = g.dbias.view();
+  return sla::backward(a, cfg, exec_with_threads(threads));
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Comparisons
+
+// Largest |a - b| / (atol + rtol * |b|); <= 1 means close. NaN anywhere counts as infinitely far.
+inline double close_ratio(const std::vector<double>& a, const std::vector<double>& b, double atol, double rtol,
+                          int64_t* worst = nullptr) {
+  double ratio = 0;
+  if (worst) *worst = -1;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double diff = std::fabs(a[i] - b[i]);
+    const double r = diff == 0 ? 0.0 : diff / (atol + rtol * std::fabs(b[i]));
+    const double rr = std::isnan(r) ? std::numeric_limits<double>::infinity() : r;
+    if (worst && (*worst < 0 || rr > ratio)) *worst = static_cast<int64_t>(i);
+    ratio = std::max(ratio, rr);
+  }
+  return ratio;
+}
+
+inline ::testing::AssertionResult all_close(const std::vector<double>& actual, const std::vector<double>& expected,
+                                            double atol, double rtol) {
+  if (actual.size() != expected.size()) {
+    return ::testing::AssertionFailure() << "size " << actual.size() << " != " << expected.size();
+  }
+  int64_t worst = -1;
+  const double ratio = close_ratio(actual, expected, atol, rtol, &worst);
+  if (ratio <= 1.0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "element " << worst << ": actual " << actual[worst] << " expected "
+                                       << expected[worst] << " (atol " << atol << ", rtol " << rtol
+                                       << ", ratio " << ratio << ")";
+}
+
+inline ::testing::AssertionResult bitwise_equal(const HostTensor& a, const HostTensor& b) {
+  if (a.bytes.size() != b.bytes.size()) return ::testing::AssertionFailure() << "storage sizes differ";
+  for (size_t i = 0; i < a.bytes.size(); ++i) {
+    if (a.bytes[i] != b.bytes[i]) return ::testing::AssertionFailure() << "first differing byte " << i;
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Naive dense fp64 references (SPEC.md sections 1-5). Arrays are row-major logical (B, H, L, D) doubles.
+
+namespace ref {
+
+struct Dims {
+  int64_t b, h, lq, lk, d, dv;
+};
+
+inline Dims dims_of(const Shape& s) { return {s.b, s.h, s.lq, s.lk, s.d, s.dv}; }
+
+// phi of one row.
+inline std::vector<double> phi(sla::FeatureMap f, const double* x, int64_t d) {
+  std::vector<double> a(d);
+  if (f == sla::FeatureMap::softmax) {
+    double m = -std::numeric_limits<double>::infinity(), s = 0;
+    for (int64_t i = 0; i < d; ++i) m = std::max(m, x[i]);
+    for (int64_t i = 0; i < d; ++i) s += std::exp(x[i] - m);
+    for (int64_t i = 0; i < d; ++i) a[i] = std::exp(x[i] - m) / s;
+  } else if (f == sla::FeatureMap::elu) {
+    for (int64_t i = 0; i < d; ++i) a[i] = x[i] > 0 ? x[i] + 1 : std::exp(x[i]);
+  } else {
+    for (int64_t i = 0; i < d; ++i) a[i] = std::max(x[i], 0.0);
+  }
+  return a;
+}
+
+// Block masks per (b, h): crit[(bh * nq + i) * nk + j] = 1 if key block j is critical for query block i.
+struct Masks {
+  int64_t nq = 0, nk = 0;
+  std::vector<uint8_t> crit, negl;
+
+  bool critical(int64_t bh, int64_t i, int64_t j) const { return crit[(bh * nq + i) * nk + j] != 0; }
+  bool negligible(int64_t bh, int64_t i, int64_t j) const { return negl[(bh * nq + i) * nk + j] != 0; }
+};
+
+// The block map from its definition, with an independent selection rule: key block j is critical when fewer than
+// T blocks beat it (a higher score, or an equal score at a lower index); negligible when it is not critical and
+// fewer than Tn blocks are below it (a lower score, or an equal score at a higher index).
+inline Masks block_map(const Dims& s, const std::vector<double>& q, const std::vector<double>& k, int64_t bq,
+                       int64_t bk, int64_t t, int64_t tn) {
+  Masks m;
+  m.nq = (s.lq + bq - 1) / bq;
+  m.nk = (s.lk + bk - 1) / bk;
+  m.crit.assign(s.b * s.h * m.nq * m.nk, 0);
+  m.negl.assign(s.b * s.h * m.nq * m.nk, 0);
+  for (int64_t bh = 0; bh < s.b * s.h; ++bh) {
+    const double* qh = &q[bh * s.lq * s.d];
+    const double* kh = &k[bh * s.lk * s.d];
+    std::vector<double> mean(s.d, 0.0);
+    for (int64_t c = 0; c < s.lk; ++c)
+      for (int64_t x = 0; x < s.d; ++x) mean[x] += kh[c * s.d + x] / s.lk;
+    auto pooled = [&](const double* rows, int64_t len, int64_t blk, int64_t idx, const std::vector<double>* center) {
+      std::vector<double> p(s.d, 0.0);
+      const int64_t r0 = idx * blk, r1 = std::min(len, r0 + blk);
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t x = 0; x < s.d; ++x) p[x] += rows[r * s.d + x] - (center ? (*center)[x] : 0.0);
+      for (int64_t x = 0; x < s.d; ++x) p[x] /= static_cast<double>(r1 - r0);
+      return p;
+    };
+    for (int64_t i = 0; i < m.nq; ++i) {
+      const std::vector<double> qb = pooled(qh, s.lq, bq, i, nullptr);
+      std::vector<double> score(m.nk);
+      for (int64_t j = 0; j < m.nk; ++j) {
+        const std::vector<double> kb = pooled(kh, s.lk, bk, j, &mean);
+        double acc = 0;
+        for (int64_t x = 0; x < s.d; ++x) acc += qb[x] * kb[x];
+        score[j] = acc;
+      }
+      for (int64_t j = 0; j < m.nk; ++j) {
+        int64_t above = 0, below = 0;
+        for (int64_t o = 0; o < m.nk; ++o) {
+          if (score[o] > score[j] || (score[o] == score[j] && o < j)) ++above;
+          if (score[o] < score[j] || (score[o] == score[j] && o > j)) ++below;
+        }
+        const size_t at = (bh * m.nq + i) * m.nk + j;
+        m.crit[at] = above < t;
+        m.negl[at] = !m.crit[at] && below < tn;
+      }
+    }
+  }
+  return m;
+}
+
+// Masks from a block map's tables (to feed the dense references with exactly the map the library used).
+inline Masks masks_from_tables(const MapBuffers& map, int64_t nk) {
+  Masks m;
+  const int64_t b = map.count.shape[0], h = map.count.shape[1];
+  m.nq = map.count.shape[2];
+  m.nk = nk;
+  m.crit.assign(b * h * m.nq * nk, 0);
+  m.negl.assign(b * h * m.nq * nk, 0);
+  for (int64_t bi = 0; bi < b; ++bi)
+    for (int64_t hi = 0; hi < h; ++hi)
+      for (int64_t i = 0; i < m.nq; ++i) {
+        const int64_t bh = bi * h + hi;
+        const int64_t n = static_cast<int64_t>(map.count.get({bi, hi, i}));
+        for (int64_t e = 0; e < n; ++e) m.crit[(bh * m.nq + i) * nk + static_cast<int64_t>(map.lut.get({bi, hi, i, e}))] = 1;
+        if (!map.negl_count.empty()) {
+          const int64_t nn = static_cast<int64_t>(map.negl_count.get({bi, hi, i}));
+          for (int64_t e = 0; e < nn; ++e)
+            m.negl[(bh * m.nq + i) * nk + static_cast<int64_t>(map.negl_lut.get({bi, hi, i, e}))] = 1;
+        }
+      }
+  return m;
+}
+
+// Sparse branch: softmax(s Q K^T + log Mask) V with the block mask expanded to tokens. Rows without any allowed
+// key get O_s = 0 and LSE = -inf. `lse` may be null.
+inline std::vector<double> sparse(const Dims& s, const std::vector<double>& q, const std::vector<double>& k,
+                                  const std::vector<double>& v, const Masks& m, int64_t bq, int64_t bk, double scale,
+                                  std::vector<double>* lse) {
+  std::vector<double> o(s.b * s.h * s.lq * s.dv, 0.0);
+  if (lse) lse->assign(s.b * s.h * s.lq, -std::numeric_limits<double>::infinity());
+  for (int64_t bh = 0; bh < s.b * s.h; ++bh) {
+    for (int64_t r = 0; r < s.lq; ++r) {
+      std::vector<double> x(s.lk, -std::numeric_limits<double>::infinity());
+      double mx = -std::numeric_limits<double>::infinity();
+      for (int64_t c = 0; c < s.lk; ++c) {
+        if (!m.critical(bh, r / bq, c / bk)) continue;
+        double acc = 0;
+        for (int64_t e = 0; e < s.d; ++e) acc += q[(bh * s.lq + r) * s.d + e] * k[(bh * s.lk + c) * s.d + e];
+        x[c] = scale * acc;
+        mx = std::max(mx, x[c]);
+      }
+      if (mx == -std::numeric_limits<double>::infinity()) continue;
+      double sum = 0;
+      for (int64_t c = 0; c < s.lk; ++c) sum += std::exp(x[c] - mx);
+      for (int64_t c = 0; c < s.lk; ++c) {
+        const double p = std::exp(x[c] - mx) / sum;
+        for (int64_t e = 0; e < s.dv; ++e) o[(bh * s.lq + r) * s.dv + e] += p * v[(bh * s.lk + c) * s.dv + e];
+      }
+      if (lse) (*lse)[bh * s.lq + r] = mx + std::log(sum);
+    }
+  }
+  return o;
+}
+
+// Linear branch from the dense formula: A = phi(Q) phi(K)^T (token x token), masked by the marginal blocks in the
+// complement variant; O_l = A V / (A 1 + eps) (global) or A V / (A 1) with zero rows where M_i is empty or the
+// denominator is not > 0 (complement).
+inline std::vector<double> linear(const Dims& s, const std::vector<double>& q, const std::vector<double>& k,
+                                  const std::vector<double>& v, const Masks& m, int64_t bq, int64_t bk,
+                                  sla::Variant variant, sla::FeatureMap f, double eps) {
+  std::vector<double> o(s.b * s.h * s.lq * s.dv, 0.0);
+  const bool complement = variant == sla::Variant::complement;
+  for (int64_t bh = 0; bh < s.b * s.h; ++bh) {
+    std::vector<std::vector<double>> pk(s.lk);
+    for (int64_t c = 0; c < s.lk; ++c) pk[c] = phi(f, &k[(bh * s.lk + c) * s.d], s.d);
+    for (int64_t r = 0; r < s.lq; ++r) {
+      const std::vector<double> pq = phi(f, &q[(bh * s.lq + r) * s.d], s.d);
+      const int64_t i = r / bq;
+      bool any_marginal = false;
+      for (int64_t j = 0; j < m.nk; ++j) any_marginal |= !m.critical(bh, i, j) && !m.negligible(bh, i, j);
+      if (complement && !any_marginal) continue;
+      std::vector<double> num(s.dv, 0.0);
+      double den = 0;
+      for (int64_t c = 0; c < s.lk; ++c) {
+        const int64_t j = c / bk;
+        if (complement && (m.critical(bh, i, j) || m.negligible(bh, i, j))) continue;
+        double a = 0;
+        for (int64_t e = 0; e < s.d; ++e) a += pq[e] * pk[c][e];
+        den += a;
+        for (int64_t e = 0; e < s.dv; ++e) num[e] += a * v[(bh * s.lk + c) * s.dv + e];
+      }
+      if (complement) {
+        if (!(den > 0)) continue;
+      } else {
+        den += eps;
+      }
+      for (int64_t e = 0; e < s.dv; ++e) o[(bh * s.lq + r) * s.dv + e] = num[e] / den;
+    }
+  }
+  return o;
+}
+
+// O = O_s + O_l W^T + b; w and bias may be empty (absent).
+inline std::vector<double> output(const Dims& s, const std::vector<double>& os, const std::vector<double>& ol,
+                                  const std::vector<double>& w, const std::vector<double>& bias) {
+  std::vector<double> o(os);
+  for (int64_t row = 0; row < s.b * s.h * s.lq; ++row)
+    for (int64_t e = 0; e < s.dv; ++e) {
+      double acc = 0;
+      if (!w.empty())
+        for (int64_t f = 0; f < s.dv; ++f) acc += ol[row * s.dv + f] * w[e * s.dv + f];
+      if (!bias.empty()) acc += bias[e];
+      o[row * s.dv + e] += acc;
+    }
+  return o;
+}
+
+// Gradients of the sparse branch O_s = softmax(s Q K^T + log Mask) V with the token-expanded block mask; a null
+// `masks` means dense softmax attention over all keys (the topk = 1 case). Standard formulas on whole rows:
+// dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(P * dP)), dQ = s dS K, dK = s dS^T Q.
+inline void sparse_backward(const Dims& s, const std::vector<double>& q, const std::vector<double>& k,
+                            const std::vector<double>& v, const std::vector<double>& d_o, const Masks* masks,
+                            int64_t bq, int64_t bk, double scale, std::vector<double>* dq, std::vector<double>* dk,
+                            std::vector<double>* dv) {
+  dq->assign(q.size(), 0.0);
+  dk->assign(k.size(), 0.0);
+  dv->assign(v.size(), 0.0);
+  for (int64_t bh = 0; bh < s.b * s.h; ++bh) {
+    for (int64_t r = 0; r < s.lq; ++r) {
+      std::vector<double> x(s.lk, -std::numeric_limits<double>::infinity()), p(s.lk, 0.0), dp(s.lk, 0.0);
+      double mx = -std::numeric_limits<double>::infinity();
+      for (int64_t c = 0; c < s.lk; ++c) {
+        if (masks && !masks->critical(bh, r / bq, c / bk)) continue;
+        double acc = 0;
+        for (int64_t e = 0; e < s.d; ++e) acc += q[(bh * s.lq + r) * s.d + e] * k[(bh * s.lk + c) * s.d + e];
+        x[c] = scale * acc;
+        mx = std::max(mx, x[c]);
+      }
+      if (mx == -std::numeric_limits<double>::infinity()) continue;
+      double sum = 0;
+      for (int64_t c = 0; c < s.lk; ++c) sum += std::exp(x[c] - mx);
+      double p_dot_dp = 0;
+      for (int64_t c = 0; c < s.lk; ++c) {
+        p[c] = std::exp(x[c] - mx) / sum;
+        double acc = 0;
+        for (int64_t e = 0; e < s.dv; ++e) acc += d_o[(bh * s.lq + r) * s.dv + e] * v[(bh * s.lk + c) * s.dv + e];
+        dp[c] = acc;
+        p_dot_dp += p[c] * dp[c];
+      }
+      for (int64_t c = 0; c < s.lk; ++c) {
+        if (p[c] == 0) continue;
+        const double ds = p[c] * (dp[c] - p_dot_dp);
+        for (int64_t e = 0; e < s.dv; ++e)
+          (*dv)[(bh * s.lk + c) * s.dv + e] += p[c] * d_o[(bh * s.lq + r) * s.dv + e];
+        for (int64_t e = 0; e < s.d; ++e) {
+          (*dq)[(bh * s.lq + r) * s.d + e] += scale * ds * k[(bh * s.lk + c) * s.d + e];
+          (*dk)[(bh * s.lk + c) * s.d + e] += scale * ds * q[(bh * s.lq + r) * s.d + e];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace ref
+}  // namespace sla_test
