@@ -1,0 +1,81 @@
+// The flat argument block of every backward kernel (raw pointers, int64 element strides, sizes) and the workspace
+// pieces the kernels hand to each other. Built once on the host by backward.cu; kernels take it by value.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/common/params.h"
+#include "sla/config.h"
+
+namespace sla::cuda::bwd {
+
+// Query rows per tile of the row-preparation kernel (and of the CUDA-core linear kernels).
+constexpr int kStatsTileRows = 64;
+// Upper bound on the row chunks per (b, h) of the global variant's reductions: enough CTAs to fill the GPU at one
+// head, few enough partial sums (D x Dv fp32 each) to keep the workspace small. Fixed, so results do not depend on
+// the card.
+constexpr int kMaxRowChunks = 64;
+
+struct BwdParams {
+  RowsParams q, k, v, o, d_o;  // inputs, dtype T
+  RowsParams grad_q, grad_k, grad_v;  // outputs dq, dk, dv, dtype T
+
+  const float* lse = nullptr;    // (B, H, Lq) natural log
+  const float* o_lin = nullptr;  // (B, H, Lq, Dv) contiguous
+  const float* lin_h = nullptr;  // (B, H, D, Dv): H over all keys
+  const float* lin_z = nullptr;  // (B, H, D)
+  const float* proj_w = nullptr;  // (Dv, Dv) row-major or null (W = 0)
+  const float* proj_b = nullptr;  // (Dv) or null
+  float* d_proj_w = nullptr;      // out (Dv, Dv) or null
+  float* d_proj_b = nullptr;      // out (Dv) or null
+
+  // Block map, all contiguous int32 per (b, h).
+  const int32_t* lut = nullptr;         // (B, H, Nq, T)
+  const int32_t* lut_count = nullptr;   // (B, H, Nq)
+  const int32_t* negl_lut = nullptr;    // (B, H, Nq, Tn) or null
+  const int32_t* negl_count = nullptr;  // (B, H, Nq) or null
+  const int32_t* inv_offset = nullptr;  // (B, H, Nk + 1)
+  const int32_t* inv_index = nullptr;   // (B, H, Nq * T)
+  const int32_t* negl_inv_offset = nullptr;  // (B, H, Nk + 1) or null
+  const int32_t* negl_inv_index = nullptr;   // (B, H, Nq * Tn) or null
+
+  int64_t batch = 0, heads = 0, lq = 0, lk = 0;
+  int nq = 0, nk = 0, t_crit = 0, t_negl = 0;
+  int bq = 0, bk = 0;
+  int d = 0, dv = 0;
+  float scale = 0.f;  // softmax scale s
+  float eps = 0.f;    // global variant's epsilon
+  bool complement = false;
+  bool has_weight = false;  // false: W = 0, so the linear branch sends no gradient to q, k, v
+
+  // Row chunking of the reductions over query rows (global variant; the complement variant uses query blocks).
+  int row_chunks = 0;          // per (b, h)
+  int64_t rows_per_chunk = 0;  // multiple of kStatsTileRows
+
+  // ---- workspace ----
+  // Split matrices (split_mma.cuh) are two row-major bf16 arrays, hi then lo, of D x D each.
+  float* delta = nullptr;  // (B, H, Lq): Delta_r = dO . O_s
+  float* d_lin = nullptr;  // (B, H, Lq): D_r = dO_l . O_l
+  float* inv_n = nullptr;  // (B, H, Lq): 1 / n_r, or 0 where the complement row's O_l is defined as 0
+  // Complement variant only: H_i, z_i per query block (B, H, Nq, D, Dv) and (B, H, Nq, D).
+  float* grp_h = nullptr;
+  float* grp_z = nullptr;
+  // G_g = W H_g^T per query group (split); group = (b, h) or (b, h, i).
+  uint16_t* g_split = nullptr;
+  // Per row chunk (global) or query block (complement): E = sum_r (a_r / n_r)^T dO_r (D x Dv), dz, db partials.
+  float* e_part = nullptr;
+  float* e_total = nullptr;  // global variant: E per (b, h)
+  float* dz_part = nullptr;
+  float* db_part = nullptr;
+  // Complement only: dH_i = E_i W per query block, and the totals over all query blocks per (b, h).
+  float* dh_group = nullptr;
+  float* dh_total = nullptr;
+  float* dz_total = nullptr;
+  // dH (split) and dz each key block receives: per (b, h) (global) or per (b, h, j) (complement).
+  uint16_t* dh_split = nullptr;
+  float* dz_key = nullptr;
+  // dW partial sums: E^T H per (b, h) (global) or dO^T O_l per (b, h, row chunk) (complement).
+  float* dw_part = nullptr;
+};
+
+}  // namespace sla::cuda::bwd

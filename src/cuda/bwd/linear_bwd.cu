@@ -1,0 +1,542 @@
+// The backward pass's linear branch and projection (SPEC.md section 5), everything except the per-row epilogues
+// that the sparse kernels apply to dq, dk, dv. With A_r = a_r / n_r (a_r = phi(q_r)) and G = W H^T:
+//   - D_r = dO_l[r] . O_l[r] = A_r . (dO_r G), so no per-row O_l W^T product is needed;
+//   - Delta_r = dO . O_s = dO . O - D_r - dO . b;
+//   - E = sum_r A_r^T dO_r, then dH = E W (= sum_r A_r^T dO_l[r]) and dW = sum_r dO_r^T O_l[r] = E^T H;
+//   - dz = -sum_r A_r D_r and db = sum_r dO_r.
+// The per-row products run on the tensor cores with split-bf16 operands (split_mma.cuh). Every reduction writes
+// per-CTA partial sums that a second kernel adds in a fixed order: deterministic, no atomics.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "cuda/bwd/dispatch.h"
+#include "cuda/bwd/linear_bwd.h"
+#include "cuda/bwd/split_mma.cuh"
+#include "cuda/bwd/tile_stage.cuh"
+#include "cuda/bwd/warp_row.cuh"
+#include "core/validate.h"
+#include "cuda/common/cuda_status.h"
+
+namespace sla::cuda::bwd {
+namespace {
+
+constexpr int kWarps = kGemmThreads / 32;
+
+// Query rows [begin, end) and partial-sum slot of one row_prep CTA.
+struct RowRange {
+  int64_t begin, end, part;
+};
+
+__device__ __forceinline__ RowRange row_range(const BwdParams& p, int64_t bh, int64_t x) {
+  RowRange r;
+  if (p.complement) {
+    r.begin = x * p.bq;
+    r.end = min(p.lq, r.begin + p.bq);
+    r.part = bh * p.nq + x;
+  } else {
+    r.begin = x * p.rows_per_chunk;
+    r.end = min(p.lq, r.begin + p.rows_per_chunk);
+    r.part = bh * p.row_chunks + x;
+  }
+  return r;
+}
+
+// Grid (Nq, H, B). H_i = H_all - sum over j in C_i and N_i of phi(K_j)^T V_j (SPEC.md section 3), likewise z_i;
+// both exactly 0 when M_i is empty, which makes every n_r of the block 0 and so O_l = 0 there.
+template <class T, int D, FeatureMap F>
+__global__ void __launch_bounds__(kGemmThreads) complement_states_kernel(BwdParams p) {
+  extern __shared__ float smem[];
+  constexpr int P = fp32_pitch(D), SR = kStatsTileRows;
+  float* phi_s = smem;           // SR x P
+  float* v_s = phi_s + SR * P;   // SR x P
+  const int64_t b = blockIdx.z, h = blockIdx.y, i = blockIdx.x, bh = b * p.heads + h;
+  const int64_t part = bh * p.nq + i;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  const int crit = min(max(p.lut_count[part], 0), p.t_crit);
+  const int negl = p.negl_count ? min(max(p.negl_count[part], 0), p.t_negl) : 0;
+  const bool empty = crit + negl >= p.nk;
+
+  GemmAcc<D, D> acc;
+  acc.zero();
+  float zacc = 0.f;
+  for (int t = 0; !empty && t < crit + negl; ++t) {
+    const int j = t < crit ? p.lut[part * p.t_crit + t] : p.negl_lut[part * p.t_negl + (t - crit)];
+    if (j < 0 || j >= p.nk) continue;  // a caller-supplied LUT is not validated (validate.h)
+    for (int sub = 0; sub < p.bk; sub += SR) {
+      const int64_t key0 = static_cast<int64_t>(j) * p.bk + sub;
+      const int valid = static_cast<int>(min64(min(SR, p.bk - sub), p.lk - key0));
+      if (valid <= 0) break;
+      __syncthreads();
+      stage_rows_f32<T, D>(v_s, row_ptr<T>(p.v, b, h, key0), p.v.row_stride, SR, valid);
+      for (int r = warp; r < SR; r += kWarps) {
+        WarpRow<D> a{};
+        if (r < valid) a = feature_map_row<F, D>(load_row<T, D>(row_ptr<T>(p.k, b, h, key0 + r), lane));
+        store_row_f32<D>(phi_s + r * P, a, lane);
+      }
+      __syncthreads();
+      gemm_atb(acc, phi_s, P, v_s, P, SR);
+      if (threadIdx.x < D)
+        for (int r = 0; r < SR; ++r) zacc += phi_s[r * P + threadIdx.x];
+    }
+  }
+
+  const float* h_all = p.lin_h + bh * D * D;
+  float* h_out = p.grp_h + part * D * D;
+  const int tr = gemm_row_lane(), tc = gemm_col_lane();
+#pragma unroll
+  for (int m = 0; m < D / 16; ++m)
+#pragma unroll
+    for (int c = 0; c < D / 16; ++c) {
+      const int idx = (tr + 16 * m) * D + tc + 16 * c;
+      h_out[idx] = empty ? 0.f : h_all[idx] - acc.v[m][c];
+    }
+  if (threadIdx.x < D) p.grp_z[part * D + threadIdx.x] = empty ? 0.f : p.lin_z[bh * D + threadIdx.x] - zacc;
+}
+
+template <int D>
+struct RowPrepSmem {
+  static constexpr int SR = kStatsTileRows, P = fp32_pitch(D);
+  static constexpr int kTile = SR * D * 2, kSquare = D * D * 2;
+  static constexpr int g_hi = 0, g_lo = g_hi + kSquare;                // G split, b16 tiles
+  static constexpr int q = g_lo + kSquare, o = q + kTile;               // Q and O tiles, dtype T
+  static constexpr int d_o = o + kTile;                                 // dO tiles (two buffers), dtype T
+  static constexpr int a_hi = d_o + 2 * kTile, a_lo = a_hi + kTile;     // A = a / n split, b16 tiles
+  static constexpr int a_f32 = a_lo + kTile;                            // A as fp32 rows, pitch P
+  static constexpr int delta0 = a_f32 + SR * P * 4;                     // dO . O - dO . b per row
+  static constexpr int d_r = delta0 + SR * 4;                           // D_r per row, two column halves
+  static constexpr int kBytes = d_r + 2 * SR * 4;
+};
+
+// Grid (row chunks or Nq, H, B), 256 threads. Per 64-row tile: A_r, 1/n_r, Delta_r, D_r (u = dO G on the tensor
+// cores), and the partial sums E += A^T dO (tensor cores), dz -= A^T D_r, db += colsum dO of the CTA's rows.
+template <class T, int D, FeatureMap F>
+__global__ void __launch_bounds__(kGemmThreads) row_prep_kernel(BwdParams p, bool need_e) {
+  using Smem = RowPrepSmem<D>;
+  constexpr int SR = Smem::SR, P = Smem::P, kThreads = kGemmThreads;
+  // u = dO G: warp (rg, ch) owns rows 16 rg.. and half the columns. E = A^T dO: warp (erg, ech) owns rows (d)
+  // 16 erg.. and D / kEColSplit columns.
+  constexpr int kNtU = D / 16;
+  constexpr int kERowGroups = D / 16, kEColSplit = kWarps / kERowGroups, kNtE = D / 8 / kEColSplit;
+  extern __shared__ float smem_f32[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>(smem_f32);
+  const uint32_t base = smem_addr(smem);
+  float* a_f32 = reinterpret_cast<float*>(smem + Smem::a_f32);
+  float* delta0_s = reinterpret_cast<float*>(smem + Smem::delta0);
+  float* dr_s = reinterpret_cast<float*>(smem + Smem::d_r);
+  __nv_bfloat16* a_hi = reinterpret_cast<__nv_bfloat16*>(smem + Smem::a_hi);
+  __nv_bfloat16* a_lo = reinterpret_cast<__nv_bfloat16*>(smem + Smem::a_lo);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
+  const int64_t b = blockIdx.z, h = blockIdx.y, bh = b * p.heads + h;
+  const RowRange range = row_range(p, bh, blockIdx.x);
+  const float* z = p.complement ? p.grp_z + range.part * D : p.lin_z + bh * D;
+
+  if (p.has_weight) {
+    const uint16_t* gsrc = p.g_split + (p.complement ? range.part : bh) * 2 * D * D;
+    load_tile_async<D, D, kThreads>(base + Smem::g_hi, gsrc, D, D, tid);
+    load_tile_async<D, D, kThreads>(base + Smem::g_lo, gsrc + D * D, D, D, tid);
+  }
+  cp_async_commit();
+
+  const int erg = warp % kERowGroups, ech = warp / kERowGroups;
+  float e_acc[kNtE][4];
+#pragma unroll
+  for (int n = 0; n < kNtE; ++n) e_acc[n][0] = e_acc[n][1] = e_acc[n][2] = e_acc[n][3] = 0.f;
+  float dz = 0.f, db = 0.f;
+
+  // Tiles of Q, O and dO come in with cp.async; the next tile's loads overlap this tile's products.
+  auto issue_tile = [&](int64_t row0, int buf) {
+    const int valid = static_cast<int>(min64(SR, range.end - row0));
+    load_tile_async<SR, D, kThreads>(base + Smem::q, reinterpret_cast<const uint16_t*>(row_ptr<T>(p.q, b, h, row0)),
+                                     p.q.row_stride, valid, tid);
+    load_tile_async<SR, D, kThreads>(base + Smem::o, reinterpret_cast<const uint16_t*>(row_ptr<T>(p.o, b, h, row0)),
+                                     p.o.row_stride, valid, tid);
+    load_tile_async<SR, D, kThreads>(base + Smem::d_o + buf * Smem::kTile,
+                                     reinterpret_cast<const uint16_t*>(row_ptr<T>(p.d_o, b, h, row0)),
+                                     p.d_o.row_stride, valid, tid);
+    cp_async_commit();
+  };
+  auto tile_row = [&](int offset, int r) {
+    WarpRow<D> x;
+#pragma unroll
+    for (int t = 0; t < WarpRow<D>::kPer; ++t) {
+      const int c = lane + 32 * t;
+      x.v[t] = ElementTraits<T>::to_float(
+          *reinterpret_cast<const T*>(smem + offset + swizzle<D / 8>(r, c / 8) + (c % 8) * 2));
+    }
+    return x;
+  };
+  if (range.begin < range.end) issue_tile(range.begin, 0);
+
+  int buf = 0;
+  for (int64_t row0 = range.begin; row0 < range.end; row0 += SR, buf ^= 1) {
+    const int valid = static_cast<int>(min64(SR, range.end - row0));
+    const int do_off = Smem::d_o + buf * Smem::kTile;
+    cp_async_wait<0>();
+    __syncthreads();  // this tile has landed; the previous tile's readers are done
+    // Per row (warp per row): A = phi(q) / n, 1/n and dO . O - dO . b. Unrolled so that independent rows overlap
+    // their shuffle chains.
+#pragma unroll 2
+    for (int r = warp; r < SR; r += kWarps) {
+      WarpRow<D> scaled{};
+      float delta0 = 0.f;
+      if (r < valid) {
+        const int64_t row = row0 + r;
+        const WarpRow<D> a = feature_map_row<F, D>(tile_row(Smem::q, r));
+        const float n = row_dot(a, load_row_f32<D>(z, lane)) + p.eps;
+        // Global: n >= eps > 0 always. Complement: a denominator that is not > 0 defines O_l = 0 (SPEC.md 3).
+        const float inv_n = (!p.complement || n > 0.f) ? 1.f / n : 0.f;
+        const WarpRow<D> d_o = tile_row(do_off, r);
+        delta0 = row_dot(d_o, tile_row(Smem::o, r));
+        if (p.proj_b) delta0 -= row_dot(d_o, load_row_f32<D>(p.proj_b, lane));
+        if (lane == 0) p.inv_n[bh * p.lq + row] = inv_n;
+#pragma unroll
+        for (int t = 0; t < WarpRow<D>::kPer; ++t) scaled.v[t] = a.v[t] * inv_n;
+      }
+#pragma unroll
+      for (int t = 0; t < WarpRow<D>::kPer; ++t) {
+        const int c = lane + 32 * t;
+        const uint32_t off = swizzle<D / 8>(r, c / 8) + (c % 8) * 2;
+        const __nv_bfloat16 hi = __float2bfloat16_rn(scaled.v[t]);
+        a_hi[off / 2] = hi;
+        a_lo[off / 2] = __float2bfloat16_rn(scaled.v[t] - __bfloat162float(hi));
+        a_f32[r * P + c] = scaled.v[t];
+      }
+      if (lane == 0) delta0_s[r] = delta0;
+    }
+    __syncthreads();  // Q and O tiles are free; A is complete
+    if (row0 + SR < range.end) issue_tile(row0 + SR, buf ^ 1);
+
+    // D_r = A_r . (dO_r G), each warp over half the columns; the halves meet in shared memory.
+    if (p.has_weight) {
+      const int rg = warp % 4, ch = warp / 4;
+      float u[kNtU][4];
+#pragma unroll
+      for (int n = 0; n < kNtU; ++n) u[n][0] = u[n][1] = u[n][2] = u[n][3] = 0.f;
+      warp_mma_t_split<T, D, D, true, kNtU>(u, base + do_off, rg * 16, base + Smem::g_hi, base + Smem::g_lo, D,
+                                            ch * (D / 2), lane);
+      float part[2] = {0.f, 0.f};
+#pragma unroll
+      for (int n = 0; n < kNtU; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = rg * 16 + g + 8 * (e >> 1), c = ch * (D / 2) + n * 8 + 2 * t4 + (e & 1);
+          part[e >> 1] += u[n][e] * a_f32[r * P + c];
+        }
+      part[0] = quad_sum(part[0]);
+      part[1] = quad_sum(part[1]);
+      if (t4 == 0) {
+        dr_s[ch * SR + rg * 16 + g] = part[0];
+        dr_s[ch * SR + rg * 16 + g + 8] = part[1];
+      }
+    }
+    __syncthreads();
+    if (tid < SR) {
+      const float d_r = p.has_weight ? dr_s[tid] + dr_s[SR + tid] : 0.f;
+      if (tid < valid) {
+        p.delta[bh * p.lq + row0 + tid] = delta0_s[tid] - d_r;
+        p.d_lin[bh * p.lq + row0 + tid] = d_r;
+      }
+      dr_s[tid] = d_r;
+    }
+    __syncthreads();
+    if (tid < D) {
+      const unsigned char* do_tile = smem + do_off;
+      for (int r = 0; r < valid; ++r) {
+        dz -= a_f32[r * P + tid] * dr_s[r];
+        db += ElementTraits<T>::to_float(
+            *reinterpret_cast<const T*>(do_tile + swizzle<D / 8>(r, tid / 8) + (tid % 8) * 2));
+      }
+    }
+    // E += A^T dO over the tile's rows.
+    if (need_e) {
+      for (int k0 = 0; k0 < SR; k0 += 16) {
+        uint32_t ahi[4], alo[4];
+        load_a_kmajor<D>(ahi, base + Smem::a_hi, k0, erg * 16, lane);
+        load_a_kmajor<D>(alo, base + Smem::a_lo, k0, erg * 16, lane);
+#pragma unroll
+        for (int np = 0; np < kNtE / 2; ++np) {
+          uint32_t bx[4], bh4[4], bl4[4];
+          load_b_kmajor<D>(bx, base + do_off, k0, ech * kNtE * 8 + np * 16, lane);
+          split_regs<T>(bx, bh4, bl4);
+          mma_bf16(e_acc[2 * np], ahi, bh4[0], bh4[1]);
+          mma_bf16(e_acc[2 * np + 1], ahi, bh4[2], bh4[3]);
+          mma_bf16(e_acc[2 * np], alo, bh4[0], bh4[1]);
+          mma_bf16(e_acc[2 * np + 1], alo, bh4[2], bh4[3]);
+          if constexpr (!kExactInBf16<T>) {
+            mma_bf16(e_acc[2 * np], ahi, bl4[0], bl4[1]);
+            mma_bf16(e_acc[2 * np + 1], ahi, bl4[2], bl4[3]);
+          }
+        }
+      }
+    }
+  }
+  if (need_e) {
+    float* dst = p.e_part + range.part * D * D;
+#pragma unroll
+    for (int n = 0; n < kNtE; ++n)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int r = erg * 16 + g + 8 * hf, c = ech * kNtE * 8 + n * 8 + 2 * t4;
+        *reinterpret_cast<float2*>(dst + r * D + c) = make_float2(e_acc[n][2 * hf], e_acc[n][2 * hf + 1]);
+      }
+  }
+  if (tid < D) {
+    p.dz_part[range.part * D + tid] = dz;
+    p.db_part[range.part * D + tid] = db;
+  }
+}
+
+// Grid (row chunks, H, B), complement variant: partial dW = dO^T O_l over one chunk of rows (the global variant gets
+// dW = E^T H from dh_kernel instead).
+template <class T, int D>
+__global__ void __launch_bounds__(kGemmThreads) projection_partials_kernel(BwdParams p) {
+  extern __shared__ float smem[];
+  constexpr int P = fp32_pitch(D), SR = kStatsTileRows;
+  float* do_s = smem;            // SR x P
+  float* ol_s = do_s + SR * P;   // SR x P
+  const int64_t b = blockIdx.z, h = blockIdx.y, bh = b * p.heads + h;
+  const int64_t begin = blockIdx.x * p.rows_per_chunk, end = min(p.lq, begin + p.rows_per_chunk);
+  const int64_t part = bh * p.row_chunks + blockIdx.x;
+
+  GemmAcc<D, D> dw;
+  dw.zero();
+  for (int64_t row0 = begin; row0 < end; row0 += SR) {
+    const int valid = static_cast<int>(min64(SR, end - row0));
+    __syncthreads();
+    stage_rows_f32<T, D>(do_s, row_ptr<T>(p.d_o, b, h, row0), p.d_o.row_stride, SR, valid);
+    stage_rows_f32<D>(ol_s, p.o_lin + (bh * p.lq + row0) * D, SR, valid);
+    __syncthreads();
+    gemm_atb(dw, do_s, P, ol_s, P, SR);
+  }
+  store_acc(dw, p.dw_part + part * D * D, D, false);
+}
+
+// out[g, e] = sum over c in [0, parts) of in[g * parts + c, e], in increasing c: a fixed-order reduction.
+__global__ void sum_partials_kernel(const float* __restrict__ in, float* __restrict__ out, int parts, int64_t n) {
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (e >= n) return;
+  const int64_t g = blockIdx.y;
+  const float* src = in + g * parts * n + e;
+  float s = 0.f;
+  for (int c = 0; c < parts; ++c) s += src[c * n];
+  out[g * n + e] = s;
+}
+
+// Grid (ceil((D*D + D) / 256), Nk, B*H). Complement: key block j receives the dH_i, dz_i of the query blocks i with
+// j in M_i: the total over all i minus those with j in C_i or N_i. dH is written split.
+template <int D>
+__global__ void complement_key_grads_kernel(BwdParams p) {
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (e >= D * D + D) return;
+  const int64_t j = blockIdx.y, bh = blockIdx.z;
+  const bool is_z = e >= D * D;
+  const int64_t n = is_z ? D : D * D, idx = is_z ? e - D * D : e;
+  const float* part = is_z ? p.dz_part : p.dh_group;
+  float s = (is_z ? p.dz_total : p.dh_total)[bh * n + idx];
+  const int32_t* off = p.inv_offset + bh * (p.nk + 1);
+  const int32_t* index = p.inv_index + bh * static_cast<int64_t>(p.nq) * p.t_crit;
+  for (int t = off[j]; t < off[j + 1]; ++t) s -= part[(bh * p.nq + index[t]) * n + idx];
+  if (p.negl_inv_offset) {
+    const int32_t* noff = p.negl_inv_offset + bh * (p.nk + 1);
+    const int32_t* nindex = p.negl_inv_index + bh * static_cast<int64_t>(p.nq) * p.t_negl;
+    for (int t = noff[j]; t < noff[j + 1]; ++t) s -= part[(bh * p.nq + nindex[t]) * n + idx];
+  }
+  if (is_z) {
+    p.dz_key[(bh * p.nk + j) * n + idx] = s;
+  } else {
+    store_split<D>(p.dh_split + (bh * p.nk + j) * 2 * D * D, static_cast<int>(idx), s);
+  }
+}
+
+// Output rows per CTA of the small per-group products below: many CTAs per group, so that the few groups of the
+// global variant (one per head) still fill the GPU.
+constexpr int kSliceRows = 16;
+
+// Grid (groups, D / kSliceRows). Rows of G_g = W H_g^T (Dv x D), stored split: then dO_l H^T = dO W H^T = dO G.
+template <int D>
+__global__ void __launch_bounds__(kGemmThreads) gmat_kernel(BwdParams p) {
+  extern __shared__ float smem[];
+  constexpr int P = fp32_pitch(D);
+  float* w_s = smem;          // D x P: W
+  float* ht_s = w_s + D * P;  // D x P: H^T
+  const int64_t g = blockIdx.x;
+  const int row0 = blockIdx.y * kSliceRows;
+  const float* hg = p.complement ? p.grp_h + g * D * D : p.lin_h + g * D * D;
+  stage_square_f32<D>(w_s, p.proj_w, false);
+  stage_square_f32<D>(ht_s, hg, true);
+  __syncthreads();
+  GemmAcc<kSliceRows, D> acc;
+  acc.zero();
+  gemm_xm(acc, w_s + row0 * P, P, ht_s, P, D);
+  uint16_t* dst = p.g_split + g * 2 * D * D;
+  const int tr = gemm_row_lane(), tc = gemm_col_lane();
+#pragma unroll
+  for (int c = 0; c < D / 16; ++c) store_split<D>(dst, (row0 + tr) * D + tc + 16 * c, acc.v[0][c]);
+}
+
+// Grid (groups, D / kSliceRows). Rows of dH = E W, with E the group's sum of partials (e_src, fp32 D x D per
+// group), written split (global variant, one group per (b, h)) or fp32 (complement, one group per query block);
+// with `with_dw`, also rows of the group's dW partial E^T H.
+template <int D>
+__global__ void __launch_bounds__(kGemmThreads) dh_kernel(BwdParams p, const float* e_src, bool split_out,
+                                                          bool with_dw) {
+  extern __shared__ float smem[];
+  constexpr int P = fp32_pitch(D);
+  float* e_s = smem;          // D x P: E
+  float* w_s = e_s + D * P;   // D x P: W, then H
+  const int64_t g = blockIdx.x;
+  const int row0 = blockIdx.y * kSliceRows;
+  stage_square_f32<D>(e_s, e_src + g * D * D, false);
+  const int tr = gemm_row_lane(), tc = gemm_col_lane();
+  if (p.has_weight) {
+    stage_square_f32<D>(w_s, p.proj_w, false);
+    __syncthreads();
+    GemmAcc<kSliceRows, D> acc;
+    acc.zero();
+    gemm_xm(acc, e_s + row0 * P, P, w_s, P, D);
+#pragma unroll
+    for (int c = 0; c < D / 16; ++c) {
+      const int idx = (row0 + tr) * D + tc + 16 * c;
+      if (split_out) {
+        store_split<D>(p.dh_split + g * 2 * D * D, idx, acc.v[0][c]);
+      } else {
+        p.dh_group[g * D * D + idx] = acc.v[0][c];
+      }
+    }
+  }
+  if (with_dw) {
+    __syncthreads();
+    stage_square_f32<D>(w_s, p.lin_h + g * D * D, false);
+    __syncthreads();
+    // Rows row0.. of E^T H = columns row0.. of E against all of H.
+    GemmAcc<kSliceRows, D> acc;
+    acc.zero();
+    gemm_atb(acc, e_s + row0, P, w_s, P, D);
+    store_acc(acc, p.dw_part + g * D * D + row0 * D, D, false);
+  }
+}
+
+template <class Kernel>
+Status set_smem(Kernel kernel, std::size_t bytes) {
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(bytes));
+  return e == cudaSuccess ? Status::Ok() : device_error("backward: cudaFuncSetAttribute(shared memory)", e);
+}
+
+Status sum_partials(const float* in, float* out, int64_t groups, int parts, int64_t n, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((n + 255) / 256), static_cast<unsigned>(groups));
+  sum_partials_kernel<<<grid, 256, 0, stream>>>(in, out, parts, n);
+  return check_launch("backward: sum_partials_kernel");
+}
+
+}  // namespace
+
+Status launch_complement_states(const BwdParams& p, DType dtype, FeatureMap fm, cudaStream_t stream) {
+  return dispatch_type_dim(dtype, p.d, [&](auto type_tag, auto dim_tag) {
+    return dispatch_feature_map(fm, [&](auto fm_tag) -> Status {
+      using T = typename decltype(type_tag)::type;
+      constexpr int D = decltype(dim_tag)::value;
+      const auto kernel = complement_states_kernel<T, D, decltype(fm_tag)::value>;
+      const std::size_t smem = sizeof(float) * 2 * kStatsTileRows * fp32_pitch(D);
+      SLA_RETURN_IF_ERROR(set_smem(kernel, smem));
+      kernel<<<dim3(p.nq, p.heads, p.batch), kGemmThreads, smem, stream>>>(p);
+      return check_launch("backward: complement_states_kernel");
+    });
+  });
+}
+
+Status launch_row_prep(const BwdParams& p, DType dtype, FeatureMap fm, cudaStream_t stream) {
+  return dispatch_type_dim(dtype, p.d, [&](auto type_tag, auto dim_tag) {
+    return dispatch_feature_map(fm, [&](auto fm_tag) -> Status {
+      using T = typename decltype(type_tag)::type;
+      constexpr int D = decltype(dim_tag)::value;
+      const auto kernel = row_prep_kernel<T, D, decltype(fm_tag)::value>;
+      const std::size_t smem = RowPrepSmem<D>::kBytes;
+      SLA_RETURN_IF_ERROR(set_smem(kernel, smem));
+      const int64_t grid_x = p.complement ? p.nq : p.row_chunks;
+      // E feeds dH (W present) and, in the global variant, dW.
+      const bool need_e = p.has_weight || (!p.complement && p.d_proj_w != nullptr);
+      kernel<<<dim3(grid_x, p.heads, p.batch), kGemmThreads, smem, stream>>>(p, need_e);
+      return check_launch("backward: row_prep_kernel");
+    });
+  });
+}
+
+Status launch_linear_reductions(const BwdParams& p, DType dtype, cudaStream_t stream) {
+  const int64_t bh = p.batch * p.heads, dd = int64_t{p.d} * p.d;
+  const int parts = p.complement ? p.nq : p.row_chunks;
+  // db over every (b, h, part); dz per (b, h) (global) or its total (complement).
+  if (p.d_proj_b) {
+    SLA_RETURN_IF_ERROR(sum_partials(p.db_part, p.d_proj_b, 1, static_cast<int>(bh * parts), p.d, stream));
+  }
+  if (p.complement && p.d_proj_w) {
+    SLA_RETURN_IF_ERROR(dispatch_type_dim(dtype, p.d, [&](auto type_tag, auto dim_tag) -> Status {
+      using T = typename decltype(type_tag)::type;
+      constexpr int D = decltype(dim_tag)::value;
+      const auto kernel = projection_partials_kernel<T, D>;
+      const std::size_t smem = sizeof(float) * 2 * kStatsTileRows * fp32_pitch(D);
+      SLA_RETURN_IF_ERROR(set_smem(kernel, smem));
+      kernel<<<dim3(p.row_chunks, p.heads, p.batch), kGemmThreads, smem, stream>>>(p);
+      return check_launch("backward: projection_partials_kernel");
+    }));
+    SLA_RETURN_IF_ERROR(sum_partials(p.dw_part, p.d_proj_w, 1, static_cast<int>(bh * p.row_chunks), dd, stream));
+  }
+  const bool global_dw = !p.complement && p.d_proj_w;
+  if (!p.has_weight && !global_dw) return Status::Ok();
+  if (p.has_weight) {
+    SLA_RETURN_IF_ERROR(sum_partials(p.dz_part, p.complement ? p.dz_total : p.dz_key, bh, parts, p.d, stream));
+  }
+  auto run = [&](auto dim_tag) -> Status {
+    constexpr int D = decltype(dim_tag)::value;
+    const std::size_t smem = sizeof(float) * 2 * D * fp32_pitch(D);
+    SLA_RETURN_IF_ERROR(set_smem(dh_kernel<D>, smem));
+    const int64_t groups = p.complement ? bh * p.nq : bh;
+    // Global: E per (b, h) is the sum of its row chunks' partials; complement: one partial per query block.
+    const float* e_src = p.e_part;
+    if (!p.complement) {
+      SLA_RETURN_IF_ERROR(sum_partials(p.e_part, p.e_total, bh, p.row_chunks, dd, stream));
+      e_src = p.e_total;
+    }
+    dh_kernel<D><<<dim3(static_cast<unsigned>(groups), D / kSliceRows), kGemmThreads, smem, stream>>>(
+        p, e_src, !p.complement, global_dw);
+    SLA_RETURN_IF_ERROR(check_launch("backward: dh_kernel"));
+    if (global_dw) SLA_RETURN_IF_ERROR(sum_partials(p.dw_part, p.d_proj_w, 1, static_cast<int>(bh), dd, stream));
+    if (p.complement && p.has_weight) {
+      SLA_RETURN_IF_ERROR(sum_partials(p.dh_group, p.dh_total, bh, p.nq, dd, stream));
+      const dim3 grid(static_cast<unsigned>((dd + p.d + 255) / 256), p.nk, static_cast<unsigned>(bh));
+      complement_key_grads_kernel<D><<<grid, 256, 0, stream>>>(p);
+      SLA_RETURN_IF_ERROR(check_launch("backward: complement_key_grads_kernel"));
+    }
+    return Status::Ok();
+  };
+#ifdef SLA_CUDA_HDIM_64
+  if (p.d == 64) return run(DimTag<64>{});
+#endif
+#ifdef SLA_CUDA_HDIM_128
+  if (p.d == 128) return run(DimTag<128>{});
+#endif
+  return Status::Unsupported("head dim: the CUDA backward is not built for " + std::to_string(p.d));
+}
+
+Status launch_gmat(const BwdParams& p, cudaStream_t stream) {
+  if (!p.has_weight) return Status::Ok();
+  const int64_t groups = p.complement ? p.batch * p.heads * p.nq : p.batch * p.heads;
+  auto run = [&](auto dim_tag) -> Status {
+    constexpr int D = decltype(dim_tag)::value;
+    const std::size_t smem = sizeof(float) * 2 * D * fp32_pitch(D);
+    SLA_RETURN_IF_ERROR(set_smem(gmat_kernel<D>, smem));
+    gmat_kernel<D><<<dim3(static_cast<unsigned>(groups), D / kSliceRows), kGemmThreads, smem, stream>>>(p);
+    return check_launch("backward: gmat_kernel");
+  };
+#ifdef SLA_CUDA_HDIM_64
+  if (p.d == 64) return run(DimTag<64>{});
+#endif
+#ifdef SLA_CUDA_HDIM_128
+  if (p.d == 128) return run(DimTag<128>{});
+#endif
+  return Status::Unsupported("head dim: the CUDA backward is not built for " + std::to_string(p.d));
+}
+
+}  // namespace sla::cuda::bwd
