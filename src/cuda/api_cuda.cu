@@ -1,0 +1,301 @@
+// sla::cuda (src/core/backend.h): what the CUDA kernels support, their workspace plans, and the launch sequences.
+// Everything is enqueued on (cudaStream_t)exec.stream; nothing here allocates or synchronises.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "core/backend.h"
+#include "core/validate.h"
+#include "cuda/block_map.h"
+#include "cuda/bwd/backward.h"
+#include "cuda/common/cuda_status.h"
+#include "cuda/common/params.h"
+#include "cuda/forward_launch.h"
+#include "cuda/linear_state.h"
+
+#ifndef SLA_CUDA_ARCHS_STRING
+#define SLA_CUDA_ARCHS_STRING "unknown"
+#endif
+
+namespace sla::cuda {
+namespace {
+
+bool head_dim_built(int64_t d) {
+#ifdef SLA_CUDA_HDIM_64
+  if (d == 64) return true;
+#endif
+#ifdef SLA_CUDA_HDIM_128
+  if (d == 128) return true;
+#endif
+  (void)d;
+  return false;
+}
+
+bool dtype_built(DType t) {
+#ifdef SLA_CUDA_DTYPE_BF16
+  if (t == DType::bf16) return true;
+#endif
+#ifdef SLA_CUDA_DTYPE_F16
+  if (t == DType::f16) return true;
+#endif
+  (void)t;
+  return false;
+}
+
+std::string built_list(bool hd) {
+  std::string s;
+  auto add = [&](const char* x) { s += s.empty() ? x : std::string(", ") + x; };
+  if (hd) {
+#ifdef SLA_CUDA_HDIM_64
+    add("64");
+#endif
+#ifdef SLA_CUDA_HDIM_128
+    add("128");
+#endif
+  } else {
+#ifdef SLA_CUDA_DTYPE_BF16
+    add("bf16");
+#endif
+#ifdef SLA_CUDA_DTYPE_F16
+    add("f16");
+#endif
+  }
+  return s.empty() ? "none" : s;
+}
+
+// The cp.async and ldmatrix paths move 16-byte rows pieces: every row of every head must start 16-byte aligned.
+Status check_rows_aligned(const char* name, const TensorView& t) {
+  if (!t.present()) return Status::Ok();
+  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0) {
+    return Status::Unsupported(std::string(name) + ": the CUDA backend needs a 16-byte aligned data pointer");
+  }
+  for (int a = 0; a < 3 && a < t.ndim; ++a) {
+    if (t.shape[a] > 1 && t.stride[a] % 8 != 0) {
+      return Status::Unsupported(std::string(name) + ": the CUDA backend needs stride[" + std::to_string(a) +
+                                 "] to be a multiple of 8 elements, got " + std::to_string(t.stride[a]));
+    }
+  }
+  return Status::Ok();
+}
+
+Status check_int_sizes(const Problem& p) {
+  constexpr int64_t kMaxGrid = 65535;
+  if (p.heads > kMaxGrid || p.batch > kMaxGrid) {
+    return Status::Unsupported("q: the CUDA backend supports at most 65535 heads and 65535 batches, got H = " +
+                               std::to_string(p.heads) + ", B = " + std::to_string(p.batch));
+  }
+  if (p.map.q_blocks > INT32_MAX || p.map.k_blocks > INT32_MAX) {
+    return Status::Unsupported("q, k: too many blocks for the CUDA backend's int32 block indices");
+  }
+  return Status::Ok();
+}
+
+Status current_device_capability(int* major) {
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(major, cudaDevAttrComputeCapabilityMajor, dev);
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // do not leave a sticky-looking error for the next launch check
+    return device_error("cudaDeviceGetAttribute(compute capability)", e);
+  }
+  return Status::Ok();
+}
+
+cudaStream_t stream_of(const Exec& exec) { return static_cast<cudaStream_t>(exec.stream); }
+
+// Kernels run on the current device: a tensor on another device would be read through the wrong address space.
+Status check_on_current_device(const char* name, const TensorView& t) {
+  if (!t.present()) return Status::Ok();
+  int dev = 0;
+  const cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return device_error("cudaGetDevice", e);
+  }
+  if (t.device_index != dev) {
+    return Status::Unsupported(std::string(name) + ": tensor is on cuda:" + std::to_string(t.device_index) +
+                               " but the current CUDA device is cuda:" + std::to_string(dev) +
+                               " (call cudaSetDevice / use a device guard first)");
+  }
+  return Status::Ok();
+}
+
+// Forward workspace: the epilogue operands, then the linear-state scratch.
+struct ForwardWorkspace {
+  unsigned char* lin_ops = nullptr;
+  void* state = nullptr;
+};
+
+ForwardWorkspace carve_forward(const Problem& p, const Config& cfg, WorkspaceCarver& ws) {
+  const LinearStatePlan plan = plan_linear_state(p, cfg);
+  ForwardWorkspace f;
+  f.lin_ops = ws.take<unsigned char>(
+      static_cast<std::size_t>(p.batch * p.heads * plan.operand_blocks * plan.layout.bytes()));
+  f.state = ws.take<unsigned char>(linear_state_workspace_bytes(p, cfg));
+  return f;
+}
+
+}  // namespace
+
+bool device_present() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return n > 0;
+}
+
+std::string build_info() {
+  return std::string("archs ") + SLA_CUDA_ARCHS_STRING + "; head dims " + built_list(true) + "; dtypes " +
+         built_list(false);
+}
+
+Status check_supported(const Problem& p, const Config& cfg) {
+  if (!dtype_built(p.dtype)) {
+    return Status::Unsupported(std::string("q: dtype ") + dtype_name(p.dtype) +
+                               " is not supported by the CUDA backend (built: " + built_list(false) + ")");
+  }
+  if (p.d != 0 && !head_dim_built(p.d)) {
+    return Status::Unsupported("q: head dim " + std::to_string(p.d) + " is not built for the CUDA backend (built: " +
+                               built_list(true) + "; see SLA_CUDA_HEAD_DIMS)");
+  }
+  if (p.dv != 0 && p.dv != p.d) {
+    return Status::Unsupported("v: the CUDA backend needs Dv == D, got Dv = " + std::to_string(p.dv) +
+                               " and D = " + std::to_string(p.d));
+  }
+  if ((cfg.block_q != 64 && cfg.block_q != 128) || (cfg.block_k != 64 && cfg.block_k != 128)) {
+    return Status::Unsupported("cfg.block_q, cfg.block_k: the CUDA backend supports 64 or 128, got " +
+                               std::to_string(cfg.block_q) + " and " + std::to_string(cfg.block_k));
+  }
+  SLA_RETURN_IF_ERROR(check_int_sizes(p));
+  int major = 0;
+  SLA_RETURN_IF_ERROR(current_device_capability(&major));
+  if (major < 8) {
+    return Status::Unsupported("the CUDA backend needs compute capability 8.0 or newer, the current device has " +
+                               std::to_string(major) + ".x");
+  }
+  return Status::Ok();
+}
+
+std::size_t predict_block_map_workspace(const Problem& p, const Config& cfg) {
+  return block_map_workspace_bytes(p, cfg);
+}
+
+Status predict_block_map(const Problem& p, const TensorView& q, const TensorView& k, const Config& cfg,
+                         const BlockMap& map, const Exec& exec) {
+  SLA_RETURN_IF_ERROR(check_on_current_device("q", q));
+  SLA_RETURN_IF_ERROR(check_rows_aligned("q", q));
+  SLA_RETURN_IF_ERROR(check_rows_aligned("k", k));
+  return launch_predict_block_map(p, q, k, cfg, map, exec.workspace, stream_of(exec));
+}
+
+Status invert_block_map(const Problem& p, const BlockMap& map, const Exec& exec) {
+  SLA_RETURN_IF_ERROR(check_on_current_device("map.lut", map.lut));
+  return launch_invert_block_map(p, map, stream_of(exec));
+}
+
+std::size_t forward_workspace(const Problem& p, const Config& cfg) {
+  WorkspaceCarver ws;
+  carve_forward(p, cfg, ws);
+  return ws.bytes();
+}
+
+Status forward(const Problem& p, const ForwardArgs& args, const Config& cfg, const Exec& exec) {
+  SLA_RETURN_IF_ERROR(check_on_current_device("q", args.q));
+  SLA_RETURN_IF_ERROR(check_rows_aligned("q", args.q));
+  SLA_RETURN_IF_ERROR(check_rows_aligned("k", args.k));
+  SLA_RETURN_IF_ERROR(check_rows_aligned("v", args.v));
+  SLA_RETURN_IF_ERROR(check_rows_aligned("o", args.o));
+  const cudaStream_t stream = stream_of(exec);
+  WorkspaceCarver ws(exec.workspace);
+  const ForwardWorkspace fw = carve_forward(p, cfg, ws);
+  const LinearStatePlan plan = plan_linear_state(p, cfg);
+
+  const bool need_linear = args.proj_weight.present() || args.o_lin.present() || args.lin_h.present();
+  if (need_linear) {
+    SLA_RETURN_IF_ERROR(launch_linear_state(p, args, cfg, fw.lin_ops, fw.state, stream));
+  }
+
+  ForwardParams fp;
+  fp.q = rows_params(args.q);
+  fp.k = rows_params(args.k);
+  fp.v = rows_params(args.v);
+  fp.o = rows_params(args.o);
+  fp.lut = static_cast<const int32_t*>(args.map.lut.data);
+  fp.lut_count = static_cast<const int32_t*>(args.map.count.data);
+  fp.lut_capacity = static_cast<int>(args.map.lut.shape[3]);
+  fp.lse = static_cast<float*>(args.lse.data);
+  fp.o_lin = static_cast<float*>(args.o_lin.data);
+  fp.lin_ops = fw.lin_ops;
+  fp.lin_ops_head_stride = plan.layout.bytes() * plan.operand_blocks;
+  fp.lin_ops_qblock_stride = cfg.variant == Variant::complement ? plan.layout.bytes() : 0;
+  fp.bias = static_cast<const float*>(args.proj_bias.data);
+  fp.batch = p.batch;
+  fp.heads = p.heads;
+  fp.lq = p.lq;
+  fp.lk = p.lk;
+  fp.nq = static_cast<int>(p.map.q_blocks);
+  fp.nk = static_cast<int>(p.map.k_blocks);
+  fp.d = static_cast<int>(p.d);
+  fp.dv = static_cast<int>(p.dv);
+  fp.scale_log2 = static_cast<float>(p.scale * 1.4426950408889634);
+  fp.eps = cfg.variant == Variant::complement ? 0.f : static_cast<float>(cfg.eps);
+  fp.feature_map = static_cast<int>(cfg.feature_map);
+  fp.has_weight = args.proj_weight.present();
+  fp.complement = cfg.variant == Variant::complement;
+
+  const int bq = cfg.block_q, bk = cfg.block_k;
+#if defined(SLA_CUDA_DTYPE_BF16) && defined(SLA_CUDA_HDIM_128)
+  if (p.dtype == DType::bf16 && p.d == 128) return fwd::launch_forward_main<__nv_bfloat16, 128>(fp, bq, bk, stream);
+#endif
+#if defined(SLA_CUDA_DTYPE_BF16) && defined(SLA_CUDA_HDIM_64)
+  if (p.dtype == DType::bf16 && p.d == 64) return fwd::launch_forward_main<__nv_bfloat16, 64>(fp, bq, bk, stream);
+#endif
+#if defined(SLA_CUDA_DTYPE_F16) && defined(SLA_CUDA_HDIM_128)
+  if (p.dtype == DType::f16 && p.d == 128) return fwd::launch_forward_main<__half, 128>(fp, bq, bk, stream);
+#endif
+#if defined(SLA_CUDA_DTYPE_F16) && defined(SLA_CUDA_HDIM_64)
+  if (p.dtype == DType::f16 && p.d == 64) return fwd::launch_forward_main<__half, 64>(fp, bq, bk, stream);
+#endif
+  (void)bq;
+  (void)bk;
+  return Status::Unsupported(std::string("forward: dtype ") + dtype_name(p.dtype) + " with head dim " +
+                             std::to_string(p.d) + " is not built for the CUDA backend");
+}
+
+std::size_t backward_workspace(const Problem& p, const Config& cfg) {
+#ifdef SLA_CUDA_HAS_BWD
+  return bwd::workspace_bytes(p, cfg);
+#else
+  (void)p;
+  (void)cfg;
+  return 0;
+#endif
+}
+
+Status backward(const Problem& p, const BackwardArgs& args, const Config& cfg, const Exec& exec) {
+  SLA_RETURN_IF_ERROR(check_on_current_device("q", args.q));
+  SLA_RETURN_IF_ERROR(check_rows_aligned("q", args.q));
+  SLA_RETURN_IF_ERROR(check_rows_aligned("k", args.k));
+  SLA_RETURN_IF_ERROR(check_rows_aligned("v", args.v));
+  SLA_RETURN_IF_ERROR(check_rows_aligned("o", args.o));
+  SLA_RETURN_IF_ERROR(check_rows_aligned("d_o", args.d_o));
+  SLA_RETURN_IF_ERROR(check_rows_aligned("dq", args.dq));
+  SLA_RETURN_IF_ERROR(check_rows_aligned("dk", args.dk));
+  SLA_RETURN_IF_ERROR(check_rows_aligned("dv", args.dv));
+#ifdef SLA_CUDA_HAS_BWD
+  return bwd::launch_backward(p, args, cfg, exec);
+#else
+  (void)p;
+  (void)cfg;
+  (void)exec;
+  return Status::Unsupported("backward: the CUDA backward kernels are not part of this build yet");
+#endif
+}
+
+}  // namespace sla::cuda

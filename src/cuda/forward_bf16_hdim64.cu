@@ -1,0 +1,8 @@
+// Forward main kernel instantiation: bf16, head dim 64 (compiled out unless SLA_CUDA_DTYPE_BF16 and SLA_CUDA_HDIM_64).
+#if defined(SLA_CUDA_DTYPE_BF16) && defined(SLA_CUDA_HDIM_64)
+#include "cuda/forward_launch.cuh"
+
+namespace sla::cuda::fwd {
+template Status launch_forward_main<__nv_bfloat16, 64>(const ForwardParams&, int, int, cudaStream_t);
+}  // namespace sla::cuda::fwd
+#endif

@@ -1,0 +1,35 @@
+// Definition of launch_forward_main, included only by the forward_<dtype>_hdim<D>.cu instantiation files.
+#pragma once
+
+#include <string>
+
+#include "cuda/common/cuda_status.h"
+#include "cuda/forward_kernel.cuh"
+#include "cuda/forward_launch.h"
+
+namespace sla::cuda::fwd {
+
+template <class T, int kD, int kBQ, int kBK>
+Status launch_tile(const ForwardParams& p, cudaStream_t stream) {
+  using Traits = ForwardTraits<T, kD, kBQ, kBK>;
+  auto kernel = forward_kernel<Traits>;
+  if (Traits::kSmemBytes > 48 * 1024) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes);
+    if (e != cudaSuccess) return device_error("forward_kernel: cudaFuncSetAttribute", e);
+  }
+  const dim3 grid(static_cast<unsigned>(p.nq), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
+  kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(p);
+  return check_launch("forward_kernel");
+}
+
+template <class T, int kD>
+Status launch_forward_main(const ForwardParams& p, int block_q, int block_k, cudaStream_t stream) {
+  if (block_q == 64 && block_k == 64) return launch_tile<T, kD, 64, 64>(p, stream);
+  if (block_q == 64 && block_k == 128) return launch_tile<T, kD, 64, 128>(p, stream);
+  if (block_q == 128 && block_k == 64) return launch_tile<T, kD, 128, 64>(p, stream);
+  if (block_q == 128 && block_k == 128) return launch_tile<T, kD, 128, 128>(p, stream);
+  return Status::Unsupported("forward: block sizes (" + std::to_string(block_q) + ", " + std::to_string(block_k) +
+                             ") are not built; expected 64 or 128 each");
+}
+
+}  // namespace sla::cuda::fwd
