@@ -7,7 +7,7 @@
 //      then the Tn last entries of the same order among the rest (the negligible set). Smooth-K only shifts each
 //      score row by a constant, but subtracting it keeps the GPU's scores within fp32 rounding of the CPU's, so
 //      near-ties resolve the same way.
-//   4. invert_kernel (when asked): per (b, h), count per key block, prefix sum, scatter in ascending i.
+//   4. invert_kernel (when asked): per 32 key blocks of each (b, h), offsets and lists in ascending i.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -27,7 +27,8 @@ namespace {
 constexpr int kPoolThreads = 128;
 constexpr int kSelectMaxRows = 8;    // query-block rows per selection CTA (one warp each); 8 keeps 3 CTAs per SM
 constexpr int kMaxHeadDimSelect = 128;
-constexpr int kInvertThreads = 1024;
+constexpr int kInvertThreads = 256;
+constexpr int kInvertKeys = 32;  // key blocks per invert_kernel CTA
 constexpr int kHistBins = 256;
 constexpr int kMaxSmem = 160 * 1024;  // dynamic shared memory below the sm_80 opt-in limit (163 KB)
 
@@ -306,79 +307,92 @@ struct InvertParams {
   int nq, nk, cap;
 };
 
-// Block-wide exclusive scan of one int per thread (kInvertThreads threads); returns the total in *total.
-__device__ int block_exclusive_scan(int v, int* warp_sums, int* total) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  int incl = v;
-#pragma unroll
-  for (int off = 1; off < 32; off <<= 1) {
-    const int u = __shfl_up_sync(0xFFFFFFFFu, incl, off);
-    if (lane >= off) incl += u;
-  }
-  if (lane == 31) warp_sums[warp] = incl;
-  __syncthreads();
-  if (warp == 0) {
-    int w = lane < kInvertThreads / 32 ? warp_sums[lane] : 0;
-    int wi = w;
-#pragma unroll
-    for (int off = 1; off < 32; off <<= 1) {
-      const int u = __shfl_up_sync(0xFFFFFFFFu, wi, off);
-      if (lane >= off) wi += u;
-    }
-    warp_sums[lane] = wi - w;
-    if (lane == 31) *total = wi;
-  }
-  __syncthreads();
-  const int result = warp_sums[warp] + incl - v;
-  __syncthreads();
-  return result;
-}
-
-// One CTA per (h, b). Entries outside [0, Nk) are skipped and counts clamped to [0, cap], as for any caller LUT.
-// Rows are scattered one after another, so each key block's list is in ascending i; duplicates within a row (a
-// malformed caller LUT) race only with writes of the same value i.
+// Grid (ceil(Nk / 32), H, B): CTA c builds the lists of key blocks [32c, 32c + 32) of one (b, h), so the work is
+// spread over Nk / 32 CTAs per head instead of one (a per-head CTA scattering row after row was bound by one
+// barrier per query block). Each CTA reads the head's whole LUT (Nq x cap entries, small and L2-resident) twice:
+//   1. entries of keys below its range (its first offset) and per-key counts;
+//   2. in entry order (ascending i, then t), chunks of 256 entries: within a warp, lanes with the same key rank by
+//      __match_any_sync; across warps, per-key counts are turned into write positions in warp order. So every key
+//      block's list is in ascending i, exactly as the CPU builds it, with integer arithmetic only.
+// Entries outside [0, Nk) are skipped and counts clamped to [0, cap], as for any caller LUT; a key repeated within
+// one row (a malformed caller LUT) gets one slot per repetition, like the CPU's.
 __global__ void __launch_bounds__(kInvertThreads) invert_kernel(InvertParams p) {
-  extern __shared__ int invert_smem[];
-  int* cursor = invert_smem;          // nk
-  __shared__ int warp_sums[32];
-  __shared__ int total;
-  const int64_t bh = static_cast<int64_t>(blockIdx.y) * p.heads + blockIdx.x;
+  constexpr int kWarps = kInvertThreads / 32;
+  static_assert(kInvertKeys == 32, "one lane per key of the CTA in the per-key scans");
+  __shared__ int cursor[kInvertKeys];             // per key: entries, then the next write position
+  __shared__ int warp_count[kWarps][kInvertKeys];  // per chunk: entries of each key in each warp
+  __shared__ int warp_pos[kWarps][kInvertKeys];    // per chunk: first write position of each key in each warp
+  __shared__ int before_part[kWarps];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t bh = static_cast<int64_t>(blockIdx.z) * p.heads + blockIdx.y;
+  const int j0 = blockIdx.x * kInvertKeys, keys = min(p.nk - j0, kInvertKeys);
   const int32_t* lut = p.lut + bh * p.nq * p.cap;
   const int32_t* cnt = p.count + bh * p.nq;
   int32_t* offset = p.offset + bh * (p.nk + 1);
   int32_t* index = p.index + bh * static_cast<int64_t>(p.nq) * p.cap;
-
-  for (int j = threadIdx.x; j < p.nk; j += blockDim.x) cursor[j] = 0;
-  __syncthreads();
   const int64_t entries = static_cast<int64_t>(p.nq) * p.cap;
-  for (int64_t e = threadIdx.x; e < entries; e += blockDim.x) {
+  // Key of entry e, or -1 when the entry is past its row's count or outside [0, Nk).
+  auto key_of = [&](int64_t e) {
     const int i = static_cast<int>(e / p.cap), t = static_cast<int>(e % p.cap);
-    const int n = min(max(cnt[i], 0), p.cap);
-    const int j = lut[e];
-    if (t < n && j >= 0 && j < p.nk) atomicAdd(&cursor[j], 1);
+    const int j = __ldg(lut + e);
+    return (t < min(max(__ldg(cnt + i), 0), p.cap) && j >= 0 && j < p.nk) ? j : -1;
+  };
+
+  if (threadIdx.x < kInvertKeys) cursor[threadIdx.x] = 0;
+  (&warp_count[0][0])[threadIdx.x] = 0;
+  static_assert(kWarps * kInvertKeys == kInvertThreads, "one warp_count slot per thread to clear");
+  __syncthreads();
+  int before = 0;
+  for (int64_t e = threadIdx.x; e < entries; e += kInvertThreads) {
+    const int j = key_of(e);
+    if (j >= 0 && j < j0) {
+      ++before;
+    } else if (j >= j0 && j < j0 + keys) {
+      atomicAdd(&cursor[j - j0], 1);
+    }
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) before += __shfl_xor_sync(0xFFFFFFFFu, before, off);
+  if (lane == 0) before_part[warp] = before;
+  __syncthreads();
+  if (warp == 0) {
+    int base = 0;
+    for (int w = 0; w < kWarps; ++w) base += before_part[w];
+    const int c = lane < keys ? cursor[lane] : 0;
+    int incl = c;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const int u = __shfl_up_sync(0xFFFFFFFFu, incl, off);
+      if (lane >= off) incl += u;
+    }
+    cursor[lane] = base + incl - c;
+    if (lane < keys) offset[j0 + lane] = base + incl - c;
+    if (j0 + keys == p.nk && lane == 31) offset[p.nk] = base + incl;  // lane 31: every key of the last CTA
   }
   __syncthreads();
-  // Exclusive prefix sum over key blocks, in chunks of contiguous entries per thread.
-  const int per = (p.nk + kInvertThreads - 1) / kInvertThreads;
-  const int j0 = min(p.nk, static_cast<int>(threadIdx.x) * per), j1 = min(p.nk, j0 + per);
-  int local = 0;
-  for (int j = j0; j < j1; ++j) local += cursor[j];
-  int run = block_exclusive_scan(local, warp_sums, &total);
-  for (int j = j0; j < j1; ++j) {
-    const int c = cursor[j];
-    offset[j] = run;
-    cursor[j] = run;
-    run += c;
-  }
-  if (threadIdx.x == 0) offset[p.nk] = total;
-  __syncthreads();
-  for (int i = 0; i < p.nq; ++i) {
-    const int n = min(max(cnt[i], 0), p.cap);
-    for (int t = threadIdx.x; t < n; t += blockDim.x) {
-      const int j = lut[static_cast<int64_t>(i) * p.cap + t];
-      if (j >= 0 && j < p.nk) index[atomicAdd(&cursor[j], 1)] = i;
+
+  const unsigned lanes_below = (1u << lane) - 1u;
+  for (int64_t e0 = 0; e0 < entries; e0 += kInvertThreads) {
+    const int64_t e = e0 + threadIdx.x;
+    const int j = e < entries ? key_of(e) : -1;
+    const int k = (j >= j0 && j < j0 + keys) ? j - j0 : -1;
+    const unsigned peers = __match_any_sync(0xFFFFFFFFu, k);
+    const int rank = __popc(peers & lanes_below);
+    if (k >= 0 && rank == 0) warp_count[warp][k] = __popc(peers);
+    __syncthreads();
+    if (warp == 0) {  // lane = key: positions in warp order, counts cleared for the next chunk
+      int run = cursor[lane];
+      for (int w = 0; w < kWarps; ++w) {
+        warp_pos[w][lane] = run;
+        run += warp_count[w][lane];
+        warp_count[w][lane] = 0;
+      }
+      cursor[lane] = run;
     }
     __syncthreads();
+    // The next chunk writes warp_count (already cleared by warp 0) before its first barrier and warp_pos only after
+    // it, so these reads of warp_pos race with no writer.
+    if (k >= 0) index[warp_pos[warp][k] + rank] = static_cast<int32_t>(e / p.cap);
   }
 }
 
@@ -393,19 +407,10 @@ Status launch_invert_table(const Problem& p, const TensorView& lut, const Tensor
   ip.nq = static_cast<int>(p.map.q_blocks);
   ip.nk = static_cast<int>(p.map.k_blocks);
   ip.cap = static_cast<int>(lut.shape[3]);
-  const std::size_t smem = static_cast<std::size_t>(ip.nk) * sizeof(int);
-  if (smem > kMaxSmem) {
-    return Status::Unsupported("invert_block_map: Nk = " + std::to_string(ip.nk) +
-                               " key blocks exceed the CUDA inverse kernel's limit of " +
-                               std::to_string(kMaxSmem / sizeof(int)));
-  }
-  if (smem > 48 * 1024) {
-    const cudaError_t e =
-        cudaFuncSetAttribute(invert_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (e != cudaSuccess) return device_error("invert_kernel: cudaFuncSetAttribute", e);
-  }
-  invert_kernel<<<dim3(static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch)), kInvertThreads, smem,
-                  stream>>>(ip);
+  // At least one CTA per head: it also writes offset[Nk] (the total).
+  const dim3 grid(static_cast<unsigned>(std::max(1, (ip.nk + kInvertKeys - 1) / kInvertKeys)), static_cast<unsigned>(p.heads),
+                  static_cast<unsigned>(p.batch));
+  invert_kernel<<<grid, kInvertThreads, 0, stream>>>(ip);
   return check_launch("invert_kernel");
 }
 

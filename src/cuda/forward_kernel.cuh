@@ -314,9 +314,12 @@ struct LinearEpilogue {
 
   // acc += A (B_hi + B_lo) with A staged in shared memory by stage_scaled_phi: the feature map is out of this loop,
   // and each B fragment serves every m-tile of the warp.
+  // The epilogue products run once per CTA, so their code is cold in the instruction cache every time: the ks loop
+  // stays rolled (one step: 16 ldmatrix and 16 x kM mma) instead of unrolling 8x into code that is fetched once per
+  // use. The accumulator indices depend only on the unrolled nd and mt loops, so the registers stay static.
   static __device__ __forceinline__ void add_staged(float (&acc)[kM][Traits::kNTilesO][4], uint32_t a_tile,
                                                     uint32_t b_hi, uint32_t b_lo, int row0, int lane) {
-#pragma unroll
+#pragma unroll 1  // see the note above add_staged: one ks step of code, run once per CTA
     for (int ks = 0; ks < kD / 16; ++ks) {
       uint32_t a[kM][4];
 #pragma unroll
@@ -346,7 +349,7 @@ struct LinearEpilogue {
     // One m-tile at a time: the B fragments are read again per m-tile, but the registers stay free for O.
 #pragma unroll
     for (int mt = 0; mt < kM; ++mt) {
-#pragma unroll
+#pragma unroll 1  // see the note above add_staged: one ks step of code, run once per CTA
       for (int ks = 0; ks < kD / 16; ++ks) {
         uint32_t a[4], a_hi[4], a_lo[4];
         ldsm_a<kChunks>(a, q_tile, row0 + mt * 16, ks * 16, lane);

@@ -14,8 +14,7 @@ Status launch_tile(const ForwardParams& p, cudaStream_t stream) {
   using Traits = ForwardTraits<T, kD, kBQ, kBK>;
   auto kernel = forward_kernel<Traits>;
   if (Traits::kSmemBytes > 48 * 1024) {
-    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes);
-    if (e != cudaSuccess) return device_error("forward_kernel: cudaFuncSetAttribute", e);
+    if (Status st = set_dynamic_smem(kernel, Traits::kSmemBytes, "forward_kernel"); !st.ok()) return st;
   }
   const dim3 grid(static_cast<unsigned>(p.nq), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
   kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(p);

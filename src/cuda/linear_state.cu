@@ -32,16 +32,20 @@ struct StateParams {
 };
 
 constexpr int kStateRows = 64;  // keys per tensor-core step of key_state_kernel
+// key_state_kernel is latency-bound (per-row feature map with shuffle chains, then a short mma burst per 64 keys):
+// 16 warps per CTA instead of 8 give the scheduler twice the warps to hide it, and halve each warp's accumulator
+// tile (D/16 x 2 warp grid over H), which keeps it under the 128 registers that 512 threads allow.
+constexpr int kKeyStateThreads = 512;
 
 // Partial H_g = phi(K_g)^T V_g on the tensor cores. phi(k) enters as an unevaluated sum hi + lo of two values of
 // the input type (16+ significant bits) and V exactly, so the fp32 accumulators see phi(k) v to ~2^-16 relative.
-// Warp tiling of H (D x D): D/16 warps along d, 8 / (D/16) along dv. z = colsum phi(k) is summed in fp32 from the
+// Warp tiling of H (D x D): D/16 warps along d, 16 / (D/16) along dv. z = colsum phi(k) is summed in fp32 from the
 // unrounded phi, per warp in key order, then across warps in warp order.
 template <class T, int kD, FeatureMap F>
-__global__ void __launch_bounds__(kStateThreads) key_state_kernel(StateParams p) {
+__global__ void __launch_bounds__(kKeyStateThreads) key_state_kernel(StateParams p) {
   using Tag = typename ElementTraits<T>::MmaTag;
   constexpr int kChunks = kD / 8;
-  constexpr int kWarpsM = kD / 16, kWarpsN = (kStateThreads / 32) / kWarpsM;
+  constexpr int kWarpsM = kD / 16, kWarpsN = (kKeyStateThreads / 32) / kWarpsM;
   constexpr int kCols = kD / kWarpsN;  // dv columns per warp
   constexpr int kE = kD / 32;          // elements of a key row per lane
   constexpr int kTileBytes = kStateRows * kD * 2;
@@ -69,16 +73,16 @@ __global__ void __launch_bounds__(kStateThreads) key_state_kernel(StateParams p)
 
   // Software pipeline: while chunk c is multiplied, V of chunk c + 1 streams into the other stage (cp.async) and
   // the K rows of chunk c + 1 into registers.
-  constexpr int kRowsPerWarp = kStateRows / (kStateThreads / 32);
+  constexpr int kRowsPerWarp = kStateRows / (kKeyStateThreads / 32);
   uint32_t raw[kRowsPerWarp][kE / 2];
   auto issue_loads = [&](int64_t r0, int stage) {
     const int valid = static_cast<int>(min_i64(kStateRows, r_end - r0));
-    load_tile_async<kStateRows, kD, kStateThreads>(v_stages + stage * kTileBytes,
+    load_tile_async<kStateRows, kD, kKeyStateThreads>(v_stages + stage * kTileBytes,
                                                    reinterpret_cast<const uint16_t*>(v_head + r0 * p.v.row_stride),
                                                    p.v.row_stride, valid, tid);
 #pragma unroll
     for (int q = 0; q < kRowsPerWarp; ++q) {
-      const int rr = warp + q * (kStateThreads / 32);
+      const int rr = warp + q * (kKeyStateThreads / 32);
       const T* src = k_head + (r0 + (rr < valid ? rr : 0)) * p.k.row_stride + lane * kE;
       if constexpr (kE == 4) {
         const uint2 u = *reinterpret_cast<const uint2*>(src);
@@ -98,7 +102,7 @@ __global__ void __launch_bounds__(kStateThreads) key_state_kernel(StateParams p)
     // phi of each key row: lanes own kE consecutive columns.
 #pragma unroll
     for (int q = 0; q < kRowsPerWarp; ++q) {
-      const int rr = warp + q * (kStateThreads / 32);
+      const int rr = warp + q * (kKeyStateThreads / 32);
       const bool ok = rr < valid;
       float x[kE];
 #pragma unroll
@@ -183,14 +187,14 @@ __global__ void __launch_bounds__(kStateThreads) key_state_kernel(StateParams p)
   __syncthreads();
   if (tid < kD) {
     float z = 0.f;
-    for (int w = 0; w < kStateThreads / 32; ++w) z += z_part[w * kD + tid];
+    for (int w = 0; w < kKeyStateThreads / 32; ++w) z += z_part[w * kD + tid];
     p.part_z[(bh * p.groups + grp) * kD + tid] = z;
   }
 }
 
 template <int kD>
 constexpr int key_state_smem_bytes() {
-  return 4 * kStateRows * kD * 2 + (kStateThreads / 32) * kD * 4;
+  return 4 * kStateRows * kD * 2 + (kKeyStateThreads / 32) * kD * 4;
 }
 
 struct HeadParams {
@@ -372,7 +376,7 @@ Status launch_key_state(const StateParams& sp, const Problem& p, cudaStream_t st
   cudaError_t attr = cudaSuccess;
   SLA_FEATURE_MAP_SWITCH(static_cast<FeatureMap>(sp.feature_map), FM, [&] {
     attr = cudaFuncSetAttribute(key_state_kernel<T, kD, FM>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (attr == cudaSuccess) key_state_kernel<T, kD, FM><<<grid, kStateThreads, smem, stream>>>(sp);
+    if (attr == cudaSuccess) key_state_kernel<T, kD, FM><<<grid, kKeyStateThreads, smem, stream>>>(sp);
   });
   if (attr != cudaSuccess) return device_error("key_state_kernel: cudaFuncSetAttribute", attr);
   return check_launch("key_state_kernel");

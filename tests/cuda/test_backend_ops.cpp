@@ -11,7 +11,8 @@
 // bwd:  GPU forward + backward against the CPU backend's fp64 gradients (dQ, dK, dV, dW, db) under the same 2x
 //       rule, with the emulated-precision backward of reference.cpp; skipped while the CUDA backward is unsupported.
 // ref:  host only, no GPU: reference.cpp (exact) against the CPU backend, forward and backward, to 1e-9.
-// perf: W1 (B=1, H=12, L=32760, D=128, bf16, topk 0.05, 128/64, global): block map and forward, median of 20.
+// perf: W1 (B=1, H=12, L=32760, D=128, bf16, topk 0.05, 128/64, global), median of 20: block map and forward
+//       (inference), and one training step (map with inverse tables + forward saving state, then backward).
 // Exit status: 0 pass, 1 failure, 77 skipped (no CUDA device).
 #include <cuda_runtime.h>
 
@@ -1069,7 +1070,40 @@ int run_perf(uint64_t seed) {
   a_save.lin_h = sla::make_view(d_h.ptr, DType::f32, {B, H, D, D}, sla::Device::cuda);
   a_save.lin_z = sla::make_view(d_z.ptr, DType::f32, {B, H, D}, sla::Device::cuda);
   sla::forward_workspace_size(a_save, cfg, &fws);
-  DeviceBuffer ws(std::max(pws, fws));
+  // Training: the block map with inverse tables, the forward saving state, then the backward with dW and db.
+  DeviceTensor d_do = make_device_tensor(DType::bf16, B, H, L, D, lay), dq = make_device_tensor(DType::bf16, B, H, L, D, lay),
+               dk = make_device_tensor(DType::bf16, B, H, L, D, lay), dv = make_device_tensor(DType::bf16, B, H, L, D, lay);
+  {
+    std::vector<uint16_t> h(B * H * L * D);
+    for (auto& e : h) e = sla::cpu::to_bf16(normal(rng)).bits;
+    CUDA_OK(cudaMemcpy(d_do.view.data, h.data(), h.size() * 2, cudaMemcpyHostToDevice));
+  }
+  DeviceBuffer d_dw(D * D * 4), d_db(D * 4);
+  sla::ForwardArgs a_train = a_save;
+  a_train.map = map.map;
+  sla::BackwardArgs ba;
+  ba.q = q.view;
+  ba.k = k.view;
+  ba.v = v.view;
+  ba.proj_weight = a.proj_weight;
+  ba.proj_bias = a.proj_bias;
+  ba.map = map.map;
+  ba.o = o.view;
+  ba.d_o = d_do.view;
+  ba.lse = a_save.lse;
+  ba.o_lin = a_save.o_lin;
+  ba.lin_h = a_save.lin_h;
+  ba.lin_z = a_save.lin_z;
+  ba.dq = dq.view;
+  ba.dk = dk.view;
+  ba.dv = dv.view;
+  ba.d_proj_weight = sla::make_view(d_dw.ptr, DType::f32, {D, D}, sla::Device::cuda);
+  ba.d_proj_bias = sla::make_view(d_db.ptr, DType::f32, {D}, sla::Device::cuda);
+  size_t bws = 0;
+  const sla::Status sb = sla::backward_workspace_size(ba, cfg, &bws);
+  const bool time_bwd = sb.ok();
+  if (!time_bwd) std::printf("perf: backward not timed: %s\n", sb.message.c_str());
+  DeviceBuffer ws(std::max({pws, fws, bws}));
   sla::Exec exec;
   exec.workspace = ws.ptr;
   exec.workspace_bytes = ws.bytes;
@@ -1081,7 +1115,7 @@ int run_perf(uint64_t seed) {
   sla::ForwardArgs a_sparse = a;  // O = O_s: the main loop alone (no linear state, no projection)
   a_sparse.proj_weight = sla::TensorView{};
   a_sparse.proj_bias = sla::TensorView{};
-  std::vector<double> t_map, t_fwd, t_fwd_save, t_sparse;
+  std::vector<double> t_map, t_fwd, t_fwd_save, t_sparse, t_train_fwd, t_bwd, t_step;
   for (int it = 0; it < 25; ++it) {
     CUDA_OK(cudaEventRecord(e0));
     sla::Status s1 = sla::predict_block_map(q.view, k.view, cfg, predict_map, exec);
@@ -1120,6 +1154,27 @@ int run_perf(uint64_t seed) {
     }
     CUDA_OK(cudaEventElapsedTime(&m1, e0, e1));
     if (it >= 5) t_sparse.push_back(m1);
+    if (!time_bwd) continue;
+    // One training step: map (with inverse tables) | forward saving state | backward.
+    CUDA_OK(cudaEventRecord(e0));
+    sla::Status s5 = sla::predict_block_map(q.view, k.view, cfg, map.map, exec);
+    if (s5.ok()) s5 = sla::forward(a_train, cfg, exec);
+    CUDA_OK(cudaEventRecord(e1));
+    if (s5.ok()) s5 = sla::backward(ba, cfg, exec);
+    CUDA_OK(cudaEventRecord(e2));
+    CUDA_OK(cudaEventSynchronize(e2));
+    if (!s5.ok()) {
+      std::printf("perf: training step: %s\n", s5.message.c_str());
+      return 1;
+    }
+    float mt1, mt2;
+    CUDA_OK(cudaEventElapsedTime(&mt1, e0, e1));
+    CUDA_OK(cudaEventElapsedTime(&mt2, e1, e2));
+    if (it >= 5) {
+      t_train_fwd.push_back(mt1);
+      t_bwd.push_back(mt2);
+      t_step.push_back(mt1 + mt2);
+    }
   }
   cudaDeviceProp prop;
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
@@ -1129,6 +1184,12 @@ int run_perf(uint64_t seed) {
               prop.name, mm, mf, mm + mf, ms, mm + ms, std::max(pws, fws) / 1e6);
   std::printf("sparse branch alone (no W, b): %.3f ms = %.0f TFLOPS on the 322 GFLOP of Q K^T and P V\n",
               median(t_sparse), 4.0 * H * L * (shape.critical * cfg.block_k) * D / (median(t_sparse) * 1e9));
+  if (time_bwd) {
+    std::printf("training step: map with inverse tables + forward with saved state %.3f ms, backward (dW, db) %.3f ms, "
+                "step %.3f ms\n",
+                median(t_train_fwd), median(t_bwd), median(t_step));
+    std::printf("SLA_PERF_STEP_MS %.4f\n", median(t_step));
+  }
   std::printf("SLA_PERF_TOTAL_MS %.4f\n", mm + mf);
   return 0;
 }

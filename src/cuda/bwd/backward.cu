@@ -12,7 +12,6 @@
 #include <algorithm>
 
 #include "cuda/bwd/backward.h"
-#include "cuda/bwd/backward_internal.h"
 #include "cuda/bwd/bwd_params.h"
 #include "cuda/bwd/linear_bwd.h"
 #include "cuda/bwd/sparse_bwd.h"
@@ -85,11 +84,6 @@ std::size_t workspace_bytes(const Problem& p, const Config& cfg) {
 }
 
 Status launch_backward(const Problem& p, const BackwardArgs& args, const Config& cfg, const Exec& exec) {
-  return launch_backward_with(p, args, cfg, exec, SparseKernels::tensor_core);
-}
-
-Status launch_backward_with(const Problem& p, const BackwardArgs& args, const Config& cfg, const Exec& exec,
-                            SparseKernels kernels) {
   if (p.d != p.dv) {
     return Status::Unsupported("v: the CUDA backward needs Dv == D (got D = " + std::to_string(p.d) +
                                ", Dv = " + std::to_string(p.dv) + ")");
@@ -162,13 +156,8 @@ Status launch_backward_with(const Problem& p, const BackwardArgs& args, const Co
   SLA_RETURN_IF_ERROR(launch_gmat(bp, stream));
   SLA_RETURN_IF_ERROR(launch_row_prep(bp, p.dtype, fm, stream));
   SLA_RETURN_IF_ERROR(launch_linear_reductions(bp, p.dtype, stream));
-  if (kernels == SparseKernels::reference) {
-    SLA_RETURN_IF_ERROR(launch_dq_simple(bp, p.dtype, fm, stream));
-    SLA_RETURN_IF_ERROR(launch_dkdv_simple(bp, p.dtype, fm, stream));
-  } else {
-    SLA_RETURN_IF_ERROR(launch_dq_mma(bp, p.dtype, fm, stream));
-    SLA_RETURN_IF_ERROR(launch_dkdv_mma(bp, p.dtype, fm, stream));
-  }
+  SLA_RETURN_IF_ERROR(launch_dq_mma(bp, p.dtype, fm, stream));
+  SLA_RETURN_IF_ERROR(launch_dkdv_mma(bp, p.dtype, fm, stream));
   return Status::Ok();
 }
 

@@ -95,34 +95,43 @@ __global__ void __launch_bounds__(kGemmThreads) complement_states_kernel(BwdPara
   if (threadIdx.x < D) p.grp_z[part * D + threadIdx.x] = empty ? 0.f : p.lin_z[bh * D + threadIdx.x] - zacc;
 }
 
+// row_prep_kernel runs 16 warps: it is latency-bound (per-row shuffle chains, shared-memory round trips between
+// short tensor-core bursts) and its shared memory allows one CTA per SM, so the warps per SM come from the CTA.
+// 16 warps also halve each warp's E accumulator tile, which keeps it within the 128 registers 512 threads allow.
+constexpr int kRowPrepThreads = 512, kRowPrepWarps = kRowPrepThreads / 32;
+constexpr int kUColSplit = kRowPrepWarps / (kStatsTileRows / 16);  // u = dO G: warps per 16-row group
+
 template <int D>
 struct RowPrepSmem {
-  static constexpr int SR = kStatsTileRows, P = fp32_pitch(D);
+  static constexpr int SR = kStatsTileRows;
   static constexpr int kTile = SR * D * 2, kSquare = D * D * 2;
   static constexpr int g_hi = 0, g_lo = g_hi + kSquare;                // G split, b16 tiles
   static constexpr int q = g_lo + kSquare, o = q + kTile;               // Q and O tiles, dtype T
   static constexpr int d_o = o + kTile;                                 // dO tiles (two buffers), dtype T
   static constexpr int a_hi = d_o + 2 * kTile, a_lo = a_hi + kTile;     // A = a / n split, b16 tiles
-  static constexpr int a_f32 = a_lo + kTile;                            // A as fp32 rows, pitch P
-  static constexpr int delta0 = a_f32 + SR * P * 4;                     // dO . O - dO . b per row
-  static constexpr int d_r = delta0 + SR * 4;                           // D_r per row, two column halves
-  static constexpr int kBytes = d_r + 2 * SR * 4;
+  static constexpr int delta0 = a_lo + kTile;                           // dO . O - dO . b per row
+  static constexpr int d_r = delta0 + SR * 4;                           // D_r per row, per column split
+  static constexpr int kBytes = d_r + kUColSplit * SR * 4;
+  // A is kept only as its hi + lo split (~16 significant bits, the precision the E = A^T dO products see): an
+  // extra fp32 copy (SR x D x 4 bytes) would push D = 128 past sm_80's 163 KB per block.
+  static_assert(kBytes <= 163 * 1024, "row_prep must fit sm_80's shared memory per block");
 };
 
-// Grid (row chunks or Nq, H, B), 256 threads. Per 64-row tile: A_r, 1/n_r, Delta_r, D_r (u = dO G on the tensor
+// Grid (row chunks or Nq, H, B), 512 threads. Per 64-row tile: A_r, 1/n_r, Delta_r, D_r (u = dO G on the tensor
 // cores), and the partial sums E += A^T dO (tensor cores), dz -= A^T D_r, db += colsum dO of the CTA's rows.
 template <class T, int D, FeatureMap F>
-__global__ void __launch_bounds__(kGemmThreads) row_prep_kernel(BwdParams p, bool need_e) {
+__global__ void __launch_bounds__(kRowPrepThreads) row_prep_kernel(BwdParams p, bool need_e) {
   using Smem = RowPrepSmem<D>;
-  constexpr int SR = Smem::SR, P = Smem::P, kThreads = kGemmThreads;
-  // u = dO G: warp (rg, ch) owns rows 16 rg.. and half the columns. E = A^T dO: warp (erg, ech) owns rows (d)
-  // 16 erg.. and D / kEColSplit columns.
-  constexpr int kNtU = D / 16;
-  constexpr int kERowGroups = D / 16, kEColSplit = kWarps / kERowGroups, kNtE = D / 8 / kEColSplit;
+  constexpr int SR = Smem::SR, kThreads = kRowPrepThreads, kSlices = kThreads / D;
+  static_assert(kThreads % D == 0 && 2 * kThreads * 4 <= Smem::kTile, "dz/db slices: threads per column, scratch");
+  // u = dO G: warp (rg, ch) owns rows 16 rg.. and D / kUColSplit columns. E = A^T dO: warp (erg, ech) owns rows
+  // (d) 16 erg.. and D / kEColSplit columns.
+  constexpr int kUCols = D / kUColSplit, kNtU = kUCols / 8;
+  constexpr int kERowGroups = D / 16, kEColSplit = kRowPrepWarps / kERowGroups, kNtE = D / 8 / kEColSplit;
+  static_assert(kNtU % 2 == 0 && kNtE % 2 == 0, "n-tiles come in pairs (one ldmatrix.x4 per two)");
   extern __shared__ float smem_f32[];
   unsigned char* smem = reinterpret_cast<unsigned char*>(smem_f32);
   const uint32_t base = smem_addr(smem);
-  float* a_f32 = reinterpret_cast<float*>(smem + Smem::a_f32);
   float* delta0_s = reinterpret_cast<float*>(smem + Smem::delta0);
   float* dr_s = reinterpret_cast<float*>(smem + Smem::d_r);
   __nv_bfloat16* a_hi = reinterpret_cast<__nv_bfloat16*>(smem + Smem::a_hi);
@@ -131,6 +140,13 @@ __global__ void __launch_bounds__(kGemmThreads) row_prep_kernel(BwdParams p, boo
   const int64_t b = blockIdx.z, h = blockIdx.y, bh = b * p.heads + h;
   const RowRange range = row_range(p, bh, blockIdx.x);
   const float* z = p.complement ? p.grp_z + range.part * D : p.lin_z + bh * D;
+  // A[r][c] and A[r][c + 1] (c even) from the split tiles.
+  auto a_pair = [&](int r, int c) {
+    const uint32_t off = swizzle<D / 8>(r, c / 8) + (c % 8) * 2;
+    const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(smem + Smem::a_hi + off));
+    const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(smem + Smem::a_lo + off));
+    return make_float2(hi.x + lo.x, hi.y + lo.y);
+  };
 
   if (p.has_weight) {
     const uint16_t* gsrc = p.g_split + (p.complement ? range.part : bh) * 2 * D * D;
@@ -178,7 +194,7 @@ __global__ void __launch_bounds__(kGemmThreads) row_prep_kernel(BwdParams p, boo
     // Per row (warp per row): A = phi(q) / n, 1/n and dO . O - dO . b. Unrolled so that independent rows overlap
     // their shuffle chains.
 #pragma unroll 2
-    for (int r = warp; r < SR; r += kWarps) {
+    for (int r = warp; r < SR; r += kRowPrepWarps) {
       WarpRow<D> scaled{};
       float delta0 = 0.f;
       if (r < valid) {
@@ -201,28 +217,27 @@ __global__ void __launch_bounds__(kGemmThreads) row_prep_kernel(BwdParams p, boo
         const __nv_bfloat16 hi = __float2bfloat16_rn(scaled.v[t]);
         a_hi[off / 2] = hi;
         a_lo[off / 2] = __float2bfloat16_rn(scaled.v[t] - __bfloat162float(hi));
-        a_f32[r * P + c] = scaled.v[t];
       }
       if (lane == 0) delta0_s[r] = delta0;
     }
     __syncthreads();  // Q and O tiles are free; A is complete
     if (row0 + SR < range.end) issue_tile(row0 + SR, buf ^ 1);
 
-    // D_r = A_r . (dO_r G), each warp over half the columns; the halves meet in shared memory.
+    // D_r = A_r . (dO_r G), each warp over D / kUColSplit columns; the parts meet in shared memory.
     if (p.has_weight) {
-      const int rg = warp % 4, ch = warp / 4;
+      const int rg = warp % (SR / 16), ch = warp / (SR / 16);
       float u[kNtU][4];
 #pragma unroll
       for (int n = 0; n < kNtU; ++n) u[n][0] = u[n][1] = u[n][2] = u[n][3] = 0.f;
       warp_mma_t_split<T, D, D, true, kNtU>(u, base + do_off, rg * 16, base + Smem::g_hi, base + Smem::g_lo, D,
-                                            ch * (D / 2), lane);
+                                            ch * kUCols, lane);
       float part[2] = {0.f, 0.f};
 #pragma unroll
       for (int n = 0; n < kNtU; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = rg * 16 + g + 8 * (e >> 1), c = ch * (D / 2) + n * 8 + 2 * t4 + (e & 1);
-          part[e >> 1] += u[n][e] * a_f32[r * P + c];
+        for (int hf = 0; hf < 2; ++hf) {
+          const float2 a = a_pair(rg * 16 + g + 8 * hf, ch * kUCols + n * 8 + 2 * t4);
+          part[hf] += u[n][2 * hf] * a.x + u[n][2 * hf + 1] * a.y;
         }
       part[0] = quad_sum(part[0]);
       part[1] = quad_sum(part[1]);
@@ -233,7 +248,11 @@ __global__ void __launch_bounds__(kGemmThreads) row_prep_kernel(BwdParams p, boo
     }
     __syncthreads();
     if (tid < SR) {
-      const float d_r = p.has_weight ? dr_s[tid] + dr_s[SR + tid] : 0.f;
+      float d_r = 0.f;
+      if (p.has_weight) {
+#pragma unroll
+        for (int sp = 0; sp < kUColSplit; ++sp) d_r += dr_s[sp * SR + tid];
+      }
       if (tid < valid) {
         p.delta[bh * p.lq + row0 + tid] = delta0_s[tid] - d_r;
         p.d_lin[bh * p.lq + row0 + tid] = d_r;
@@ -241,12 +260,17 @@ __global__ void __launch_bounds__(kGemmThreads) row_prep_kernel(BwdParams p, boo
       dr_s[tid] = d_r;
     }
     __syncthreads();
-    if (tid < D) {
+    {
+      // dz and db of column tid % D over every kSlices-th row: all threads take part, so the serial chain per
+      // thread is SR / kSlices rows instead of SR.
+      const int c = tid % D;
       const unsigned char* do_tile = smem + do_off;
-      for (int r = 0; r < valid; ++r) {
-        dz -= a_f32[r * P + tid] * dr_s[r];
-        db += ElementTraits<T>::to_float(
-            *reinterpret_cast<const T*>(do_tile + swizzle<D / 8>(r, tid / 8) + (tid % 8) * 2));
+      for (int r = tid / D; r < valid; r += kSlices) {
+        const uint32_t off = swizzle<D / 8>(r, c / 8) + (c % 8) * 2;
+        const float a = __bfloat162float(*reinterpret_cast<const __nv_bfloat16*>(smem + Smem::a_hi + off)) +
+                        __bfloat162float(*reinterpret_cast<const __nv_bfloat16*>(smem + Smem::a_lo + off));
+        dz -= a * dr_s[r];
+        db += ElementTraits<T>::to_float(*reinterpret_cast<const T*>(do_tile + off));
       }
     }
     // E += A^T dO over the tile's rows.
@@ -282,9 +306,22 @@ __global__ void __launch_bounds__(kGemmThreads) row_prep_kernel(BwdParams p, boo
         *reinterpret_cast<float2*>(dst + r * D + c) = make_float2(e_acc[n][2 * hf], e_acc[n][2 * hf + 1]);
       }
   }
+  // The row slices of dz and db meet in shared memory (the Q tile is free: no copy is in flight after the loop)
+  // and are added in slice order.
+  __syncthreads();
+  float* slice_sums = reinterpret_cast<float*>(smem + Smem::q);
+  slice_sums[tid] = dz;
+  slice_sums[kThreads + tid] = db;
+  __syncthreads();
   if (tid < D) {
-    p.dz_part[range.part * D + tid] = dz;
-    p.db_part[range.part * D + tid] = db;
+    float dz_sum = 0.f, db_sum = 0.f;
+#pragma unroll
+    for (int sl = 0; sl < kSlices; ++sl) {
+      dz_sum += slice_sums[sl * D + tid];
+      db_sum += slice_sums[kThreads + sl * D + tid];
+    }
+    p.dz_part[range.part * D + tid] = dz_sum;
+    p.db_part[range.part * D + tid] = db_sum;
   }
 }
 
@@ -420,9 +457,7 @@ __global__ void __launch_bounds__(kGemmThreads) dh_kernel(BwdParams p, const flo
 
 template <class Kernel>
 Status set_smem(Kernel kernel, std::size_t bytes) {
-  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(bytes));
-  return e == cudaSuccess ? Status::Ok() : device_error("backward: cudaFuncSetAttribute(shared memory)", e);
+  return set_dynamic_smem(kernel, bytes, "backward: linear-branch kernel");
 }
 
 Status sum_partials(const float* in, float* out, int64_t groups, int parts, int64_t n, cudaStream_t stream) {
@@ -458,7 +493,7 @@ Status launch_row_prep(const BwdParams& p, DType dtype, FeatureMap fm, cudaStrea
       const int64_t grid_x = p.complement ? p.nq : p.row_chunks;
       // E feeds dH (W present) and, in the global variant, dW.
       const bool need_e = p.has_weight || (!p.complement && p.d_proj_w != nullptr);
-      kernel<<<dim3(grid_x, p.heads, p.batch), kGemmThreads, smem, stream>>>(p, need_e);
+      kernel<<<dim3(grid_x, p.heads, p.batch), kRowPrepThreads, smem, stream>>>(p, need_e);
       return check_launch("backward: row_prep_kernel");
     });
   });

@@ -1,6 +1,6 @@
 // Launchers of the sparse-branch kernels (SPEC.md section 5): the dQ pass over each query block's LUT and the
-// dK/dV pass over each key block's inverse LUT. Both finish with the linear epilogue (linear_epilogue.cuh) and
-// write dq, dk, dv once, in the input dtype. They need the outputs of linear_bwd.h's stages.
+// dK/dV pass over each key block's inverse LUT. Both finish with the linear branch's share of the gradients, in
+// registers, and write dq, dk, dv once, in the input dtype. They need the outputs of linear_bwd.h's stages.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -9,11 +9,6 @@
 #include "sla/sla.h"
 
 namespace sla::cuda::bwd {
-
-// Reference kernels: one warp per row, scalar math. Any head dim built, any block size; slow. They define what the
-// tensor-core kernels must reproduce and serve shapes those do not cover.
-Status launch_dq_simple(const BwdParams& p, DType dtype, FeatureMap fm, cudaStream_t stream);
-Status launch_dkdv_simple(const BwdParams& p, DType dtype, FeatureMap fm, cudaStream_t stream);
 
 // Tensor-core kernels (mma.sync m16n8k16), bq and bk in {64, 128}: sparse_dq.cu and sparse_dkdv.cu.
 Status launch_dq_mma(const BwdParams& p, DType dtype, FeatureMap fm, cudaStream_t stream);

@@ -241,8 +241,7 @@ template <class T, int D, int BK, FeatureMap F>
 Status launch(const BwdParams& p, cudaStream_t stream) {
   const auto kernel = dkdv_mma_kernel<T, D, BK, F>;
   constexpr int kBytes = DkdvSmem<D, BK>::kBytes;
-  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
-  if (e != cudaSuccess) return device_error("backward: dkdv_mma_kernel shared memory", e);
+  if (Status st = set_dynamic_smem(kernel, kBytes, "backward: dkdv_mma_kernel"); !st.ok()) return st;
   kernel<<<dim3(p.nk, static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch)), BK * 2, kBytes, stream>>>(p);
   return check_launch("backward: dkdv_mma_kernel");
 }

@@ -195,8 +195,7 @@ template <class T, int D, int BQ, FeatureMap F>
 Status launch(const BwdParams& p, cudaStream_t stream) {
   const auto kernel = dq_mma_kernel<T, D, BQ, F>;
   constexpr int kBytes = DqSmem<D, BQ>::kBytes;
-  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
-  if (e != cudaSuccess) return device_error("backward: dq_mma_kernel shared memory", e);
+  if (Status st = set_dynamic_smem(kernel, kBytes, "backward: dq_mma_kernel"); !st.ok()) return st;
   const unsigned ctas = static_cast<unsigned>(p.nq) * static_cast<unsigned>(p.bq / BQ);
   kernel<<<dim3(ctas, static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch)), BQ * 2, kBytes, stream>>>(p);
   return check_launch("backward: dq_mma_kernel");

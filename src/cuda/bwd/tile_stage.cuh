@@ -66,25 +66,5 @@ __device__ __forceinline__ void store_split(uint16_t* dst, int idx, float x) {
   reinterpret_cast<__nv_bfloat16*>(dst)[idx] = hi;
   reinterpret_cast<__nv_bfloat16*>(dst)[D * D + idx] = lo;
 }
-template <int D>
-__device__ __forceinline__ float load_split(const uint16_t* src, int idx) {
-  const __nv_bfloat16* p = reinterpret_cast<const __nv_bfloat16*>(src);
-  return __bfloat162float(p[idx]) + __bfloat162float(p[D * D + idx]);
-}
-
-// dst (D x D, pitch fp32_pitch(D)) <- a split D x D matrix as fp32 (hi + lo), transposed when `transpose`.
-template <int D>
-__device__ __forceinline__ void stage_split_f32(float* dst, const uint16_t* src, bool transpose) {
-  constexpr int P = fp32_pitch(D);
-  for (int idx = threadIdx.x; idx < D * D; idx += blockDim.x) {
-    const int r = idx / D, c = idx % D;
-    const float x = load_split<D>(src, idx);
-    if (transpose) {
-      dst[c * P + r] = x;
-    } else {
-      dst[r * P + c] = x;
-    }
-  }
-}
 
 }  // namespace sla::cuda::bwd

@@ -1,6 +1,6 @@
 // One row of a (L x D) tensor held by one warp, lane l owning elements l + 32 t (t < D / 32): loads, dot products
-// and the feature map with its backward on such rows. Used wherever the backward pass needs per-row values that
-// the tensor cores do not produce (Delta_r, n_r, phi and phi-backward of q and k).
+// and the feature map on such rows. Used where the backward pass needs per-row values that the tensor cores do not
+// produce (row_prep: Delta_r, n_r and phi of q).
 #pragma once
 
 #include <cstdint>
@@ -77,17 +77,6 @@ __device__ __forceinline__ WarpRow<D> feature_map_row(const WarpRow<D>& x) {
 #pragma unroll
   for (int t = 0; t < WarpRow<D>::kPer; ++t) a.v[t] = phi_forward<F>(x.v[t], st);
   return a;
-}
-
-// dx from da through phi, given x and a = phi(x).
-template <FeatureMap F, int D>
-__device__ __forceinline__ WarpRow<D> feature_map_backward_row(const WarpRow<D>& x, const WarpRow<D>& a,
-                                                               const WarpRow<D>& da) {
-  const float dot = F == FeatureMap::softmax ? row_dot(da, a) : 0.f;
-  WarpRow<D> dx;
-#pragma unroll
-  for (int t = 0; t < WarpRow<D>::kPer; ++t) dx.v[t] = phi_backward<F>(x.v[t], a.v[t], da.v[t], dot);
-  return dx;
 }
 
 }  // namespace sla::cuda::bwd

@@ -22,6 +22,24 @@ inline Status check_launch(const char* kernel) {
   return Status::Ok();
 }
 
+// Raises a kernel's dynamic shared memory limit to `bytes`. A device whose per-block opt-in maximum is smaller
+// (sm_86/sm_89: 99 KB, sm_80: 163 KB) gets StatusCode::unsupported naming the kernel, not a device error; the
+// limit is queried only on that failure path, so launches pay one attribute call.
+template <class Kernel>
+Status set_dynamic_smem(Kernel kernel, std::size_t bytes, const char* what) {
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (e == cudaSuccess) return Status::Ok();
+  int dev = 0, limit = 0;
+  if (cudaGetDevice(&dev) == cudaSuccess &&
+      cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess &&
+      bytes > static_cast<std::size_t>(limit)) {
+    (void)cudaGetLastError();  // not sticky: clear it so that the next launch check does not report it
+    return Status::Unsupported(std::string(what) + " needs " + std::to_string(bytes) +
+                               " bytes of shared memory per block; this device allows " + std::to_string(limit));
+  }
+  return device_error(what, e);
+}
+
 #define SLA_CUDA_RETURN_IF_LAUNCH_FAILED(name)           \
   do {                                                   \
     ::sla::Status sla_launch_status_ = ::sla::cuda::check_launch(name); \
