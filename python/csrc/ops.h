@@ -1,0 +1,48 @@
+// The torch ops of the `sla` library, written once for every device. The device files (ops_cpu.cpp, ops_cuda.cpp)
+// register thin wrappers that pick the stream (and, on CUDA, the current device) and call these.
+//
+// Block-map tables travel as eight int32 tensors, always in this order:
+//   lut (B,H,Nq,T), count (B,H,Nq), negl_lut (B,H,Nq,Tn), negl_count (B,H,Nq),
+//   inv_offset (B,H,Nk+1), inv_index (B,H,Nq*T), negl_inv_offset (B,H,Nk+1), negl_inv_index (B,H,Nq*Tn).
+// A table the problem does not have (the negligible ones when Tn == 0, the inverse ones when only inference was
+// asked for) is an empty tensor of shape (B,H,0) or (B,H,Nq,0); the library sees it as absent.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace sla_torch {
+
+using BlockMapTensors =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using InverseTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using ForwardTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using BackwardTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// `stream` is the cudaStream_t to launch on (nullptr for CPU tensors).
+BlockMapTensors block_map(const at::Tensor& q, const at::Tensor& k, int64_t block_q, int64_t block_k, double topk,
+                          double negligible, c10::string_view variant, bool with_inverse, void* stream);
+
+InverseTensors invert_block_map(const at::Tensor& lut, const at::Tensor& count, const at::Tensor& negl_lut,
+                                const at::Tensor& negl_count, int64_t k_blocks, void* stream);
+
+ForwardTensors forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                       const c10::optional<at::Tensor>& proj_weight, const c10::optional<at::Tensor>& proj_bias,
+                       const at::Tensor& lut, const at::Tensor& count, const at::Tensor& negl_lut,
+                       const at::Tensor& negl_count, const at::Tensor& inv_offset, const at::Tensor& inv_index,
+                       const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index, int64_t block_q,
+                       int64_t block_k, double topk, double negligible, c10::string_view variant,
+                       c10::string_view feature_map, double scale, double eps, bool save_for_backward, void* stream);
+
+BackwardTensors backward(const at::Tensor& grad_o, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const c10::optional<at::Tensor>& proj_weight, const c10::optional<at::Tensor>& proj_bias,
+                         const at::Tensor& lut, const at::Tensor& count, const at::Tensor& negl_lut,
+                         const at::Tensor& negl_count, const at::Tensor& inv_offset, const at::Tensor& inv_index,
+                         const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index, const at::Tensor& o,
+                         const at::Tensor& lse, const at::Tensor& o_lin, const at::Tensor& lin_h,
+                         const at::Tensor& lin_z, int64_t block_q, int64_t block_k, double topk, double negligible,
+                         c10::string_view variant, c10::string_view feature_map, double scale, double eps,
+                         void* stream);
+
+}  // namespace sla_torch

@@ -1,0 +1,73 @@
+// CUDA kernels of the `sla` torch ops: the library's CUDA backend, launched on torch's current stream of the
+// inputs' device. Built only when the core library has its CUDA backend (SLA_WITH_CUDA).
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "ops.h"
+
+namespace sla_torch {
+namespace {
+
+// Makes `t`'s device current for the lifetime of the object and names the stream to launch on; workspace and
+// outputs then come from the caching allocator of that device and stream.
+class CudaLaunch {
+ public:
+  explicit CudaLaunch(const at::Tensor& t) : guard_(t.device()) {}
+  void* stream() const { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+ private:
+  c10::cuda::CUDAGuard guard_;
+};
+
+BlockMapTensors block_map_cuda(const at::Tensor& q, const at::Tensor& k, int64_t block_q, int64_t block_k,
+                               double topk, double negligible, c10::string_view variant, bool with_inverse) {
+  CudaLaunch launch(q);
+  return block_map(q, k, block_q, block_k, topk, negligible, variant, with_inverse, launch.stream());
+}
+
+InverseTensors invert_block_map_cuda(const at::Tensor& lut, const at::Tensor& count, const at::Tensor& negl_lut,
+                                     const at::Tensor& negl_count, int64_t k_blocks) {
+  CudaLaunch launch(lut);
+  return invert_block_map(lut, count, negl_lut, negl_count, k_blocks, launch.stream());
+}
+
+ForwardTensors forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const c10::optional<at::Tensor>& proj_weight, const c10::optional<at::Tensor>& proj_bias,
+                            const at::Tensor& lut, const at::Tensor& count, const at::Tensor& negl_lut,
+                            const at::Tensor& negl_count, const at::Tensor& inv_offset, const at::Tensor& inv_index,
+                            const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index, int64_t block_q,
+                            int64_t block_k, double topk, double negligible, c10::string_view variant,
+                            c10::string_view feature_map, double scale, double eps, bool save_for_backward) {
+  CudaLaunch launch(q);
+  return forward(q, k, v, proj_weight, proj_bias, lut, count, negl_lut, negl_count, inv_offset, inv_index,
+                 negl_inv_offset, negl_inv_index, block_q, block_k, topk, negligible, variant, feature_map, scale,
+                 eps, save_for_backward, launch.stream());
+}
+
+BackwardTensors backward_cuda(const at::Tensor& grad_o, const at::Tensor& q, const at::Tensor& k,
+                              const at::Tensor& v, const c10::optional<at::Tensor>& proj_weight,
+                              const c10::optional<at::Tensor>& proj_bias, const at::Tensor& lut,
+                              const at::Tensor& count, const at::Tensor& negl_lut, const at::Tensor& negl_count,
+                              const at::Tensor& inv_offset, const at::Tensor& inv_index,
+                              const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index,
+                              const at::Tensor& o, const at::Tensor& lse, const at::Tensor& o_lin,
+                              const at::Tensor& lin_h, const at::Tensor& lin_z, int64_t block_q, int64_t block_k,
+                              double topk, double negligible, c10::string_view variant,
+                              c10::string_view feature_map, double scale, double eps) {
+  CudaLaunch launch(q);
+  return backward(grad_o, q, k, v, proj_weight, proj_bias, lut, count, negl_lut, negl_count, inv_offset, inv_index,
+                  negl_inv_offset, negl_inv_index, o, lse, o_lin, lin_h, lin_z, block_q, block_k, topk, negligible,
+                  variant, feature_map, scale, eps, launch.stream());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sla, CUDA, m) {
+  m.impl("block_map", &block_map_cuda);
+  m.impl("invert_block_map", &invert_block_map_cuda);
+  m.impl("forward", &forward_cuda);
+  m.impl("backward", &backward_cuda);
+}
+
+}  // namespace sla_torch

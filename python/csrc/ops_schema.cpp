@@ -1,0 +1,29 @@
+// Schemas of the `sla` torch ops (torch.ops.sla.*). python/sla/_fake.py gives every op its shape function and
+// python/sla/_autograd.py connects `forward` to `backward`; ops.h describes the block-map tables.
+#include <torch/library.h>
+
+#define SLA_MAP_TABLES                                                                                  \
+  "Tensor lut, Tensor count, Tensor negl_lut, Tensor negl_count, Tensor inv_offset, Tensor inv_index, " \
+  "Tensor negl_inv_offset, Tensor negl_inv_index"
+
+#define SLA_CONFIG                                                                                       \
+  "int block_q, int block_k, float topk, float negligible, str variant, str feature_map, float scale, " \
+  "float eps"
+
+TORCH_LIBRARY(sla, m) {
+  m.def(
+      "block_map(Tensor q, Tensor k, int block_q, int block_k, float topk, float negligible, str variant, "
+      "bool with_inverse) -> (Tensor lut, Tensor count, Tensor negl_lut, Tensor negl_count, Tensor inv_offset, "
+      "Tensor inv_index, Tensor negl_inv_offset, Tensor negl_inv_index)");
+  m.def(
+      "invert_block_map(Tensor lut, Tensor count, Tensor negl_lut, Tensor negl_count, int k_blocks) -> "
+      "(Tensor inv_offset, Tensor inv_index, Tensor negl_inv_offset, Tensor negl_inv_index)");
+  m.def(
+      "forward(Tensor q, Tensor k, Tensor v, Tensor? proj_weight, Tensor? proj_bias, " SLA_MAP_TABLES
+      ", " SLA_CONFIG ", bool save_for_backward) -> "
+      "(Tensor o, Tensor lse, Tensor o_lin, Tensor lin_h, Tensor lin_z)");
+  m.def(
+      "backward(Tensor grad_o, Tensor q, Tensor k, Tensor v, Tensor? proj_weight, Tensor? proj_bias, " SLA_MAP_TABLES
+      ", Tensor o, Tensor lse, Tensor o_lin, Tensor lin_h, Tensor lin_z, " SLA_CONFIG
+      ") -> (Tensor dq, Tensor dk, Tensor dv, Tensor d_proj_weight, Tensor d_proj_bias)");
+}

@@ -1,0 +1,31 @@
+"""SLA: Sparse-Linear Attention (arXiv 2509.24006) for PyTorch.
+
+    import sla
+    attn = sla.SparseLinearAttention(head_dim=128, topk=0.05)
+    o = attn(q, k, v)                                   # (B, H, L, D)
+    o = sla.sparse_linear_attention(q, k, v, topk=0.05)  # functional form
+
+The ops are torch.ops.sla.{block_map, invert_block_map, forward, backward}; see docs/PYTHON.md.
+"""
+
+import torch  # noqa: F401  (loads libtorch before the extension that links it)
+
+from . import _C  # registers torch.ops.sla.*
+from . import _autograd, _fake  # noqa: F401  (register the autograd formula and the fake kernels)
+from .blockmap import BlockMap, block_map
+from .functional import sparse_linear_attention
+from .module import SparseLinearAttention
+
+__version__ = "0.1.0"
+
+build_info = _C.build_info
+cuda_available = _C.cuda_available
+
+__all__ = [
+    "BlockMap",
+    "SparseLinearAttention",
+    "block_map",
+    "build_info",
+    "cuda_available",
+    "sparse_linear_attention",
+]

@@ -1,0 +1,116 @@
+"""The block map of SPEC.md section 1 as a Python value: the int32 tables plus the sizes needed to reuse it, and
+the sparsity statistics a caller reports."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from . import _options
+from ._shapes import ceil_div
+
+
+class BlockMap(NamedTuple):
+    """Which key blocks each query block attends to, per (batch, head).
+
+    ``lut[b, h, i, :count[b, h, i]]`` are the critical key blocks of query block i, ascending. ``negl_*`` are the
+    negligible blocks of the complement variant (empty tensors when there are none); ``inv_*`` are the inverse
+    tables the backward pass needs (empty tensors when the map was made for inference only).
+    A NamedTuple so that torch.compile traces it without graph breaks.
+    """
+
+    lut: torch.Tensor  # (B, H, Nq, T) int32
+    count: torch.Tensor  # (B, H, Nq) int32
+    negl_lut: torch.Tensor  # (B, H, Nq, Tn) int32
+    negl_count: torch.Tensor  # (B, H, Nq) int32, or (B, H, 0) when Tn == 0
+    inv_offset: torch.Tensor  # (B, H, Nk + 1) int32, or (B, H, 0) without inverse
+    inv_index: torch.Tensor  # (B, H, Nq * T) int32
+    negl_inv_offset: torch.Tensor  # (B, H, Nk + 1) int32, or (B, H, 0)
+    negl_inv_index: torch.Tensor  # (B, H, Nq * Tn) int32
+    block_q: int
+    block_k: int
+    k_blocks: int  # Nk
+
+    @property
+    def q_blocks(self) -> int:
+        return self.lut.shape[2]
+
+    @property
+    def real_topk(self) -> int:
+        """T: critical key blocks per query block (the public module's `real_topk`)."""
+        return self.lut.shape[3]
+
+    @property
+    def density(self) -> float:
+        """T / Nk: the fraction of key blocks the sparse branch attends to (what the public module's
+        ``return_sparsity=True`` returns)."""
+        return self.real_topk / self.k_blocks
+
+    @property
+    def sparsity(self) -> float:
+        """1 - T / Nk: the fraction of key blocks the sparse branch skips."""
+        return 1.0 - self.density
+
+    @property
+    def negligible_fraction(self) -> float:
+        """Tn / Nk: the fraction of key blocks skipped by both branches (complement variant)."""
+        return self.negl_lut.shape[3] / self.k_blocks
+
+    @property
+    def has_inverse(self) -> bool:
+        return self.inv_offset.shape[-1] > 0
+
+    def tables(self) -> tuple[torch.Tensor, ...]:
+        """The eight tables in the order the torch.ops.sla ops take them."""
+        return tuple(self[:8])
+
+    def with_inverse(self) -> "BlockMap":
+        """This map with its inverse tables filled (needed for the backward pass); itself if they already are."""
+        if self.has_inverse:
+            return self
+        inv = torch.ops.sla.invert_block_map(self.lut, self.count, self.negl_lut, self.negl_count, self.k_blocks)
+        return self._replace(inv_offset=inv[0], inv_index=inv[1], negl_inv_offset=inv[2], negl_inv_index=inv[3])
+
+    @classmethod
+    def from_lut(cls, lut: torch.Tensor, *, k_blocks: int, block_q: int, block_k: int,
+                 count: Optional[torch.Tensor] = None, negl_lut: Optional[torch.Tensor] = None,
+                 negl_count: Optional[torch.Tensor] = None, with_inverse: bool = True) -> "BlockMap":
+        """A caller-supplied map (SPEC.md 1.7): mask reuse across diffusion steps, mask studies, tests.
+
+        ``lut`` is (B, H, Nq, T) int32 with ascending, distinct key-block indices in [0, k_blocks); ``count``
+        defaults to T for every row. ``negl_lut``/``negl_count`` give negligible blocks (complement variant).
+        """
+        _options.check_tensor("lut", lut)
+        if lut.dim() != 4:
+            raise ValueError(f"lut: expected 4 dimensions (B, H, Nq, T), got {lut.dim()}")
+        b, h, nq, t = lut.shape
+        if count is None:
+            count = torch.full((b, h, nq), t, dtype=torch.int32, device=lut.device)
+        if negl_lut is None:
+            negl_lut = lut.new_empty((b, h, nq, 0))
+            negl_count = lut.new_empty((b, h, 0))
+        elif negl_count is None:
+            negl_count = torch.full((b, h, nq), negl_lut.shape[3], dtype=torch.int32, device=lut.device)
+        empty = lut.new_empty((b, h, 0))
+        bmap = cls(lut, count, negl_lut, negl_count, empty, empty, empty, empty, block_q, block_k, k_blocks)
+        return bmap.with_inverse() if with_inverse else bmap
+
+
+def block_map(q: torch.Tensor, k: torch.Tensor, *, topk: float, block_q: int = 64, block_k: int = 64,
+              variant: str = "global", negligible: float = 0.0, layout: str = "BHLD",
+              with_inverse: bool = True) -> BlockMap:
+    """Predicts the block map from q and k (SPEC.md section 1): smooth-K, mean pooling, scores, the top
+    T = clamp(floor(topk * Nk), 1, Nk) key blocks per query block (ties to the lower index) and, for the complement
+    variant with ``negligible`` > 0, the negligible blocks. No gradient flows through it."""
+    _options.check_choice("layout", layout, _options.LAYOUTS)
+    _options.check_choice("variant", variant, _options.VARIANTS)
+    _options.check_tensor("q", q)
+    _options.check_tensor("k", k)
+    _options.check_rank4("q", q, layout)
+    _options.check_rank4("k", k, layout)
+    qh = _options.to_bhld(q.detach(), layout)
+    kh = _options.to_bhld(k.detach(), layout)
+    tables = torch.ops.sla.block_map(qh, kh, block_q, block_k, float(topk), float(negligible), variant,
+                                     with_inverse)
+    return BlockMap(*tables, block_q=block_q, block_k=block_k, k_blocks=ceil_div(kh.shape[2], block_k))

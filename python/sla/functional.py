@@ -1,0 +1,100 @@
+"""The functional form of one SLA layer: block map (unless given), sparse branch, linear branch and projection,
+O = O_s + O_l W^T + b (SPEC.md sections 1-4), differentiable in q, k, v, proj_weight and proj_bias."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+from . import _options
+from ._shapes import topk_for_count
+from .blockmap import BlockMap, block_map as predict_block_map
+
+
+def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def sparse_linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    topk: float,
+    block_q: int = 64,
+    block_k: int = 64,
+    feature_map: str = "softmax",
+    variant: str = "global",
+    negligible: float = 0.0,
+    layout: str = "BHLD",
+    scale: Optional[float] = None,
+    eps: float = 1e-5,
+    proj_weight: Optional[torch.Tensor] = None,
+    proj_bias: Optional[torch.Tensor] = None,
+    block_map: Optional[BlockMap] = None,
+    return_block_map: bool = False,
+) -> Union[torch.Tensor, tuple[torch.Tensor, BlockMap]]:
+    """Sparse-linear attention (arXiv 2509.24006).
+
+    Args:
+        q, k, v: (B, H, L, D) tensors for ``layout='BHLD'``, (B, L, H, D) for ``'BLHD'``; any strides with a
+            contiguous last dim are read without copies. bf16/fp16 on CUDA; fp32/fp64 (and bf16/fp16) on the CPU.
+        topk: fraction of key blocks each query block attends to exactly, in (0, 1].
+        block_q, block_k: block sizes, 64 or 128.
+        feature_map: phi of the linear branch: 'softmax' (over the head dim), 'elu' (elu + 1) or 'relu'.
+        variant: 'global' (public main branch; linear branch over all keys) or 'complement' (the paper and the
+            public SLA-1 branch; linear branch over the marginal blocks of each query block).
+        negligible: fraction of key blocks skipped entirely (complement variant only).
+        scale: softmax scale; None means 1/sqrt(D).
+        eps: the global variant's denominator epsilon.
+        proj_weight, proj_bias: the (Dv, Dv) and (Dv,) projection of the linear branch; None means zero. Computed
+            in float32 (float64 for float64 inputs) whatever their dtype.
+        block_map: a map to use instead of predicting one (its block sizes, T and Tn replace block_q, block_k,
+            topk and negligible).
+        return_block_map: also return the BlockMap used.
+
+    Returns:
+        O in the layout and dtype of q, or (O, BlockMap).
+    """
+    _options.check_choice("layout", layout, _options.LAYOUTS)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _options.check_tensor(name, t)
+        _options.check_rank4(name, t, layout)
+    _options.check_choice("variant", variant, _options.VARIANTS)
+    _options.check_feature_map(feature_map)
+    if scale is not None and not (isinstance(scale, (int, float)) and 0 < scale < float("inf")):
+        # The library reads scale == 0 as "1/sqrt(D)"; here that meaning belongs to None alone.
+        raise ValueError(f"scale: expected a finite number > 0 or None, got {scale!r}")
+    if block_map is not None and not isinstance(block_map, BlockMap):
+        raise TypeError(f"block_map: expected an sla.BlockMap, got {type(block_map).__name__}")
+
+    qh, kh, vh = (_options.to_bhld(t, layout) for t in (q, k, v))
+    needs_grad = _needs_grad(q, k, v, proj_weight, proj_bias)
+
+    if block_map is None:
+        bmap = predict_block_map(qh, kh, topk=topk, block_q=block_q, block_k=block_k, variant=variant,
+                                 negligible=negligible, with_inverse=needs_grad)
+        map_topk, map_negligible = float(topk), float(negligible)
+    else:
+        bmap = block_map.with_inverse() if needs_grad else block_map
+        # The library checks the tables' shapes against the options: describe the given map exactly.
+        map_topk = topk_for_count(bmap.real_topk, bmap.k_blocks)
+        tn = bmap.negl_lut.shape[3]
+        map_negligible = topk_for_count(tn, bmap.k_blocks) if tn > 0 else 0.0
+
+    acc = _acc_dtype(q.dtype)
+    weight = proj_weight.to(acc) if proj_weight is not None else None
+    bias = proj_bias.to(acc) if proj_bias is not None else None
+    o = torch.ops.sla.forward(
+        qh, kh, vh, weight, bias, *bmap.tables(), bmap.block_q, bmap.block_k, map_topk, map_negligible, variant,
+        feature_map, 0.0 if scale is None else float(scale), float(eps), needs_grad)[0]
+    o = _options.from_bhld(o, layout)
+    return (o, bmap) if return_block_map else o
+
+
+__all__ = ["sparse_linear_attention"]
