@@ -2,7 +2,9 @@
 // No torch and no CUDA headers: a C++17 compiler is all a caller needs to include this.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 namespace sla {
