@@ -257,6 +257,12 @@ def markdown(results: list[Result], gpu: str) -> str:
     return "\n".join(lines)
 
 
+def json_row(r: Result) -> dict:
+    row = dataclasses.asdict(r.case)
+    row.update({k: v for k, v in dataclasses.asdict(r).items() if k != "case"})
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="W1 only (both variants unless --variants)")
@@ -293,7 +299,7 @@ def main() -> int:
         with open(args.json, "w") as f:
             json.dump({"gpu": gpu, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                        "torch": torch.__version__, "sla": sla.build_info(),
-                       "results": [dict(dataclasses.asdict(r), **dataclasses.asdict(r.case)) for r in results]},
+                       "results": [json_row(r) for r in results]},
                       f, indent=1)
     return 0
 
