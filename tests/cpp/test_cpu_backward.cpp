@@ -69,7 +69,6 @@ void expected_projection_grads(const Shape& s, const std::vector<double>& d_o, c
     }
 }
 
-using VariantCase = std::tuple<Variant, FeatureMap>;
 
 class CpuBackward : public ::testing::TestWithParam<VariantCase> {
  protected:
@@ -336,14 +335,7 @@ TEST_P(CpuBackward, LayoutsGiveIdenticalGradients) {
   EXPECT_TRUE(bitwise_equal(a.grads.dw, b.grads.dw));
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Variants, CpuBackward,
-    ::testing::Combine(::testing::Values(Variant::global, Variant::complement),
-                       ::testing::Values(FeatureMap::softmax, FeatureMap::elu, FeatureMap::relu)),
-    [](const ::testing::TestParamInfo<VariantCase>& info) {
-      return std::string(sla::variant_name(std::get<0>(info.param))) + "_" +
-             sla::feature_map_name(std::get<1>(info.param));
-    });
+INSTANTIATE_TEST_SUITE_P(Variants, CpuBackward, all_variant_cases(), variant_case_name);
 
 // ---- dtypes ------------------------------------------------------------------------------------------------------
 

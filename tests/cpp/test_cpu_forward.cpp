@@ -74,7 +74,6 @@ Expected expected_for(const Case& r) {
 
 // ---- parameterised over (variant, feature map) -------------------------------------------------------------------
 
-using VariantCase = std::tuple<Variant, FeatureMap>;
 
 class CpuForward : public ::testing::TestWithParam<VariantCase> {
  protected:
@@ -340,14 +339,7 @@ TEST_P(CpuForward, SequenceShorterThanOneBlock) {
   EXPECT_TRUE(all_close(r.out.o_lin.logical(), e.o_lin, kF64Tol, kF64Tol));
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Variants, CpuForward,
-    ::testing::Combine(::testing::Values(Variant::global, Variant::complement),
-                       ::testing::Values(FeatureMap::softmax, FeatureMap::elu, FeatureMap::relu)),
-    [](const ::testing::TestParamInfo<VariantCase>& info) {
-      return std::string(sla::variant_name(std::get<0>(info.param))) + "_" +
-             sla::feature_map_name(std::get<1>(info.param));
-    });
+INSTANTIATE_TEST_SUITE_P(Variants, CpuForward, all_variant_cases(), variant_case_name);
 
 // ---- dtypes ------------------------------------------------------------------------------------------------------
 

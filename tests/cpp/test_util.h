@@ -18,6 +18,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cpu/half_float.h"
@@ -405,6 +406,16 @@ inline ::testing::AssertionResult bitwise_equal(const HostTensor& a, const HostT
 
 // ------------------------------------------------------------------------------------------------------------------
 // Naive dense fp64 references (SPEC.md sections 1-5). Arrays are row-major logical (B, H, L, D) doubles.
+
+// Every combination of linear-branch variant and feature map, the grid the forward and backward suites both run.
+using VariantCase = std::tuple<sla::Variant, sla::FeatureMap>;
+inline auto all_variant_cases() {
+  return ::testing::Combine(::testing::Values(sla::Variant::global, sla::Variant::complement),
+                            ::testing::Values(sla::FeatureMap::softmax, sla::FeatureMap::elu, sla::FeatureMap::relu));
+}
+inline std::string variant_case_name(const ::testing::TestParamInfo<VariantCase>& info) {
+  return std::string(sla::variant_name(std::get<0>(info.param))) + "_" + sla::feature_map_name(std::get<1>(info.param));
+}
 
 namespace ref {
 
