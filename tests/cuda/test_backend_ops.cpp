@@ -320,6 +320,39 @@ struct HostMap {
   std::vector<int32_t> lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index;
 };
 
+// The reference problem of case `c` over host inputs and a block map; it points into its arguments, which must
+// outlive it.
+RefProblem make_ref_problem(const Case& c, const sla::Config& cfg, const std::vector<double>& q,
+                            const std::vector<double>& k, const std::vector<double>& v, const std::vector<double>& w,
+                            const std::vector<double>& bias, const HostMap& map) {
+  RefProblem rp;
+  rp.batch = c.batch;
+  rp.heads = c.heads;
+  rp.lq = c.lq;
+  rp.lk = c.lk;
+  rp.d = c.d;
+  rp.bq = c.bq;
+  rp.bk = c.bk;
+  rp.variant = c.variant;
+  rp.feature_map = c.fmap;
+  rp.scale = 1.0 / std::sqrt(static_cast<double>(c.d));
+  rp.eps = cfg.eps;
+  rp.q = q.data();
+  rp.k = k.data();
+  rp.v = v.data();
+  rp.weight = c.weight ? w.data() : nullptr;
+  rp.bias = c.bias ? bias.data() : nullptr;
+  rp.lut = map.lut.data();
+  rp.count = map.count.data();
+  rp.t = map.shape.critical;
+  if (map.shape.negligible > 0) {
+    rp.negl_lut = map.negl_lut.data();
+    rp.negl_count = map.negl_count.data();
+    rp.tn = map.shape.negligible;
+  }
+  return rp;
+}
+
 struct DeviceMap {
   DeviceBuffer lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index;
   sla::BlockMap map;
@@ -546,21 +579,7 @@ bool run_forward_case(const Case& c, uint64_t seed, std::string* log) {
   st.require(sla::predict_block_map(host_view(q, c.lq), host_view(k, c.lk), cfg, cmap, cpu_exec), "predict(cpu)", log);
   if (!st.ok) return false;
 
-  RefProblem rp;
-  rp.batch = B;
-  rp.heads = H;
-  rp.lq = c.lq;
-  rp.lk = c.lk;
-  rp.d = D;
-  rp.bq = c.bq;
-  rp.bk = c.bk;
-  rp.variant = c.variant;
-  rp.feature_map = c.fmap;
-  rp.scale = 1.0 / std::sqrt(static_cast<double>(D));
-  rp.eps = cfg.eps;
-  rp.q = q.data();
-  rp.k = k.data();
-  rp.v = v.data();
+  const RefProblem rp = make_ref_problem(c, cfg, q, k, v, w, bias, gm);
   const std::vector<double> scores = reference_block_scores(rp);
   const int64_t rows = B * H * shape.q_blocks, nk = shape.k_blocks;
   int near_ties = 0;
@@ -665,16 +684,6 @@ bool run_forward_case(const Case& c, uint64_t seed, std::string* log) {
   if (!st.ok) return false;
 
   // Emulation at the input precision, and the same code without rounding cross-checked against the oracle.
-  rp.weight = c.weight ? w.data() : nullptr;
-  rp.bias = c.bias ? bias.data() : nullptr;
-  rp.lut = gm.lut.data();
-  rp.count = gm.count.data();
-  rp.t = shape.critical;
-  if (shape.negligible > 0) {
-    rp.negl_lut = gm.negl_lut.data();
-    rp.negl_count = gm.negl_count.data();
-    rp.tn = shape.negligible;
-  }
   RefOutputs emu, exact;
   reference_forward(rp, rnd, &emu);
   reference_forward(rp, [](double x) { return x; }, &exact);
@@ -765,31 +774,7 @@ bool make_host_problem(const Case& c, uint64_t seed, HostProblem* hp, std::strin
     *log += " predict(cpu): " + st.message;
     return false;
   }
-  RefProblem& rp = hp->ref;
-  rp.batch = B;
-  rp.heads = H;
-  rp.lq = c.lq;
-  rp.lk = c.lk;
-  rp.d = D;
-  rp.bq = c.bq;
-  rp.bk = c.bk;
-  rp.variant = c.variant;
-  rp.feature_map = c.fmap;
-  rp.scale = 1.0 / std::sqrt(static_cast<double>(D));
-  rp.eps = cfg.eps;
-  rp.q = hp->q.data();
-  rp.k = hp->k.data();
-  rp.v = hp->v.data();
-  rp.weight = c.weight ? hp->w.data() : nullptr;
-  rp.bias = c.bias ? hp->bias.data() : nullptr;
-  rp.lut = hp->map.lut.data();
-  rp.count = hp->map.count.data();
-  rp.t = shape.critical;
-  if (shape.negligible > 0) {
-    rp.negl_lut = hp->map.negl_lut.data();
-    rp.negl_count = hp->map.negl_count.data();
-    rp.tn = shape.negligible;
-  }
+  hp->ref = make_ref_problem(c, cfg, hp->q, hp->k, hp->v, hp->w, hp->bias, hp->map);
   return true;
 }
 
