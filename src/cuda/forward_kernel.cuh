@@ -1,9 +1,10 @@
 // The SLA forward main kernel (SPEC.md sections 2-4) for sm_80+: one CTA per (query block, head, batch).
 //
-// Layers, so that a Hopper (wgmma/TMA) mainloop can replace the mma.sync one later without touching the rest:
-//   ForwardTraits      tile sizes and the shared-memory plan
-//   SparseMainloop     gathers K_j, V_j of the LUT row (cp.async, two stages) and runs the online softmax,
-//                      leaving O_s (unnormalised), the row max and the row sum in registers
+// Layers:
+//   ForwardTraits      tile sizes and the shared-memory plan (kWgmma: the Hopper plan)
+//   SparseMainloop     (mma.sync, sm_80+) gathers K_j, V_j of the LUT row (cp.async, two stages) and runs the
+//                      online softmax, leaving O_s (unnormalised), the row max and the row sum in registers
+//   WgmmaMainloop      (forward_mainloop_sm90.cuh, sm_90a) the same contract on wgmma
 //   LinearEpilogue     normalises O_s, writes the LSE, adds phi(q)/n (H W^T) + b, writes O (and O_l when saved)
 // Warp w owns query rows 16 kMTiles w .. 16 kMTiles (w + 1) - 1 of the tile in every stage, so no stage exchanges
 // rows between warps.
@@ -19,45 +20,40 @@
 #include "cuda/common/params.h"
 #include "cuda/common/ptx.cuh"
 #include "cuda/common/tile_io.cuh"
+#include "cuda/forward_mainloop_sm90.cuh"
+#include "cuda/forward_row_stats.cuh"
 
 namespace sla::cuda::fwd {
 
-template <class T, int kD, int kBQ, int kBK>
+template <class T, int kD, int kBQ, int kBK, bool kWgmma = false>
 struct ForwardTraits {
   using Element = T;
+  static constexpr bool kUseWgmma = kWgmma;
   static constexpr int kHeadDim = kD;
   static constexpr int kBlockQ = kBQ;
   static constexpr int kBlockK = kBK;
-  // Rows of the query tile per warp: 32 (two m-tiles) for bq = 128, so that each K/V fragment read from shared
-  // memory feeds two mma instead of one (the mma.sync loop is bound by shared-memory bandwidth otherwise).
-  static constexpr int kMTiles = kBQ == 128 ? 2 : 1;
+  // Rows of the query tile per warp. mma.sync: 32 (two m-tiles) for bq = 128, so that each K/V fragment read from
+  // shared memory feeds two mma instead of one (the loop is bound by shared-memory bandwidth otherwise). wgmma:
+  // 16, the accumulator layout of a warpgroup's m64 product.
+  static constexpr int kMTiles = (kBQ == 128 && !kWgmma) ? 2 : 1;
   static constexpr int kWarps = kBQ / (16 * kMTiles);
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kChunks = kD / 8;      // 16-byte chunks per row of Q, K, V, G, H
   static constexpr int kNTilesS = kBK / 8;    // n-tiles of S = Q K^T per warp
   static constexpr int kNTilesO = kD / 8;     // n-tiles of O per warp
-  // Shared memory: Q tile, then two stages of (K_j, V_j). The epilogue reuses the stages for G / H (hi and lo).
+  // Shared memory: Q tile, then kStages stages of (K_j, V_j). The epilogue reuses the stages for G / H (hi and lo).
+  // The wgmma loop keeps K_t, V_{t-1} and kStages - 2 blocks in flight: four stages where one CTA per SM runs
+  // anyway (bq = 128, two warpgroups at ~230 registers, 32 KB stages), three otherwise (two CTAs per SM at
+  // bq 64 / bk 64; 64 KB stages at bk = 128).
   static constexpr int kQBytes = kBQ * kD * 2;
   static constexpr int kKBytes = kBK * kD * 2;
   static constexpr int kStageBytes = 2 * kKBytes;
+  static constexpr int kStages = !kWgmma ? 2 : (kBQ == 128 && kStageBytes <= 32 * 1024) ? 4 : 3;
   static constexpr int kOperandBytes = kD * kD * 2;  // one bf16 D x Dv matrix
-  static constexpr int kSmemBytes = kQBytes + 2 * kStageBytes;
-  static_assert(2 * kOperandBytes <= 2 * kStageBytes, "the epilogue operands must fit in the K/V stages");
+  static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes;
+  static constexpr int kMinBlocksPerSm = (kWgmma && kBQ == 128) ? 1 : (kSmemBytes <= 113 * 1024 ? 2 : 1);
+  static_assert(2 * kOperandBytes <= kStages * kStageBytes, "the epilogue operands must fit in the K/V stages");
 };
-
-// Row statistics of one thread: rows g and g + 8 of the warp's 16 (g = lane / 4).
-struct RowPair {
-  float v[2];
-};
-
-__device__ __forceinline__ float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xFFFFFFFFu, x, 1));
-  return fmaxf(x, __shfl_xor_sync(0xFFFFFFFFu, x, 2));
-}
-__device__ __forceinline__ float quad_sum(float x) {
-  x += __shfl_xor_sync(0xFFFFFFFFu, x, 1);
-  return x + __shfl_xor_sync(0xFFFFFFFFu, x, 2);
-}
 
 template <class Traits>
 struct SparseMainloop {
@@ -384,8 +380,7 @@ struct LinearEpilogue {
 };
 
 template <class Traits>
-__global__ void __launch_bounds__(Traits::kThreads, (Traits::kSmemBytes <= 113 * 1024) ? 2 : 1)
-    forward_kernel(ForwardParams p) {
+__global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) forward_kernel(ForwardParams p) {
   using T = typename Traits::Element;
   constexpr int kD = Traits::kHeadDim, kBQ = Traits::kBlockQ, kM = Traits::kMTiles;
   // bf16 inputs: A = phi(q) / n enters the G and H products as bf16 (8 bits, the input precision), staged in the
@@ -413,7 +408,8 @@ __global__ void __launch_bounds__(Traits::kThreads, (Traits::kSmemBytes <= 113 *
   const int32_t* lut = p.lut + (bh * p.nq + i) * p.lut_capacity;
   const int n = min(max(__ldg(p.lut_count + bh * p.nq + i), 0), p.lut_capacity);
 
-  SparseMainloop<Traits> ml;
+  using Mainloop = std::conditional_t<Traits::kUseWgmma, WgmmaMainloop<Traits>, SparseMainloop<Traits>>;
+  Mainloop ml;
   ml.run(p, lut, n, k_head, v_head, q_tile, stages, warp, lane, tid);
 
   // ---- epilogue ----

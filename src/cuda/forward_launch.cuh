@@ -6,12 +6,12 @@
 #include "cuda/common/cuda_status.h"
 #include "cuda/forward_kernel.cuh"
 #include "cuda/forward_launch.h"
+#include "cuda/mainloop_select.h"
 
 namespace sla::cuda::fwd {
 
-template <class T, int kD, int kBQ, int kBK>
-Status launch_tile(const ForwardParams& p, cudaStream_t stream) {
-  using Traits = ForwardTraits<T, kD, kBQ, kBK>;
+template <class Traits>
+Status launch_traits(const ForwardParams& p, cudaStream_t stream) {
   auto kernel = forward_kernel<Traits>;
   if (Traits::kSmemBytes > 48 * 1024) {
     if (Status st = set_dynamic_smem(kernel, Traits::kSmemBytes, "forward_kernel"); !st.ok()) return st;
@@ -19,6 +19,14 @@ Status launch_tile(const ForwardParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(p.nq), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
   kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(p);
   return check_launch("forward_kernel");
+}
+
+template <class T, int kD, int kBQ, int kBK>
+Status launch_tile(const ForwardParams& p, cudaStream_t stream) {
+  MainloopKind kind = MainloopKind::mma;
+  if (Status st = select_forward_mainloop(&kind); !st.ok()) return st;
+  if (kind == MainloopKind::wgmma) return launch_traits<ForwardTraits<T, kD, kBQ, kBK, true>>(p, stream);
+  return launch_traits<ForwardTraits<T, kD, kBQ, kBK, false>>(p, stream);
 }
 
 template <class T, int kD>

@@ -3,7 +3,8 @@
 # backward, then the W1 timing (inference forward and one training step) against cuDNN on the same card.
 # Usage: tests/cuda/device_check.sh [filter] ; logs go to $OUT.
 # Environment: BIN (a test_backend_ops built elsewhere, e.g. carried; built here when absent or when it cannot
-# run on this machine), SKIP_TESTS, SKIP_SANITIZER.
+# run on this machine), SKIP_TESTS, SKIP_SANITIZER. The forward grid and the W1 timing also run with
+# SLA_CUDA_FORWARD_MAINLOOP=mma, so that a Hopper card checks both forward mainloops.
 set -o pipefail
 OUT=${OUT:-/tmp/sla-out}
 mkdir -p "$OUT"
@@ -23,6 +24,9 @@ rc=0
 if [ -z "$SKIP_TESTS" ]; then
   $T --mode fwd ${1:+--filter "$1"} 2>&1 | tee "$OUT/fwd.log" | grep -v "^OK" | tail -40 || rc=1
   $T --mode bwd ${1:+--filter "$1"} 2>&1 | tee "$OUT/bwd.log" | grep -v "^OK" | tail -40 || rc=1
+  # On Hopper the default forward mainloop is wgmma: run the forward grid once more on the sm_80 (mma.sync) path.
+  echo "== forward grid with SLA_CUDA_FORWARD_MAINLOOP=mma"
+  SLA_CUDA_FORWARD_MAINLOOP=mma $T --mode fwd ${1:+--filter "$1"} 2>&1 | tee "$OUT/fwd_mma.log" | grep -v "^OK" | tail -10 || rc=1
 fi
 if [ -z "$SKIP_SANITIZER$SKIP_TESTS" ]; then
   for tool in memcheck racecheck; do
@@ -33,6 +37,9 @@ if [ -z "$SKIP_SANITIZER$SKIP_TESTS" ]; then
     done
   done
 fi
+echo "== perf, forward mainloop mma.sync (SLA_CUDA_FORWARD_MAINLOOP=mma)"
+SLA_CUDA_FORWARD_MAINLOOP=mma $T --mode perf 2>&1 | tail -6
+echo "== perf, default forward mainloop"
 $T --mode perf 2>&1 | tail -6
 python3 tests/cuda/cudnn_baseline.py 2>&1 | tail -2
 exit $rc

@@ -1,0 +1,245 @@
+// The Hopper (sm_90a) sparse mainloop of the forward kernel: the same contract as SparseMainloop (forward_kernel.cuh)
+// with the products on wgmma. One warpgroup per 64 query rows (warp w of the CTA owns rows 16 w .. 16 w + 15, the
+// layout the epilogue expects with kMTiles = 1); Q stays in registers as the A operand of S = Q K^T, P goes from the
+// S accumulators to the A operand of O += P V without touching shared memory, and K_j, V_j are read by the tensor
+// cores straight from shared memory (panel layout, cuda/common/wgmma.cuh), so the loop issues no ldmatrix at all.
+// K/V blocks of the LUT row are gathered with cp.async into kStages stages, kStages - 1 blocks ahead.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/common/numeric.cuh"
+#include "cuda/common/params.h"
+#include "cuda/common/ptx.cuh"
+#include "cuda/common/tile_io.cuh"
+#include "cuda/common/wgmma.cuh"
+#include "cuda/forward_row_stats.cuh"
+
+namespace sla::cuda::fwd {
+
+template <class Traits>
+struct WgmmaMainloop {
+  using T = typename Traits::Element;
+  using Tag = typename ElementTraits<T>::MmaTag;
+  static constexpr int kD = Traits::kHeadDim, kBK = Traits::kBlockK, kChunks = Traits::kChunks;
+  static constexpr int kStages = Traits::kStages;
+  static constexpr int kM = 1;
+  static_assert(Traits::kMTiles == 1, "one m-tile (16 rows) per warp: the wgmma accumulator layout");
+  static constexpr uint32_t kKBytes = Traits::kKBytes;  // one K (or V) block in the panel layout
+
+  float o[kM][Traits::kNTilesO][4];
+  RowPair m[kM];
+  RowPair l[kM];
+
+  static __device__ __forceinline__ int next_valid(const int32_t* lut, int e, int n, int nk) {
+    while (e < n) {
+      const int j = __ldg(lut + e);
+      if (j >= 0 && j < nk) break;
+      ++e;
+    }
+    return e;
+  }
+
+  static __device__ __forceinline__ void load_kv(const ForwardParams& p, const T* k_head, const T* v_head, int j,
+                                                 uint32_t stage, int tid) {
+    const int64_t r0 = static_cast<int64_t>(j) * kBK;
+    const int valid = static_cast<int>(min_i64(kBK, p.lk - r0));
+    load_panel_tile_async<kBK, kD, Traits::kThreads>(
+        stage, reinterpret_cast<const uint16_t*>(k_head + r0 * p.k.row_stride), p.k.row_stride, valid, tid);
+    load_panel_tile_async<kBK, kD, Traits::kThreads>(
+        stage + kKBytes, reinterpret_cast<const uint16_t*>(v_head + r0 * p.v.row_stride), p.v.row_stride, valid, tid);
+  }
+
+  template <int kN>
+  static __device__ __forceinline__ void fence_acc(float (&acc)[kN][4]) {
+#pragma unroll
+    for (int i = 0; i < kN; ++i) {
+      reg_fence(acc[i][0]);
+      reg_fence(acc[i][1]);
+      reg_fence(acc[i][2]);
+      reg_fence(acc[i][3]);
+    }
+  }
+
+  // ---- the pieces of one LUT block ----
+
+  // Issues S = Q K^T (64 x kBK per warpgroup) and commits it. K-major B: k16 step ks is +32 bytes in panel ks / 4.
+  static __device__ __forceinline__ void issue_scores(float (&s)[Traits::kNTilesS][4], uint32_t (&qa)[kD / 16][4],
+                                                      uint32_t k_tile) {
+    const uint64_t desc = smem_desc_sw128(k_tile, 16, 1024);
+#pragma unroll
+    for (int ks = 0; ks < kD / 16; ++ks) {
+      const uint32_t off = (ks >> 2) * kBK * kPanelRowBytes + (ks & 3) * 32;
+      wgmma_rs<false>(s, qa[ks], desc_advance(desc, off), ks > 0, Tag{});
+    }
+    wgmma_commit();
+  }
+  // Issues O += P V and commits it. N-major B (V): k16 step kk is +16 rows of every panel; panels kBK rows apart.
+  __device__ __forceinline__ void issue_pv(uint32_t (&pa)[kBK / 16][4], uint32_t v_tile) {
+    const uint64_t desc = smem_desc_sw128(v_tile, kBK * kPanelRowBytes, 1024);
+#pragma unroll
+    for (int kk = 0; kk < kBK / 16; ++kk) {
+      wgmma_rs<true>(o[0], pa[kk], desc_advance(desc, kk * 16 * kPanelRowBytes), true, Tag{});
+    }
+    wgmma_commit();
+  }
+  // Keys past Lk exist only in the last block: mask them before the max.
+  static __device__ __forceinline__ void mask_tail(float (&s)[Traits::kNTilesS][4], const ForwardParams& p, int j,
+                                                   int lane) {
+    const int64_t key0 = static_cast<int64_t>(j) * kBK;
+    if (key0 + kBK > p.lk) {
+      const int limit = static_cast<int>(p.lk - key0);
+#pragma unroll
+      for (int nt = 0; nt < Traits::kNTilesS; ++nt) {
+        const int c = nt * 8 + (lane & 3) * 2;
+        if (c >= limit) s[nt][0] = s[nt][2] = -INFINITY;
+        if (c + 1 >= limit) s[nt][1] = s[nt][3] = -INFINITY;
+      }
+    }
+  }
+  // Online softmax in the exp2 domain (as SparseMainloop): s becomes P (relative to the new running max), m moves
+  // to the new max; corr is the factor for what O and l hold so far, sum this block's row sums.
+  __device__ __forceinline__ void softmax(float (&s)[Traits::kNTilesS][4], float scale_log2, float (&corr)[2],
+                                          float (&sum)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = m[0].v[r];
+#pragma unroll
+      for (int nt = 0; nt < Traits::kNTilesS; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]) * scale_log2);
+      mx = quad_max(mx);  // finite: every key block holds at least one real key
+      corr[r] = fast_exp2(m[0].v[r] - mx);
+      m[0].v[r] = mx;
+      float acc = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < Traits::kNTilesS; ++nt) {
+        s[nt][2 * r] = fast_exp2(fmaf(s[nt][2 * r], scale_log2, -mx));
+        s[nt][2 * r + 1] = fast_exp2(fmaf(s[nt][2 * r + 1], scale_log2, -mx));
+        acc += s[nt][2 * r] + s[nt][2 * r + 1];
+      }
+      sum[r] = acc;
+    }
+  }
+  __device__ __forceinline__ void rescale(const float (&corr)[2], const float (&sum)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      l[0].v[r] = l[0].v[r] * corr[r] + sum[r];
+#pragma unroll
+      for (int nt = 0; nt < Traits::kNTilesO; ++nt) {
+        o[0][nt][2 * r] *= corr[r];
+        o[0][nt][2 * r + 1] *= corr[r];
+      }
+    }
+  }
+  // Two S n-tiles form one A fragment of P V.
+  static __device__ __forceinline__ void pack_p(const float (&s)[Traits::kNTilesS][4], uint32_t (&pa)[kBK / 16][4]) {
+#pragma unroll
+    for (int kk = 0; kk < kBK / 16; ++kk) {
+      pa[kk][0] = ElementTraits<T>::pack2(s[2 * kk][0], s[2 * kk][1]);
+      pa[kk][1] = ElementTraits<T>::pack2(s[2 * kk][2], s[2 * kk][3]);
+      pa[kk][2] = ElementTraits<T>::pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      pa[kk][3] = ElementTraits<T>::pack2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    }
+  }
+
+  // ---- the loop ----
+
+  // On entry the Q tile load has been issued (not committed); on exit every cp.async and wgmma is done and the
+  // stages are free for the epilogue.
+  //
+  // Iteration t computes S_t = Q K_t^T while O += P_{t-1} V_{t-1} runs on the tensor cores, then the softmax of S_t
+  // overlaps the tail of that product (FlashAttention-3's intra-warpgroup pipelining). Stages hold K_t, V_{t-1}
+  // and the kAhead blocks being gathered, so blocks are issued kStages - 2 ahead.
+  __device__ __forceinline__ void run(const ForwardParams& p, const int32_t* lut, int n, const T* k_head,
+                                      const T* v_head, uint32_t q_tile, uint32_t stages, int warp, int lane, int tid) {
+    constexpr int kAhead = kStages - 2;
+    static_assert(kAhead >= 1, "the pipelined loop needs at least three stages");
+#pragma unroll
+    for (int nt = 0; nt < Traits::kNTilesO; ++nt) o[0][nt][0] = o[0][nt][1] = o[0][nt][2] = o[0][nt][3] = 0.f;
+    m[0].v[0] = m[0].v[1] = -INFINITY;
+    l[0].v[0] = l[0].v[1] = 0.f;
+
+    // Prologue: the Q tile joins the first group; blocks 0 .. kAhead - 1 of the row are issued, one group each.
+    int e_load = next_valid(lut, 0, n, p.nk);
+    int s_load = 0;
+#pragma unroll
+    for (int a = 0; a < kAhead; ++a) {
+      if (e_load < n) {
+        load_kv(p, k_head, v_head, __ldg(lut + e_load), stages + s_load * Traits::kStageBytes, tid);
+        e_load = next_valid(lut, e_load + 1, n, p.nk);
+      }
+      cp_async_commit();
+      s_load = s_load + 1 == kStages ? 0 : s_load + 1;
+    }
+    cp_async_wait<kAhead - 1>();  // Q (and block 0) are in
+    __syncthreads();
+    // Q as the A operand of every S product: this warp's 16 rows, all of D, loaded once.
+    uint32_t qa[kD / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < kD / 16; ++ks) ldsm_a<kChunks>(qa[ks], q_tile, warp * 16, ks * 16, lane);
+
+    // Waits for the stage of the block about to run, then issues the next gather into the stage freed last.
+    int stage = 0;
+    auto next_stage = [&]() {
+      cp_async_wait<kAhead - 1>();
+      fence_proxy_async_smem();  // the cp.async writes of this stage are read by wgmma (async proxy)
+      __syncthreads();           // ... of every thread; and every warpgroup is done with the stage reloaded next
+      if (e_load < n) {
+        load_kv(p, k_head, v_head, __ldg(lut + e_load), stages + s_load * Traits::kStageBytes, tid);
+        e_load = next_valid(lut, e_load + 1, n, p.nk);
+      }
+      cp_async_commit();
+      s_load = s_load + 1 == kStages ? 0 : s_load + 1;
+      const uint32_t k_tile = stages + stage * Traits::kStageBytes;
+      stage = stage + 1 == kStages ? 0 : stage + 1;
+      return k_tile;
+    };
+
+    // The first block is peeled off so that no wgmma sits under a branch (ptxas serialises those).
+    int e = next_valid(lut, 0, n, p.nk);
+    if (e < n) {
+      uint32_t pa[kBK / 16][4];
+      float corr[2], sum[2];
+      float s[Traits::kNTilesS][4];
+      uint32_t k_tile = next_stage();
+      wgmma_fence();
+      issue_scores(s, qa, k_tile);
+      wgmma_wait<0>();
+      fence_acc(s);
+      mask_tail(s, p, __ldg(lut + e), lane);
+      softmax(s, p.scale_log2, corr, sum);
+      rescale(corr, sum);
+      pack_p(s, pa);
+      uint32_t v_prev = k_tile + kKBytes;  // V of the block whose P V is still to issue
+      e = next_valid(lut, e + 1, n, p.nk);
+      while (e < n) {
+        k_tile = next_stage();
+        // Each product opens its own wgmma pipeline stage (fence ... commit), so the softmax may write the S
+        // registers after wait<1> while the P V stage is still open.
+        wgmma_fence();
+        issue_scores(s, qa, k_tile);
+        wgmma_fence();
+        issue_pv(pa, v_prev);
+        wgmma_wait<1>();  // groups retire in order: S is done, P V may still run
+        fence_acc(s);
+        mask_tail(s, p, __ldg(lut + e), lane);
+        softmax(s, p.scale_log2, corr, sum);
+        wgmma_wait<0>();
+        fence_acc(o[0]);
+        rescale(corr, sum);
+        pack_p(s, pa);
+        v_prev = k_tile + kKBytes;
+        e = next_valid(lut, e + 1, n, p.nk);
+      }
+      wgmma_fence();
+      issue_pv(pa, v_prev);
+      wgmma_wait<0>();
+      fence_acc(o[0]);
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // the stages may now be reused by the epilogue
+  }
+};
+
+}  // namespace sla::cuda::fwd
