@@ -50,7 +50,16 @@ struct ForwardTraits {
   static constexpr int kStageBytes = 2 * kKBytes;
   static constexpr int kStages = !kWgmma ? 2 : (kBQ == 128 && kStageBytes <= 32 * 1024) ? 4 : 3;
   static constexpr int kOperandBytes = kD * kD * 2;  // one bf16 D x Dv matrix
-  static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes;
+  static constexpr int kMainSmemBytes = kQBytes + kStages * kStageBytes;
+  // Where one CTA per SM runs anyway and the epilogue operands (G or H, hi and lo) fit beside the stages, they get
+  // their own region and are gathered with Q at the start, so the epilogue never waits for them.
+  static constexpr int kBarrierBytes = kWgmma ? 128 : 0;  // the wgmma loop's mbarriers (Barriers)
+  static constexpr bool kPrefetchOps =
+      kWgmma && kBQ == 128 && kMainSmemBytes + 2 * kOperandBytes + kBarrierBytes <= 227 * 1024;
+  // Byte offsets from the first stage.
+  static constexpr int kOpsOffset = kStages * kStageBytes;
+  static constexpr int kBarrierOffset = kOpsOffset + (kPrefetchOps ? 2 * kOperandBytes : 0);
+  static constexpr int kSmemBytes = kQBytes + kBarrierOffset + kBarrierBytes;
   static constexpr int kMinBlocksPerSm = (kWgmma && kBQ == 128) ? 1 : (kSmemBytes <= 113 * 1024 ? 2 : 1);
   static_assert(2 * kOperandBytes <= kStages * kStageBytes, "the epilogue operands must fit in the K/V stages");
 };
@@ -87,10 +96,13 @@ struct SparseMainloop {
                                                p.v.row_stride, valid, tid);
   }
 
-  // Runs the LUT row. On entry the Q tile load has been issued (not committed); on exit every cp.async is done and
-  // the K/V stages are free.
+  // Runs the LUT row. On entry the Q tile load has been issued (committed or not); after_q() runs first (this
+  // loop prefetches nothing for the epilogue). On exit every cp.async is done and the K/V stages are free.
+  template <class AfterQ>
   __device__ __forceinline__ void run(const ForwardParams& p, const int32_t* lut, int n, const T* k_head,
-                                      const T* v_head, uint32_t q_tile, uint32_t stages, int warp, int lane, int tid) {
+                                      const T* v_head, uint32_t q_tile, uint32_t stages, int warp, int lane, int tid,
+                                      AfterQ&& after_q) {
+    after_q();
 #pragma unroll
     for (int mt = 0; mt < kM; ++mt) {
 #pragma unroll
@@ -380,7 +392,8 @@ struct LinearEpilogue {
 };
 
 template <class Traits>
-__global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) forward_kernel(ForwardParams p) {
+__global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
+    forward_kernel(const __grid_constant__ ForwardParams p) {  // grid constant: the TMA reads its tensor maps there
   using T = typename Traits::Element;
   constexpr int kD = Traits::kHeadDim, kBQ = Traits::kBlockQ, kM = Traits::kMTiles;
   // bf16 inputs: A = phi(q) / n enters the G and H products as bf16 (8 bits, the input precision), staged in the
@@ -404,13 +417,32 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) for
   const T* v_head = static_cast<const T*>(p.v.ptr) + b * p.v.batch_stride + h * p.v.head_stride;
   load_tile_async<kBQ, kD, Traits::kThreads>(q_tile, reinterpret_cast<const uint16_t*>(q_head + row0 * p.q.row_stride),
                                              p.q.row_stride, q_valid, tid);
+  cp_async_commit();
 
   const int32_t* lut = p.lut + (bh * p.nq + i) * p.lut_capacity;
   const int n = min(max(__ldg(p.lut_count + bh * p.nq + i), 0), p.lut_capacity);
 
+  // Epilogue operands: G = H W^T when W is present (then H too when O_l is saved), else H.
+  const bool need_linear = p.has_weight || p.o_lin != nullptr;
+  const unsigned char* ops = p.lin_ops + bh * p.lin_ops_head_stride + static_cast<int64_t>(i) * p.lin_ops_qblock_stride;
+  LinearOperandLayout lay;
+  lay.d = kD;
+  lay.dv = kD;
+  const uint32_t op_hi = Traits::kPrefetchOps ? stages + Traits::kOpsOffset : stages;
+  const uint32_t op_lo = op_hi + Traits::kOperandBytes;
+  const int64_t hi_off = p.has_weight ? lay.g_hi() : lay.h_hi(), lo_off = p.has_weight ? lay.g_lo() : lay.h_lo();
+  // Issued once Q has landed, so that the first S product does not wait for them; the epilogue waits.
+  auto prefetch_ops = [&] {
+    if (Traits::kPrefetchOps && need_linear) {
+      load_tile_async<kD, kD, Traits::kThreads>(op_hi, reinterpret_cast<const uint16_t*>(ops + hi_off), kD, kD, tid);
+      load_tile_async<kD, kD, Traits::kThreads>(op_lo, reinterpret_cast<const uint16_t*>(ops + lo_off), kD, kD, tid);
+      cp_async_commit();
+    }
+  };
+
   using Mainloop = std::conditional_t<Traits::kUseWgmma, WgmmaMainloop<Traits>, SparseMainloop<Traits>>;
   Mainloop ml;
-  ml.run(p, lut, n, k_head, v_head, q_tile, stages, warp, lane, tid);
+  ml.run(p, lut, n, k_head, v_head, q_tile, stages, warp, lane, tid, prefetch_ops);
 
   // ---- epilogue ----
   const int g = lane >> 2, t = lane & 3;
@@ -435,20 +467,22 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) for
     }
   }
 
-  const bool need_linear = p.has_weight || p.o_lin != nullptr;
-  const unsigned char* ops = p.lin_ops + bh * p.lin_ops_head_stride + static_cast<int64_t>(i) * p.lin_ops_qblock_stride;
-  LinearOperandLayout lay;
-  lay.d = kD;
-  lay.dv = kD;
-  const uint32_t op_hi = stages, op_lo = stages + Traits::kOperandBytes;
   FeatureRowStats st[kM][2];
   float factor[kM][2];
   const FeatureMap fmap = static_cast<FeatureMap>(p.feature_map);
-  if (need_linear) {
-    const int64_t hi_off = p.has_weight ? lay.g_hi() : lay.h_hi(), lo_off = p.has_weight ? lay.g_lo() : lay.h_lo();
-    load_tile_async<kD, kD, Traits::kThreads>(op_hi, reinterpret_cast<const uint16_t*>(ops + hi_off), kD, kD, tid);
-    load_tile_async<kD, kD, Traits::kThreads>(op_lo, reinterpret_cast<const uint16_t*>(ops + lo_off), kD, kD, tid);
+  // With prefetched operands, H for the saved O_l goes to the free stages now and arrives during the G product.
+  const uint32_t h_hi = Traits::kPrefetchOps && p.has_weight ? stages : op_hi, h_lo = h_hi + Traits::kOperandBytes;
+  if (Traits::kPrefetchOps && p.has_weight && p.o_lin != nullptr) {
+    load_tile_async<kD, kD, Traits::kThreads>(h_hi, reinterpret_cast<const uint16_t*>(ops + lay.h_hi()), kD, kD, tid);
+    load_tile_async<kD, kD, Traits::kThreads>(h_lo, reinterpret_cast<const uint16_t*>(ops + lay.h_lo()), kD, kD, tid);
     cp_async_commit();
+  }
+  if (need_linear) {
+    if (!Traits::kPrefetchOps) {
+      load_tile_async<kD, kD, Traits::kThreads>(op_hi, reinterpret_cast<const uint16_t*>(ops + hi_off), kD, kD, tid);
+      load_tile_async<kD, kD, Traits::kThreads>(op_lo, reinterpret_cast<const uint16_t*>(ops + lo_off), kD, kD, tid);
+      cp_async_commit();
+    }
     const float* z = reinterpret_cast<const float*>(ops + lay.z());
     const bool empty = *reinterpret_cast<const int32_t*>(ops + lay.marginal_empty()) != 0;
 #pragma unroll
@@ -503,7 +537,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) for
     }
   }
   if (p.o_lin != nullptr) {
-    if (p.has_weight) {
+    if (p.has_weight && !Traits::kPrefetchOps) {
       // The stages hold G: replace them with H.
       __syncthreads();
       load_tile_async<kD, kD, Traits::kThreads>(op_hi, reinterpret_cast<const uint16_t*>(ops + lay.h_hi()), kD, kD, tid);
@@ -517,10 +551,10 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm) for
 #pragma unroll
       for (int nt = 0; nt < Traits::kNTilesO; ++nt) ml.o[mt][nt][0] = ml.o[mt][nt][1] = ml.o[mt][nt][2] = ml.o[mt][nt][3] = 0.f;
     if constexpr (kStagedA) {
-      LinearEpilogue<Traits>::add_staged(ml.o, q_tile, op_hi, op_lo, warp_row0, lane);
+      LinearEpilogue<Traits>::add_staged(ml.o, q_tile, h_hi, h_lo, warp_row0, lane);
     } else {
       SLA_FEATURE_MAP_SWITCH(fmap, FM, [&] {
-        LinearEpilogue<Traits>::template add_linear<FM, true>(ml.o, q_tile, op_hi, op_lo, st, factor, warp_row0,
+        LinearEpilogue<Traits>::template add_linear<FM, true>(ml.o, q_tile, h_hi, h_lo, st, factor, warp_row0,
                                                                lane);
       });
     }

@@ -7,6 +7,7 @@
 #include "cuda/forward_kernel.cuh"
 #include "cuda/forward_launch.h"
 #include "cuda/mainloop_select.h"
+#include "cuda/tma.h"
 
 namespace sla::cuda::fwd {
 
@@ -25,7 +26,15 @@ template <class T, int kD, int kBQ, int kBK>
 Status launch_tile(const ForwardParams& p, cudaStream_t stream) {
   MainloopKind kind = MainloopKind::mma;
   if (Status st = select_forward_mainloop(&kind); !st.ok()) return st;
-  if (kind == MainloopKind::wgmma) return launch_traits<ForwardTraits<T, kD, kBQ, kBK, true>>(p, stream);
+  if (kind == MainloopKind::wgmma) {
+    // The wgmma mainloop gathers K and V through tensor maps. Strides the driver cannot describe (possible only for
+    // unusual views) take the mma.sync mainloop, which reads any 16-byte aligned rows.
+    ForwardParams pt = p;
+    if (make_panel_tensor_map(&pt.tma_k, p.k, p.batch, p.heads, p.lk, kD, kBK, "k").ok() &&
+        make_panel_tensor_map(&pt.tma_v, p.v, p.batch, p.heads, p.lk, kD, kBK, "v").ok()) {
+      return launch_traits<ForwardTraits<T, kD, kBQ, kBK, true>>(pt, stream);
+    }
+  }
   return launch_traits<ForwardTraits<T, kD, kBQ, kBK, false>>(p, stream);
 }
 

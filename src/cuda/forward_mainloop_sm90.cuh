@@ -3,7 +3,9 @@
 // layout the epilogue expects with kMTiles = 1); Q stays in registers as the A operand of S = Q K^T, P goes from the
 // S accumulators to the A operand of O += P V without touching shared memory, and K_j, V_j are read by the tensor
 // cores straight from shared memory (panel layout, cuda/common/wgmma.cuh), so the loop issues no ldmatrix at all.
-// K/V blocks of the LUT row are gathered with cp.async into kStages stages, kStages - 1 blocks ahead.
+// K/V blocks of the LUT row are gathered by the TMA (one bulk tensor copy per 64-column panel, issued by thread 0)
+// into kStages stages: per stage a "full" mbarrier (the copy's bytes landed) and an "empty" one (every warp is done
+// with it), so the two warpgroups are never tied together by a CTA-wide barrier inside the loop.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -14,6 +16,7 @@
 #include "cuda/common/params.h"
 #include "cuda/common/ptx.cuh"
 #include "cuda/common/tile_io.cuh"
+#include "cuda/common/tma.cuh"
 #include "cuda/common/wgmma.cuh"
 #include "cuda/forward_row_stats.cuh"
 
@@ -40,16 +43,6 @@ struct WgmmaMainloop {
       ++e;
     }
     return e;
-  }
-
-  static __device__ __forceinline__ void load_kv(const ForwardParams& p, const T* k_head, const T* v_head, int j,
-                                                 uint32_t stage, int tid) {
-    const int64_t r0 = static_cast<int64_t>(j) * kBK;
-    const int valid = static_cast<int>(min_i64(kBK, p.lk - r0));
-    load_panel_tile_async<kBK, kD, Traits::kThreads>(
-        stage, reinterpret_cast<const uint16_t*>(k_head + r0 * p.k.row_stride), p.k.row_stride, valid, tid);
-    load_panel_tile_async<kBK, kD, Traits::kThreads>(
-        stage + kKBytes, reinterpret_cast<const uint16_t*>(v_head + r0 * p.v.row_stride), p.v.row_stride, valid, tid);
   }
 
   template <int kN>
@@ -145,14 +138,50 @@ struct WgmmaMainloop {
 
   // ---- the loop ----
 
-  // On entry the Q tile load has been issued (not committed); on exit every cp.async and wgmma is done and the
-  // stages are free for the epilogue.
+  // Shared-memory barriers and the block index of each stage, after the stages (Traits::kBarrierOffset).
+  struct Barriers {
+    uint32_t base;
+    __device__ __forceinline__ uint32_t full(int s) const { return base + 8 * s; }
+    __device__ __forceinline__ uint32_t empty(int s) const { return base + 8 * (kStages + s); }
+    __device__ __forceinline__ int* block(int s) const {  // LUT entry in the stage, -1: the row has ended
+      return reinterpret_cast<int*>(__cvta_shared_to_generic(base + 16 * kStages + 4 * s));
+    }
+  };
+
+  // The producer: thread 0 gathers block `seq` of the row's valid LUT entries into stage seq % kStages once every
+  // warp has released that stage, or marks the end of the row there. Returns false once the end is marked.
+  static __device__ __forceinline__ bool produce(const ForwardParams& p, const int32_t* lut, int n, int& e_load,
+                                                 int seq, uint32_t stages, const Barriers& bars) {
+    const int s = seq % kStages;
+    if (seq >= kStages) mbarrier_wait(bars.empty(s), ((seq / kStages) - 1) & 1);
+    if (e_load >= n) {
+      *bars.block(s) = -1;
+      mbarrier_arrive(bars.full(s));  // release-orders the store above for the consumers' wait
+      return false;
+    }
+    const int j = __ldg(lut + e_load);
+    e_load = next_valid(lut, e_load + 1, n, p.nk);
+    *bars.block(s) = j;
+    const uint32_t k_tile = stages + s * Traits::kStageBytes, v_tile = k_tile + kKBytes;
+    mbarrier_arrive_expect_tx(bars.full(s), 2 * kKBytes);
+    const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z), row = j * kBK;
+#pragma unroll
+    for (int c = 0; c < kD / kPanelCols; ++c) {
+      tma_load_4d(k_tile + c * kBK * kPanelRowBytes, &p.tma_k, bars.full(s), c * kPanelCols, row, h, b);
+      tma_load_4d(v_tile + c * kBK * kPanelRowBytes, &p.tma_v, bars.full(s), c * kPanelCols, row, h, b);
+    }
+    return true;
+  }
+
+  // On entry the Q tile load has been issued and committed; after_q() runs once Q has landed (it may issue and
+  // commit more cp.async groups for the epilogue). On exit every wgmma is done and the stages are free.
   //
   // Iteration t computes S_t = Q K_t^T while O += P_{t-1} V_{t-1} runs on the tensor cores, then the softmax of S_t
   // overlaps the tail of that product (FlashAttention-3's intra-warpgroup pipelining). Stages hold K_t, V_{t-1}
   // and the kAhead blocks being gathered, so blocks are issued kStages - 2 ahead.
-  __device__ __forceinline__ void run(const ForwardParams& p, const int32_t* lut, int n, const T* k_head,
-                                      const T* v_head, uint32_t q_tile, uint32_t stages, int warp, int lane, int tid) {
+  template <class AfterQ>
+  __device__ __forceinline__ void run(const ForwardParams& p, const int32_t* lut, int n, const T*, const T*,
+                                      uint32_t q_tile, uint32_t stages, int warp, int lane, int tid, AfterQ&& after_q) {
     constexpr int kAhead = kStages - 2;
     static_assert(kAhead >= 1, "the pipelined loop needs at least three stages");
 #pragma unroll
@@ -160,61 +189,66 @@ struct WgmmaMainloop {
     m[0].v[0] = m[0].v[1] = -INFINITY;
     l[0].v[0] = l[0].v[1] = 0.f;
 
-    // Prologue: the Q tile joins the first group; blocks 0 .. kAhead - 1 of the row are issued, one group each.
-    int e_load = next_valid(lut, 0, n, p.nk);
-    int s_load = 0;
-#pragma unroll
-    for (int a = 0; a < kAhead; ++a) {
-      if (e_load < n) {
-        load_kv(p, k_head, v_head, __ldg(lut + e_load), stages + s_load * Traits::kStageBytes, tid);
-        e_load = next_valid(lut, e_load + 1, n, p.nk);
+    const Barriers bars{stages + Traits::kBarrierOffset};
+    if (tid == 0) {
+      for (int s = 0; s < kStages; ++s) {
+        mbarrier_init(bars.full(s), 1);                   // the producer's arrive (+ the copies' bytes)
+        mbarrier_init(bars.empty(s), Traits::kWarps);     // one arrive per warp
       }
-      cp_async_commit();
-      s_load = s_load + 1 == kStages ? 0 : s_load + 1;
+      mbarrier_init_fence();
     }
-    cp_async_wait<kAhead - 1>();  // Q (and block 0) are in
     __syncthreads();
+    int e_load = next_valid(lut, 0, n, p.nk);
+    bool producing = true;
+    int seq_load = 0;
+    if (tid == 0) {
+      for (; seq_load < kAhead && producing; ++seq_load) producing = produce(p, lut, n, e_load, seq_load, stages, bars);
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // Q has landed for every warp
+    after_q();
     // Q as the A operand of every S product: this warp's 16 rows, all of D, loaded once.
     uint32_t qa[kD / 16][4];
 #pragma unroll
     for (int ks = 0; ks < kD / 16; ++ks) ldsm_a<kChunks>(qa[ks], q_tile, warp * 16, ks * 16, lane);
 
-    // Waits for the stage of the block about to run, then issues the next gather into the stage freed last.
-    int stage = 0;
-    auto next_stage = [&]() {
-      cp_async_wait<kAhead - 1>();
-      fence_proxy_async_smem();  // the cp.async writes of this stage are read by wgmma (async proxy)
-      __syncthreads();           // ... of every thread; and every warpgroup is done with the stage reloaded next
-      if (e_load < n) {
-        load_kv(p, k_head, v_head, __ldg(lut + e_load), stages + s_load * Traits::kStageBytes, tid);
-        e_load = next_valid(lut, e_load + 1, n, p.nk);
+    // Waits for block `seq` (its stage, parity and LUT entry); thread 0 first issues the gather kAhead further on.
+    auto acquire = [&](int seq, int& j) {
+      if (tid == 0 && producing) {
+        producing = produce(p, lut, n, e_load, seq_load, stages, bars);
+        ++seq_load;
       }
-      cp_async_commit();
-      s_load = s_load + 1 == kStages ? 0 : s_load + 1;
-      const uint32_t k_tile = stages + stage * Traits::kStageBytes;
-      stage = stage + 1 == kStages ? 0 : stage + 1;
-      return k_tile;
+      const int s = seq % kStages;
+      mbarrier_wait(bars.full(s), (seq / kStages) & 1);
+      j = *bars.block(s);
+      return stages + s * Traits::kStageBytes;
+    };
+    // This warp is done with the stage of block `seq` (its P V has completed).
+    auto release = [&](int seq) {
+      __syncwarp();
+      if (lane == 0) mbarrier_arrive(bars.empty(seq % kStages));
     };
 
     // The first block is peeled off so that no wgmma sits under a branch (ptxas serialises those).
-    int e = next_valid(lut, 0, n, p.nk);
-    if (e < n) {
+    int j = -1;
+    uint32_t k_tile = acquire(0, j);
+    if (j >= 0) {
       uint32_t pa[kBK / 16][4];
       float corr[2], sum[2];
       float s[Traits::kNTilesS][4];
-      uint32_t k_tile = next_stage();
       wgmma_fence();
       issue_scores(s, qa, k_tile);
       wgmma_wait<0>();
       fence_acc(s);
-      mask_tail(s, p, __ldg(lut + e), lane);
+      mask_tail(s, p, j, lane);
       softmax(s, p.scale_log2, corr, sum);
       rescale(corr, sum);
       pack_p(s, pa);
       uint32_t v_prev = k_tile + kKBytes;  // V of the block whose P V is still to issue
-      e = next_valid(lut, e + 1, n, p.nk);
-      while (e < n) {
-        k_tile = next_stage();
+      int seq = 1;
+      while (true) {
+        k_tile = acquire(seq, j);
+        if (j < 0) break;
         // Each product opens its own wgmma pipeline stage (fence ... commit), so the softmax may write the S
         // registers after wait<1> while the P V stage is still open.
         wgmma_fence();
@@ -223,22 +257,22 @@ struct WgmmaMainloop {
         issue_pv(pa, v_prev);
         wgmma_wait<1>();  // groups retire in order: S is done, P V may still run
         fence_acc(s);
-        mask_tail(s, p, __ldg(lut + e), lane);
+        mask_tail(s, p, j, lane);
         softmax(s, p.scale_log2, corr, sum);
         wgmma_wait<0>();
         fence_acc(o[0]);
+        release(seq - 1);
         rescale(corr, sum);
         pack_p(s, pa);
         v_prev = k_tile + kKBytes;
-        e = next_valid(lut, e + 1, n, p.nk);
+        ++seq;
       }
       wgmma_fence();
       issue_pv(pa, v_prev);
       wgmma_wait<0>();
       fence_acc(o[0]);
     }
-    cp_async_wait<0>();
-    __syncthreads();  // the stages may now be reused by the epilogue
+    __syncthreads();  // every warp is done with the stages: the epilogue may reuse them
   }
 };
 

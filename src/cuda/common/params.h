@@ -48,8 +48,15 @@ struct LinearOperandLayout {
   SLA_HOST_DEVICE int64_t bytes() const { return (marginal_empty() + 4 + 255) / 256 * 256; }
 };
 
+// An opaque CUDA tensor map (CUtensorMap: 128 bytes, 64-byte aligned), built on the host by cuda/tma.h and read by
+// the Hopper mainloop's bulk tensor copies from the kernel's parameter space.
+struct alignas(64) TmaDescriptor {
+  unsigned char bytes[128];
+};
+
 struct ForwardParams {
   RowsParams q, k, v, o;
+  TmaDescriptor tma_k, tma_v;          // K and V, boxes of (64 columns, block_k rows): set for the wgmma mainloop only
   const int32_t* lut = nullptr;        // (B, H, Nq, T) contiguous
   const int32_t* lut_count = nullptr;  // (B, H, Nq)
   int lut_capacity = 0;                // T
