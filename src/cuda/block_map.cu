@@ -1,19 +1,23 @@
-// GPU block map (SPEC.md section 1). Three launches (four with the inverse tables), all deterministic (integer
-// atomics only):
-//   1. pool_rows_kernel: fp32 mean of every query block and sum of every key block (one CTA per block).
-//   2. key_mean_kernel: smooth-K's key mean from the block sums, in a fixed order.
-//   3. select_kernel: per group of query-block rows, kbar_j = sum_j / n_j - mean, scores, then one warp per row runs an exact radix select of the T largest
-//      (score descending, index ascending: the CPU's total order; NaN counts as -inf), written as a sorted LUT,
-//      then the Tn last entries of the same order among the rest (the negligible set). Smooth-K only shifts each
-//      score row by a constant, but subtracting it keeps the GPU's scores within fp32 rounding of the CPU's, so
-//      near-ties resolve the same way.
-//   4. invert_kernel (when asked): per 32 key blocks of each (b, h), offsets and lists in ascending i.
+// GPU block map (SPEC.md section 1). Two launches (three or four with the inverse tables), all deterministic: no
+// float atomics, every sum in a fixed order, so two runs give the same bits.
+//   1. pool_kernel: fp32 mean of every query block, sum of every key block, and the sum of each group of key blocks
+//      (one group per CTA), reading Q and K once. This pass is bound by DRAM bandwidth; everything after it reads
+//      only the small pooled tensors (L2-resident).
+//   2. select_kernel: per (b, h, group of query blocks): smooth-K's key mean from the group sums, the scores
+//      S_ij = qbar_i . (ksum_j / n_j - mean) as a register-tiled fp32 GEMM (FFMA in ascending head-dim order, so
+//      every score is the same fp32 value whatever the tiling), then one warp per query-block row selects the T
+//      largest (score descending, index ascending: the CPU's total order; NaN counts as -inf) and the Tn last of
+//      the same order among the rest (the negligible set), each written as a sorted list.
+//      Smooth-K only shifts a score row by a constant, but subtracting it keeps the GPU's scores within fp32
+//      rounding of the CPU's, so near-ties resolve the same way.
+//   3. invert_kernel (when asked): per 32 key blocks of each (b, h), offsets and lists in ascending i.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "cuda/block_map.h"
 #include "cuda/common/cuda_status.h"
@@ -24,108 +28,165 @@
 namespace sla::cuda {
 namespace {
 
-constexpr int kPoolThreads = 128;
-constexpr int kSelectMaxRows = 8;    // query-block rows per selection CTA (one warp each); 8 keeps 3 CTAs per SM
-constexpr int kMaxHeadDimSelect = 128;
+constexpr uint32_t kAllLanes = 0xFFFFFFFFu;
 constexpr int kInvertThreads = 256;
 constexpr int kInvertKeys = 32;  // key blocks per invert_kernel CTA
-constexpr int kHistBins = 256;
-constexpr int kMaxSmem = 160 * 1024;  // dynamic shared memory below the sm_80 opt-in limit (163 KB)
+
+// ---- 1. pooling --------------------------------------------------------------------------------------------------
+
+constexpr int kPoolThreads = 128;
+constexpr int kPoolWarps = kPoolThreads / 32;
+// Rows of Q or K per pool CTA (whole blocks: 4 or 8). Equal-sized CTAs that are all resident at once (W1: 1536 CTAs,
+// 12 per SM) finish together, so the pass has no tail of stragglers; kPoolMinCtas keeps the registers low enough
+// for that. Each lane keeps 4 loads of 16 bytes in flight: ~100 KB per SM, over twice what DRAM latency needs.
+constexpr int kPoolRows = 512;
+constexpr int kPoolMinCtas = 12;
+constexpr int kPoolUnroll = 3;
 
 struct PoolParams {
   RowsParams q, k;
   float* q_pool;  // (B, H, Nq, D): means of the query blocks
-  float* k_sum;   // (B, H, Nk, D): sums of the key blocks (smoothed in select_kernel)
+  float* k_sum;   // (B, H, Nk, D): sums of the key blocks
+  float* k_part;  // (B, H, key CTAs, D): sum of each key CTA's blocks (for smooth-K's mean)
   int64_t heads, lq, lk;
   int nq, nk, d, bq, bk;
+  int q_group, k_group;  // blocks per query / key CTA
+  int q_ctas, k_ctas;    // CTAs per (b, h)
 };
 
-// One CTA per (block, h, b); the first nq blocks are query blocks. Thread (row group rg, chunk c) sums rows
-// rg, rg + G, ... of columns 8c .. 8c + 7 with 16-byte loads; the G partial sums are added in rg order, so the result
-// does not depend on scheduling.
-template <class T>
-__global__ void __launch_bounds__(kPoolThreads) pool_rows_kernel(PoolParams p) {
-  __shared__ float partial[kPoolThreads * 8];
-  const int blk = blockIdx.x;
-  const int64_t h = blockIdx.y, b = blockIdx.z;
-  const bool is_q = blk < p.nq;
-  const int i = is_q ? blk : blk - p.nq;
-  const RowsParams& x = is_q ? p.q : p.k;
-  const int rows_per_block = is_q ? p.bq : p.bk;
-  const int64_t len = is_q ? p.lq : p.lk;
-  const int64_t r0 = static_cast<int64_t>(i) * rows_per_block;
-  const int n = static_cast<int>(min_i64(rows_per_block, len - r0));
-  const T* base = static_cast<const T*>(x.ptr) + b * x.batch_stride + h * x.head_stride + r0 * x.row_stride;
-  const int64_t bh = b * p.heads + h;
-  const int chunks = p.d / 8, groups = kPoolThreads / chunks;
-  const int c = threadIdx.x % chunks, rg = threadIdx.x / chunks;
-  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-  for (int r = rg; r < n; r += groups) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(base + r * x.row_stride + c * 8);
-    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+__device__ __forceinline__ void add_row(float (&acc)[8], uint4 raw, bool bf16) {
+  const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const float2 f = ElementTraits<T>::unpack2(w[e]);
-      acc[2 * e] += f.x;
-      acc[2 * e + 1] += f.y;
-    }
-  }
-#pragma unroll
-  for (int e = 0; e < 8; ++e) partial[rg * p.d + c * 8 + e] = acc[e];
-  __syncthreads();
-  for (int col = threadIdx.x; col < p.d; col += blockDim.x) {
-    float sum = 0.f;
-    for (int g = 0; g < groups; ++g) sum += partial[g * p.d + col];
-    if (is_q) {
-      p.q_pool[(bh * p.nq + i) * p.d + col] = sum / static_cast<float>(n);
-    } else {
-      p.k_sum[(bh * p.nk + i) * p.d + col] = sum;
-    }
+  for (int e = 0; e < 4; ++e) {
+    const float2 f = bf16 ? ElementTraits<__nv_bfloat16>::unpack2(w[e]) : ElementTraits<__half>::unpack2(w[e]);
+    acc[2 * e] += f.x;
+    acc[2 * e + 1] += f.y;
   }
 }
 
-constexpr int kMeanThreads = 1024;
+// Grid (key CTAs + query CTAs, H, B). Warp w of a CTA pools the CTA's blocks w, w + 4, ...: lane (row group rg,
+// chunk c) sums rows rg, rg + G, ... (in order) of columns 8c .. 8c + 7 with 16-byte loads, then the G row groups are
+// added by a butterfly (each step adds two equal-order partial sums, so every lane holds the same bits).
+template <class T, int D>
+__global__ void __launch_bounds__(kPoolThreads, kPoolMinCtas) pool_kernel(PoolParams p) {
+  constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
+  const int64_t h = blockIdx.y, b = blockIdx.z, bh = b * p.heads + h;
+  const bool is_k = static_cast<int>(blockIdx.x) < p.k_ctas;
+  const int cta = is_k ? blockIdx.x : blockIdx.x - p.k_ctas;
+  // Field by field: selecting a whole RowsParams by reference would copy the parameters to local memory.
+  const T* head = static_cast<const T*>(is_k ? p.k.ptr : p.q.ptr) + b * (is_k ? p.k.batch_stride : p.q.batch_stride) +
+                  h * (is_k ? p.k.head_stride : p.q.head_stride);
+  const int64_t row_stride = is_k ? p.k.row_stride : p.q.row_stride;
+  const int rows_per_block = is_k ? p.bk : p.bq;
+  const int64_t len = is_k ? p.lk : p.lq;
+  const int group = is_k ? p.k_group : p.q_group;
+  const int first = cta * group, blocks = min(group, (is_k ? p.nk : p.nq) - first);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  constexpr int chunks = D / 8, row_groups = 32 / chunks;
+  const int c = lane % chunks, rg = lane / chunks;
 
-// Smooth-K's key mean, one CTA per (h, b): thread (column c, part q) sums the block sums of part q in block order,
-// then the parts are added in part order: a fixed order, so the result does not depend on scheduling.
-__global__ void __launch_bounds__(kMeanThreads) key_mean_kernel(const float* k_sum, float* k_mean, int64_t heads,
-                                                                int64_t lk, int nk, int d) {
-  __shared__ float part_sum[kMeanThreads];
-  const int64_t bh = static_cast<int64_t>(blockIdx.y) * heads + blockIdx.x;
-  const float* ks = k_sum + bh * nk * d;
-  const int parts = kMeanThreads / d;
-  const int c = threadIdx.x % d, part = threadIdx.x / d;
-  const int per = (nk + parts - 1) / parts;
-  const int j0 = min(nk, part * per), j1 = min(nk, j0 + per);
-  float s = 0.f;
-#pragma unroll 8
-  for (int j = j0; j < j1; ++j) s += ks[static_cast<int64_t>(j) * d + c];
-  part_sum[part * d + c] = s;
+  for (int bi = warp; bi < blocks; bi += kPoolWarps) {
+    const int blk = first + bi;
+    const int64_t r0 = static_cast<int64_t>(blk) * rows_per_block;
+    const int n = static_cast<int>(min_i64(rows_per_block, len - r0));
+    const T* src = head + (r0 + rg) * row_stride + c * 8;
+    const int64_t step = row_groups * row_stride;
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    int r = rg;
+    for (; r + (kPoolUnroll - 1) * row_groups < n; r += kPoolUnroll * row_groups) {
+      uint4 raw[kPoolUnroll];
+#pragma unroll
+      for (int u = 0; u < kPoolUnroll; ++u) raw[u] = *reinterpret_cast<const uint4*>(src + u * step);
+#pragma unroll
+      for (int u = 0; u < kPoolUnroll; ++u) add_row(acc, raw[u], kBf16);
+      src += kPoolUnroll * step;
+    }
+    for (; r < n; r += row_groups, src += step) add_row(acc, *reinterpret_cast<const uint4*>(src), kBf16);
+#pragma unroll
+    for (int off = chunks; off < 32; off <<= 1) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[e] += __shfl_xor_sync(kAllLanes, acc[e], off);
+    }
+    if (rg == 0) {
+      float4* dst;
+      if (is_k) {
+        dst = reinterpret_cast<float4*>(p.k_sum + (bh * p.nk + blk) * D + c * 8);
+      } else {
+        // The real row count: a partial (ragged) block is not diluted by rows that do not exist.
+        const float rows = static_cast<float>(n);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[e] /= rows;
+        dst = reinterpret_cast<float4*>(p.q_pool + (bh * p.nq + blk) * D + c * 8);
+      }
+      dst[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+      dst[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
+    }
+  }
+  if (!is_k) return;  // uniform per CTA
+  // The group sum, in block order, from the block sums just written (visible to the CTA after the barrier).
   __syncthreads();
-  if (threadIdx.x < d) {
-    float total = 0.f;
-    for (int q = 0; q < parts; ++q) total += part_sum[q * d + threadIdx.x];
-    k_mean[bh * d + threadIdx.x] = total / static_cast<float>(lk);
+  const float* sums = p.k_sum + (bh * p.nk + first) * D;
+  for (int col = threadIdx.x; col < D; col += kPoolThreads) {
+    float s = sums[col];
+    for (int bi = 1; bi < blocks; ++bi) s += sums[bi * D + col];
+    p.k_part[(bh * p.k_ctas + cta) * D + col] = s;
   }
 }
+
+// ---- 2. scores and selection -------------------------------------------------------------------------------------
+
+constexpr int kSelectThreads = 256;
+constexpr int kSelectWarps = kSelectThreads / 32;
+// GEMM tiling: a warp computes 4 row groups x 8 key groups of lanes, each lane TM query rows x 8 keys (two float4 of
+// 4 keys, 32 apart), so a warp tile is 4 TM rows x 64 keys and its operand loads are 128-byte rows of shared
+// memory (one wavefront each) feeding 8 TM FFMA per head-dim column. The 8 warps split as warp_rows x (8 /
+// warp_rows), with as many along the keys as Nk needs (Nk 512: 1 x 8, a tile of 4 TM rows x 512 keys).
+constexpr int kWarpKeys = 64;
+constexpr int kMaxTileKeys = kSelectWarps * kWarpKeys;
+constexpr int kStageCols = 8;  // head-dim columns of K^T per shared-memory stage (double-buffered)
+constexpr int kStageLoads = kMaxTileKeys * (kStageCols / 4) / kSelectThreads;  // float4 per thread per stage
+constexpr int kCandidates = 64;  // per warp: entries that can still be in a row's selection (fast path)
 
 struct SelectParams {
-  const float* q_pool;   // (B, H, Nq, D) query block means
-  const float* k_sum;    // (B, H, Nk, D) key block sums (not yet smoothed)
-  const float* k_mean;   // (B, H, D) mean of all keys
-  int64_t lk;
-  int bk;
+  const float* q_pool;  // (B, H, Nq, D) query block means
+  const float* k_sum;   // (B, H, Nk, D) key block sums (smoothed here)
+  const float* k_part;  // (B, H, Ng, D) sums of groups of key blocks
   int32_t* lut;         // (B, H, Nq, T)
   int32_t* count;       // (B, H, Nq)
   int32_t* negl_lut;    // (B, H, Nq, Tn) or null
   int32_t* negl_count;  // (B, H, Nq) or null
-  int64_t heads;
-  int nq, nk, d, t, tn;
-  int rows;             // query blocks per CTA (= warps)
-  int mask_words;       // ceil(nk / 32)
+  int64_t heads, lk;
+  int nq, nk, ng, d, bk, t, tn;
+  int warp_rows;  // warps along the query rows of the GEMM tile
+  int rows;       // query blocks per CTA (at most the tile's rows; fewer only when Nk is huge)
 };
 
+// Shared memory of select_kernel, in 4-byte words; every region starts 16-byte aligned.
+struct SelectLayout {
+  int64_t tile_rows, tile_keys, kt_stride;
+  int64_t mean, scratch, qt, kt, scores, cand, words;
+};
+
+__host__ __device__ inline int64_t round4(int64_t x) { return (x + 3) / 4 * 4; }
+
+__host__ __device__ inline SelectLayout select_layout(int tm, int warp_rows, int rows, int nk, int d) {
+  SelectLayout l;
+  l.tile_rows = static_cast<int64_t>(warp_rows) * 4 * tm;
+  l.tile_keys = static_cast<int64_t>(kSelectWarps / warp_rows) * kWarpKeys;
+  l.kt_stride = l.tile_keys + 4;  // +4 words: the transposing stores of a warp hit 32 distinct banks
+  l.mean = 0;
+  l.qt = l.mean + d;                                            // Q^T: d x tile_rows
+  l.kt = l.qt + static_cast<int64_t>(d) * l.tile_rows;          // K^T stages: 2 x kStageCols x kt_stride
+  l.scratch = l.kt;  // the mean's partial sums, dead before the first K^T stage is stored (>= 1088 words)
+  l.scores = l.kt + 2 * kStageCols * l.kt_stride;               // rows x nk order keys
+  l.cand = round4(l.scores + static_cast<int64_t>(rows) * nk);  // per warp: kCandidates keys, then indices
+  l.words = l.cand + kSelectWarps * 2 * kCandidates;
+  return l;
+}
+
 // Monotone map float -> uint32 (larger float, larger key). NaN ranks as -inf, -0 as +0, like the CPU's compare.
+// Every key of a real score is in [order_key(-inf), order_key(+inf)] = [0x007FFFFF, 0xFF800000]: never 0 (which marks
+// an entry that may not be selected) and unchanged in range by ~ (the negligible pass's reversed order).
 __device__ __forceinline__ uint32_t order_key(float s) {
   if (isnan(s)) s = -INFINITY;
   if (s == 0.f) s = 0.f;
@@ -133,168 +194,303 @@ __device__ __forceinline__ uint32_t order_key(float s) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-// Selects `want` entries of one row held in shared memory, for one warp. The total order is (key descending,
-// index ascending) when prefer_low, and its reverse otherwise (key ascending, index descending), with key =
-// order_key(score) or its complement. Candidates with their bit set in `exclude` are skipped. The selection is
-// written ascending to `out` and marked in `mark` (when not null).
-__device__ void warp_select(const float* scores, int nk, int want, bool largest, const uint32_t* exclude,
-                            uint32_t* mark, uint32_t* hist, int32_t* out) {
-  const int lane = threadIdx.x & 31;
-  auto key_of = [&](int j) {
-    const uint32_t k = order_key(scores[j]);
-    return largest ? k : ~k;
-  };
-  auto candidate = [&](int j) { return exclude == nullptr || !((exclude[j >> 5] >> (j & 31)) & 1u); };
+// The largest x with count_ge(x) >= k (count_ge: entries >= x, non-increasing in x), given lo <= x <= hi: x keeps
+// the leading bits on which lo and hi agree, and the others are set greedily from the top.
+template <class CountGe>
+__device__ __forceinline__ uint32_t kth_largest(uint32_t lo, uint32_t hi, int k, CountGe count_ge) {
+  const int free_bits = 32 - __clz(static_cast<int>(lo ^ hi));
+  uint32_t v = free_bits == 32 ? 0u : lo & ~((1u << free_bits) - 1u);
+  for (int bit = free_bits - 1; bit >= 0; --bit) {
+    const uint32_t c = v | (1u << bit);
+    if (count_ge(c) >= k) v = c;
+  }
+  return v;
+}
 
-  // Radix select, 8 bits at a time from the top: find the want-th largest key (with multiplicity).
-  uint32_t prefix = 0, prefix_mask = 0;
-  int need = want;
-  int ties = 0;  // keys equal to the threshold, known after the last pass
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int b = lane; b < kHistBins; b += 32) hist[b] = 0;
-    __syncwarp();
-    // Lanes with the same bin add once (the top bits of nearby scores coincide: plain atomics would serialise).
-    for (int base = 0; base < nk; base += 32) {
+// One warp selects `want` entries of a row of n keys in shared memory: keys descending, ties to the lower index
+// (prefer_low) or to the higher; a key of 0 is never selected, and at least `want` keys are nonzero. The selection is
+// written ascending to `out`; with clear_selected its keys are then set to 0.
+//
+// The threshold v (the want-th largest key) is found by a bitwise search over counts. Fast path (want <= 32): the
+// want-th largest of the 32 lane maxima is a lower bound of v (that many distinct entries reach it), so only the
+// entries at or above it (usually ~1.5 want) can be selected: they are compacted in index order into the warp's
+// candidate list (at most kCandidates, else the general path), where the search counts two registers per lane
+// instead of the whole row. The general path searches over the whole row in shared memory.
+__device__ void select_row(uint32_t* keys, int n, int want, bool prefer_low, bool clear_selected, uint32_t* cand_key,
+                           int32_t* cand_idx, int32_t* out) {
+  const int lane = threadIdx.x & 31;
+  const uint32_t lanes_below = (1u << lane) - 1u;
+  uint32_t lane_max = 0;
+#pragma unroll 4
+  for (int j = lane; j < n; j += 32) lane_max = max(lane_max, keys[j]);
+  const uint32_t row_max = __reduce_max_sync(kAllLanes, lane_max);
+
+  uint32_t bound = 0;
+  if (want <= 32) {
+    // Rank of this lane's maximum by (value descending, lane ascending): a permutation of 0 .. 31.
+    int rank = 0;
+#pragma unroll
+    for (int q = 0; q < 32; ++q) {
+      const uint32_t m = __shfl_sync(kAllLanes, lane_max, q);
+      rank += (m > lane_max || (m == lane_max && q < lane)) ? 1 : 0;
+    }
+    const uint32_t at = __ballot_sync(kAllLanes, rank == want - 1);
+    bound = __shfl_sync(kAllLanes, lane_max, __ffs(at) - 1);  // 0: fewer than `want` lanes hold a nonzero key
+  }
+  int cands = 0;
+  if (bound != 0) {
+#pragma unroll 4
+    for (int base = 0; base < n; base += 32) {  // no early exit: the loads of 4 chunks go out together
       const int j = base + lane;
-      int bin = -1;
-      if (j < nk && candidate(j)) {
-        const uint32_t k = key_of(j);
-        if ((k & prefix_mask) == prefix) bin = static_cast<int>((k >> shift) & 0xFF);
+      const uint32_t key = j < n ? keys[j] : 0u;
+      const bool in = key >= bound;
+      const uint32_t bits = __ballot_sync(kAllLanes, in);
+      const int pos = cands + __popc(bits & lanes_below);
+      if (in && pos < kCandidates) {
+        cand_key[pos] = key;
+        cand_idx[pos] = j;
       }
-      const uint32_t peers = __match_any_sync(0xFFFFFFFFu, bin);
-      if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], static_cast<uint32_t>(__popc(peers)));
+      cands += __popc(bits);
     }
-    __syncwarp();
-    // Lane l owns bins 255 - 8l ... 248 - 8l (descending); scan lanes in that order.
-    int own[8];
-    int lane_total = 0;
-#pragma unroll
-    for (int q = 0; q < 8; ++q) {
-      own[q] = static_cast<int>(hist[255 - (lane * 8 + q)]);
-      lane_total += own[q];
-    }
-    int incl = lane_total;
-#pragma unroll
-    for (int off = 1; off < 32; off <<= 1) {
-      const int v = __shfl_up_sync(0xFFFFFFFFu, incl, off);
-      if (lane >= off) incl += v;
-    }
-    const int before = incl - lane_total;
-    int found_bin = -1, above = 0, in_bin = 0;
-    if (before < need && incl >= need) {
-      int cum = before;
-#pragma unroll
-      for (int q = 0; q < 8; ++q) {
-        if (found_bin < 0 && cum + own[q] >= need) {
-          found_bin = 255 - (lane * 8 + q);
-          above = cum;
-          in_bin = own[q];
-        }
-        cum += own[q];
-      }
-    }
-    const uint32_t who = __ballot_sync(0xFFFFFFFFu, found_bin >= 0);
-    const int src = who ? __ffs(who) - 1 : 0;
-    found_bin = __shfl_sync(0xFFFFFFFFu, found_bin, src);
-    above = __shfl_sync(0xFFFFFFFFu, above, src);
-    in_bin = __shfl_sync(0xFFFFFFFFu, in_bin, src);
-    need -= above;
-    prefix |= static_cast<uint32_t>(found_bin) << shift;
-    prefix_mask |= 0xFFu << shift;
-    ties = in_bin;
     __syncwarp();
   }
-  // prefix is now the threshold key; `need` of the `ties` equal keys are taken: the lowest indices when
-  // prefer_low (largest), the highest otherwise.
-  const int skip_ties = largest ? 0 : ties - need;
+  const bool fast = bound != 0 && cands <= kCandidates;
+
+  uint32_t v;
+  int above, ties;  // entries with key > v, and == v
+  if (fast) {
+    const uint32_t a0 = lane < cands ? cand_key[lane] : 0u;
+    const uint32_t a1 = lane + 32 < cands ? cand_key[lane + 32] : 0u;
+    auto count_ge = [&](uint32_t x) {
+      return __popc(__ballot_sync(kAllLanes, a0 >= x)) + __popc(__ballot_sync(kAllLanes, a1 >= x));
+    };
+    v = kth_largest(bound, row_max, want, count_ge);
+    above = count_ge(v + 1);  // v <= 0xFF800000: no overflow
+    ties = count_ge(v) - above;
+  } else {
+    auto count_ge = [&](uint32_t x) {
+      unsigned c = 0;
+      for (int j = lane; j < n; j += 32) c += keys[j] >= x ? 1u : 0u;
+      return static_cast<int>(__reduce_add_sync(kAllLanes, c));
+    };
+    v = kth_largest(1u, row_max, want, count_ge);
+    above = count_ge(v + 1);
+    ties = count_ge(v) - above;
+  }
+
+  // All `above` entries, and `need` of the ties: the first ones in index order (prefer_low) or the last ones.
+  const int need = want - above, skip = prefer_low ? 0 : ties - need;
+  const int items = fast ? cands : n;
   int tie_seen = 0, written = 0;
-  for (int base = 0; base < nk; base += 32) {
-    const int j = base + lane;
-    bool sel = false, tie = false;
-    if (j < nk && candidate(j)) {
-      const uint32_t k = key_of(j);
-      sel = k > prefix;
-      tie = k == prefix;
+  for (int base = 0; base < items && written < want; base += 32) {
+    const int pos = base + lane;
+    uint32_t key = 0;
+    int j = 0;
+    if (pos < items) {
+      key = fast ? cand_key[pos] : keys[pos];
+      j = fast ? cand_idx[pos] : pos;
     }
-    const uint32_t tie_bits = __ballot_sync(0xFFFFFFFFu, tie);
-    const uint32_t lower = (1u << lane) - 1u;
+    const bool tie = key == v;  // v >= 1, so padding (key 0) never ties
+    const uint32_t tie_bits = __ballot_sync(kAllLanes, tie);
+    bool sel = key > v;
     if (tie) {
-      const int rank = tie_seen + __popc(tie_bits & lower);
-      sel = rank >= skip_ties && rank < skip_ties + need;
+      const int r = tie_seen + __popc(tie_bits & lanes_below);
+      sel = r >= skip && r < skip + need;
     }
     tie_seen += __popc(tie_bits);
-    const uint32_t sel_bits = __ballot_sync(0xFFFFFFFFu, sel);
+    const uint32_t sel_bits = __ballot_sync(kAllLanes, sel);
     if (sel) {
-      out[written + __popc(sel_bits & lower)] = j;
+      out[written + __popc(sel_bits & lanes_below)] = j;
+      if (clear_selected) keys[j] = 0u;
     }
-    if (mark != nullptr && lane == 0) mark[base >> 5] = sel_bits;
     written += __popc(sel_bits);
   }
   __syncwarp();
 }
 
-__global__ void select_kernel(SelectParams p) {
-  extern __shared__ float4 select_smem[];
-  const int rows = p.rows;
-  float* q_rows = reinterpret_cast<float*>(select_smem);           // rows x d
-  float* scores = q_rows + rows * p.d;                              // rows x nk
-  uint32_t* masks = reinterpret_cast<uint32_t*>(scores + static_cast<int64_t>(rows) * p.nk);  // rows x mask_words
-  uint32_t* hists = masks + rows * p.mask_words;                    // rows x 256
+// Grid (ceil(Nq / rows), H, B), 256 threads.
+//   a. Smooth-K's mean from the pool kernel's group sums, and Q^T of the CTA's query blocks.
+//   b. Scores: K^T stages of kStageCols head-dim columns x tile_keys keys, kbar = fma(ksum, 1/n, -mean) formed as they
+//      are stored (transposed), double-buffered with the next stage's global loads in registers (one barrier per
+//      stage). Each accumulator sums q[c] * kbar[c] with fmaf in ascending c, as the one-thread-per-key kernel did.
+//   c. Selection: warp w takes the rows w, w + 8, ... (critical set, then the negligible set among the rest).
+template <int TM>
+__global__ void __launch_bounds__(kSelectThreads, TM <= 6 ? 2 : 1) select_kernel(SelectParams p) {
+  extern __shared__ float4 select_smem4[];
+  float* smem = reinterpret_cast<float*>(select_smem4);
+  const SelectLayout lay = select_layout(TM, p.warp_rows, p.rows, p.nk, p.d);
+  float* mean = smem + lay.mean;
+  float* scratch = smem + lay.scratch;
+  float* qt = smem + lay.qt;
+  float* kt = smem + lay.kt;
+  uint32_t* scores = reinterpret_cast<uint32_t*>(smem + lay.scores);
+  uint32_t* cand = reinterpret_cast<uint32_t*>(smem + lay.cand);
 
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t bh = static_cast<int64_t>(blockIdx.z) * p.heads + blockIdx.y;
-  const int i0 = blockIdx.x * rows;
-  const int rows_here = min(rows, p.nq - i0);
-  const float* qp = p.q_pool + (bh * p.nq + i0) * p.d;
-  for (int e = threadIdx.x; e < rows_here * p.d; e += blockDim.x) q_rows[e] = qp[e];
+  const int i0 = blockIdx.x * p.rows, rows_here = min(p.rows, p.nq - i0);
+  const int d = p.d, nk = p.nk;
+  const int tile_rows = static_cast<int>(lay.tile_rows), tile_keys = static_cast<int>(lay.tile_keys);
+  const int kt_stride = static_cast<int>(lay.kt_stride);
 
-  __shared__ float4 mean4[kMaxHeadDimSelect / 4];
-  const float* ks = p.k_sum + bh * p.nk * p.d;
-  for (int c = threadIdx.x; c < p.d; c += blockDim.x) reinterpret_cast<float*>(mean4)[c] = p.k_mean[bh * p.d + c];
-  __syncthreads();
-
-  // Scores: thread per key block, all rows of the CTA at once (each key block row is read once per CTA).
-  for (int j = threadIdx.x; j < p.nk; j += blockDim.x) {
-    float acc[kSelectMaxRows];
+  // b's first global loads go out first: the prologue's loads then share their L2 round trip.
+  const int keys_warps = kSelectWarps / p.warp_rows;
+  const int stages = d / kStageCols, total = ((nk + tile_keys - 1) / tile_keys) * stages;
+  const float* ksum = p.k_sum + bh * nk * d;
+  float4 pending[kStageLoads];
+  // Stage st covers keys [pass * tile_keys, + tile_keys) and columns [c0, c0 + kStageCols); item u of a thread is
+  // the 4 columns c0 + 4 * (item & 1) of tile key item >> 1 (two lanes per key: 32-byte global segments).
+  auto load_stage = [&](int st) {
+    const int key_base = (st / stages) * tile_keys, c0 = (st % stages) * kStageCols;
 #pragma unroll
-    for (int r = 0; r < kSelectMaxRows; ++r) acc[r] = 0.f;
-    const float4* kj = reinterpret_cast<const float4*>(ks + static_cast<int64_t>(j) * p.d);
-    const float inv_n = 1.f / static_cast<float>(min_i64(p.bk, p.lk - static_cast<int64_t>(j) * p.bk));
-    for (int c4 = 0; c4 < p.d / 4; ++c4) {
-      const float4 raw = kj[c4];
-      const float4 mu = mean4[c4];
-      // kbar = block mean - key mean, as the CPU computes it up to rounding.
-      const float4 kv = make_float4(raw.x * inv_n - mu.x, raw.y * inv_n - mu.y, raw.z * inv_n - mu.z,
-                                    raw.w * inv_n - mu.w);
-#pragma unroll
-      for (int r = 0; r < kSelectMaxRows; ++r) {
-        if (r < rows_here) {
-          const float4 qv = reinterpret_cast<const float4*>(q_rows + r * p.d)[c4];
-          acc[r] = fmaf(qv.x, kv.x, acc[r]);
-          acc[r] = fmaf(qv.y, kv.y, acc[r]);
-          acc[r] = fmaf(qv.z, kv.z, acc[r]);
-          acc[r] = fmaf(qv.w, kv.w, acc[r]);
-        }
+    for (int u = 0; u < kStageLoads; ++u) {
+      const int item = tid + u * kSelectThreads, key = key_base + (item >> 1);
+      if (item < tile_keys * 2 && key < nk) {
+        pending[u] = *reinterpret_cast<const float4*>(ksum + static_cast<int64_t>(key) * d + c0 + (item & 1) * 4);
       }
     }
-#pragma unroll
-    for (int r = 0; r < kSelectMaxRows; ++r) {
-      if (r < rows_here) scores[static_cast<int64_t>(r) * p.nk + j] = acc[r];
+  };
+  load_stage(0);
+
+  // a. Key mean: thread (4 columns, part) sums a contiguous range of the pool kernel's group sums, then the parts are
+  // added in order (a fixed order). Q^T of the CTA's query blocks, zero rows past the end.
+  const int parts = kSelectThreads / (d / 4);
+  {
+    const int c4 = tid % (d / 4), part = tid / (d / 4);
+    const int per = (p.ng + parts - 1) / parts, g0 = min(p.ng, part * per), g1 = min(p.ng, g0 + per);
+    const float4* kp = reinterpret_cast<const float4*>(p.k_part + bh * p.ng * d) + c4;
+    float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+    for (int g = g0; g < g1; ++g) {
+      const float4 v = kp[static_cast<int64_t>(g) * (d / 4)];
+      s.x += v.x;
+      s.y += v.y;
+      s.z += v.z;
+      s.w += v.w;
     }
+    reinterpret_cast<float4*>(scratch)[part * (d / 4) + c4] = s;
+  }
+  for (int e = tid; e < tile_rows * (d / 4); e += kSelectThreads) {
+    const int r = e % tile_rows, c4 = e / tile_rows;
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (r < rows_here) v = *reinterpret_cast<const float4*>(p.q_pool + (bh * p.nq + i0 + r) * d + c4 * 4);
+    qt[(c4 * 4 + 0) * tile_rows + r] = v.x;
+    qt[(c4 * 4 + 1) * tile_rows + r] = v.y;
+    qt[(c4 * 4 + 2) * tile_rows + r] = v.z;
+    qt[(c4 * 4 + 3) * tile_rows + r] = v.w;
+  }
+  __syncthreads();
+  if (tid < d) {
+    float total_sum = 0.f;
+    for (int q = 0; q < parts; ++q) total_sum += scratch[q * d + tid];
+    mean[tid] = total_sum / static_cast<float>(p.lk);
   }
   __syncthreads();
 
-  const int warp = threadIdx.x >> 5;
-  if (warp >= rows_here) return;
-  const int i = i0 + warp;
-  const float* row_scores = scores + static_cast<int64_t>(warp) * p.nk;
-  uint32_t* mask = masks + warp * p.mask_words;
-  uint32_t* hist = hists + warp * kHistBins;
-  warp_select(row_scores, p.nk, p.t, true, nullptr, mask, hist, p.lut + (bh * p.nq + i) * p.t);
-  if ((threadIdx.x & 31) == 0) p.count[bh * p.nq + i] = p.t;
-  if (p.tn > 0) {
-    __syncwarp();
-    warp_select(row_scores, p.nk, p.tn, false, mask, nullptr, hist, p.negl_lut + (bh * p.nq + i) * p.tn);
-    if ((threadIdx.x & 31) == 0) p.negl_count[bh * p.nq + i] = p.tn;
+  // b. Scores.
+  const int wr = warp / keys_warps, wc = warp % keys_warps;
+  const int row0 = (wr * 4 + (lane >> 3)) * TM;     // this lane's tile rows: row0 .. row0 + TM - 1
+  const int key0 = wc * kWarpKeys + (lane & 7) * 4;  // its keys: key0 .. key0 + 3, key0 + 32 .. key0 + 35
+  auto store_stage = [&](int st) {
+    const int key_base = (st / stages) * tile_keys, c0 = (st % stages) * kStageCols;
+    float* dst = kt + (st & 1) * kStageCols * kt_stride;
+#pragma unroll
+    for (int u = 0; u < kStageLoads; ++u) {
+      const int item = tid + u * kSelectThreads, tk = item >> 1, half = item & 1, key = key_base + tk;
+      if (item < tile_keys * 2) {
+        float4 kv = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (key < nk) {
+          const float inv_n = 1.f / static_cast<float>(min_i64(p.bk, p.lk - static_cast<int64_t>(key) * p.bk));
+          const float* mu = mean + c0 + half * 4;
+          kv = make_float4(fmaf(pending[u].x, inv_n, -mu[0]), fmaf(pending[u].y, inv_n, -mu[1]),
+                           fmaf(pending[u].z, inv_n, -mu[2]), fmaf(pending[u].w, inv_n, -mu[3]));
+        }
+        float* col = dst + half * 4 * kt_stride + tk;
+        col[0] = kv.x;
+        col[kt_stride] = kv.y;
+        col[2 * kt_stride] = kv.z;
+        col[3 * kt_stride] = kv.w;
+      }
+    }
+  };
+
+  float acc[TM][8];
+  store_stage(0);
+  __syncthreads();
+  for (int st = 0; st < total; ++st) {
+    if (st % stages == 0) {
+#pragma unroll
+      for (int m = 0; m < TM; ++m)
+#pragma unroll
+        for (int n = 0; n < 8; ++n) acc[m][n] = 0.f;
+    }
+    if (st + 1 < total) load_stage(st + 1);
+    const float* qs = qt + (st % stages) * kStageCols * tile_rows + row0;
+    const float* ks = kt + (st & 1) * kStageCols * kt_stride + key0;
+#pragma unroll
+    for (int cc = 0; cc < kStageCols; ++cc) {
+      float q[TM];
+      if constexpr (TM % 4 == 0) {
+#pragma unroll
+        for (int m = 0; m < TM; m += 4) {
+          const float4 v = *reinterpret_cast<const float4*>(qs + cc * tile_rows + m);
+          q[m] = v.x;
+          q[m + 1] = v.y;
+          q[m + 2] = v.z;
+          q[m + 3] = v.w;
+        }
+      } else {
+#pragma unroll
+        for (int m = 0; m < TM; m += 2) {
+          const float2 v = *reinterpret_cast<const float2*>(qs + cc * tile_rows + m);
+          q[m] = v.x;
+          q[m + 1] = v.y;
+        }
+      }
+      const float4 lo = *reinterpret_cast<const float4*>(ks + cc * kt_stride);
+      const float4 hi = *reinterpret_cast<const float4*>(ks + cc * kt_stride + 32);
+      const float k[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+      for (int m = 0; m < TM; ++m)
+#pragma unroll
+        for (int n = 0; n < 8; ++n) acc[m][n] = fmaf(q[m], k[n], acc[m][n]);
+    }
+    if (st % stages == stages - 1) {
+      const int key_base = (st / stages) * tile_keys;
+#pragma unroll
+      for (int m = 0; m < TM; ++m) {
+        const int r = row0 + m;
+        if (r >= rows_here) continue;
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+          const int key = key_base + key0 + (n < 4 ? n : 28 + n);
+          if (key < nk) scores[static_cast<int64_t>(r) * nk + key] = order_key(acc[m][n]);
+        }
+      }
+    }
+    if (st + 1 < total) store_stage(st + 1);  // the other buffer: its last readers passed the previous barrier
+    __syncthreads();
+  }
+
+  // c. Selection.
+  uint32_t* cand_key = cand + warp * 2 * kCandidates;
+  int32_t* cand_idx = reinterpret_cast<int32_t*>(cand_key + kCandidates);
+  for (int r = warp; r < rows_here; r += kSelectWarps) {
+    uint32_t* keys = scores + static_cast<int64_t>(r) * nk;
+    const int64_t row = bh * p.nq + i0 + r;
+    select_row(keys, nk, p.t, true, p.tn > 0, cand_key, cand_idx, p.lut + row * p.t);
+    if (lane == 0) p.count[row] = p.t;
+    if (p.tn > 0) {
+      // The negligible set: the Tn last of the same total order, i.e. the first of its reverse (key ascending,
+      // index descending) among the entries not critical (their keys were cleared to 0).
+      for (int j = lane; j < nk; j += 32) {
+        const uint32_t key = keys[j];
+        keys[j] = key != 0u ? ~key : 0u;
+      }
+      __syncwarp();
+      select_row(keys, nk, p.tn, false, false, cand_key, cand_idx, p.negl_lut + row * p.tn);
+      if (lane == 0) p.negl_count[row] = p.tn;
+    }
   }
 }
 
@@ -414,49 +610,120 @@ Status launch_invert_table(const Problem& p, const TensorView& lut, const Tensor
   return check_launch("invert_kernel");
 }
 
-// Largest number of query-block rows per selection CTA whose scores fit in shared memory (0: none fits).
-int select_rows_per_cta(int nk, int d) {
-  const int words = (nk + 31) / 32;
-  for (int rows = kSelectMaxRows; rows >= 1; rows /= 2) {
-    const std::size_t bytes = static_cast<std::size_t>(rows) * (d * 4 + nk * 4 + words * 4 + kHistBins * 4);
-    if (bytes <= kMaxSmem) return rows;
-  }
-  return 0;
+struct PoolShape {
+  int q_group, k_group, q_ctas, k_ctas;
+};
+
+PoolShape pool_shape(const Problem& p, const Config& cfg) {
+  PoolShape s;
+  s.q_group = std::max(1, kPoolRows / cfg.block_q);
+  s.k_group = std::max(1, kPoolRows / cfg.block_k);
+  s.q_ctas = static_cast<int>((p.map.q_blocks + s.q_group - 1) / s.q_group);
+  s.k_ctas = static_cast<int>((p.map.k_blocks + s.k_group - 1) / s.k_group);
+  return s;
 }
 
 struct PoolBuffers {
   float* q_pool;
-  float* k_pool;
-  float* k_mean;
+  float* k_sum;
+  float* k_part;
 };
 
-PoolBuffers carve(const Problem& p, WorkspaceCarver& ws) {
+PoolBuffers carve(const Problem& p, const Config& cfg, WorkspaceCarver& ws) {
+  const int64_t bh = p.batch * p.heads;
   PoolBuffers b;
-  b.q_pool = ws.take<float>(static_cast<std::size_t>(p.batch * p.heads * p.map.q_blocks * p.d));
-  b.k_pool = ws.take<float>(static_cast<std::size_t>(p.batch * p.heads * p.map.k_blocks * p.d));
-  b.k_mean = ws.take<float>(static_cast<std::size_t>(p.batch * p.heads * p.d));
+  b.q_pool = ws.take<float>(static_cast<std::size_t>(bh * p.map.q_blocks * p.d));
+  b.k_sum = ws.take<float>(static_cast<std::size_t>(bh * p.map.k_blocks * p.d));
+  b.k_part = ws.take<float>(static_cast<std::size_t>(bh * pool_shape(p, cfg).k_ctas * p.d));
   return b;
+}
+
+struct SelectPlan {
+  int tm = 0, warp_rows = 0, rows = 0;
+  std::size_t smem = 0;
+};
+
+// Rows per thread (TM), warp layout and query blocks per CTA of select_kernel. The GEMM is FFMA-bound, so the plan
+// minimises the tile rows an SM computes (CTAs per SM, rounded up, times the tile rows; W1: TM 6, 24 query blocks
+// per CTA, 132 CTAs), preferring taller tiles on ties (fewer CTAs stream the same pooled K from L2). The scores of a
+// CTA's rows stay in shared memory, so huge Nk shrinks the rows per CTA (down to 1) below the tile.
+SelectPlan plan_select(int64_t bh, int nq, int nk, int d, int sms, std::size_t smem_limit) {
+  int keys_warps = kSelectWarps;
+  while (keys_warps > 1 && (keys_warps / 2) * kWarpKeys >= nk) keys_warps /= 2;
+  const int warp_rows = kSelectWarps / keys_warps;
+  SelectPlan best;
+  int64_t best_cost = 0;
+  for (int tm : {2, 4, 6, 8}) {
+    const int tile_rows = warp_rows * 4 * tm;
+    int rows = std::min(tile_rows, nq);
+    while (rows > 0 && static_cast<std::size_t>(select_layout(tm, warp_rows, rows, nk, d).words) * 4 > smem_limit) {
+      --rows;
+    }
+    if (rows == 0) continue;
+    const int64_t ctas = bh * ((nq + rows - 1) / rows);
+    const int64_t cost = (ctas + sms - 1) / sms * tile_rows;
+    if (best.tm == 0 || cost < best_cost || (cost == best_cost && rows > best.rows)) {
+      best.tm = tm;
+      best.warp_rows = warp_rows;
+      best.rows = rows;
+      best.smem = static_cast<std::size_t>(select_layout(tm, warp_rows, rows, nk, d).words) * 4;
+      best_cost = cost;
+    }
+  }
+  return best;
+}
+
+template <int TM>
+Status launch_select(const SelectParams& sp, const SelectPlan& plan, dim3 grid, cudaStream_t stream) {
+  if (plan.smem > 48 * 1024) SLA_RETURN_IF_ERROR(set_dynamic_smem(select_kernel<TM>, plan.smem, "select_kernel"));
+  select_kernel<TM><<<grid, kSelectThreads, plan.smem, stream>>>(sp);
+  return check_launch("select_kernel");
+}
+
+Status device_limits(int* sms, std::size_t* smem_limit) {
+  int dev = 0, count = 0, optin = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return device_error("predict_block_map: device attributes", e);
+  }
+  *sms = std::max(1, count);
+  *smem_limit = static_cast<std::size_t>(optin);
+  return Status::Ok();
 }
 
 }  // namespace
 
-std::size_t block_map_workspace_bytes(const Problem& p, const Config&) {
+std::size_t block_map_workspace_bytes(const Problem& p, const Config& cfg) {
   WorkspaceCarver ws;
-  carve(p, ws);
+  carve(p, cfg, ws);
   return ws.bytes();
 }
 
 Status launch_predict_block_map(const Problem& p, const TensorView& q, const TensorView& k, const Config& cfg,
                                 const BlockMap& map, void* workspace, cudaStream_t stream) {
   WorkspaceCarver ws(workspace);
-  const PoolBuffers buf = carve(p, ws);
+  const PoolBuffers buf = carve(p, cfg, ws);
+  const PoolShape shape = pool_shape(p, cfg);
   const int nq = static_cast<int>(p.map.q_blocks), nk = static_cast<int>(p.map.k_blocks), d = static_cast<int>(p.d);
+
+  int sms = 0;
+  std::size_t smem_limit = 0;
+  SLA_RETURN_IF_ERROR(device_limits(&sms, &smem_limit));
+  const SelectPlan plan = plan_select(p.batch * p.heads, nq, nk, d, sms, smem_limit);
+  if (plan.tm == 0) {
+    return Status::Unsupported("predict_block_map: Nk = " + std::to_string(nk) +
+                               " key blocks exceed the CUDA selection kernel's shared-memory limit");
+  }
 
   PoolParams pp;
   pp.q = rows_params(q);
   pp.k = rows_params(k);
   pp.q_pool = buf.q_pool;
-  pp.k_sum = buf.k_pool;
+  pp.k_sum = buf.k_sum;
+  pp.k_part = buf.k_part;
   pp.heads = p.heads;
   pp.lq = p.lq;
   pp.lk = p.lk;
@@ -465,52 +732,47 @@ Status launch_predict_block_map(const Problem& p, const TensorView& q, const Ten
   pp.d = d;
   pp.bq = cfg.block_q;
   pp.bk = cfg.block_k;
-  const dim3 pool_grid(static_cast<unsigned>(nq + nk), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
-  if (p.dtype == DType::bf16) {
-    pool_rows_kernel<__nv_bfloat16><<<pool_grid, kPoolThreads, 0, stream>>>(pp);
+  pp.q_group = shape.q_group;
+  pp.k_group = shape.k_group;
+  pp.q_ctas = shape.q_ctas;
+  pp.k_ctas = shape.k_ctas;
+  const dim3 pool_grid(static_cast<unsigned>(shape.q_ctas + shape.k_ctas), static_cast<unsigned>(p.heads),
+                       static_cast<unsigned>(p.batch));
+  const bool bf16 = p.dtype == DType::bf16;
+  if (d == 128) {
+    (bf16 ? pool_kernel<__nv_bfloat16, 128> : pool_kernel<__half, 128>)<<<pool_grid, kPoolThreads, 0, stream>>>(pp);
   } else {
-    pool_rows_kernel<__half><<<pool_grid, kPoolThreads, 0, stream>>>(pp);
+    (bf16 ? pool_kernel<__nv_bfloat16, 64> : pool_kernel<__half, 64>)<<<pool_grid, kPoolThreads, 0, stream>>>(pp);
   }
-  SLA_CUDA_RETURN_IF_LAUNCH_FAILED("pool_rows_kernel");
-
-
-  key_mean_kernel<<<dim3(static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch)), kMeanThreads, 0, stream>>>(
-      buf.k_pool, buf.k_mean, p.heads, p.lk, nk, d);
-  SLA_CUDA_RETURN_IF_LAUNCH_FAILED("key_mean_kernel");
+  SLA_CUDA_RETURN_IF_LAUNCH_FAILED("pool_kernel");
 
   SelectParams sp;
   sp.q_pool = buf.q_pool;
-  sp.k_sum = buf.k_pool;
-  sp.k_mean = buf.k_mean;
-  sp.lk = p.lk;
-  sp.bk = cfg.block_k;
+  sp.k_sum = buf.k_sum;
+  sp.k_part = buf.k_part;
   sp.lut = static_cast<int32_t*>(map.lut.data);
   sp.count = static_cast<int32_t*>(map.count.data);
   sp.tn = static_cast<int>(p.map.negligible);
   sp.negl_lut = sp.tn > 0 ? static_cast<int32_t*>(map.negl_lut.data) : nullptr;
   sp.negl_count = sp.tn > 0 ? static_cast<int32_t*>(map.negl_count.data) : nullptr;
   sp.heads = p.heads;
+  sp.lk = p.lk;
   sp.nq = nq;
   sp.nk = nk;
+  sp.ng = shape.k_ctas;
   sp.d = d;
+  sp.bk = cfg.block_k;
   sp.t = static_cast<int>(p.map.critical);
-  sp.rows = select_rows_per_cta(nk, d);
-  sp.mask_words = (nk + 31) / 32;
-  if (sp.rows == 0) {
-    return Status::Unsupported("predict_block_map: Nk = " + std::to_string(nk) +
-                               " key blocks exceed the CUDA selection kernel's shared-memory limit");
-  }
-  const std::size_t smem =
-      static_cast<std::size_t>(sp.rows) * (d * 4 + nk * 4 + sp.mask_words * 4 + kHistBins * 4);
-  if (smem > 48 * 1024) {
-    const cudaError_t e =
-        cudaFuncSetAttribute(select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (e != cudaSuccess) return device_error("select_kernel: cudaFuncSetAttribute", e);
-  }
-  const dim3 sel_grid(static_cast<unsigned>((nq + sp.rows - 1) / sp.rows), static_cast<unsigned>(p.heads),
+  sp.warp_rows = plan.warp_rows;
+  sp.rows = plan.rows;
+  const dim3 sel_grid(static_cast<unsigned>((nq + plan.rows - 1) / plan.rows), static_cast<unsigned>(p.heads),
                       static_cast<unsigned>(p.batch));
-  select_kernel<<<sel_grid, sp.rows * 32, smem, stream>>>(sp);
-  SLA_CUDA_RETURN_IF_LAUNCH_FAILED("select_kernel");
+  switch (plan.tm) {
+    case 2: SLA_RETURN_IF_ERROR(launch_select<2>(sp, plan, sel_grid, stream)); break;
+    case 4: SLA_RETURN_IF_ERROR(launch_select<4>(sp, plan, sel_grid, stream)); break;
+    case 6: SLA_RETURN_IF_ERROR(launch_select<6>(sp, plan, sel_grid, stream)); break;
+    default: SLA_RETURN_IF_ERROR(launch_select<8>(sp, plan, sel_grid, stream)); break;
+  }
 
   if (map.inv_offset.present() && map.inv_index.present()) {
     SLA_RETURN_IF_ERROR(launch_invert_table(p, map.lut, map.count, map.inv_offset, map.inv_index, stream));

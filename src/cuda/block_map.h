@@ -9,7 +9,7 @@
 
 namespace sla::cuda {
 
-// Workspace of launch_predict_block_map: pooled Q and K (fp32) and the per-(b,h) key mean.
+// Workspace of launch_predict_block_map: pooled Q and K (fp32) and the sums of groups of key blocks (smooth-K's mean).
 std::size_t block_map_workspace_bytes(const Problem& p, const Config& cfg);
 
 // Smooth-K, pooling, scores, top-T (ties to the lower index), the negligible set and, when map.inv_* are present,

@@ -277,6 +277,32 @@ std::vector<Case> forward_cases() {
     c.shape_name = "int64";
     cases.push_back(c);
   }
+  // Block-map selection paths that the grid above (Nk <= 16) does not reach: T > 32 (the general threshold search;
+  // Nk 71 over 3 warp chunks) with a negligible set of 17 (the candidate-list path after excluding T = 35 entries),
+  // and Nk = 516 > 512 (two key passes of the score GEMM) with T = 25 and Tn = 51 (general search for the negligible set).
+  {
+    Case c;
+    c.variant = Variant::complement;
+    c.lq = 200;
+    c.lk = 4500;
+    c.topk = 0.5;
+    c.negligible = 0.25;
+    c.shape_name = "map-T>32";
+    cases.push_back(c);
+  }
+  {
+    Case c;
+    c.variant = Variant::complement;
+    c.bq = 128;
+    c.heads = 1;
+    c.lq = 130;
+    c.lk = 33000;
+    c.topk = 0.05;
+    c.negligible = 0.1;
+    c.weight = c.bias = c.save = false;
+    c.shape_name = "map-Nk>512";
+    cases.push_back(c);
+  }
   return cases;
 }
 
