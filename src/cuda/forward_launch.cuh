@@ -25,7 +25,7 @@ Status launch_traits(const ForwardParams& p, cudaStream_t stream) {
 template <class T, int kD, int kBQ, int kBK>
 Status launch_tile(const ForwardParams& p, cudaStream_t stream) {
   MainloopKind kind = MainloopKind::mma;
-  if (Status st = select_forward_mainloop(&kind); !st.ok()) return st;
+  if (Status st = select_mainloop(&kind); !st.ok()) return st;
   if (kind == MainloopKind::wgmma) {
     // The wgmma mainloop gathers K and V through tensor maps. Strides the driver cannot describe (possible only for
     // unusual views) take the mma.sync mainloop, which reads any 16-byte aligned rows.

@@ -3,9 +3,8 @@
 // layout the epilogue expects with kMTiles = 1); Q stays in registers as the A operand of S = Q K^T, P goes from the
 // S accumulators to the A operand of O += P V without touching shared memory, and K_j, V_j are read by the tensor
 // cores straight from shared memory (panel layout, cuda/common/wgmma.cuh), so the loop issues no ldmatrix at all.
-// K/V blocks of the LUT row are gathered by the TMA (one bulk tensor copy per 64-column panel, issued by thread 0)
-// into kStages stages: per stage a "full" mbarrier (the copy's bytes landed) and an "empty" one (every warp is done
-// with it), so the two warpgroups are never tied together by a CTA-wide barrier inside the loop.
+// K/V blocks of the LUT row are gathered by the TMA into kStages stages (cuda/common/lut_gather.cuh): per-stage
+// mbarriers instead of CTA-wide barriers, so the two warpgroups are never tied together inside the loop.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -15,8 +14,8 @@
 #include "cuda/common/numeric.cuh"
 #include "cuda/common/params.h"
 #include "cuda/common/ptx.cuh"
+#include "cuda/common/lut_gather.cuh"
 #include "cuda/common/tile_io.cuh"
-#include "cuda/common/tma.cuh"
 #include "cuda/common/wgmma.cuh"
 #include "cuda/forward_row_stats.cuh"
 
@@ -35,15 +34,6 @@ struct WgmmaMainloop {
   float o[kM][Traits::kNTilesO][4];
   RowPair m[kM];
   RowPair l[kM];
-
-  static __device__ __forceinline__ int next_valid(const int32_t* lut, int e, int n, int nk) {
-    while (e < n) {
-      const int j = __ldg(lut + e);
-      if (j >= 0 && j < nk) break;
-      ++e;
-    }
-    return e;
-  }
 
   template <int kN>
   static __device__ __forceinline__ void fence_acc(float (&acc)[kN][4]) {
@@ -79,9 +69,8 @@ struct WgmmaMainloop {
     wgmma_commit();
   }
   // Keys past Lk exist only in the last block: mask them before the max.
-  static __device__ __forceinline__ void mask_tail(float (&s)[Traits::kNTilesS][4], const ForwardParams& p, int j,
+  static __device__ __forceinline__ void mask_tail(float (&s)[Traits::kNTilesS][4], const ForwardParams& p, int key0,
                                                    int lane) {
-    const int64_t key0 = static_cast<int64_t>(j) * kBK;
     if (key0 + kBK > p.lk) {
       const int limit = static_cast<int>(p.lk - key0);
 #pragma unroll
@@ -138,41 +127,6 @@ struct WgmmaMainloop {
 
   // ---- the loop ----
 
-  // Shared-memory barriers and the block index of each stage, after the stages (Traits::kBarrierOffset).
-  struct Barriers {
-    uint32_t base;
-    __device__ __forceinline__ uint32_t full(int s) const { return base + 8 * s; }
-    __device__ __forceinline__ uint32_t empty(int s) const { return base + 8 * (kStages + s); }
-    __device__ __forceinline__ int* block(int s) const {  // LUT entry in the stage, -1: the row has ended
-      return reinterpret_cast<int*>(__cvta_shared_to_generic(base + 16 * kStages + 4 * s));
-    }
-  };
-
-  // The producer: thread 0 gathers block `seq` of the row's valid LUT entries into stage seq % kStages once every
-  // warp has released that stage, or marks the end of the row there. Returns false once the end is marked.
-  static __device__ __forceinline__ bool produce(const ForwardParams& p, const int32_t* lut, int n, int& e_load,
-                                                 int seq, uint32_t stages, const Barriers& bars) {
-    const int s = seq % kStages;
-    if (seq >= kStages) mbarrier_wait(bars.empty(s), ((seq / kStages) - 1) & 1);
-    if (e_load >= n) {
-      *bars.block(s) = -1;
-      mbarrier_arrive(bars.full(s));  // release-orders the store above for the consumers' wait
-      return false;
-    }
-    const int j = __ldg(lut + e_load);
-    e_load = next_valid(lut, e_load + 1, n, p.nk);
-    *bars.block(s) = j;
-    const uint32_t k_tile = stages + s * Traits::kStageBytes, v_tile = k_tile + kKBytes;
-    mbarrier_arrive_expect_tx(bars.full(s), 2 * kKBytes);
-    const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z), row = j * kBK;
-#pragma unroll
-    for (int c = 0; c < kD / kPanelCols; ++c) {
-      tma_load_4d(k_tile + c * kBK * kPanelRowBytes, &p.tma_k, bars.full(s), c * kPanelCols, row, h, b);
-      tma_load_4d(v_tile + c * kBK * kPanelRowBytes, &p.tma_v, bars.full(s), c * kPanelCols, row, h, b);
-    }
-    return true;
-  }
-
   // On entry the Q tile load has been issued and committed; after_q() runs once Q has landed (it may issue and
   // commit more cp.async groups for the epilogue). On exit every wgmma is done and the stages are free.
   //
@@ -189,50 +143,24 @@ struct WgmmaMainloop {
     m[0].v[0] = m[0].v[1] = -INFINITY;
     l[0].v[0] = l[0].v[1] = 0.f;
 
-    const Barriers bars{stages + Traits::kBarrierOffset};
-    if (tid == 0) {
-      for (int s = 0; s < kStages; ++s) {
-        mbarrier_init(bars.full(s), 1);                   // the producer's arrive (+ the copies' bytes)
-        mbarrier_init(bars.empty(s), Traits::kWarps);     // one arrive per warp
-      }
-      mbarrier_init_fence();
-    }
-    __syncthreads();
-    int e_load = next_valid(lut, 0, n, p.nk);
-    bool producing = true;
-    int seq_load = 0;
-    if (tid == 0) {
-      for (; seq_load < kAhead && producing; ++seq_load) producing = produce(p, lut, n, e_load, seq_load, stages, bars);
-    }
+    using Gather = LutGather<kStages, kBK, kD, Traits::kWarps>;
+    static_assert(Gather::kStageBytes == Traits::kStageBytes, "stage plan mismatch");
+    static_assert(Gather::kBarrierBytes <= Traits::kBarrierBytes, "barrier region too small");
+    Gather gather{stages, stages + Traits::kBarrierOffset, &p.tma_k, &p.tma_v, lut, n, p.nk, kBK,
+                  static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z)};
+    gather.start(tid, kAhead);
     cp_async_wait<0>();
-    __syncthreads();  // Q has landed for every warp
+    __syncthreads();  // Q has landed for every warp, and the barriers are initialised
     after_q();
     // Q as the A operand of every S product: this warp's 16 rows, all of D, loaded once.
     uint32_t qa[kD / 16][4];
 #pragma unroll
     for (int ks = 0; ks < kD / 16; ++ks) ldsm_a<kChunks>(qa[ks], q_tile, warp * 16, ks * 16, lane);
 
-    // Waits for block `seq` (its stage, parity and LUT entry); thread 0 first issues the gather kAhead further on.
-    auto acquire = [&](int seq, int& j) {
-      if (tid == 0 && producing) {
-        producing = produce(p, lut, n, e_load, seq_load, stages, bars);
-        ++seq_load;
-      }
-      const int s = seq % kStages;
-      mbarrier_wait(bars.full(s), (seq / kStages) & 1);
-      j = *bars.block(s);
-      return stages + s * Traits::kStageBytes;
-    };
-    // This warp is done with the stage of block `seq` (its P V has completed).
-    auto release = [&](int seq) {
-      __syncwarp();
-      if (lane == 0) mbarrier_arrive(bars.empty(seq % kStages));
-    };
-
     // The first block is peeled off so that no wgmma sits under a branch (ptxas serialises those).
-    int j = -1;
-    uint32_t k_tile = acquire(0, j);
-    if (j >= 0) {
+    int key0 = -1;
+    uint32_t k_tile = gather.k_tile(gather.acquire(0, tid, key0));
+    if (key0 >= 0) {
       uint32_t pa[kBK / 16][4];
       float corr[2], sum[2];
       float s[Traits::kNTilesS][4];
@@ -240,15 +168,15 @@ struct WgmmaMainloop {
       issue_scores(s, qa, k_tile);
       wgmma_wait<0>();
       fence_acc(s);
-      mask_tail(s, p, j, lane);
+      mask_tail(s, p, key0, lane);
       softmax(s, p.scale_log2, corr, sum);
       rescale(corr, sum);
       pack_p(s, pa);
       uint32_t v_prev = k_tile + kKBytes;  // V of the block whose P V is still to issue
       int seq = 1;
       while (true) {
-        k_tile = acquire(seq, j);
-        if (j < 0) break;
+        k_tile = gather.k_tile(gather.acquire(seq, tid, key0));
+        if (key0 < 0) break;
         // Each product opens its own wgmma pipeline stage (fence ... commit), so the softmax may write the S
         // registers after wait<1> while the P V stage is still open.
         wgmma_fence();
@@ -257,11 +185,11 @@ struct WgmmaMainloop {
         issue_pv(pa, v_prev);
         wgmma_wait<1>();  // groups retire in order: S is done, P V may still run
         fence_acc(s);
-        mask_tail(s, p, j, lane);
+        mask_tail(s, p, key0, lane);
         softmax(s, p.scale_log2, corr, sum);
         wgmma_wait<0>();
         fence_acc(o[0]);
-        release(seq - 1);
+        gather.release(seq - 1, lane);
         rescale(corr, sum);
         pack_p(s, pa);
         v_prev = k_tile + kKBytes;

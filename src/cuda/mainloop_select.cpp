@@ -12,7 +12,7 @@ namespace {
 enum class Forced { none, mma, wgmma, invalid };
 
 Forced forced_from_env() {
-  const char* v = std::getenv("SLA_CUDA_FORWARD_MAINLOOP");
+  const char* v = std::getenv("SLA_CUDA_MAINLOOP");
   if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return Forced::none;
   if (std::strcmp(v, "mma") == 0) return Forced::mma;
   if (std::strcmp(v, "wgmma") == 0) return Forced::wgmma;
@@ -21,11 +21,11 @@ Forced forced_from_env() {
 
 }  // namespace
 
-Status select_forward_mainloop(MainloopKind* out) {
+Status select_mainloop(MainloopKind* out) {
   static const Forced forced = forced_from_env();
   if (forced == Forced::invalid) {
-    return Status::Invalid(std::string("SLA_CUDA_FORWARD_MAINLOOP: '") +
-                                   std::getenv("SLA_CUDA_FORWARD_MAINLOOP") + "'; expected auto, mma or wgmma");
+    return Status::Invalid(std::string("SLA_CUDA_MAINLOOP: '") +
+                                   std::getenv("SLA_CUDA_MAINLOOP") + "'; expected auto, mma or wgmma");
   }
   if (forced == Forced::mma) {
     *out = MainloopKind::mma;
@@ -43,7 +43,7 @@ Status select_forward_mainloop(MainloopKind* out) {
   const bool wgmma_ok = false;
 #endif
   if (forced == Forced::wgmma && !wgmma_ok) {
-    return Status::Unsupported("SLA_CUDA_FORWARD_MAINLOOP=wgmma needs a build with sm_90a (SLA_CUDA_ARCHS) and a "
+    return Status::Unsupported("SLA_CUDA_MAINLOOP=wgmma needs a build with sm_90a (SLA_CUDA_ARCHS) and a "
                                "compute capability 9.0 GPU; this device is " +
                                std::to_string(major) + "." + std::to_string(minor));
   }

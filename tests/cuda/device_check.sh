@@ -4,7 +4,8 @@
 # Usage: tests/cuda/device_check.sh [filter] ; logs go to $OUT.
 # Environment: BIN (a test_backend_ops built elsewhere, e.g. carried; built here when absent or when it cannot
 # run on this machine), SKIP_TESTS, SKIP_SANITIZER. The forward grid and the W1 timing also run with
-# SLA_CUDA_FORWARD_MAINLOOP=mma, so that a Hopper card checks both forward mainloops.
+# SLA_CUDA_MAINLOOP=mma, so that a Hopper card checks both mainloops (wgmma + TMA and mma.sync) of the forward and
+# dQ kernels.
 set -o pipefail
 OUT=${OUT:-/tmp/sla-out}
 mkdir -p "$OUT"
@@ -24,22 +25,31 @@ rc=0
 if [ -z "$SKIP_TESTS" ]; then
   $T --mode fwd ${1:+--filter "$1"} 2>&1 | tee "$OUT/fwd.log" | grep -v "^OK" | tail -40 || rc=1
   $T --mode bwd ${1:+--filter "$1"} 2>&1 | tee "$OUT/bwd.log" | grep -v "^OK" | tail -40 || rc=1
-  # On Hopper the default forward mainloop is wgmma: run the forward grid once more on the sm_80 (mma.sync) path.
-  echo "== forward grid with SLA_CUDA_FORWARD_MAINLOOP=mma"
-  SLA_CUDA_FORWARD_MAINLOOP=mma $T --mode fwd ${1:+--filter "$1"} 2>&1 | tee "$OUT/fwd_mma.log" | grep -v "^OK" | tail -10 || rc=1
+  # On Hopper the default mainloops are wgmma: run both grids once more on the sm_80 (mma.sync) path.
+  echo "== forward and backward grids with SLA_CUDA_MAINLOOP=mma"
+  SLA_CUDA_MAINLOOP=mma $T --mode fwd ${1:+--filter "$1"} 2>&1 | tee "$OUT/fwd_mma.log" | grep -v "^OK" | tail -10 || rc=1
+  SLA_CUDA_MAINLOOP=mma $T --mode bwd ${1:+--filter "$1"} 2>&1 | tee "$OUT/bwd_mma.log" | grep -v "^OK" | tail -10 || rc=1
+fi
+if [ -z "$SKIP_TESTS" ]; then
+  # The key-state kernel's shared-memory-lean configuration (what cards with ~99 KB per block run), on this card.
+  echo "== forward grid with SLA_CUDA_KEY_STATE=compact"
+  SLA_CUDA_KEY_STATE=compact $T --mode fwd ${1:+--filter "$1"} 2>&1 | tee "$OUT/fwd_compact.log" | grep -v "^OK" | tail -10 || rc=1
 fi
 if [ -z "$SKIP_SANITIZER$SKIP_TESTS" ]; then
-  for tool in memcheck racecheck; do
+  # Full reports go to $OUT/sanitizer.log; the summary lines are printed.
+  for tool in memcheck racecheck synccheck; do
     for f in "fwd/bf16/d128/bq128/bk64/global" "bwd/bf16/d128/bq128/bk64/global" "bwd/f16/d64/bq64/bk128/complement"; do
       mode=${f%%/*}
-      echo "== $tool $f"
-      compute-sanitizer --tool $tool --error-exitcode 3 --print-limit 5 $T --mode $mode --filter "$f" 2>&1 | tail -3 || rc=1
+      echo "== $tool $f" | tee -a "$OUT/sanitizer.log"
+      compute-sanitizer --tool $tool --error-exitcode 3 --print-limit 20 $T --mode $mode --filter "$f" \
+        >>"$OUT/sanitizer.log" 2>&1 || rc=1
+      tail -1 "$OUT/sanitizer.log"
     done
   done
 fi
-echo "== perf, forward mainloop mma.sync (SLA_CUDA_FORWARD_MAINLOOP=mma)"
-SLA_CUDA_FORWARD_MAINLOOP=mma $T --mode perf 2>&1 | tail -6
-echo "== perf, default forward mainloop"
+echo "== perf, mma.sync mainloops (SLA_CUDA_MAINLOOP=mma)"
+SLA_CUDA_MAINLOOP=mma $T --mode perf 2>&1 | tail -6
+echo "== perf, default mainloops"
 $T --mode perf 2>&1 | tail -6
 python3 tests/cuda/cudnn_baseline.py 2>&1 | tail -2
 exit $rc

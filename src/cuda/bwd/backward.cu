@@ -156,8 +156,8 @@ Status launch_backward(const Problem& p, const BackwardArgs& args, const Config&
   SLA_RETURN_IF_ERROR(launch_gmat(bp, stream));
   SLA_RETURN_IF_ERROR(launch_row_prep(bp, p.dtype, fm, stream));
   SLA_RETURN_IF_ERROR(launch_linear_reductions(bp, p.dtype, stream));
-  SLA_RETURN_IF_ERROR(launch_dq_mma(bp, p.dtype, fm, stream));
-  SLA_RETURN_IF_ERROR(launch_dkdv_mma(bp, p.dtype, fm, stream));
+  SLA_RETURN_IF_ERROR(launch_dq(bp, p.dtype, fm, stream));
+  SLA_RETURN_IF_ERROR(launch_dkdv(bp, p.dtype, fm, stream));
   return Status::Ok();
 }
 

@@ -14,6 +14,8 @@
 #include "cuda/bwd/tile_stage.cuh"
 #include "cuda/bwd/sparse_bwd.h"
 #include "cuda/common/cuda_status.h"
+#include "cuda/mainloop_select.h"
+#include "cuda/tma.h"
 
 namespace sla::cuda::bwd {
 namespace {
@@ -29,23 +31,6 @@ struct DkdvSmem {
   // The epilogue stages dH (split: 2 D x D b16) over the Q and dO buffers.
   static_assert(4 * kQBytes >= 2 * D * D * 2, "dH does not fit over the Q/dO buffers");
 };
-
-// Rows r0 + g and r0 + g + 8 (C-fragment positions) of a 16 x D accumulator to rows first + r of a strided tensor,
-// rows at or past `valid` skipped.
-template <class T, int kNt>
-__device__ __forceinline__ void store_rows(const RowsParams& t, int64_t b, int64_t h, int64_t first, int r0, int valid,
-                                           const float (&acc)[kNt][4], int lane) {
-  const int g = lane / 4, t4 = lane % 4;
-#pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    const int r = r0 + g + 8 * hf;
-    if (r >= valid) continue;
-    T* dst = row_ptr_mut<T>(t, b, h, first + r);
-#pragma unroll
-    for (int n = 0; n < kNt; ++n)
-      *reinterpret_cast<uint32_t*>(dst + n * 8 + 2 * t4) = ElementTraits<T>::pack2(acc[n][2 * hf], acc[n][2 * hf + 1]);
-  }
-}
 
 template <class T, int D, int BK, FeatureMap F>
 __global__ void __launch_bounds__(BK * 2) dkdv_mma_kernel(BwdParams p) {
@@ -219,7 +204,7 @@ __global__ void __launch_bounds__(BK * 2) dkdv_mma_kernel(BwdParams p) {
       }
     }
   }
-  store_rows<T, kNt>(p.grad_v, b, h, key0, key_warp * 16, valid_k, dv, lane);
+  store_acc_rows<T, kNt>(p.grad_v, b, h, key0, key_warp * 16, valid_k, dv, lane);
   if (p.has_weight) {
     float dphi[kNt][4];
 #pragma unroll
@@ -234,7 +219,7 @@ __global__ void __launch_bounds__(BK * 2) dkdv_mma_kernel(BwdParams p) {
     }
     add_phi_backward<T, D, F>(dk, dphi, smem + Smem::k, key_warp * 16, lane);
   }
-  store_rows<T, kNt>(p.grad_k, b, h, key0, key_warp * 16, valid_k, dk, lane);
+  store_acc_rows<T, kNt>(p.grad_k, b, h, key0, key_warp * 16, valid_k, dk, lane);
 }
 
 template <class T, int D, int BK, FeatureMap F>
@@ -259,6 +244,20 @@ Status launch_dkdv_mma(const BwdParams& p, DType dtype, FeatureMap fm, cudaStrea
       return Status::Unsupported("block_k: the CUDA backward supports 64 and 128, got " + std::to_string(p.bk));
     });
   });
+}
+
+Status launch_dkdv(const BwdParams& p, DType dtype, FeatureMap fm, cudaStream_t stream) {
+  MainloopKind kind = MainloopKind::mma;
+  if (Status st = select_mainloop(&kind); !st.ok()) return st;
+  if (kind == MainloopKind::wgmma) {
+    // As the forward: strides the driver cannot describe in a tensor map take the mma.sync kernel.
+    QdoTensorMaps maps;
+    if (make_panel_tensor_map(&maps.q, p.q, p.batch, p.heads, p.lq, p.d, 64, "q").ok() &&
+        make_panel_tensor_map(&maps.d_o, p.d_o, p.batch, p.heads, p.lq, p.dv, 64, "d_o").ok()) {
+      return launch_dkdv_wgmma(p, maps, dtype, fm, stream);
+    }
+  }
+  return launch_dkdv_mma(p, dtype, fm, stream);
 }
 
 }  // namespace sla::cuda::bwd

@@ -10,6 +10,8 @@
 #include "cuda/bwd/tile_stage.cuh"
 #include "cuda/bwd/sparse_bwd.h"
 #include "cuda/common/cuda_status.h"
+#include "cuda/mainloop_select.h"
+#include "cuda/tma.h"
 
 namespace sla::cuda::bwd {
 namespace {
@@ -215,6 +217,20 @@ Status launch_dq_mma(const BwdParams& p, DType dtype, FeatureMap fm, cudaStream_
       return Status::Unsupported("block_q: the CUDA backward supports 64 and 128, got " + std::to_string(p.bq));
     });
   });
+}
+
+Status launch_dq(const BwdParams& p, DType dtype, FeatureMap fm, cudaStream_t stream) {
+  MainloopKind kind = MainloopKind::mma;
+  if (Status st = select_mainloop(&kind); !st.ok()) return st;
+  if (kind == MainloopKind::wgmma) {
+    // As the forward: strides the driver cannot describe in a tensor map take the mma.sync kernel.
+    KvTensorMaps maps;
+    if (make_panel_tensor_map(&maps.k, p.k, p.batch, p.heads, p.lk, p.d, 64, "k").ok() &&
+        make_panel_tensor_map(&maps.v, p.v, p.batch, p.heads, p.lk, p.dv, 64, "v").ok()) {
+      return launch_dq_wgmma(p, maps, dtype, fm, stream);
+    }
+  }
+  return launch_dq_mma(p, dtype, fm, stream);
 }
 
 }  // namespace sla::cuda::bwd

@@ -67,4 +67,21 @@ __device__ __forceinline__ void store_split(uint16_t* dst, int idx, float x) {
   reinterpret_cast<__nv_bfloat16*>(dst)[D * D + idx] = lo;
 }
 
+// Rows r0 + g and r0 + g + 8 (C-fragment positions) of a 16 x D accumulator to rows first + r of a strided tensor,
+// rows at or past `valid` skipped.
+template <class T, int kNt>
+__device__ __forceinline__ void store_acc_rows(const RowsParams& t, int64_t b, int64_t h, int64_t first, int r0,
+                                               int valid, const float (&acc)[kNt][4], int lane) {
+  const int g = lane / 4, t4 = lane % 4;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int r = r0 + g + 8 * hf;
+    if (r >= valid) continue;
+    T* dst = row_ptr_mut<T>(t, b, h, first + r);
+#pragma unroll
+    for (int n = 0; n < kNt; ++n)
+      *reinterpret_cast<uint32_t*>(dst + n * 8 + 2 * t4) = ElementTraits<T>::pack2(acc[n][2 * hf], acc[n][2 * hf + 1]);
+  }
+}
+
 }  // namespace sla::cuda::bwd

@@ -102,6 +102,10 @@ template <bool kTransB, int kN, class Tag>
 __device__ __forceinline__ void wgmma_rs(float (&)[kN][4], const uint32_t (&)[4], uint64_t, bool, Tag) {
   __trap();
 }
+template <int kN, class Tag>
+__device__ __forceinline__ void wgmma_ss(float (&)[kN][4], uint64_t, uint64_t, bool, Tag) {
+  __trap();
+}
 #endif
 
 }  // namespace sla::cuda
