@@ -7,7 +7,8 @@
 // layout of cuda/common/wgmma.cuh. Per stage:
 //   full  (count 1):       thread 0's arrive with the tile's byte count, completed by the copies' bytes
 //   empty (count kWarps):  one arrive per consumer warp once it no longer reads the stage
-//   key0  (int):           first key of the tile, -1 once the row has no more tiles
+// Every thread walks the LUT row itself (the same sequence as the producer), so nothing but the barriers and the
+// copies passes between the producer and the consumers.
 #pragma once
 
 #include <cstdint>
@@ -22,7 +23,7 @@ template <int kStages, int kTileRows, int kD, int kWarps>
 struct LutGather {
   static constexpr uint32_t kTileBytes = kTileRows * kD * 2;  // one K (or V) tile
   static constexpr uint32_t kStageBytes = 2 * kTileBytes;
-  static constexpr int kBarrierBytes = 2 * kStages * 8 + kStages * 4;
+  static constexpr int kBarrierBytes = 2 * kStages * 8;
 
   uint32_t stages;  // shared address of stage 0 (1024-byte aligned)
   uint32_t bars;    // shared address of the barriers (8-byte aligned, kBarrierBytes)
@@ -30,15 +31,13 @@ struct LutGather {
   const TmaDescriptor* map_v;
   const int32_t* lut;
   int n, nk, block_rows, head, batch;
-  // Producer state, meaningful in thread 0 only.
+  // Producer state, meaningful in thread 0 only; the consumer's walk of the same sequence.
   int e_load = 0, sub_load = 0, seq_load = 0;
   bool producing = true;
+  int e_use = -1, sub_use = 0;
 
   __device__ __forceinline__ uint32_t full(int s) const { return bars + 8 * s; }
   __device__ __forceinline__ uint32_t empty(int s) const { return bars + 8 * (kStages + s); }
-  __device__ __forceinline__ int* key0_slot(int s) const {
-    return reinterpret_cast<int*>(__cvta_shared_to_generic(bars + 16 * kStages + 4 * s));
-  }
   __device__ __forceinline__ uint32_t k_tile(int s) const { return stages + s * kStageBytes; }
   __device__ __forceinline__ uint32_t v_tile(int s) const { return k_tile(s) + kTileBytes; }
 
@@ -54,6 +53,7 @@ struct LutGather {
   // Thread 0 initialises the barriers and issues the first `ahead` tiles; the caller then runs a CTA barrier
   // before any thread waits on them.
   __device__ __forceinline__ void start(int tid, int ahead) {
+    e_use = next_valid(0);
     if (tid != 0) return;
     for (int s = 0; s < kStages; ++s) {
       mbarrier_init(full(s), 1);
@@ -64,23 +64,20 @@ struct LutGather {
     for (int a = 0; a < ahead && producing; ++a) produce();
   }
 
-  // Thread 0: the next tile into its stage once every warp has released the stage's previous tile, or the end mark.
+  // Thread 0: the next tile into its stage once every warp has released the stage's previous tile.
   __device__ __forceinline__ void produce() {
-    const int seq = seq_load++;
-    const int s = seq % kStages;
-    if (seq >= kStages) mbarrier_wait(empty(s), ((seq / kStages) - 1) & 1);
     if (e_load >= n) {
-      *key0_slot(s) = -1;
-      mbarrier_arrive(full(s));  // release-orders the store for the consumers' acquire
       producing = false;
       return;
     }
+    const int seq = seq_load++;
+    const int s = seq % kStages;
+    if (seq >= kStages) mbarrier_wait(empty(s), ((seq / kStages) - 1) & 1);
     const int key0 = __ldg(lut + e_load) * block_rows + sub_load * kTileRows;
     if (++sub_load == block_rows / kTileRows) {
       sub_load = 0;
       e_load = next_valid(e_load + 1);
     }
-    *key0_slot(s) = key0;
     mbarrier_arrive_expect_tx(full(s), kStageBytes);
 #pragma unroll
     for (int c = 0; c < kD / kPanelCols; ++c) {
@@ -89,13 +86,22 @@ struct LutGather {
     }
   }
 
-  // Every thread: waits for tile `seq` and returns its stage; key0 = -1 marks the end of the row. Thread 0 first
-  // issues the tile kAhead further on (kAhead = the number started, kept constant by one produce per acquire).
+  // Every thread: waits for tile `seq` (the next one of its walk) and returns its stage and first key, or key0 = -1
+  // at the end of the row. Thread 0 first issues the tile `ahead` further on (one produce per acquire keeps the
+  // distance that start() set).
   __device__ __forceinline__ int acquire(int seq, int tid, int& key0) {
     if (tid == 0 && producing) produce();
+    if (e_use >= n) {
+      key0 = -1;
+      return 0;
+    }
+    key0 = __ldg(lut + e_use) * block_rows + sub_use * kTileRows;
+    if (++sub_use == block_rows / kTileRows) {
+      sub_use = 0;
+      e_use = next_valid(e_use + 1);
+    }
     const int s = seq % kStages;
     mbarrier_wait(full(s), (seq / kStages) & 1);
-    key0 = *key0_slot(s);
     return s;
   }
 
