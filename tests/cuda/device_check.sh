@@ -30,11 +30,6 @@ if [ -z "$SKIP_TESTS" ]; then
   SLA_CUDA_MAINLOOP=mma $T --mode fwd ${1:+--filter "$1"} 2>&1 | tee "$OUT/fwd_mma.log" | grep -v "^OK" | tail -10 || rc=1
   SLA_CUDA_MAINLOOP=mma $T --mode bwd ${1:+--filter "$1"} 2>&1 | tee "$OUT/bwd_mma.log" | grep -v "^OK" | tail -10 || rc=1
 fi
-if [ -z "$SKIP_TESTS" ]; then
-  # The key-state kernel's shared-memory-lean configuration (what cards with ~99 KB per block run), on this card.
-  echo "== forward grid with SLA_CUDA_KEY_STATE=compact"
-  SLA_CUDA_KEY_STATE=compact $T --mode fwd ${1:+--filter "$1"} 2>&1 | tee "$OUT/fwd_compact.log" | grep -v "^OK" | tail -10 || rc=1
-fi
 if [ -z "$SKIP_SANITIZER$SKIP_TESTS" ]; then
   # Full reports go to $OUT/sanitizer.log; the summary lines are printed.
   for tool in memcheck racecheck synccheck; do
