@@ -3,7 +3,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdlib>
-#include <cstring>
 #include <string>
 
 namespace sla::cuda {
@@ -11,21 +10,35 @@ namespace {
 
 enum class Forced { none, mma, wgmma, invalid };
 
-Forced forced_from_env() {
+struct EnvChoice {
+  Forced forced = Forced::none;
+  std::string value;  // as set, for the error message
+};
+
+EnvChoice choice_from_env() {
+  EnvChoice c;
   const char* v = std::getenv("SLA_CUDA_MAINLOOP");
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return Forced::none;
-  if (std::strcmp(v, "mma") == 0) return Forced::mma;
-  if (std::strcmp(v, "wgmma") == 0) return Forced::wgmma;
-  return Forced::invalid;
+  if (v == nullptr) return c;
+  c.value = v;
+  if (c.value.empty() || c.value == "auto") {
+    c.forced = Forced::none;
+  } else if (c.value == "mma") {
+    c.forced = Forced::mma;
+  } else if (c.value == "wgmma") {
+    c.forced = Forced::wgmma;
+  } else {
+    c.forced = Forced::invalid;
+  }
+  return c;
 }
 
 }  // namespace
 
 Status select_mainloop(MainloopKind* out) {
-  static const Forced forced = forced_from_env();
+  static const EnvChoice env = choice_from_env();  // read once: the choice cannot change between calls
+  const Forced forced = env.forced;
   if (forced == Forced::invalid) {
-    return Status::Invalid(std::string("SLA_CUDA_MAINLOOP: '") +
-                                   std::getenv("SLA_CUDA_MAINLOOP") + "'; expected auto, mma or wgmma");
+    return Status::Invalid("SLA_CUDA_MAINLOOP: '" + env.value + "'; expected auto, mma or wgmma");
   }
   if (forced == Forced::mma) {
     *out = MainloopKind::mma;
@@ -35,7 +48,7 @@ Status select_mainloop(MainloopKind* out) {
   if (cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
-    return {StatusCode::device_error, "forward: cannot query the current CUDA device's compute capability"};
+    return {StatusCode::device_error, "cannot query the current CUDA device's compute capability"};
   }
 #if defined(SLA_CUDA_HAS_SM90A)
   const bool wgmma_ok = major == 9 && minor == 0;
