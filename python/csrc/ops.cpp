@@ -164,6 +164,8 @@ ForwardTensors forward(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   at::Tensor o_lin = save_for_backward ? at::empty({B, H, Lq, Dv}, acc_opts) : at::empty({0}, acc_opts);
   at::Tensor lin_h = save_for_backward ? at::empty({B, H, D, Dv}, acc_opts) : at::empty({0}, acc_opts);
   at::Tensor lin_z = save_for_backward ? at::empty({B, H, D}, acc_opts) : at::empty({0}, acc_opts);
+  // O_s alone in the accumulation dtype: the backward forms Delta = dO . O_s from it (no 16-bit rounding).
+  at::Tensor o_sparse = save_for_backward ? at::empty({B, H, Lq, Dv}, acc_opts) : at::empty({0}, acc_opts);
 
   sla::ForwardArgs args;
   args.q = view_of(qa, "q");
@@ -178,12 +180,13 @@ ForwardTensors forward(const at::Tensor& q, const at::Tensor& k, const at::Tenso
     args.o_lin = view_of(o_lin, "o_lin");
     args.lin_h = view_of(lin_h, "lin_h");
     args.lin_z = view_of(lin_z, "lin_z");
+    args.o_sparse = view_of(o_sparse, "o_sparse");
   }
   std::size_t bytes = 0;
   check_status(sla::forward_workspace_size(args, cfg, &bytes), "forward");
   ExecHolder holder(q, bytes, stream);
   check_status(sla::forward(args, cfg, holder.exec), "forward");
-  return {o, lse, o_lin, lin_h, lin_z};
+  return {o, lse, o_lin, lin_h, lin_z, o_sparse};
 }
 
 BackwardTensors backward(const at::Tensor& grad_o, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -192,7 +195,8 @@ BackwardTensors backward(const at::Tensor& grad_o, const at::Tensor& q, const at
                          const at::Tensor& negl_count, const at::Tensor& inv_offset, const at::Tensor& inv_index,
                          const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index, const at::Tensor& o,
                          const at::Tensor& lse, const at::Tensor& o_lin, const at::Tensor& lin_h,
-                         const at::Tensor& lin_z, int64_t block_q, int64_t block_k, double topk, double negligible,
+                         const at::Tensor& lin_z, const at::Tensor& o_sparse, int64_t block_q, int64_t block_k,
+                         double topk, double negligible,
                          c10::string_view variant, c10::string_view feature_map, double scale, double eps,
                          void* stream) {
   check_rank(grad_o, 4, "grad_o", "(B, H, Lq, Dv)");
@@ -226,6 +230,7 @@ BackwardTensors backward(const at::Tensor& grad_o, const at::Tensor& q, const at
   args.o_lin = optional_view_of(o_lin, "o_lin");
   args.lin_h = optional_view_of(lin_h, "lin_h");
   args.lin_z = optional_view_of(lin_z, "lin_z");
+  args.o_sparse = optional_view_of(o_sparse, "o_sparse");
   args.dq = view_of(dq, "dq");
   args.dk = view_of(dk, "dk");
   args.dv = view_of(dv, "dv");

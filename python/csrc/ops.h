@@ -17,7 +17,8 @@ namespace sla_torch {
 using BlockMapTensors =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using InverseTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-using ForwardTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// o, lse, o_lin, lin_h, lin_z, o_sparse
+using ForwardTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using BackwardTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // `stream` is the cudaStream_t to launch on (nullptr for CPU tensors).
@@ -41,7 +42,8 @@ BackwardTensors backward(const at::Tensor& grad_o, const at::Tensor& q, const at
                          const at::Tensor& negl_count, const at::Tensor& inv_offset, const at::Tensor& inv_index,
                          const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index, const at::Tensor& o,
                          const at::Tensor& lse, const at::Tensor& o_lin, const at::Tensor& lin_h,
-                         const at::Tensor& lin_z, int64_t block_q, int64_t block_k, double topk, double negligible,
+                         const at::Tensor& lin_z, const at::Tensor& o_sparse, int64_t block_q, int64_t block_k,
+                         double topk, double negligible,
                          c10::string_view variant, c10::string_view feature_map, double scale, double eps,
                          void* stream);
 

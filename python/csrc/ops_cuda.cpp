@@ -52,13 +52,14 @@ BackwardTensors backward_cuda(const at::Tensor& grad_o, const at::Tensor& q, con
                               const at::Tensor& inv_offset, const at::Tensor& inv_index,
                               const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index,
                               const at::Tensor& o, const at::Tensor& lse, const at::Tensor& o_lin,
-                              const at::Tensor& lin_h, const at::Tensor& lin_z, int64_t block_q, int64_t block_k,
+                              const at::Tensor& lin_h, const at::Tensor& lin_z, const at::Tensor& o_sparse,
+                              int64_t block_q, int64_t block_k,
                               double topk, double negligible, c10::string_view variant,
                               c10::string_view feature_map, double scale, double eps) {
   CudaLaunch launch(q);
   return backward(grad_o, q, k, v, proj_weight, proj_bias, lut, count, negl_lut, negl_count, inv_offset, inv_index,
-                  negl_inv_offset, negl_inv_index, o, lse, o_lin, lin_h, lin_z, block_q, block_k, topk, negligible,
-                  variant, feature_map, scale, eps, launch.stream());
+                  negl_inv_offset, negl_inv_index, o, lse, o_lin, lin_h, lin_z, o_sparse, block_q, block_k, topk,
+                  negligible, variant, feature_map, scale, eps, launch.stream());
 }
 
 }  // namespace

@@ -21,9 +21,9 @@ TORCH_LIBRARY(sla, m) {
   m.def(
       "forward(Tensor q, Tensor k, Tensor v, Tensor? proj_weight, Tensor? proj_bias, " SLA_MAP_TABLES
       ", " SLA_CONFIG ", bool save_for_backward) -> "
-      "(Tensor o, Tensor lse, Tensor o_lin, Tensor lin_h, Tensor lin_z)");
+      "(Tensor o, Tensor lse, Tensor o_lin, Tensor lin_h, Tensor lin_z, Tensor o_sparse)");
   m.def(
       "backward(Tensor grad_o, Tensor q, Tensor k, Tensor v, Tensor? proj_weight, Tensor? proj_bias, " SLA_MAP_TABLES
-      ", Tensor o, Tensor lse, Tensor o_lin, Tensor lin_h, Tensor lin_z, " SLA_CONFIG
+      ", Tensor o, Tensor lse, Tensor o_lin, Tensor lin_h, Tensor lin_z, Tensor o_sparse, " SLA_CONFIG
       ") -> (Tensor dq, Tensor dk, Tensor dv, Tensor d_proj_weight, Tensor d_proj_bias)");
 }

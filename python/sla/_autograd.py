@@ -17,9 +17,9 @@ def _setup_context(ctx, inputs, output):
     tables = inputs[5:5 + _NUM_MAP_TABLES]
     options = inputs[5 + _NUM_MAP_TABLES:5 + _NUM_MAP_TABLES + _NUM_OPTIONS]
     save_for_backward = inputs[-1]
-    o, lse, o_lin, lin_h, lin_z = output
-    ctx.mark_non_differentiable(lse, o_lin, lin_h, lin_z)
-    ctx.save_for_backward(q, k, v, proj_weight, proj_bias, *tables, o, lse, o_lin, lin_h, lin_z)
+    o, lse, o_lin, lin_h, lin_z, o_sparse = output
+    ctx.mark_non_differentiable(lse, o_lin, lin_h, lin_z, o_sparse)
+    ctx.save_for_backward(q, k, v, proj_weight, proj_bias, *tables, o, lse, o_lin, lin_h, lin_z, o_sparse)
     ctx.options = options
     ctx.saved_state = save_for_backward
 
@@ -32,14 +32,14 @@ def _backward(ctx, grad_o, *unused_saved_grads):
         )
     q, k, v, proj_weight, proj_bias, *rest = ctx.saved_tensors
     tables = rest[:_NUM_MAP_TABLES]
-    o, lse, o_lin, lin_h, lin_z = rest[_NUM_MAP_TABLES:]
+    o, lse, o_lin, lin_h, lin_z, o_sparse = rest[_NUM_MAP_TABLES:]
     if tables[4].numel() == 0:
         raise RuntimeError(
             "sla.forward: backward needs the inverse block-map tables (inv_offset, inv_index); compute the block "
             "map with with_inverse=True or use BlockMap.with_inverse()"
         )
     dq, dk, dv, d_weight, d_bias = torch.ops.sla.backward(
-        grad_o, q, k, v, proj_weight, proj_bias, *tables, o, lse, o_lin, lin_h, lin_z, *ctx.options)
+        grad_o, q, k, v, proj_weight, proj_bias, *tables, o, lse, o_lin, lin_h, lin_z, o_sparse, *ctx.options)
     return (dq, dk, dv,
             d_weight if proj_weight is not None else None,
             d_bias if proj_bias is not None else None,

@@ -184,9 +184,9 @@ def test_opcheck_on_cuda(variant, negligible):
     torch.library.opcheck(torch.ops.sla.invert_block_map.default,
                           (bmap.lut, bmap.count, bmap.negl_lut, bmap.negl_count, bmap.k_blocks))
     torch.library.opcheck(torch.ops.sla.forward.default, (q, k, v, w, b, *bmap.tables(), *options, True))
-    o, lse, o_lin, lin_h, lin_z = torch.ops.sla.forward(q, k, v, w, b, *bmap.tables(), *options, True)
+    o, lse, o_lin, lin_h, lin_z, o_sparse = torch.ops.sla.forward(q, k, v, w, b, *bmap.tables(), *options, True)
     args = (torch.randn_like(o), q.detach(), k.detach(), v.detach(), w.detach(), b.detach(), *bmap.tables(),
-            o.detach(), lse, o_lin, lin_h, lin_z, *options)
+            o.detach(), lse, o_lin, lin_h, lin_z, o_sparse, *options)
     torch.library.opcheck(torch.ops.sla.backward.default, args)
 
 

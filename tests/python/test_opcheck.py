@@ -53,8 +53,8 @@ def test_backward(with_projection):
     q, k, v = make_qkv(1, 2, 130, 200, 16)
     w, b = make_projection(16) if with_projection else (None, None)
     bmap = sla.block_map(q, k, topk=0.3)
-    o, lse, o_lin, lin_h, lin_z = torch.ops.sla.forward(*forward_args(q, k, v, w, b, bmap))
+    o, lse, o_lin, lin_h, lin_z, o_sparse = torch.ops.sla.forward(*forward_args(q, k, v, w, b, bmap))
     grad_o = torch.randn_like(o)
-    args = (grad_o, q, k, v, w, b, *bmap.tables(), o, lse, o_lin, lin_h, lin_z, 64, 64, 0.3, 0.0, "global",
+    args = (grad_o, q, k, v, w, b, *bmap.tables(), o, lse, o_lin, lin_h, lin_z, o_sparse, 64, 64, 0.3, 0.0, "global",
             "softmax", 0.0, 1e-5)
     torch.library.opcheck(torch.ops.sla.backward.default, args)
