@@ -522,9 +522,8 @@ Status validate_forward(const ForwardArgs& a, const Config& cfg, Problem* p) {
     SLA_RETURN_IF_ERROR(check_saved({a.lse, a.o_lin, a.lin_h, a.lin_z}, a.q, r));
   }
   if (a.o_sparse.present()) {
-    SLA_RETURN_IF_ERROR(check_acc_tensor("o_sparse", a.o_sparse,
-                                         {{r.batch, "B", "q"}, {r.heads, "H", "q"}, {r.lq, "Lq", "q"}, {r.dv, "Dv", "v"}},
-                                         a.q, r));
+    const Dim b{r.batch, "B", "q"}, h{r.heads, "H", "q"}, lq{r.lq, "Lq", "q"}, dv{r.dv, "Dv", "v"};
+    SLA_RETURN_IF_ERROR(check_acc_tensor("o_sparse", a.o_sparse, {b, h, lq, dv}, a.q, r));
   }
   *p = r;
   return Status::Ok();
@@ -538,9 +537,8 @@ Status validate_backward(const BackwardArgs& a, const Config& cfg, Problem* p) {
   SLA_RETURN_IF_ERROR(check_output_like("o", a.o, r, a.q, /*written=*/false));
   SLA_RETURN_IF_ERROR(check_output_like("d_o", a.d_o, r, a.q, /*written=*/false));
   if (a.o_sparse.present()) {
-    SLA_RETURN_IF_ERROR(check_acc_tensor("o_sparse", a.o_sparse,
-                                         {{r.batch, "B", "q"}, {r.heads, "H", "q"}, {r.lq, "Lq", "q"}, {r.dv, "Dv", "v"}},
-                                         a.q, r));
+    const Dim b{r.batch, "B", "q"}, h{r.heads, "H", "q"}, lq{r.lq, "Lq", "q"}, dv{r.dv, "Dv", "v"};
+    SLA_RETURN_IF_ERROR(check_acc_tensor("o_sparse", a.o_sparse, {b, h, lq, dv}, a.q, r));
   }
   SLA_RETURN_IF_ERROR(check_saved({a.lse, a.o_lin, a.lin_h, a.lin_z}, a.q, r));
   SLA_RETURN_IF_ERROR(check_gradient("dq", a.dq, a.q, "q"));

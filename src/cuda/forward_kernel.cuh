@@ -479,7 +479,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
         for (int r = 0; r < 2; ++r) {
           const int64_t row = row0 + warp_row0 + mt * 16 + g + 8 * r;
           if (row < p.lq) {
-            *reinterpret_cast<float2*>(os_head + row * kD + c) = make_float2(ml.o[mt][nt][2 * r], ml.o[mt][nt][2 * r + 1]);
+            *reinterpret_cast<float2*>(os_head + row * kD + c) =
+                make_float2(ml.o[mt][nt][2 * r], ml.o[mt][nt][2 * r + 1]);
           }
         }
       }
