@@ -40,6 +40,7 @@ using sla::DType;
 using sla::FeatureMap;
 using sla::Variant;
 using namespace sla_cuda_test;
+using namespace sla_ref;
 
 constexpr int kSkip = 77;
 
@@ -1404,7 +1405,8 @@ std::vector<std::unique_ptr<TestCase>> make_cases(Mode m, const CaseListOptions&
   auto grid_seed = [&](size_t n) { return o.seed + 7919 * static_cast<uint64_t>(n); };
   switch (m) {
     case Mode::fwd:
-      for (const Case& c : forward_cases()) out.push_back(make_test<ForwardTest>(c, m, grid_seed(out.size()), out.size()));
+      for (const Case& c : forward_cases())
+        out.push_back(make_test<ForwardTest>(c, m, grid_seed(out.size()), out.size()));
       break;
     case Mode::bwd: {
       std::vector<Case> cs = gradient_cases();
@@ -1413,7 +1415,8 @@ std::vector<std::unique_ptr<TestCase>> make_cases(Mode m, const CaseListOptions&
       break;
     }
     case Mode::ref:
-      for (const Case& c : gradient_cases()) out.push_back(make_test<ReferenceTest>(c, m, grid_seed(out.size()), out.size()));
+      for (const Case& c : gradient_cases())
+        out.push_back(make_test<ReferenceTest>(c, m, grid_seed(out.size()), out.size()));
       break;
     case Mode::fuzz: {
       const int64_t first = o.fuzz_case >= 0 ? o.fuzz_case : 0;
@@ -1622,7 +1625,9 @@ int main(int argc, char** argv) {
     if (m == Mode::bwd || m == Mode::fuzz) {
       std::printf("; bitwise reruns identical on %d; worst error / limit:", s.determinism);
       for (int t = 0; t < kTensors; ++t)
-        if (s.worst.where[t] >= 0) std::printf(" %s %.3f (#%" PRId64 ")", kTensorNames[t], s.worst.ratio[t], s.worst.where[t]);
+        if (s.worst.where[t] >= 0) {
+          std::printf(" %s %.3f (#%" PRId64 ")", kTensorNames[t], s.worst.ratio[t], s.worst.where[t]);
+        }
       std::printf("; %.1f GFLOP checked", s.flops / 1e9);
     }
     std::printf("\n");
