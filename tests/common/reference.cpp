@@ -58,6 +58,12 @@ void block_classes(const RefProblem& p, int64_t bh, int64_t nq, int64_t nk, std:
 
 }  // namespace
 
+std::vector<double> reference_phi(sla::FeatureMap f, const double* x, int64_t d) {
+  std::vector<double> a(d);
+  phi_row(f, x, d, exact, a.data());
+  return a;
+}
+
 void reference_forward(const RefProblem& p, const Rounding& rnd, RefOutputs* out) {
   const int64_t d = p.d, dv = p.value_dim(), nq = (p.lq + p.bq - 1) / p.bq, nk = (p.lk + p.bk - 1) / p.bk;
   const bool complement = p.variant == sla::Variant::complement;

@@ -45,6 +45,9 @@ struct RefOutputs {
 using Rounding = std::function<double(double)>;
 inline double exact(double x) { return x; }
 
+// phi of one row of length d, exact.
+std::vector<double> reference_phi(sla::FeatureMap f, const double* x, int64_t d);
+
 void reference_forward(const RefProblem& p, const Rounding& rnd, RefOutputs* out);
 
 struct RefGradients {

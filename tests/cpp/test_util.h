@@ -1,8 +1,9 @@
 // Shared helpers of the C++ tests: host tensors of any dtype and strides, seeded random inputs, buffers for the
 // block map and the saved forward state, thin wrappers over the public API, and naive dense fp64 references.
 //
-// The references (namespace sla_test::ref) are written from SPEC.md directly, on dense (B, H, L, D) row-major
-// double arrays, with token-level masks and whole-matrix formulas: they share no code with src/cpu or src/cuda.
+// The references (namespace sla_test::ref) are adapters of the one fp64 reference of the C++ tests
+// (tests/common/reference.h, written from SPEC.md, shared with tests/cuda): they share no code with src/cpu or
+// src/cuda.
 // (HostTensor does use cpu/half_float.h to store bf16/fp16 values; that header is tested exhaustively against the
 // compiler's _Float16 and a brute-force nearest search in test_cpu_half_float.cpp.)
 #pragma once
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "cpu/half_float.h"
+#include "reference.h"
 #include "sla/sla.h"
 
 namespace sla_test {
@@ -419,86 +421,43 @@ inline std::string variant_case_name(const ::testing::TestParamInfo<VariantCase>
 
 namespace ref {
 
+// Adapters of the one fp64 reference (tests/common/reference.h, shared with tests/cuda) to this file's types:
+// dense (B, H, L, D) double arrays and block masks.
+using Masks = sla_ref::Masks;
+
 struct Dims {
   int64_t b, h, lq, lk, d, dv;
 };
 
 inline Dims dims_of(const Shape& s) { return {s.b, s.h, s.lq, s.lk, s.d, s.dv}; }
 
-// phi of one row.
-inline std::vector<double> phi(sla::FeatureMap f, const double* x, int64_t d) {
-  std::vector<double> a(d);
-  if (f == sla::FeatureMap::softmax) {
-    double m = -std::numeric_limits<double>::infinity(), s = 0;
-    for (int64_t i = 0; i < d; ++i) m = std::max(m, x[i]);
-    for (int64_t i = 0; i < d; ++i) s += std::exp(x[i] - m);
-    for (int64_t i = 0; i < d; ++i) a[i] = std::exp(x[i] - m) / s;
-  } else if (f == sla::FeatureMap::elu) {
-    for (int64_t i = 0; i < d; ++i) a[i] = x[i] > 0 ? x[i] + 1 : std::exp(x[i]);
-  } else {
-    for (int64_t i = 0; i < d; ++i) a[i] = std::max(x[i], 0.0);
-  }
-  return a;
+inline std::vector<double> phi(sla::FeatureMap f, const double* x, int64_t d) { return sla_ref::reference_phi(f, x, d); }
+
+inline sla_ref::RefProblem problem(const Dims& s, const std::vector<double>& q, const std::vector<double>& k,
+                                   const std::vector<double>* v, int64_t bq, int64_t bk) {
+  sla_ref::RefProblem p;
+  p.batch = s.b;
+  p.heads = s.h;
+  p.lq = s.lq;
+  p.lk = s.lk;
+  p.d = s.d;
+  p.dv = s.dv;
+  p.bq = static_cast<int>(bq);
+  p.bk = static_cast<int>(bk);
+  p.q = q.data();
+  p.k = k.data();
+  p.v = v ? v->data() : nullptr;
+  return p;
 }
 
-// Block masks per (b, h): crit[(bh * nq + i) * nk + j] = 1 if key block j is critical for query block i.
-struct Masks {
-  int64_t nq = 0, nk = 0;
-  std::vector<uint8_t> crit, negl;
-
-  bool critical(int64_t bh, int64_t i, int64_t j) const { return crit[(bh * nq + i) * nk + j] != 0; }
-  bool negligible(int64_t bh, int64_t i, int64_t j) const { return negl[(bh * nq + i) * nk + j] != 0; }
-};
-
-// The block map from its definition, with an independent selection rule: key block j is critical when fewer than
-// T blocks beat it (a higher score, or an equal score at a lower index); negligible when it is not critical and
-// fewer than Tn blocks are below it (a lower score, or an equal score at a higher index).
+// The block map from its definition (smooth-K, pooled scores, an independent selection rule: see
+// sla_ref::reference_block_masks).
 inline Masks block_map(const Dims& s, const std::vector<double>& q, const std::vector<double>& k, int64_t bq,
                        int64_t bk, int64_t t, int64_t tn) {
-  Masks m;
-  m.nq = (s.lq + bq - 1) / bq;
-  m.nk = (s.lk + bk - 1) / bk;
-  m.crit.assign(s.b * s.h * m.nq * m.nk, 0);
-  m.negl.assign(s.b * s.h * m.nq * m.nk, 0);
-  for (int64_t bh = 0; bh < s.b * s.h; ++bh) {
-    const double* qh = &q[bh * s.lq * s.d];
-    const double* kh = &k[bh * s.lk * s.d];
-    std::vector<double> mean(s.d, 0.0);
-    for (int64_t c = 0; c < s.lk; ++c)
-      for (int64_t x = 0; x < s.d; ++x) mean[x] += kh[c * s.d + x] / s.lk;
-    auto pooled = [&](const double* rows, int64_t len, int64_t blk, int64_t idx, const std::vector<double>* center) {
-      std::vector<double> p(s.d, 0.0);
-      const int64_t r0 = idx * blk, r1 = std::min(len, r0 + blk);
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t x = 0; x < s.d; ++x) p[x] += rows[r * s.d + x] - (center ? (*center)[x] : 0.0);
-      for (int64_t x = 0; x < s.d; ++x) p[x] /= static_cast<double>(r1 - r0);
-      return p;
-    };
-    for (int64_t i = 0; i < m.nq; ++i) {
-      const std::vector<double> qb = pooled(qh, s.lq, bq, i, nullptr);
-      std::vector<double> score(m.nk);
-      for (int64_t j = 0; j < m.nk; ++j) {
-        const std::vector<double> kb = pooled(kh, s.lk, bk, j, &mean);
-        double acc = 0;
-        for (int64_t x = 0; x < s.d; ++x) acc += qb[x] * kb[x];
-        score[j] = acc;
-      }
-      for (int64_t j = 0; j < m.nk; ++j) {
-        int64_t above = 0, below = 0;
-        for (int64_t o = 0; o < m.nk; ++o) {
-          if (score[o] > score[j] || (score[o] == score[j] && o < j)) ++above;
-          if (score[o] < score[j] || (score[o] == score[j] && o > j)) ++below;
-        }
-        const size_t at = (bh * m.nq + i) * m.nk + j;
-        m.crit[at] = above < t;
-        m.negl[at] = !m.crit[at] && below < tn;
-      }
-    }
-  }
-  return m;
+  return sla_ref::reference_block_masks(problem(s, q, k, nullptr, bq, bk), t, tn);
 }
 
-// Masks from a block map's tables (to feed the dense references with exactly the map the library used).
+// Masks from a block map's tables (to feed the references with exactly the map the library used).
 inline Masks masks_from_tables(const MapBuffers& map, int64_t nk) {
   Masks m;
   const int64_t b = map.count.shape[0], h = map.count.shape[1];
@@ -521,73 +480,39 @@ inline Masks masks_from_tables(const MapBuffers& map, int64_t nk) {
   return m;
 }
 
+// The exact reference forward on the mask `m` (no projection).
+inline sla_ref::RefOutputs forward_on(const Dims& s, const std::vector<double>& q, const std::vector<double>& k,
+                                      const std::vector<double>& v, const Masks& m, int64_t bq, int64_t bk,
+                                      sla::Variant variant, sla::FeatureMap f, double scale, double eps) {
+  sla_ref::RefProblem p = problem(s, q, k, &v, bq, bk);
+  p.variant = variant;
+  p.feature_map = f;
+  p.scale = scale;
+  p.eps = eps;
+  sla_ref::MaskTables tables;
+  sla_ref::use_masks(m, &p, &tables);
+  sla_ref::RefOutputs out;
+  sla_ref::reference_forward(p, sla_ref::exact, &out);
+  return out;
+}
+
 // Sparse branch: softmax(s Q K^T + log Mask) V with the block mask expanded to tokens. Rows without any allowed
 // key get O_s = 0 and LSE = -inf. `lse` may be null.
 inline std::vector<double> sparse(const Dims& s, const std::vector<double>& q, const std::vector<double>& k,
                                   const std::vector<double>& v, const Masks& m, int64_t bq, int64_t bk, double scale,
                                   std::vector<double>* lse) {
-  std::vector<double> o(s.b * s.h * s.lq * s.dv, 0.0);
-  if (lse) lse->assign(s.b * s.h * s.lq, -std::numeric_limits<double>::infinity());
-  for (int64_t bh = 0; bh < s.b * s.h; ++bh) {
-    for (int64_t r = 0; r < s.lq; ++r) {
-      std::vector<double> x(s.lk, -std::numeric_limits<double>::infinity());
-      double mx = -std::numeric_limits<double>::infinity();
-      for (int64_t c = 0; c < s.lk; ++c) {
-        if (!m.critical(bh, r / bq, c / bk)) continue;
-        double acc = 0;
-        for (int64_t e = 0; e < s.d; ++e) acc += q[(bh * s.lq + r) * s.d + e] * k[(bh * s.lk + c) * s.d + e];
-        x[c] = scale * acc;
-        mx = std::max(mx, x[c]);
-      }
-      if (mx == -std::numeric_limits<double>::infinity()) continue;
-      double sum = 0;
-      for (int64_t c = 0; c < s.lk; ++c) sum += std::exp(x[c] - mx);
-      for (int64_t c = 0; c < s.lk; ++c) {
-        const double p = std::exp(x[c] - mx) / sum;
-        for (int64_t e = 0; e < s.dv; ++e) o[(bh * s.lq + r) * s.dv + e] += p * v[(bh * s.lk + c) * s.dv + e];
-      }
-      if (lse) (*lse)[bh * s.lq + r] = mx + std::log(sum);
-    }
-  }
-  return o;
+  sla_ref::RefOutputs out =
+      forward_on(s, q, k, v, m, bq, bk, sla::Variant::global, sla::FeatureMap::softmax, scale, 1e-5);
+  if (lse) *lse = out.lse;
+  return out.o_sparse;
 }
 
-// Linear branch from the dense formula: A = phi(Q) phi(K)^T (token x token), masked by the marginal blocks in the
-// complement variant; O_l = A V / (A 1 + eps) (global) or A V / (A 1) with zero rows where M_i is empty or the
-// denominator is not > 0 (complement).
+// Linear branch O_l: global phi(Q) H / (phi(Q) . z + eps); complement the same over the marginal blocks, with
+// zero rows where M_i is empty or the denominator is not > 0.
 inline std::vector<double> linear(const Dims& s, const std::vector<double>& q, const std::vector<double>& k,
                                   const std::vector<double>& v, const Masks& m, int64_t bq, int64_t bk,
                                   sla::Variant variant, sla::FeatureMap f, double eps) {
-  std::vector<double> o(s.b * s.h * s.lq * s.dv, 0.0);
-  const bool complement = variant == sla::Variant::complement;
-  for (int64_t bh = 0; bh < s.b * s.h; ++bh) {
-    std::vector<std::vector<double>> pk(s.lk);
-    for (int64_t c = 0; c < s.lk; ++c) pk[c] = phi(f, &k[(bh * s.lk + c) * s.d], s.d);
-    for (int64_t r = 0; r < s.lq; ++r) {
-      const std::vector<double> pq = phi(f, &q[(bh * s.lq + r) * s.d], s.d);
-      const int64_t i = r / bq;
-      bool any_marginal = false;
-      for (int64_t j = 0; j < m.nk; ++j) any_marginal |= !m.critical(bh, i, j) && !m.negligible(bh, i, j);
-      if (complement && !any_marginal) continue;
-      std::vector<double> num(s.dv, 0.0);
-      double den = 0;
-      for (int64_t c = 0; c < s.lk; ++c) {
-        const int64_t j = c / bk;
-        if (complement && (m.critical(bh, i, j) || m.negligible(bh, i, j))) continue;
-        double a = 0;
-        for (int64_t e = 0; e < s.d; ++e) a += pq[e] * pk[c][e];
-        den += a;
-        for (int64_t e = 0; e < s.dv; ++e) num[e] += a * v[(bh * s.lk + c) * s.dv + e];
-      }
-      if (complement) {
-        if (!(den > 0)) continue;
-      } else {
-        den += eps;
-      }
-      for (int64_t e = 0; e < s.dv; ++e) o[(bh * s.lq + r) * s.dv + e] = num[e] / den;
-    }
-  }
-  return o;
+  return forward_on(s, q, k, v, m, bq, bk, variant, f, 1.0, eps).o_lin;
 }
 
 // O = O_s + O_l W^T + b; w and bias may be empty (absent).
@@ -606,49 +531,27 @@ inline std::vector<double> output(const Dims& s, const std::vector<double>& os, 
 }
 
 // Gradients of the sparse branch O_s = softmax(s Q K^T + log Mask) V with the token-expanded block mask; a null
-// `masks` means dense softmax attention over all keys (the topk = 1 case). Standard formulas on whole rows:
-// dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(P * dP)), dQ = s dS K, dK = s dS^T Q.
+// `masks` means dense softmax attention over all keys (the topk = 1 case).
 inline void sparse_backward(const Dims& s, const std::vector<double>& q, const std::vector<double>& k,
                             const std::vector<double>& v, const std::vector<double>& d_o, const Masks* masks,
                             int64_t bq, int64_t bk, double scale, std::vector<double>* dq, std::vector<double>* dk,
                             std::vector<double>* dv) {
-  dq->assign(q.size(), 0.0);
-  dk->assign(k.size(), 0.0);
-  dv->assign(v.size(), 0.0);
-  for (int64_t bh = 0; bh < s.b * s.h; ++bh) {
-    for (int64_t r = 0; r < s.lq; ++r) {
-      std::vector<double> x(s.lk, -std::numeric_limits<double>::infinity()), p(s.lk, 0.0), dp(s.lk, 0.0);
-      double mx = -std::numeric_limits<double>::infinity();
-      for (int64_t c = 0; c < s.lk; ++c) {
-        if (masks && !masks->critical(bh, r / bq, c / bk)) continue;
-        double acc = 0;
-        for (int64_t e = 0; e < s.d; ++e) acc += q[(bh * s.lq + r) * s.d + e] * k[(bh * s.lk + c) * s.d + e];
-        x[c] = scale * acc;
-        mx = std::max(mx, x[c]);
-      }
-      if (mx == -std::numeric_limits<double>::infinity()) continue;
-      double sum = 0;
-      for (int64_t c = 0; c < s.lk; ++c) sum += std::exp(x[c] - mx);
-      double p_dot_dp = 0;
-      for (int64_t c = 0; c < s.lk; ++c) {
-        p[c] = std::exp(x[c] - mx) / sum;
-        double acc = 0;
-        for (int64_t e = 0; e < s.dv; ++e) acc += d_o[(bh * s.lq + r) * s.dv + e] * v[(bh * s.lk + c) * s.dv + e];
-        dp[c] = acc;
-        p_dot_dp += p[c] * dp[c];
-      }
-      for (int64_t c = 0; c < s.lk; ++c) {
-        if (p[c] == 0) continue;
-        const double ds = p[c] * (dp[c] - p_dot_dp);
-        for (int64_t e = 0; e < s.dv; ++e)
-          (*dv)[(bh * s.lk + c) * s.dv + e] += p[c] * d_o[(bh * s.lq + r) * s.dv + e];
-        for (int64_t e = 0; e < s.d; ++e) {
-          (*dq)[(bh * s.lq + r) * s.d + e] += scale * ds * k[(bh * s.lk + c) * s.d + e];
-          (*dk)[(bh * s.lk + c) * s.d + e] += scale * ds * q[(bh * s.lq + r) * s.d + e];
-        }
-      }
-    }
+  sla_ref::RefProblem p = problem(s, q, k, &v, bq, bk);
+  p.scale = scale;
+  Masks all;
+  if (masks == nullptr) {
+    all.nq = (s.lq + bq - 1) / bq;
+    all.nk = (s.lk + bk - 1) / bk;
+    all.crit.assign(s.b * s.h * all.nq * all.nk, 1);
+    all.negl.assign(s.b * s.h * all.nq * all.nk, 0);
   }
+  sla_ref::MaskTables tables;
+  sla_ref::use_masks(masks ? *masks : all, &p, &tables);
+  sla_ref::RefGradients g;
+  sla_ref::reference_backward(p, d_o, sla_ref::exact, &g);  // no W: the sparse branch's gradients alone
+  *dq = std::move(g.dq);
+  *dk = std::move(g.dk);
+  *dv = std::move(g.dv);
 }
 
 }  // namespace ref
