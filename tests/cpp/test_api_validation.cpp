@@ -906,5 +906,22 @@ TEST(ApiTypes, Views) {
   EXPECT_EQ(make_strided_view(dummy(), DType::f32, {2, 3}, {3}).ndim, -1);  // stride list of another length
 }
 
+// o_sparse (the forward's O_s for the backward's Delta): optional, (B, H, Lq, Dv) in the accumulation dtype.
+TEST(ApiValidation, OSparseIsOptionalAndChecked) {
+  ForwardArgs f = make_forward(DType::bf16);
+  f.o_sparse = view(DType::f32, {B, H, LQ, DV});
+  EXPECT_TRUE(fwd(f).ok());
+  f.o_sparse = view(DType::bf16, {B, H, LQ, DV});
+  EXPECT_TRUE(IsInvalid(fwd(f), "o_sparse"));
+  f.o_sparse = view(DType::f32, {B, H, LQ, D});
+  EXPECT_TRUE(IsInvalid(fwd(f), "o_sparse: expected shape[3] (Dv) = 16 like v, got 32"));
+  BackwardArgs b = make_backward(DType::bf16);
+  EXPECT_TRUE(bwd(b).ok());
+  b.o_sparse = view(DType::f32, {B, H, LQ, DV});
+  EXPECT_TRUE(bwd(b).ok());
+  b.o_sparse = view(DType::f32, {B, H, LK, DV});
+  EXPECT_TRUE(IsInvalid(bwd(b), "o_sparse: expected shape[2] (Lq) = 100 like q, got 130"));
+}
+
 }  // namespace
 }  // namespace sla
