@@ -79,6 +79,10 @@ struct ForwardArgs {
   TensorView o_lin;        // out (B, H, Lq, Dv) acc, contiguous: O_l before the projection
   TensorView lin_h;        // out (B, H, D, Dv) acc, contiguous: H = sum over all keys of phi(k)^T v
   TensorView lin_z;        // out (B, H, D) acc, contiguous: z = sum over all keys of phi(k)
+  // Optional out, saved for the backward pass: O_s, the sparse branch's output alone, (B, H, Lq, Dv) acc,
+  // contiguous. The backward's Delta_r = dO . O_s is then exact to fp32, instead of carrying the 16-bit rounding
+  // of the whole output O = O_s + O_l W^T + b (or, as in FlashAttention, of O_s; SPEC.md section 5).
+  TensorView o_sparse;
 };
 
 Status forward_workspace_size(const ForwardArgs& args, const Config& cfg, std::size_t* bytes);
@@ -94,6 +98,11 @@ struct BackwardArgs {
   TensorView o;                // forward output (B, H, Lq, Dv)
   TensorView d_o;              // gradient of O, (B, H, Lq, Dv), dtype of q
   TensorView lse, o_lin, lin_h, lin_z;  // saved by forward
+  // Optional, the forward's o_sparse (pass it: Delta_r = dO . O_s is formed from it). Without it, Delta_r is
+  // dO . O (no W, no b: FlashAttention's Delta, which carries the input-dtype rounding of O) or
+  // dO . (O - O_l W^T - b), which carries the rounding of the whole output: a linear part or bias much larger
+  // than O_s costs dQ and dK their digits.
+  TensorView o_sparse;
   TensorView dq, dk, dv;       // out, shapes and dtype of q, k, v
   TensorView d_proj_weight;    // out (Dv, Dv) acc; optional (absent: not computed)
   TensorView d_proj_bias;      // out (Dv) acc;     optional

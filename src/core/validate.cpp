@@ -521,6 +521,11 @@ Status validate_forward(const ForwardArgs& a, const Config& cfg, Problem* p) {
   if (r.save_for_backward) {
     SLA_RETURN_IF_ERROR(check_saved({a.lse, a.o_lin, a.lin_h, a.lin_z}, a.q, r));
   }
+  if (a.o_sparse.present()) {
+    SLA_RETURN_IF_ERROR(check_acc_tensor("o_sparse", a.o_sparse,
+                                         {{r.batch, "B", "q"}, {r.heads, "H", "q"}, {r.lq, "Lq", "q"}, {r.dv, "Dv", "v"}},
+                                         a.q, r));
+  }
   *p = r;
   return Status::Ok();
 }
@@ -532,6 +537,11 @@ Status validate_backward(const BackwardArgs& a, const Config& cfg, Problem* p) {
   SLA_RETURN_IF_ERROR(check_projection("proj_weight", a.proj_weight, "proj_bias", a.proj_bias, a.q, r));
   SLA_RETURN_IF_ERROR(check_output_like("o", a.o, r, a.q, /*written=*/false));
   SLA_RETURN_IF_ERROR(check_output_like("d_o", a.d_o, r, a.q, /*written=*/false));
+  if (a.o_sparse.present()) {
+    SLA_RETURN_IF_ERROR(check_acc_tensor("o_sparse", a.o_sparse,
+                                         {{r.batch, "B", "q"}, {r.heads, "H", "q"}, {r.lq, "Lq", "q"}, {r.dv, "Dv", "v"}},
+                                         a.q, r));
+  }
   SLA_RETURN_IF_ERROR(check_saved({a.lse, a.o_lin, a.lin_h, a.lin_z}, a.q, r));
   SLA_RETURN_IF_ERROR(check_gradient("dq", a.dq, a.q, "q"));
   SLA_RETURN_IF_ERROR(check_gradient("dk", a.dk, a.k, "k"));

@@ -250,6 +250,7 @@ Status forward(const Problem& p, const ForwardArgs& args, const Config& cfg, con
   fp.k = rows_params(args.k);
   fp.v = rows_params(args.v);
   fp.o = rows_params(args.o);
+  fp.o_sparse = static_cast<float*>(args.o_sparse.data);
   fp.lut = static_cast<const int32_t*>(args.map.lut.data);
   fp.lut_count = static_cast<const int32_t*>(args.map.count.data);
   fp.lut_capacity = static_cast<int>(args.map.lut.shape[3]);
