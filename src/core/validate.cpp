@@ -71,6 +71,13 @@ Status check_structure(const std::string& name, const TensorView& t, const char*
                                    ? " (a malformed view: more than 5 dims or a stride list of another length)"
                                    : ""));
   }
+  // Sizes before the pointer: a tensor with a zero-size dimension (D = 0, L = 0) often has no data pointer, and
+  // "shape[3] (D) >= 1, got 0" is the message that explains it.
+  for (int i = 0; i < ndim; ++i) {
+    if (t.shape[i] < 1) {
+      return Status::Invalid(cat(name, ": expected shape[", i, "] (", labels[i], ") >= 1, got ", t.shape[i]));
+    }
+  }
   if (t.data == nullptr) return Status::Invalid(cat(name, ": data is null; expected a valid pointer"));
   if (dtype_size(t.dtype) == 0) {
     return Status::Invalid(cat(name, ": invalid dtype value ", static_cast<int>(t.dtype)));
@@ -80,11 +87,6 @@ Status check_structure(const std::string& name, const TensorView& t, const char*
   }
   if (t.device_index < 0) {
     return Status::Invalid(cat(name, ": expected device_index >= 0, got ", t.device_index));
-  }
-  for (int i = 0; i < ndim; ++i) {
-    if (t.shape[i] < 1) {
-      return Status::Invalid(cat(name, ": expected shape[", i, "] (", labels[i], ") >= 1, got ", t.shape[i]));
-    }
   }
   for (int i = 0; i < ndim; ++i) {
     if (t.stride[i] < 1) {
