@@ -12,7 +12,7 @@ import torch  # noqa: F401  (loads libtorch before the extension that links it)
 
 from . import _C  # registers torch.ops.sla.*
 from . import _autograd, _fake  # noqa: F401  (register the autograd formula and the fake kernels)
-from .blockmap import BlockMap, block_map
+from .blockmap import BlockMap, block_map, check_block_map
 from .functional import sparse_linear_attention
 from .module import SparseLinearAttention
 
@@ -26,6 +26,7 @@ __all__ = [
     "SparseLinearAttention",
     "block_map",
     "build_info",
+    "check_block_map",
     "cuda_available",
     "sparse_linear_attention",
 ]
