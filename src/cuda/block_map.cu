@@ -545,12 +545,25 @@ __global__ void __launch_bounds__(kSelectThreads, TM <= 6 ? 2 : 1) select_kernel
   // c. Selection.
   uint32_t* cand_key = cand + warp * 2 * kCandidates;
   int32_t* cand_idx = reinterpret_cast<int32_t*>(cand_key + kCandidates);
-  const int rule_head = p.per_head ? static_cast<int>(blockIdx.y) : 0;
+  // This CTA's head parameters, read with constant indices only: a dynamic index into the parameter block would
+  // make the compiler copy it to local memory.
+  int head_count = p.head_count[0];
+  float head_p = p.head_p[0];
+  if (p.per_head) {
+    const int rule_head = static_cast<int>(blockIdx.y);
+#pragma unroll
+    for (int hh = 1; hh < kMaxRuleHeads; ++hh) {
+      if (hh == rule_head) {
+        head_count = p.head_count[hh];
+        head_p = p.head_p[hh];
+      }
+    }
+  }
   const bool weighted = p.top_p != 0 || p.threshold > 0.f;
   for (int r = warp; r < rows_here; r += kSelectWarps) {
     uint32_t* keys = scores + static_cast<int64_t>(r) * nk;
     const int64_t row = bh * p.nq + i0 + r;
-    int t_row = p.head_count[rule_head], below = nk;
+    int t_row = head_count, below = nk;
     if (weighted) {
       uint32_t top_key = 0;
       for (int j = lane; j < nk; j += 32) top_key = max(top_key, keys[j]);
@@ -558,7 +571,7 @@ __global__ void __launch_bounds__(kSelectThreads, TM <= 6 ? 2 : 1) select_kernel
       const float top = key_score(top_key);
       const float total = mass_ge(keys, nk, 1u, top_key, top, p.scale);
       if (p.top_p != 0) {
-        t_row = min(max(top_p_count(keys, nk, top_key, top, p.scale, total, p.head_p[rule_head]), p.min_count),
+        t_row = min(max(top_p_count(keys, nk, top_key, top, p.scale, total, head_p), p.min_count),
                     p.max_count);
       }
       if (p.threshold > 0.f) {
