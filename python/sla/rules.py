@@ -62,8 +62,11 @@ class BlockRule:
                 raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
         if topk is not None and (min_blocks != 1 or max_blocks is not None):
             raise ValueError("min_blocks/max_blocks: only the top_p rule clamps counts; got them with topk")
-        return cls(topk=None if topk is None else _per_head("topk", topk),
-                   top_p=None if top_p is None else _per_head("top_p", top_p),
+        top_p = None if top_p is None else _per_head("top_p", top_p)
+        if isinstance(top_p, float) and not (0.0 < top_p <= 1.0):
+            # The op reads top_p == 0 as "the topk rule": a zero (or NaN) here must not select it silently.
+            raise ValueError(f"top_p: expected a finite value in (0, 1], got {top_p}")
+        return cls(topk=None if topk is None else _per_head("topk", topk), top_p=top_p,
                    min_blocks=int(min_blocks), max_blocks=max_blocks, negligible=float(negligible),
                    negligible_threshold=float(negligible_threshold),
                    max_negligible=None if max_negligible is None else float(max_negligible))
