@@ -15,6 +15,7 @@ from . import _autograd, _fake  # noqa: F401  (register the autograd formula and
 from .blockmap import BlockMap, block_map
 from .functional import sparse_linear_attention
 from .module import SparseLinearAttention
+from . import distributed  # noqa: E402  (sla.distributed: Ulysses sequence parallelism)
 
 __version__ = "0.1.0"
 
