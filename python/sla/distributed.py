@@ -94,8 +94,8 @@ def _gather_ints(values: Sequence[int], group, device) -> torch.Tensor:
 
 
 def _collective_device(t: torch.Tensor, group) -> torch.device:
-    # NCCL moves CUDA tensors only; gloo moves CPU tensors.
-    return t.device if dist.get_backend(group) == "nccl" else torch.device("cpu")
+    # NCCL moves CUDA tensors only, gloo CPU tensors; a group with both ("cpu:gloo,cuda:nccl") takes either.
+    return t.device if t.is_cuda and "nccl" in str(dist.get_backend(group)) else torch.device("cpu")
 
 
 # ---------------------------------------------------------------------------------------------------------------

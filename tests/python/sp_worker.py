@@ -194,10 +194,74 @@ def _check_errors(group) -> None:
         raise AssertionError("no error for seq_lens of the wrong length")
 
 
+# A tiny Wan (2 blocks, 4 heads of 16) for diffusers' context parallelism over all ranks of the spawn.
+TINY_WAN = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=4,
+                text_dim=32, freq_dim=16, ffn_dim=64, num_layers=2, rope_max_seq_len=32)
+# 3 x 4 x 4 = 48 tokens: equal shards (diffusers' chunk). Ragged shards (ulysses_anything) need NCCL in diffusers
+# (its output gather all-gathers tensors of different sizes, which gloo refuses): tests/python/test_distributed_gpu.py.
+WAN_CASES = {"wan-ulysses": (8, 8, False)}
+
+
+def _check_wan(world: int, height: int, width: int, anything: bool) -> None:
+    """diffusers' enable_parallelism(ContextParallelConfig(ulysses_degree=world)) on a Wan with SLA self-attention:
+    the output and, summed over the ranks, every parameter gradient equal one process's."""
+    import copy
+
+    import sla.diffusers as sdf
+    from diffusers import ContextParallelConfig, WanTransformer3DModel
+
+    if torch.accelerator.device_count() == 0:
+        # diffusers picks the device as rank % accelerator count, which divides by zero on a host without one; the
+        # CPU (gloo) run only needs it to be the CPU.
+        torch.accelerator.device_count = lambda: 1
+    import logging
+
+    if not hasattr(logging.Logger, "warning_once"):
+        # diffusers' context-parallel hook warns through Logger.warning_once, which transformers installs when it is
+        # imported (every Wan pipeline imports it for the text encoder); this test imports only diffusers.
+        logging.Logger.warning_once = logging.Logger.warning
+    torch.manual_seed(0)
+    model = sdf.enable_sla(WanTransformer3DModel(**TINY_WAN).double(), topk=0.5, block_q=16, block_k=16)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for proc in sdf.sla_processors(model).values():
+            proc.proj_l.weight.copy_(0.3 * torch.randn(16, 16, generator=gen, dtype=torch.float64))
+            proc.proj_l.bias.copy_(0.3 * torch.randn(16, generator=gen, dtype=torch.float64))
+    latents = torch.randn(1, 4, 3, height, width, generator=gen, dtype=torch.float64)
+    text = torch.randn(1, 7, 32, generator=gen, dtype=torch.float64)
+    timestep = torch.tensor([500.0])
+    parallel = copy.deepcopy(model)
+
+    def run(m):
+        # return_dict=False as diffusers' pipelines call it: the context-parallel hook of the root module accepts
+        # tensors or tuples of them as outputs.
+        out = m(latents, timestep, text, return_dict=False)[0]
+        d_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=out.dtype)
+        (out * d_out).sum().backward()
+        return out.detach(), {n: p.grad for n, p in m.named_parameters()}
+
+    ref, ref_grads = run(model)
+    parallel.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world, ulysses_anything=anything))
+    assert isinstance(parallel.blocks[0].attn1.processor._parallel_config.context_parallel_config,
+                      ContextParallelConfig)
+    out, grads = run(parallel)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12, msg=lambda m: f"output: {m}")
+    # diffusers' Wan computes its layer norms (FP32LayerNorm) and its timestep modulations in float32, so the
+    # gradients that sum over tokens through them (norm weights, time embedding, and what flows back through
+    # them) are float32 sums whose order depends on the split: equal to float32 rounding, ~1e-7 of their size.
+    # A missing head, token or reduction would be off by O(1).
+    for name, want in ref_grads.items():
+        got = grads[name].clone()
+        dist.all_reduce(got)  # each rank's gradients are partial sums (its tokens, or for proj_l its heads)
+        err = ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+        assert err <= 2e-6, f"d {name}: error {err:.3g} of its largest element (allowed 2e-6)"
+
+
 def run_group(rank: int, world: int, store_path: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     store = dist.FileStore(store_path, world)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
+    # "cpu:gloo" rather than "gloo": diffusers picks the device of its size exchange by "cpu" in the backend name.
+    dist.init_process_group("cpu:gloo", store=store, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=120))
     results: dict[str, Optional[str]] = {}
     try:
@@ -218,6 +282,20 @@ def run_group(rank: int, world: int, store_path: str, out_dir: str) -> None:
                 results["errors"] = None
             except Exception:  # noqa: BLE001
                 results["errors"] = traceback.format_exc()
+        dist.barrier()
+        try:
+            import diffusers  # noqa: F401
+        except ImportError:
+            diffusers = None
+        for name, (height, width, anything) in WAN_CASES.items():
+            if diffusers is None:
+                results[name] = "skip: diffusers is not installed"
+                continue
+            try:
+                _check_wan(world, height, width, anything)
+                results[name] = None
+            except Exception:  # noqa: BLE001
+                results[name] = traceback.format_exc()
         dist.barrier()
     finally:
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:

@@ -269,12 +269,15 @@ def test_block_map_reuse_and_caller_supplied_maps():
     assert list(sd.recorded_block_maps(model)) == ["blocks.1.attn1.processor"]
 
 
-def test_context_parallel_configuration_is_refused_not_ignored():
+def test_ring_attention_is_refused_not_ignored():
+    # Ulysses context parallelism runs through sla.distributed (tests/python/test_distributed.py runs it on a tiny
+    # Wan over gloo); ring attention merges partial outputs by LSE, which SLA cannot.
     model = sd.enable_sla(tiny(), topk=0.5, **BLOCKS)
     proc = model.blocks[0].attn1.processor
     assert hasattr(proc, "_parallel_config")  # diffusers' enable_parallelism sets it on every processor with it
-    proc._parallel_config = types.SimpleNamespace(context_parallel_config=object())
-    with pytest.raises(NotImplementedError, match="context parallelism"):
+    proc._parallel_config = types.SimpleNamespace(
+        context_parallel_config=types.SimpleNamespace(ring_degree=2, ulysses_degree=1))
+    with pytest.raises(NotImplementedError, match="ring attention"):
         with torch.no_grad():
             model(*inputs())
 

@@ -2,7 +2,9 @@
 
 Four processes are spawned once (FileStore rendezvous, no ports); they form groups of 2, 3 and 4 ranks and run the
 cases of sp_worker.py, each comparing O and the gradients of q, k, v, W, b with one process's (bitwise for O, dq,
-dk, dv; to rounding for dW, db, which are sums over heads). Results come back per case as JSON.
+dk, dv; to rounding for dW, db, which are sums over heads), then run a tiny diffusers Wan with SLA under
+diffusers' Ulysses context parallelism over all four (when diffusers is installed). Results come back per case as
+JSON.
 """
 
 from __future__ import annotations
@@ -59,6 +61,15 @@ def test_sequence_parallel_matches_one_process(results, case):
 def test_bad_input_raises_on_every_rank(results):
     for rank in range(3):
         assert results[rank].get("errors", "not run") is None, f"rank {rank}:\n{results[rank].get('errors')}"
+
+
+@pytest.mark.parametrize("case", sorted(sp_worker.WAN_CASES))
+def test_diffusers_context_parallel_wan_matches_one_process(results, case):
+    for rank in range(WORLD):
+        outcome = results[rank].get(case, f"rank {rank} did not run it")
+        if isinstance(outcome, str) and outcome.startswith("skip:"):
+            pytest.skip(outcome[len("skip:"):].strip())
+        assert outcome is None, f"rank {rank} of {WORLD}:\n{outcome}"
 
 
 def test_split_helpers():

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from .. import _options
@@ -75,14 +76,18 @@ class SLAWanAttnProcessor(nn.Module):
         last_block_map: the map of the latest call, when ``record_block_map`` is True (or reuse is on).
 
     Context parallelism: diffusers' ``enable_parallelism`` sets ``_parallel_config`` on every processor that has
-    the attribute; ``attend`` is the one method that runs the attention and the place where a sequence-parallel
-    (Ulysses all-to-all) path takes over when a context-parallel configuration is set.
+    the attribute; ``attend`` then runs SLA through the Ulysses all-to-all of ``sla.distributed`` (docs/PYTHON.md,
+    "Sequence parallel"). ``reduce_proj_grad`` (default False) sums proj_l's gradients over the ulysses group.
     """
 
     # Read and written by diffusers: set_attention_backend (ignored by the SLA call; disable_sla hands it back to
     # the dense processor) and enable_parallelism.
     _attention_backend = None
     _parallel_config = None
+    # Under context parallelism: sum proj_l's gradients over the ulysses group in the backward pass. Off by default:
+    # each rank's are partial sums over its heads, completed (like every other weight's partial sums over the
+    # rank's tokens) by a data-parallel reduction that spans the context-parallel ranks.
+    reduce_proj_grad = False
 
     def __init__(self, head_dim: int, *, topk: float = 0.1, block_q: int = 128, block_k: int = 64,
                  variant: str = "global", feature_map: str = "softmax", negligible: float = 0.0,
@@ -153,23 +158,56 @@ class SLAWanAttnProcessor(nn.Module):
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """The attention of this layer: (B, L, H, D) q, k, v (after RoPE) to (B, L, H, D), in q's dtype.
 
-        This is the seam for context parallelism: with diffusers' ``enable_parallelism`` each rank holds L / P
-        tokens, and the sequence-parallel path (all-to-all to H / P heads of the full sequence, ``local_attention``,
-        all-to-all back) belongs here. Without it the local call would attend within the shard only, so a
-        context-parallel configuration is refused rather than silently computing something else."""
+        With diffusers' context parallelism (``enable_parallelism`` with ``ContextParallelConfig(ulysses_degree=P)``)
+        each rank holds its shard of the sequence; SLA then runs through the Ulysses path of ``sla.distributed``
+        (all-to-all to H / P heads of the full sequence, the same SLA as one process, all-to-all back), so the block
+        map and the linear branch see every token. Ring attention is refused: it merges partial outputs by their
+        log-sum-exp, which the sum of SLA's sparse and linear branches does not allow."""
         cp = getattr(self._parallel_config, "context_parallel_config", None)
-        if cp is not None:
+        if cp is None:
+            return self.local_attention(query, key, value)
+        if cp.ring_degree > 1:
             raise NotImplementedError(
-                "SLAWanAttnProcessor: context parallelism (enable_parallelism) is not supported by this processor "
-                "yet; run without a ContextParallelConfig")
-        return self.local_attention(query, key, value)
+                f"SLAWanAttnProcessor: ring attention (ring_degree = {cp.ring_degree}) cannot run SLA (its partial "
+                "outputs are merged by log-sum-exp, which SLA's linear branch does not have); use "
+                "ContextParallelConfig(ulysses_degree=...) with ring_degree = 1")
+        return self.sequence_parallel_attention(query, key, value, cp)
+
+    def sequence_parallel_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                    cp) -> torch.Tensor:
+        """Ulysses SLA over diffusers' ulysses mesh: this rank's (B, L_rank, H, D) shard in and out."""
+        from ..distributed import head_counts, ulysses_sparse_linear_attention
+
+        group = cp._ulysses_mesh.get_group()
+        world = dist.get_world_size(group)
+        # diffusers shards with chunk() into equal parts unless ulysses_anything is set (then tensor_split, whose
+        # shard lengths are gathered by the SLA call).
+        seq_lens = None if cp.ulysses_anything else [query.shape[1]] * world
+        dtype = query.dtype
+        if query.is_cuda and dtype not in _CUDA_DTYPES:
+            query, key, value = (t.to(self.cuda_dtype) for t in (query, key, value))
+        b, l_local, h, _ = query.shape
+        if seq_lens is not None:
+            h_mine = head_counts(h, world)[dist.get_rank(group)]
+            bmap = self._map_for_call(b, h_mine, l_local * world, key.shape[1] * world)
+        else:
+            bmap = self.block_map  # maps recorded with ragged shards are not reused (their length is not known here)
+        out, used = ulysses_sparse_linear_attention(
+            query, key, value, topk=self.topk, group=group, seq_lens=seq_lens,
+            reduce_proj_grad=self.reduce_proj_grad, block_q=self.block_q, block_k=self.block_k,
+            feature_map=self.feature_map, variant=self.variant, negligible=self.negligible, layout="BLHD",
+            scale=self.scale, eps=self.eps, proj_weight=self.proj_l.weight, proj_bias=self.proj_l.bias,
+            block_map=bmap, return_block_map=True)
+        self._remember(used)
+        return out.to(dtype)
 
     def local_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """SLA over the full sequence held by this process: (B, L, H, D) in and out."""
         dtype = query.dtype
         if query.is_cuda and dtype not in _CUDA_DTYPES:
             query, key, value = (t.to(self.cuda_dtype) for t in (query, key, value))
-        bmap = self._map_for_call(query, key)
+        b, lq, h, _ = query.shape
+        bmap = self._map_for_call(b, h, lq, key.shape[1])
         out, used = sparse_linear_attention(
             query, key, value, topk=self.topk, block_q=self.block_q, block_k=self.block_k,
             feature_map=self.feature_map, variant=self.variant, negligible=self.negligible, layout="BLHD",
@@ -180,15 +218,15 @@ class SLAWanAttnProcessor(nn.Module):
 
     # Block-map reuse is plain Python state: eager mode. Under torch.compile keep reuse off (the default) or pass
     # maps through `block_map`; changing the state between calls would recompile.
-    def _map_for_call(self, query: torch.Tensor, key: torch.Tensor) -> Optional[BlockMap]:
+    # The shape is that of the call's SLA: (B, H, Lq, Lk) of this rank's heads over the full sequence.
+    def _map_for_call(self, b: int, h: int, lq: int, lk: int) -> Optional[BlockMap]:
         if self.block_map is not None:
             return self.block_map
         if self.reuse_block_map_steps > 1 and self._reuse_left > 0 and not torch.is_grad_enabled():
             last = self.last_block_map
-            b, lq, h, _ = query.shape
             if (last is not None and tuple(last.lut.shape[:2]) == (b, h) and last.block_q == self.block_q
                     and last.block_k == self.block_k and last.q_blocks == -(-lq // self.block_q)
-                    and last.k_blocks == -(-key.shape[1] // self.block_k)):
+                    and last.k_blocks == -(-lk // self.block_k)):
                 self._reuse_left -= 1
                 return last
             self._reuse_left = 0  # another shape (batch, resolution, options): predict afresh
