@@ -315,6 +315,10 @@ def ulysses_sparse_linear_attention(
                            "(torch.distributed.init_process_group)")
     lens = _check_shapes(q, k, v, layout, group, seq_lens)
     rank, world = dist.get_rank(group), dist.get_world_size(group)
+    if world == 1:  # one rank holds every head of the whole sequence: the plain layer, no copies
+        return sparse_linear_attention(q, k, v, topk=topk, layout=layout, proj_weight=proj_weight,
+                                       proj_bias=proj_bias, block_map=block_map, return_block_map=return_block_map,
+                                       **options)
     heads = q.shape[1] if layout == "BHLD" else q.shape[2]
     counts = tuple(head_counts(heads, world))
     order = _order_tensor(head_order, heads, q.device)
