@@ -362,6 +362,25 @@ def test_load_turbodiffusion_refuses_a_mismatching_checkpoint():
         sd.load_turbodiffusion(tiny(torch.float32), "/nonexistent/turbo.pth")
 
 
+def test_bench_dit_smoke_runs_on_the_cpu(tmp_path):
+    # bench/bench_dit.py --smoke: the benchmark's code paths (dense and SLA, attention timing, training step) on a
+    # tiny model, so that a GPU run does not find a broken script.
+    import importlib.util
+    import json
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "bench_dit.py")
+    spec = importlib.util.spec_from_file_location("bench_dit", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    bench.main(["--smoke", "--modes", "eager", "--train", "--warmup", "0", "--iters", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert [r["mode"] for r in rows] == ["eager", "train"]
+    assert all(r["dense_ms"] > 0 and r["sla_ms"] > 0 for r in rows)
+    assert rows[0]["sla_attention_ms"] > 0 and 0 < rows[0]["sla_attention_share"] < 1
+
+
 # ---- GPU: two blocks of Wan2.1-1.3B ------------------------------------------------------------------------------
 
 WAN13_2BLOCKS = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
