@@ -83,9 +83,9 @@ def build_model(name: str, dtype: torch.dtype):
     finally:
         torch.set_default_dtype(previous)
     keep = set(model._keep_in_fp32_modules or [])
-    for module_name, module in model.named_modules():
-        if keep & set(module_name.split(".")):
-            module.float()
+    for param_name, param in model.named_parameters():
+        if keep & set(param_name.split(".")):
+            param.data = param.data.float()  # parameters only: RoPE's float64 tables stay as built
     model.requires_grad_(False)
     return model.eval()
 
