@@ -231,6 +231,23 @@ def test_layers_and_per_layer_options():
         sd.enable_sla(torch.nn.Linear(2, 2))
 
 
+def test_vace_blocks_get_sla_too():
+    from diffusers import WanVACETransformer3DModel
+
+    dense = WanVACETransformer3DModel(**TINY, vace_layers=[0], vace_in_channels=8).double()
+    model = sd.enable_sla(copy.deepcopy(dense), topk=1.0, **BLOCKS)
+    assert sorted(sd.sla_processors(model)) == ["blocks.0.attn1.processor", "blocks.1.attn1.processor",
+                                                "vace_blocks.0.attn1.processor"]
+    latents, timestep, text = inputs()
+    control = torch.randn(1, 8, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        ref = dense(latents, timestep, text, control_hidden_states=control).sample
+        out = model(latents, timestep, text, control_hidden_states=control).sample
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    only_vace = sd.enable_sla(copy.deepcopy(dense), layers=["vace_blocks.0"], **BLOCKS)
+    assert list(sd.sla_processors(only_vace)) == ["vace_blocks.0.attn1.processor"]
+
+
 def test_two_experts_of_a_wan22_pipeline():
     pipe = types.SimpleNamespace(transformer=tiny(), transformer_2=tiny())
     assert sd.enable_sla(pipe, topk=0.5, **BLOCKS) is pipe
