@@ -52,9 +52,9 @@ MODELS = {
 # --smoke: a tiny configuration with the same code paths, runnable on the CPU (what the CPU test runs).
 MODELS["smoke"] = dict(
     config=dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
-                text_dim=4096, freq_dim=16, ffn_dim=64, num_layers=2, rope_max_seq_len=64),
-    latents=(4, 3, 16, 16), what="tiny", topk=0.5)
-TEXT_TOKENS, TEXT_DIM = 512, 4096
+                text_dim=32, freq_dim=16, ffn_dim=64, num_layers=2, rope_max_seq_len=64),
+    latents=(4, 3, 16, 16), what="tiny", topk=0.5, text=(8, 32))
+TEXT_TOKENS, TEXT_DIM = 512, 4096  # umT5 context of Wan2.1
 BLOCK_Q, BLOCK_K = 128, 64
 DEVICE = "cuda"
 DENSE_BACKEND = "_native_cudnn"
@@ -93,7 +93,8 @@ def build_model(name: str, dtype: torch.dtype):
 def make_inputs(name: str, dtype: torch.dtype, seed=0):
     g = torch.Generator(device=DEVICE).manual_seed(seed)
     latents = torch.randn((1, *MODELS[name]["latents"]), generator=g, device=DEVICE).to(dtype)
-    text = torch.randn((1, TEXT_TOKENS, TEXT_DIM), generator=g, device=DEVICE).to(dtype)
+    tokens, dim = MODELS[name].get("text", (TEXT_TOKENS, TEXT_DIM))
+    text = torch.randn((1, tokens, dim), generator=g, device=DEVICE).to(dtype)
     return latents, torch.tensor([700.0], device=DEVICE), text
 
 
