@@ -15,7 +15,6 @@ import types
 
 import pytest
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (pip install 'diffusers>=0.35')")
 
@@ -24,6 +23,16 @@ import sla.diffusers as sd  # noqa: E402
 from conftest import requires_cuda  # noqa: E402
 from diffusers import WanTransformer3DModel  # noqa: E402
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def keep_the_active_attention_backend():
+    # set_attention_backend also sets diffusers' process-wide active backend: restore it after each test.
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    active = _AttentionBackendRegistry._active_backend
+    yield
+    _AttentionBackendRegistry._active_backend = active
+
 
 TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
             text_dim=32, freq_dim=16, ffn_dim=64, num_layers=2, rope_max_seq_len=32)
@@ -222,6 +231,23 @@ def test_layers_and_per_layer_options():
         sd.enable_sla(torch.nn.Linear(2, 2))
 
 
+def test_vace_blocks_get_sla_too():
+    from diffusers import WanVACETransformer3DModel
+
+    dense = WanVACETransformer3DModel(**TINY, vace_layers=[0], vace_in_channels=8).double()
+    model = sd.enable_sla(copy.deepcopy(dense), topk=1.0, **BLOCKS)
+    assert sorted(sd.sla_processors(model)) == ["blocks.0.attn1.processor", "blocks.1.attn1.processor",
+                                                "vace_blocks.0.attn1.processor"]
+    latents, timestep, text = inputs()
+    control = torch.randn(1, 8, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        ref = dense(latents, timestep, text, control_hidden_states=control).sample
+        out = model(latents, timestep, text, control_hidden_states=control).sample
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    only_vace = sd.enable_sla(copy.deepcopy(dense), layers=["vace_blocks.0"], **BLOCKS)
+    assert list(sd.sla_processors(only_vace)) == ["vace_blocks.0.attn1.processor"]
+
+
 def test_two_experts_of_a_wan22_pipeline():
     pipe = types.SimpleNamespace(transformer=tiny(), transformer_2=tiny())
     assert sd.enable_sla(pipe, topk=0.5, **BLOCKS) is pipe
@@ -365,6 +391,25 @@ def test_load_turbodiffusion_refuses_a_mismatching_checkpoint():
         sd.load_turbodiffusion(tiny(torch.float32), "/nonexistent/turbo.pth")
 
 
+def test_bench_dit_smoke_runs_on_the_cpu(tmp_path):
+    # bench/bench_dit.py --smoke: the benchmark's code paths (dense and SLA, attention timing, training step) on a
+    # tiny model, so that a GPU run does not find a broken script.
+    import importlib.util
+    import json
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "bench_dit.py")
+    spec = importlib.util.spec_from_file_location("bench_dit", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    bench.main(["--smoke", "--modes", "eager", "--train", "--warmup", "0", "--iters", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert [r["mode"] for r in rows] == ["eager", "train"]
+    assert all(r["dense_ms"] > 0 and r["sla_ms"] > 0 for r in rows)
+    assert rows[0]["sla_attention_ms"] > 0 and 0 < rows[0]["sla_attention_share"] < 1
+
+
 # ---- GPU: two blocks of Wan2.1-1.3B ------------------------------------------------------------------------------
 
 WAN13_2BLOCKS = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
@@ -386,6 +431,7 @@ def _err(x, ref):
 def test_gpu_topk_one_matches_dense_to_bf16_rounding():
     torch.manual_seed(0)
     ref_model = WanTransformer3DModel(**WAN13_2BLOCKS).cuda()  # fp32 weights, dense fp32 attention: the reference
+    ref_model.set_attention_backend("_native_math")
     args32 = gpu_inputs(torch.float32)
     dense = copy.deepcopy(ref_model).to(torch.bfloat16)
     dense.set_attention_backend("_native_cudnn")
@@ -402,8 +448,7 @@ def test_gpu_topk_one_matches_dense_to_bf16_rounding():
         params = dict(m.named_parameters())
         return out.detach(), {n: params[n].grad.detach() for n in names}
 
-    with sdpa_kernel(SDPBackend.MATH):
-        ref, ref_g = run(ref_model, args32)
+    ref, ref_g = run(ref_model, args32)
     den, den_g = run(dense, args16)
     got, got_g = run(model, args16)
     floor = 2 * ((ref.to(torch.bfloat16).double() - ref.double()).abs().max().item())
