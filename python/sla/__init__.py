@@ -18,6 +18,7 @@ from .module import SparseLinearAttention
 from .rules import BlockRule
 from . import tiling
 from .calibration import calibrate, load_rules, apply_rules, record
+from . import distributed  # noqa: E402  (sla.distributed: Ulysses sequence parallelism)
 
 __version__ = "0.1.0"
 
