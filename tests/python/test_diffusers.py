@@ -299,10 +299,25 @@ def test_context_parallel_configuration_is_refused_not_ignored():
     model = sd.enable_sla(tiny(), topk=0.5, **BLOCKS)
     proc = model.blocks[0].attn1.processor
     assert hasattr(proc, "_parallel_config")  # diffusers' enable_parallelism sets it on every processor with it
-    proc._parallel_config = types.SimpleNamespace(context_parallel_config=object())
+    args = inputs()
+    with torch.no_grad():
+        ref = model(*args).sample
+    config = types.SimpleNamespace(context_parallel_config=object())
+    proc._parallel_config = config
     with pytest.raises(NotImplementedError, match="context parallelism"):
         with torch.no_grad():
-            model(*inputs())
+            model(*args)
+    # The seam: a sequence-parallel path replaces context_parallel_attention and receives the configuration.
+    calls = []
+
+    def plugged(q, k, v, parallel_config):
+        calls.append(parallel_config)
+        return proc.local_attention(q, k, v)
+
+    proc.context_parallel_attention = plugged
+    with torch.no_grad():
+        torch.testing.assert_close(model(*args).sample, ref, rtol=0, atol=0)
+    assert calls == [config]
 
 
 # ---- TurboDiffusion checkpoints ----------------------------------------------------------------------------------

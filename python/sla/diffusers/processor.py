@@ -75,8 +75,8 @@ class SLAWanAttnProcessor(nn.Module):
         last_block_map: the map of the latest call, when ``record_block_map`` is True (or reuse is on).
 
     Context parallelism: diffusers' ``enable_parallelism`` sets ``_parallel_config`` on every processor that has
-    the attribute; ``attend`` is the one method that runs the attention and the place where a sequence-parallel
-    (Ulysses all-to-all) path takes over when a context-parallel configuration is set.
+    the attribute; ``attend`` is the one method that runs the attention, and with a context-parallel configuration
+    it hands over to ``context_parallel_attention`` (the seam for a Ulysses all-to-all path).
     """
 
     # Read and written by diffusers: set_attention_backend (ignored by the SLA call; disable_sla hands it back to
@@ -151,18 +151,24 @@ class SLAWanAttnProcessor(nn.Module):
         return attn.to_out[1](out)
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """The attention of this layer: (B, L, H, D) q, k, v (after RoPE) to (B, L, H, D), in q's dtype.
-
-        This is the seam for context parallelism: with diffusers' ``enable_parallelism`` each rank holds L / P
-        tokens, and the sequence-parallel path (all-to-all to H / P heads of the full sequence, ``local_attention``,
-        all-to-all back) belongs here. Without it the local call would attend within the shard only, so a
-        context-parallel configuration is refused rather than silently computing something else."""
-        cp = getattr(self._parallel_config, "context_parallel_config", None)
-        if cp is not None:
-            raise NotImplementedError(
-                "SLAWanAttnProcessor: context parallelism (enable_parallelism) is not supported by this processor "
-                "yet; run without a ContextParallelConfig")
+        """The attention of this layer: (B, L, H, D) q, k, v (after RoPE) to (B, L, H, D), in q's dtype. The one
+        place the processor runs attention: on the full sequence (``local_attention``) or, when diffusers'
+        ``enable_parallelism`` has set a context-parallel configuration, through ``context_parallel_attention``."""
+        parallel = self._parallel_config
+        if getattr(parallel, "context_parallel_config", None) is not None:
+            return self.context_parallel_attention(query, key, value, parallel)
         return self.local_attention(query, key, value)
+
+    def context_parallel_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                   parallel_config) -> torch.Tensor:
+        """Attention when each rank holds L / P tokens of the sequence (diffusers' ``_cp_plan`` splits the hidden
+        states and the RoPE tables on dim 1). The sequence-parallel path plugs in here: an all-to-all (Ulysses) to
+        H / P heads of the full sequence, ``local_attention``, and the all-to-all back. Ring attention cannot be
+        used: SLA's sparse + linear output has no log-sum-exp to merge partial results by. Until that path exists
+        the configuration is refused: attending within the local shard would silently compute something else."""
+        raise NotImplementedError(
+            "SLAWanAttnProcessor: context parallelism (enable_parallelism with a ContextParallelConfig) is not "
+            "supported by this processor yet; run without it")
 
     def local_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """SLA over the full sequence held by this process: (B, L, H, D) in and out."""
