@@ -47,15 +47,16 @@ def _apply_rotary_emb(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch
 
 
 class Float32Linear(nn.Linear):
-    """An ``nn.Linear`` whose parameters never go below float32: ``model.to(torch.bfloat16)``, ``.half()`` and
-    ``.bfloat16()`` move it (device changes apply) but leave it in float32; a cast to float64 applies. The SLA
+    """An ``nn.Linear`` whose parameters never go below float32: ``model.to(torch.bfloat16)``, ``.half()``,
+    ``.bfloat16()`` and fp8 casts move it (device changes apply) but leave it in float32; a cast to float64 applies. The SLA
     projection is trained and kept in float32 (as the public recipe does: it is excluded from low-precision casts
     and quantisation), and the kernels compute it in float32 whatever its storage dtype."""
 
     def _apply(self, fn, recurse=True):
         def keep_fp32(t: torch.Tensor) -> torch.Tensor:
             out = fn(t)
-            if (isinstance(out, torch.Tensor) and t.dtype == torch.float32 and out.dtype in _CUDA_DTYPES):
+            if (isinstance(out, torch.Tensor) and t.dtype == torch.float32 and out.is_floating_point()
+                    and out.element_size() < 4):  # bf16, fp16, fp8 (e.g. diffusers' layerwise casting)
                 out = t.to(device=out.device)
             return out
 
