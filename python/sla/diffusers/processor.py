@@ -55,9 +55,9 @@ class Float32Linear(nn.Linear):
     def _apply(self, fn, recurse=True):
         def keep_fp32(t: torch.Tensor) -> torch.Tensor:
             out = fn(t)
-            if (isinstance(out, torch.Tensor) and t.dtype == torch.float32 and out.is_floating_point()
-                    and out.element_size() < 4):  # bf16, fp16, fp8 (e.g. diffusers' layerwise casting)
-                out = t.to(device=out.device)
+            if (isinstance(out, torch.Tensor) and out.is_floating_point() and out.element_size() < 4
+                    and t.is_floating_point() and t.element_size() >= 4):  # bf16, fp16, fp8 (layerwise casting)
+                out = t.to(device=out.device, dtype=torch.float32)
             return out
 
         return super()._apply(keep_fp32, recurse)
