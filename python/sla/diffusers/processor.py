@@ -48,16 +48,17 @@ def _apply_rotary_emb(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch
 
 
 class Float32Linear(nn.Linear):
-    """An ``nn.Linear`` whose parameters never go below float32: ``model.to(torch.bfloat16)``, ``.half()`` and
-    ``.bfloat16()`` move it (device changes apply) but leave it in float32; a cast to float64 applies. The SLA
+    """An ``nn.Linear`` whose parameters never go below float32: ``model.to(torch.bfloat16)``, ``.half()``,
+    ``.bfloat16()`` and fp8 casts move it (device changes apply) but leave it in float32; a cast to float64 applies. The SLA
     projection is trained and kept in float32 (as the public recipe does: it is excluded from low-precision casts
     and quantisation), and the kernels compute it in float32 whatever its storage dtype."""
 
     def _apply(self, fn, recurse=True):
         def keep_fp32(t: torch.Tensor) -> torch.Tensor:
             out = fn(t)
-            if (isinstance(out, torch.Tensor) and t.dtype == torch.float32 and out.dtype in _CUDA_DTYPES):
-                out = t.to(device=out.device)
+            if (isinstance(out, torch.Tensor) and out.is_floating_point() and out.element_size() < 4
+                    and t.is_floating_point() and t.element_size() >= 4):  # bf16, fp16, fp8 (layerwise casting)
+                out = t.to(device=out.device, dtype=torch.float32)
             return out
 
         return super()._apply(keep_fp32, recurse)
@@ -200,6 +201,7 @@ class SLAWanAttnProcessor(nn.Module):
             block_map=bmap, return_block_map=True)
         self._remember(used)
         return out.to(dtype)
+
 
     def local_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """SLA over the full sequence held by this process: (B, L, H, D) in and out."""
