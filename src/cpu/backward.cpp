@@ -191,7 +191,9 @@ Status backward_typed(const Problem& p, const BackwardArgs& args, const Config& 
             proj.backward_row(&do_rows[r * dv], dv, dol);
             Acc n = dot(d, a, z_state);
             if (complement) {
-              if (!(n > 0)) continue;  // O_l was set to 0 here: a constant, no gradient
+              // O_l was set to 0 here (n <= 0): a constant, no gradient. A NaN n is not a zero row (linear_row):
+              // it flows on into NaN gradients.
+              if (n <= 0) continue;
             } else {
               n += eps;
             }

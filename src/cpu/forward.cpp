@@ -153,7 +153,10 @@ Status forward_typed(const Problem& p, const ForwardArgs& args, const Config& cf
           const Acc l = s.row_sum[r];
           const Acc* acc = &s.o_acc[r * dv];
           Acc lse;
-          if (l > 0) {
+          // l is exactly 0 only for a row that visited no key: every visited block adds exp(0) = 1 at its maximum.
+          // NaN or Inf in q or k makes l (and acc) NaN; that must reach O and the LSE as in dense attention, so the
+          // test is l == 0, not l > 0 (which a NaN fails too).
+          if (l != 0) {
             for (int64_t e = 0; e < dv; ++e) s.o_sparse[e] = acc[e] / l;
             lse = s.row_max[r] + std::log(l);
           } else {

@@ -204,8 +204,9 @@ __global__ void __launch_bounds__(kRowPrepThreads) row_prep_kernel(BwdParams p, 
         const int64_t row = row0 + r;
         const WarpRow<D> a = feature_map_row<F, D>(tile_row(Smem::q, r));
         const float n = row_dot(a, load_row_f32<D>(z, lane)) + p.eps;
-        // Global: n >= eps > 0 always. Complement: a denominator that is not > 0 defines O_l = 0 (SPEC.md 3).
-        const float inv_n = (!p.complement || n > 0.f) ? 1.f / n : 0.f;
+        // Global: n >= eps > 0 always. Complement: a denominator <= 0 defines O_l = 0 (SPEC.md 3); a NaN one
+        // (non-finite q or k) is no zero row and keeps the gradients NaN.
+        const float inv_n = (!p.complement || !(n <= 0.f)) ? 1.f / n : 0.f;
         const WarpRow<D> d_o = tile_row(do_off, r);
         if (p.o_sparse != nullptr) {
           delta0 = row_dot(d_o, load_row_f32<D>(p.o_sparse + (bh * p.lq + row) * D, lane));
