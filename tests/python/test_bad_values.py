@@ -98,8 +98,8 @@ def test_complement_empty_marginal_is_still_zero_even_with_nan_in_k():
     w, b = make_projection(16)
     k[0, 0, 3, 1] = float("nan")
     tables = sla.block_map(q, k, topk=1.0, variant="complement").tables()
-    o, _, o_lin, _, _ = torch.ops.sla.forward(q, k, v, w, b, *tables, 64, 64, 1.0, 0.0, "complement", "softmax",
-                                              0.0, 1e-5, True)
+    o, _, o_lin, _, _, _ = torch.ops.sla.forward(q, k, v, w, b, *tables, 64, 64, 1.0, 0.0, "complement", "softmax",
+                                                 0.0, 1e-5, True)
     assert torch.equal(o_lin, torch.zeros_like(o_lin))
     assert torch.isnan(o).all()  # every row attends key 3 in the sparse branch
 
