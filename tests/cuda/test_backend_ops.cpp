@@ -993,9 +993,11 @@ int run_training_case(const Case& c, uint64_t seed, const TrainingOptions& opt, 
   ok &= check_rule("dk", outs[0][2], g.dk, emu.dk, log, nat_dk, &res->ratio[kDk], &rnd);
   ok &= check_rule("dv", outs[0][3], g.dv, emu.dv, log, 0, &res->ratio[kDv], &rnd);
   if (opt.exact_zero_sparse_grads) {
-    // One key per query row (P = 1): exact dq = dk = 0 from the sparse branch; only fp32 rounding may remain.
+    // One key per query row (P = 1): exact dq = dk = 0 from the sparse branch; only the fp32 rounding of
+    // dP - Delta may remain (16 u of the natural scale: tensor-core and shuffle-tree sums of D terms), ~2^12 below
+    // what a 16-bit Delta leaves there.
     const double u32 = 1.0 / (1 << 24);
-    const double lim_q = 1e-6 + 4 * u32 * nat_dq, lim_k = 1e-6 + 4 * u32 * nat_dk;
+    const double lim_q = 1e-6 + 16 * u32 * nat_dq, lim_k = 1e-6 + 16 * u32 * nat_dk;
     const double mq = max_abs(outs[0][1]), mk = max_abs(outs[0][2]);
     if (!(mq <= lim_q && mk <= lim_k)) {
       char buf[128];
