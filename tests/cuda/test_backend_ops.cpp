@@ -1,18 +1,28 @@
-// GPU-vs-CPU tests of the CUDA backend in the style of ggml's test-backend-ops.
+// Backend-vs-fp64 tests in the style of ggml's test-backend-ops: a list of test-case objects per mode (each holds
+// its variables, its error measure and its FLOPs), run by one loop over the modes asked for.
 //
-//   test_backend_ops [--mode fwd|bwd|perf|ref] [--filter SUBSTRING] [--seed N] [--list]
+//   test_backend_ops [--backend cuda|cpu] [--mode fwd,bwd,fuzz,ref,perf|all] [--filter SUBSTRING] [--seed N]
+//                    [--case K] [--count N] [--max-len N] [--jobs N] [--no-o-sparse] [--list]
 //
+// --backend: the backend under test: cuda (default in a CUDA build), or cpu: the CPU backend in bf16/fp16 against
+//       the same fp64 oracle (the only backend of a build without CUDA; CI runs it).
 // fwd:  a grid of forward cases (dtype x head dim x block sizes x variant, with feature map, shape and layout
 //       rotating through all their values) plus special cases (topk = 1, negligible set, no saved state, int64
-//       offsets). Each case: random inputs; GPU block map against the CPU backend's (exact up to fp32 near-ties);
-//       inverse tables exact; GPU forward against the CPU backend in fp64 (the oracle) under FlashAttention's rule:
-//       the error must be at most 2x that of the same math done at the input precision (reference.cpp with
-//       rounding) plus a tiny floor. Outputs are poisoned with NaN before each run, and two runs must match bitwise.
-// bwd:  GPU forward + backward against the CPU backend's fp64 gradients (dQ, dK, dV, dW, db) under the same 2x
-//       rule, with the emulated-precision backward of reference.cpp; skipped while the CUDA backward is unsupported.
-// ref:  host only, no GPU: reference.cpp (exact) against the CPU backend, forward and backward, to 1e-9.
+//       offsets). Each case: random inputs; the backend's block map against the CPU backend's (exact up to fp32
+//       near-ties); inverse tables exact; the forward against the CPU backend in fp64 (the oracle) under
+//       FlashAttention's rule: the error must be at most 2x that of the same math done at the input precision
+//       (tests/common/reference.cpp with rounding) plus a small floor (check_rule). Outputs are poisoned with NaN
+//       before each run, and two runs must match bitwise.
+// bwd:  forward + backward against the oracle's O, dQ, dK, dV, dW, db under the same rule, on the forward grid and
+//       on the precision regressions (regress-*); two runs bitwise equal.
+// fuzz: --count (2000; 300 with --backend cpu) configurations drawn from --seed (fresh and printed when not given)
+//       over every option the API accepts, checked like bwd; bitwise reruns on every 8th. Prints the worst error /
+//       limit per tensor and the replay command of each failure (--seed N --case K).
+// ref:  host only: the fp64 reference (exact) against the CPU backend, forward and backward, to 1e-9.
 // perf: W1 (B=1, H=12, L=32760, D=128, bf16, topk 0.05, 128/64, global), median of 20: block map and forward
-//       (inference), and one training step (map with inverse tables + forward saving state, then backward).
+//       (inference), and one training step (map with inverse tables + forward saving state, then backward). CUDA.
+// --no-o-sparse: run the backward without the forward's fp32 O_s (the formulation before 2026-12-01), to see the
+//       regressions fail.
 // Exit status: 0 pass, 1 failure, 77 skipped (no CUDA device).
 #include <algorithm>
 #include <atomic>
