@@ -292,7 +292,8 @@ def ulysses_sparse_linear_attention(
             (q, k, v share the shard).
         group: the sequence-parallel process group (None: the default group).
         seq_lens: every rank's shard length, in rank order (e.g. `shard_lengths(L, P)` for `torch.tensor_split`).
-            None gathers them (one small collective that also checks that B, H, D agree across ranks).
+            None gathers them (one small collective that also checks that B, H, D agree across ranks; it reads
+            them on the host, a synchronisation on GPUs). With `seq_lens` the caller vouches for matching shapes.
         head_order: a permutation of the heads; rank p runs the p-th contiguous group of it (`head_counts` sizes).
             `balanced_head_order` makes one that balances per-head costs. None: heads in order.
         reduce_proj_grad: sum the gradients of proj_weight and proj_bias over the group in the backward pass (each
