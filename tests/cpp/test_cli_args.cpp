@@ -5,9 +5,9 @@
 #include <string>
 #include <vector>
 
-#include "args.h"
 #include "cli_error.h"
-#include "command_options.h"
+#include "commands/command_options.h"
+#include "number_text.h"
 
 namespace sla_cli {
 namespace {
@@ -92,6 +92,10 @@ TEST(CliArgs, UnknownFlagAndMissingValue) {
   msg = usage_error([] { parse_demo_options({"--topk"}); });
   EXPECT_NE(msg.find("--topk"), std::string::npos) << msg;
   EXPECT_NE(msg.find("FRACTION"), std::string::npos) << msg;
+  // A flag where the value belongs: the value is missing, not the flag after it stray.
+  msg = usage_error([] { parse_demo_options({"--topk", "--heads", "2"}); });
+  EXPECT_NE(msg.find("--topk: missing its value (FRACTION)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("'--heads'"), std::string::npos) << msg;
   msg = usage_error([] { parse_demo_options({"stray"}); });
   EXPECT_NE(msg.find("stray"), std::string::npos) << msg;
   msg = usage_error([] { parse_bench_options({"--json=yes"}); });
@@ -138,7 +142,7 @@ TEST(CliArgs, BenchShapeAndOverrides) {
   EXPECT_EQ(o.lq, 1000);
   EXPECT_EQ(o.lk, 1000);  // defaults to the query length
   EXPECT_EQ(o.dim, 128);
-  EXPECT_EQ(o.cfg.block_q, 128);  // benchmarks default to 128/64 (SPEC.md section 6)
+  EXPECT_EQ(o.cfg.block_q, 128);  // benchmarks default to 128/64 (docs/SPEC.md section 6)
   EXPECT_EQ(o.cfg.block_k, 64);
   EXPECT_DOUBLE_EQ(o.cfg.topk, 0.05);
   EXPECT_FALSE(o.backward);
@@ -176,6 +180,19 @@ TEST(CliArgs, HelpListsEveryFlagWithItsDefault) {
                            "--iters", "--backward", "--json", "--topk", "--block-q", "--block-k"}) {
     EXPECT_NE(bench.find(flag), std::string::npos) << flag;
   }
+}
+
+TEST(CliArgs, CommandLineDispatchAndVersion) {
+  EXPECT_EQ(parse_command_line({}).command, CommandLine::Command::demo);
+  EXPECT_EQ(parse_command_line({"--topk", "0.2"}).demo.cfg.topk, 0.2);  // no command: demo
+  EXPECT_EQ(parse_command_line({"bench", "--iters", "2"}).bench.iters, 2);
+  EXPECT_EQ(parse_command_line({"info"}).command, CommandLine::Command::info);
+  const CommandLine v = parse_command_line({"--version"});
+  EXPECT_EQ(v.command, CommandLine::Command::version);
+  EXPECT_EQ(v.text.rfind("sla ", 0), 0u) << v.text;
+  EXPECT_NE(main_help().find("bench"), std::string::npos);
+  EXPECT_NE(usage_error([] { parse_command_line({"frob"}); }).find("unknown command 'frob'"), std::string::npos);
+  EXPECT_NE(usage_error([] { parse_command_line({"info", "--x"}); }).find("--x"), std::string::npos);
 }
 
 TEST(CliArgs, StrictNumberParsing) {

@@ -6,8 +6,8 @@
 #include <random>
 #include <vector>
 
-#include "projection_fit.h"
-#include "reference_attention.h"
+#include "workload/projection_fit.h"
+#include "workload/reference_attention.h"
 
 namespace sla_cli {
 namespace {
