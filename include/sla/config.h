@@ -1,9 +1,9 @@
-// The options of one SLA layer (SPEC.md sections 1-6). Defaults follow the public module.
+// The options of one SLA layer (docs/SPEC.md sections 1-6). Defaults follow the public module.
 #pragma once
 
 namespace sla {
 
-// Which linear branch (SPEC.md section 3).
+// Which linear branch (docs/SPEC.md section 3).
 enum class Variant : int {
   global = 0,      // public `main` branch and TurboDiffusion checkpoints: H, z over all keys, eps in the denominator
   complement = 1,  // the paper and the public `SLA-1` branch: H_i, z_i over the marginal blocks of row i only

@@ -1,4 +1,4 @@
-// The public C++ API of SLA (Sparse-Linear Attention, arXiv 2509.24006). SPEC.md is the contract.
+// The public C++ API of SLA (Sparse-Linear Attention, arXiv 2509.24006). docs/SPEC.md is the contract.
 //
 // Shape of a call, CUTLASS-adapter style: the caller owns every buffer. Ask for the workspace size, hand in the
 // workspace and a stream, get a Status back. The library never allocates device memory, never synchronises the
@@ -29,7 +29,7 @@ struct BlockMapShape {
 
 Status block_map_shape(int64_t batch, int64_t heads, int64_t lq, int64_t lk, const Config& cfg, BlockMapShape* out);
 
-// The block map (SPEC.md section 1). All tables are int32, contiguous, on the device of Q.
+// The block map (docs/SPEC.md section 1). All tables are int32, contiguous, on the device of Q.
 // Row (b,h,i) of `lut` holds count[b,h,i] <= T sorted, distinct key-block indices; entries past the count are
 // unused. The inverse tables are compressed rows per (b,h): the query blocks i that hold key block j in their
 // critical set are inv_index[b,h, inv_offset[b,h,j] : inv_offset[b,h,j+1]], in ascending i.
@@ -64,7 +64,7 @@ Status predict_block_map(const TensorView& q, const TensorView& k, const Config&
 // Needs no workspace.
 Status invert_block_map(const BlockMap& map, const Exec& exec);
 
-// Forward pass (SPEC.md sections 2-4): O = O_s + O_l W^T + b.
+// Forward pass (docs/SPEC.md sections 2-4): O = O_s + O_l W^T + b.
 // The accumulation type `acc` is f64 for f64 inputs and f32 otherwise.
 struct ForwardArgs {
   TensorView q;            // (B, H, Lq, D)
@@ -84,7 +84,7 @@ struct ForwardArgs {
 Status forward_workspace_size(const ForwardArgs& args, const Config& cfg, std::size_t* bytes);
 Status forward(const ForwardArgs& args, const Config& cfg, const Exec& exec);
 
-// Backward pass (SPEC.md section 5). Inputs as in forward plus the forward's outputs; the block map must
+// Backward pass (docs/SPEC.md section 5). Inputs as in forward plus the forward's outputs; the block map must
 // include the inverse tables.
 struct BackwardArgs {
   TensorView q, k, v;          // as in ForwardArgs

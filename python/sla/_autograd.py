@@ -1,6 +1,6 @@
-"""Autograd of torch.ops.sla.forward: its backward is the torch.ops.sla.backward op (SPEC.md section 5).
+"""Autograd of torch.ops.sla.forward: its backward is the torch.ops.sla.backward op (docs/SPEC.md section 5).
 
-Gradients flow to q, k, v, proj_weight and proj_bias; the block-map tables and the options get none (SPEC.md 1.7).
+Gradients flow to q, k, v, proj_weight and proj_bias; the block-map tables and the options get none (docs/SPEC.md 1.7).
 Double backward is not supported.
 """
 

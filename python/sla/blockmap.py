@@ -1,4 +1,4 @@
-"""The block map of SPEC.md section 1 as a Python value: the int32 tables plus the sizes needed to reuse it, and
+"""The block map of docs/SPEC.md section 1 as a Python value: the int32 tables plus the sizes needed to reuse it, and
 the sparsity statistics a caller reports."""
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class BlockMap(NamedTuple):
     def from_lut(cls, lut: torch.Tensor, *, k_blocks: int, block_q: int, block_k: int,
                  count: Optional[torch.Tensor] = None, negl_lut: Optional[torch.Tensor] = None,
                  negl_count: Optional[torch.Tensor] = None, with_inverse: bool = True) -> "BlockMap":
-        """A caller-supplied map (SPEC.md 1.7): mask reuse across diffusion steps, mask studies, tests.
+        """A caller-supplied map (docs/SPEC.md 1.7): mask reuse across diffusion steps, mask studies, tests.
 
         ``lut`` is (B, H, Nq, T) int32 with ascending, distinct key-block indices in [0, k_blocks); ``count``
         defaults to T for every row. ``negl_lut``/``negl_count`` give negligible blocks (complement variant).
@@ -100,7 +100,7 @@ class BlockMap(NamedTuple):
 def block_map(q: torch.Tensor, k: torch.Tensor, *, topk: float, block_q: int = 64, block_k: int = 64,
               variant: str = "global", negligible: float = 0.0, layout: str = "BHLD",
               with_inverse: bool = True) -> BlockMap:
-    """Predicts the block map from q and k (SPEC.md section 1): smooth-K, mean pooling, scores, the top
+    """Predicts the block map from q and k (docs/SPEC.md section 1): smooth-K, mean pooling, scores, the top
     T = clamp(floor(topk * Nk), 1, Nk) key blocks per query block (ties to the lower index) and, for the complement
     variant with ``negligible`` > 0, the negligible blocks. No gradient flows through it."""
     _options.check_choice("layout", layout, _options.LAYOUTS)

@@ -1,5 +1,5 @@
 """The functional form of one SLA layer: block map (unless given), sparse branch, linear branch and projection,
-O = O_s + O_l W^T + b (SPEC.md sections 1-4), differentiable in q, k, v, proj_weight and proj_bias."""
+O = O_s + O_l W^T + b (docs/SPEC.md sections 1-4), differentiable in q, k, v, proj_weight and proj_bias."""
 
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ class SparseLinearAttention(nn.Module):
         self.init_weights_()
 
     def init_weights_(self) -> None:
-        # Zero projection: an untrained layer is exactly sparse attention (SPEC.md section 4).
+        # Zero projection: an untrained layer is exactly sparse attention (docs/SPEC.md section 4).
         with torch.no_grad():
             nn.init.zeros_(self.proj_l.weight)
             nn.init.zeros_(self.proj_l.bias)

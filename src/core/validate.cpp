@@ -46,7 +46,7 @@ bool add_fits(int64_t a, int64_t b, int64_t* out) {
   return true;
 }
 
-// One expected dimension: its size, its name in SPEC.md, and (optionally) the argument the size is taken from.
+// One expected dimension: its size, its name in docs/SPEC.md, and (optionally) the argument the size is taken from.
 struct Dim {
   int64_t size;
   const char* label;
@@ -398,7 +398,7 @@ BlockMapShape resolve_block_map_shape(int64_t batch, int64_t heads, int64_t lq, 
   // Ceiling division without lq + bq - 1 (which could overflow near INT64_MAX).
   s.q_blocks = lq / cfg.block_q + (lq % cfg.block_q != 0 ? 1 : 0);
   s.k_blocks = lk / cfg.block_k + (lk % cfg.block_k != 0 ? 1 : 0);
-  // SPEC.md 1.4: floor in double, then clamp to [1, Nk] (the public code yields T = 0 and NaN for small Nk).
+  // docs/SPEC.md 1.4: floor in double, then clamp to [1, Nk] (the public code yields T = 0 and NaN for small Nk).
   const double t = std::floor(cfg.topk * static_cast<double>(s.k_blocks));
   s.critical = std::min(std::max(static_cast<int64_t>(t), int64_t{1}), s.k_blocks);
   if (cfg.variant == Variant::complement) {

@@ -34,10 +34,10 @@ constexpr int64_t kMaxHeadDim = 1024;
 // Block sizes the API accepts; the CUDA backend supports a subset and says so itself.
 bool is_allowed_block_size(int block);
 
-// Config ranges (SPEC.md section 6). NaN anywhere is an error.
+// Config ranges (docs/SPEC.md section 6). NaN anywhere is an error.
 Status validate_config(const Config& cfg);
 
-// The block-map sizes of SPEC.md section 1 for a validated cfg and sizes >= 1 (no checks here).
+// The block-map sizes of docs/SPEC.md section 1 for a validated cfg and sizes >= 1 (no checks here).
 BlockMapShape resolve_block_map_shape(int64_t batch, int64_t heads, int64_t lq, int64_t lk, const Config& cfg);
 
 // Problem fields each call fills (the rest keep their defaults):

@@ -1,4 +1,4 @@
-// CPU backward pass (SPEC.md section 5).
+// CPU backward pass (docs/SPEC.md section 5).
 //
 // Per head, four phases of tasks whose results depend only on their index (so the gradients are bitwise
 // identical for any thread count; no atomics, no thread-order-dependent sums):

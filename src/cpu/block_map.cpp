@@ -1,4 +1,4 @@
-// CPU block map (SPEC.md section 1): smooth-K, mean pooling, block scores, the critical and negligible sets, and
+// CPU block map (docs/SPEC.md section 1): smooth-K, mean pooling, block scores, the critical and negligible sets, and
 // the inverse tables. One task per (b, h); a task's result depends only on its inputs, so any thread count gives
 // the same tables.
 //

@@ -16,7 +16,7 @@ namespace cpu {
 template <class T, class A>
 struct TypePair {
   using In = T;   // element type of q, k, v, o and the gradients
-  using Acc = A;  // accumulation type: f64 for f64 inputs, f32 otherwise (SPEC.md section 6)
+  using Acc = A;  // accumulation type: f64 for f64 inputs, f32 otherwise (docs/SPEC.md section 6)
 };
 
 // Calls fn(TypePair<In, Acc>{}) for the input dtype `t`.

@@ -1,4 +1,4 @@
-// CPU forward pass (SPEC.md sections 2-4): O = O_s + O_l W^T + b.
+// CPU forward pass (docs/SPEC.md sections 2-4): O = O_s + O_l W^T + b.
 //
 // Heads are processed one after another; within a head the work is split into tasks whose results depend only on
 // their index (key blocks, then query blocks), so the output is bitwise identical for any thread count.

@@ -1,4 +1,4 @@
-"""Gradients of sla.sparse_linear_attention on the CPU in float64 (SPEC.md section 5, invariant 7.5): against
+"""Gradients of sla.sparse_linear_attention on the CPU in float64 (docs/SPEC.md section 5, invariant 7.5): against
 finite differences (torch.autograd.gradcheck) and against autograd through the dense reference, with the block map
 held fixed."""
 

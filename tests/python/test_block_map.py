@@ -1,4 +1,4 @@
-"""sla.block_map against the reference block map (SPEC.md section 1, invariant 7.9)."""
+"""sla.block_map against the reference block map (docs/SPEC.md section 1, invariant 7.9)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sla._shapes import block_map_sizes
 
 def assert_is_topk(bmap: sla.BlockMap, ref: reference.RefBlockMap, t: int, tol: float = 1e-6):
     """Row by row: exactly T sorted, distinct indices, and no unselected block scores above a selected one (up to
-    `tol`, the fp32 pooling of SPEC.md 1.2 may reorder near-ties); where the gap is clear, the sets are equal."""
+    `tol`, the fp32 pooling of docs/SPEC.md 1.2 may reorder near-ties); where the gap is clear, the sets are equal."""
     assert bmap.lut.shape[-1] == t
     assert torch.all(bmap.count == t)
     lut = bmap.lut.long()

@@ -1,5 +1,5 @@
 """Forward numerics of sla.sparse_linear_attention on the CPU in float64 against the dense reference
-(SPEC.md sections 2-4 and invariants 7.1-7.4, 7.6-7.8)."""
+(docs/SPEC.md sections 2-4 and invariants 7.1-7.4, 7.6-7.8)."""
 
 from __future__ import annotations
 

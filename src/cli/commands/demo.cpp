@@ -53,7 +53,7 @@ void check_synthetic_size(const DemoOptions& o) {
        << " tokens, " << o.heads << " heads, D=" << o.dim << ")";
   const std::string shortfall = host_memory_shortfall(bytes, what.str());
   if (!shortfall.empty()) throw UsageError(shortfall + "; choose a smaller grid");
-  // The block-map tables index query and key blocks with int32 (docs/SPEC.md section 5).
+  // The block-map tables index query and key blocks with int32 (docs/SPEC.md section 1).
   if (tokens / 64 > 2147483647.0) throw UsageError(what.str() + ": more key blocks than the int32 block-map tables hold");
 }
 
@@ -195,7 +195,7 @@ DeviceProblem place_with_fallback(const DemoInputs& in, const DemoOptions& o, Ba
   return place(in, o.cfg, sla::Device::cpu, o.threads);
 }
 
-// The library's dense attention, timed: the same API with topk = 1 is exact softmax attention (SPEC.md
+// The library's dense attention, timed: the same API with topk = 1 is exact softmax attention (docs/SPEC.md
 // invariant 1), so SLA and dense run on the same backend and code path.
 std::vector<double> run_library_dense(const DeviceProblem& dp, const DemoOptions& o, double* ms) {
   sla::Config dense_cfg = o.cfg;
