@@ -298,11 +298,7 @@ std::size_t backward_workspace(const Problem&, const Config&) { return 0; }
 
 Status backward(const Problem& p, const BackwardArgs& args, const Config& cfg, const Exec& exec) {
   return run_guarded("backward", [&]() -> Status {
-    return dispatch_input_dtype(p.dtype, [&](auto types) -> Status {
-      using In = typename decltype(types)::In;
-      using Acc = typename decltype(types)::Acc;
-      return backward_typed<In, Acc>(p, args, cfg, exec);
-    });
+    return SLA_CPU_DTYPE_SWITCH(p.dtype, In, Acc, [&] { return backward_typed<In, Acc>(p, args, cfg, exec); });
   });
 }
 
