@@ -10,8 +10,11 @@ The ops are torch.ops.sla.{block_map, invert_block_map, forward, backward}; see 
 
 import torch  # noqa: F401  (loads libtorch before the extension that links it)
 
-from . import _C  # registers torch.ops.sla.*
-from . import _autograd, _fake  # noqa: F401  (register the autograd formula and the fake kernels)
+from . import (  # noqa: F401  (register the autograd formula and the fake kernels)
+    _C,  # registers torch.ops.sla.*
+    _autograd,
+    _fake,
+)
 from .blockmap import BlockMap, block_map
 from .functional import sparse_linear_attention
 from .module import SparseLinearAttention

@@ -14,8 +14,8 @@ _NUM_OPTIONS = 8  # block_q, block_k, topk, negligible, variant, feature_map, sc
 
 def _setup_context(ctx, inputs, output):
     q, k, v, proj_weight, proj_bias = inputs[:5]
-    tables = inputs[5:5 + _NUM_MAP_TABLES]
-    options = inputs[5 + _NUM_MAP_TABLES:5 + _NUM_MAP_TABLES + _NUM_OPTIONS]
+    tables = inputs[5 : 5 + _NUM_MAP_TABLES]
+    options = inputs[5 + _NUM_MAP_TABLES : 5 + _NUM_MAP_TABLES + _NUM_OPTIONS]
     save_for_backward = inputs[-1]
     o, lse, o_lin, lin_h, lin_z = output
     ctx.mark_non_differentiable(lse, o_lin, lin_h, lin_z)
@@ -39,11 +39,16 @@ def _backward(ctx, grad_o, *unused_saved_grads):
             "map with with_inverse=True or use BlockMap.with_inverse()"
         )
     dq, dk, dv, d_weight, d_bias = torch.ops.sla.backward(
-        grad_o, q, k, v, proj_weight, proj_bias, *tables, o, lse, o_lin, lin_h, lin_z, *ctx.options)
-    return (dq, dk, dv,
-            d_weight if proj_weight is not None else None,
-            d_bias if proj_bias is not None else None,
-            *([None] * (_NUM_MAP_TABLES + _NUM_OPTIONS + 1)))
+        grad_o, q, k, v, proj_weight, proj_bias, *tables, o, lse, o_lin, lin_h, lin_z, *ctx.options
+    )
+    return (
+        dq,
+        dk,
+        dv,
+        d_weight if proj_weight is not None else None,
+        d_bias if proj_bias is not None else None,
+        *([None] * (_NUM_MAP_TABLES + _NUM_OPTIONS + 1)),
+    )
 
 
 torch.library.register_autograd("sla::forward", _backward, setup_context=_setup_context)

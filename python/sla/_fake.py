@@ -78,9 +78,30 @@ def _invert_block_map_fake(lut, count, negl_lut, negl_count, k_blocks):
 
 
 @torch.library.register_fake("sla::forward")
-def _forward_fake(q, k, v, proj_weight, proj_bias, lut, count, negl_lut, negl_count, inv_offset, inv_index,
-                  negl_inv_offset, negl_inv_index, block_q, block_k, topk, negligible, variant, feature_map, scale,
-                  eps, save_for_backward):
+def _forward_fake(
+    q,
+    k,
+    v,
+    proj_weight,
+    proj_bias,
+    lut,
+    count,
+    negl_lut,
+    negl_count,
+    inv_offset,
+    inv_index,
+    negl_inv_offset,
+    negl_inv_index,
+    block_q,
+    block_k,
+    topk,
+    negligible,
+    variant,
+    feature_map,
+    scale,
+    eps,
+    save_for_backward,
+):
     _check_rank("q", q, 4, "(B, H, Lq, D)")
     _check_rank("k", k, 4, "(B, H, Lk, D)")
     _check_rank("v", v, 4, "(B, H, Lk, Dv)")
@@ -89,17 +110,47 @@ def _forward_fake(q, k, v, proj_weight, proj_bias, lut, count, negl_lut, negl_co
     acc = _acc_dtype(q)
     o = _empty_attention_like(_with_attention_strides(q), dv, q.dtype)
     if save_for_backward:
-        saved = (q.new_empty((b, h, lq), dtype=acc), q.new_empty((b, h, lq, dv), dtype=acc),
-                 q.new_empty((b, h, d, dv), dtype=acc), q.new_empty((b, h, d), dtype=acc))
+        saved = (
+            q.new_empty((b, h, lq), dtype=acc),
+            q.new_empty((b, h, lq, dv), dtype=acc),
+            q.new_empty((b, h, d, dv), dtype=acc),
+            q.new_empty((b, h, d), dtype=acc),
+        )
     else:
         saved = tuple(q.new_empty((0,), dtype=acc) for _ in range(4))
     return (o, *saved)
 
 
 @torch.library.register_fake("sla::backward")
-def _backward_fake(grad_o, q, k, v, proj_weight, proj_bias, lut, count, negl_lut, negl_count, inv_offset, inv_index,
-                   negl_inv_offset, negl_inv_index, o, lse, o_lin, lin_h, lin_z, block_q, block_k, topk, negligible,
-                   variant, feature_map, scale, eps):
+def _backward_fake(
+    grad_o,
+    q,
+    k,
+    v,
+    proj_weight,
+    proj_bias,
+    lut,
+    count,
+    negl_lut,
+    negl_count,
+    inv_offset,
+    inv_index,
+    negl_inv_offset,
+    negl_inv_index,
+    o,
+    lse,
+    o_lin,
+    lin_h,
+    lin_z,
+    block_q,
+    block_k,
+    topk,
+    negligible,
+    variant,
+    feature_map,
+    scale,
+    eps,
+):
     _check_rank("grad_o", grad_o, 4, "(B, H, Lq, Dv)")
     _check_rank("q", q, 4, "(B, H, Lq, D)")
     _check_rank("k", k, 4, "(B, H, Lk, D)")

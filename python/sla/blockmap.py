@@ -73,9 +73,18 @@ class BlockMap(NamedTuple):
         return self._replace(inv_offset=inv[0], inv_index=inv[1], negl_inv_offset=inv[2], negl_inv_index=inv[3])
 
     @classmethod
-    def from_lut(cls, lut: torch.Tensor, *, k_blocks: int, block_q: int, block_k: int,
-                 count: Optional[torch.Tensor] = None, negl_lut: Optional[torch.Tensor] = None,
-                 negl_count: Optional[torch.Tensor] = None, with_inverse: bool = True) -> "BlockMap":
+    def from_lut(
+        cls,
+        lut: torch.Tensor,
+        *,
+        k_blocks: int,
+        block_q: int,
+        block_k: int,
+        count: Optional[torch.Tensor] = None,
+        negl_lut: Optional[torch.Tensor] = None,
+        negl_count: Optional[torch.Tensor] = None,
+        with_inverse: bool = True,
+    ) -> "BlockMap":
         """A caller-supplied map (docs/SPEC.md 1.7): mask reuse across diffusion steps, mask studies, tests.
 
         ``lut`` is (B, H, Nq, T) int32 with ascending, distinct key-block indices in [0, k_blocks); ``count``
@@ -97,9 +106,18 @@ class BlockMap(NamedTuple):
         return bmap.with_inverse() if with_inverse else bmap
 
 
-def block_map(q: torch.Tensor, k: torch.Tensor, *, topk: float, block_q: int = 64, block_k: int = 64,
-              variant: str = "global", negligible: float = 0.0, layout: str = "BHLD",
-              with_inverse: bool = True) -> BlockMap:
+def block_map(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    topk: float,
+    block_q: int = 64,
+    block_k: int = 64,
+    variant: str = "global",
+    negligible: float = 0.0,
+    layout: str = "BHLD",
+    with_inverse: bool = True,
+) -> BlockMap:
     """Predicts the block map from q and k (docs/SPEC.md section 1): smooth-K, mean pooling, scores, the top
     T = clamp(floor(topk * Nk), 1, Nk) key blocks per query block (ties to the lower index) and, for the complement
     variant with ``negligible`` > 0, the negligible blocks. No gradient flows through it."""
@@ -111,6 +129,5 @@ def block_map(q: torch.Tensor, k: torch.Tensor, *, topk: float, block_q: int = 6
     _options.check_rank4("k", k, layout)
     qh = _options.to_bhld(q.detach(), layout)
     kh = _options.to_bhld(k.detach(), layout)
-    tables = torch.ops.sla.block_map(qh, kh, block_q, block_k, float(topk), float(negligible), variant,
-                                     with_inverse)
+    tables = torch.ops.sla.block_map(qh, kh, block_q, block_k, float(topk), float(negligible), variant, with_inverse)
     return BlockMap(*tables, block_q=block_q, block_k=block_k, k_blocks=ceil_div(kh.shape[2], block_k))

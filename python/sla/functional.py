@@ -9,7 +9,8 @@ import torch
 
 from . import _options
 from ._shapes import topk_for_count
-from .blockmap import BlockMap, block_map as predict_block_map
+from .blockmap import BlockMap
+from .blockmap import block_map as predict_block_map
 
 
 def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
@@ -77,8 +78,16 @@ def sparse_linear_attention(
     needs_grad = _needs_grad(q, k, v, proj_weight, proj_bias)
 
     if block_map is None:
-        bmap = predict_block_map(qh, kh, topk=topk, block_q=block_q, block_k=block_k, variant=variant,
-                                 negligible=negligible, with_inverse=needs_grad)
+        bmap = predict_block_map(
+            qh,
+            kh,
+            topk=topk,
+            block_q=block_q,
+            block_k=block_k,
+            variant=variant,
+            negligible=negligible,
+            with_inverse=needs_grad,
+        )
         map_topk, map_negligible = float(topk), float(negligible)
     else:
         bmap = block_map.with_inverse() if needs_grad else block_map
@@ -91,8 +100,22 @@ def sparse_linear_attention(
     weight = proj_weight.to(acc) if proj_weight is not None else None
     bias = proj_bias.to(acc) if proj_bias is not None else None
     o = torch.ops.sla.forward(
-        qh, kh, vh, weight, bias, *bmap.tables(), bmap.block_q, bmap.block_k, map_topk, map_negligible, variant,
-        feature_map, 0.0 if scale is None else float(scale), float(eps), needs_grad)[0]
+        qh,
+        kh,
+        vh,
+        weight,
+        bias,
+        *bmap.tables(),
+        bmap.block_q,
+        bmap.block_k,
+        map_topk,
+        map_negligible,
+        variant,
+        feature_map,
+        0.0 if scale is None else float(scale),
+        float(eps),
+        needs_grad,
+    )[0]
     o = _options.from_bhld(o, layout)
     return (o, bmap) if return_block_map else o
 

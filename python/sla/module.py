@@ -17,9 +17,21 @@ from .functional import sparse_linear_attention
 
 
 class SparseLinearAttention(nn.Module):
-    def __init__(self, head_dim: int, topk: float, feature_map: str = "softmax", BLKQ: int = 64, BLKK: int = 64,
-                 use_bf16: bool = True, tie_feature_map_qk: bool = True, *, variant: str = "global",
-                 negligible: float = 0.0, layout: str = "BHLD", scale: Optional[float] = None):
+    def __init__(
+        self,
+        head_dim: int,
+        topk: float,
+        feature_map: str = "softmax",
+        BLKQ: int = 64,
+        BLKK: int = 64,
+        use_bf16: bool = True,
+        tie_feature_map_qk: bool = True,
+        *,
+        variant: str = "global",
+        negligible: float = 0.0,
+        layout: str = "BHLD",
+        scale: Optional[float] = None,
+    ):
         """
         Args:
             head_dim: D, the head dimension (of q, k and v).
@@ -58,8 +70,14 @@ class SparseLinearAttention(nn.Module):
             nn.init.zeros_(self.proj_l.weight)
             nn.init.zeros_(self.proj_l.bias)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_sparsity: bool = False,
-                block_map: Optional[BlockMap] = None):
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        return_sparsity: bool = False,
+        block_map: Optional[BlockMap] = None,
+    ):
         """
         Args:
             q, k, v: (B, H, L, D) (or (B, L, H, D) with layout='BLHD').
@@ -72,15 +90,29 @@ class SparseLinearAttention(nn.Module):
         if q.is_cuda:
             q, k, v = q.to(self.dtype), k.to(self.dtype), v.to(self.dtype)
         o, bmap = sparse_linear_attention(
-            q, k, v, topk=self.topk, block_q=self.BLKQ, block_k=self.BLKK, feature_map=self.feature_map,
-            variant=self.variant, negligible=self.negligible, layout=self.layout, scale=self.scale,
-            proj_weight=self.proj_l.weight, proj_bias=self.proj_l.bias, block_map=block_map,
-            return_block_map=True)
+            q,
+            k,
+            v,
+            topk=self.topk,
+            block_q=self.BLKQ,
+            block_k=self.BLKK,
+            feature_map=self.feature_map,
+            variant=self.variant,
+            negligible=self.negligible,
+            layout=self.layout,
+            scale=self.scale,
+            proj_weight=self.proj_l.weight,
+            proj_bias=self.proj_l.bias,
+            block_map=block_map,
+            return_block_map=True,
+        )
         o = o.to(dtype)
         if return_sparsity:
             return o, bmap.density
         return o
 
     def extra_repr(self) -> str:
-        return (f"topk={self.topk}, BLKQ={self.BLKQ}, BLKK={self.BLKK}, feature_map={self.feature_map!r}, "
-                f"variant={self.variant!r}, layout={self.layout!r}, dtype={self.dtype}")
+        return (
+            f"topk={self.topk}, BLKQ={self.BLKQ}, BLKK={self.BLKK}, feature_map={self.feature_map!r}, "
+            f"variant={self.variant!r}, layout={self.layout!r}, dtype={self.dtype}"
+        )

@@ -298,7 +298,9 @@ std::size_t backward_workspace(const Problem&, const Config&) { return 0; }
 
 Status backward(const Problem& p, const BackwardArgs& args, const Config& cfg, const Exec& exec) {
   return run_guarded("backward", [&]() -> Status {
-    return SLA_CPU_DTYPE_SWITCH(p.dtype, In, Acc, [&] { return backward_typed<In, Acc>(p, args, cfg, exec); });
+    return SLA_CPU_DTYPE_SWITCH(p.dtype, In, Acc, [&] {
+      return backward_typed<In, Acc>(p, args, cfg, exec);
+    });
   });
 }
 

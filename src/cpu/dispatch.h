@@ -29,32 +29,31 @@ inline Status unsupported_input_dtype(DType t) {
 // it.
 //
 //   return SLA_CPU_DTYPE_SWITCH(p.dtype, In, Acc, [&] { return forward_typed<In, Acc>(p, args, cfg, exec); });
-#define SLA_CPU_DTYPE_SWITCH(DTYPE, IN_T, ACC_T, ...)  \
-  [&]() -> ::sla::Status {                             \
-    switch (DTYPE) {                                   \
-      case ::sla::DType::f64: {                        \
-        using IN_T = double;                           \
-        using ACC_T = double;                          \
-        return __VA_ARGS__();                          \
-      }                                                \
-      case ::sla::DType::f32: {                        \
-        using IN_T = float;                            \
-        using ACC_T = float;                           \
-        return __VA_ARGS__();                          \
-      }                                                \
-      case ::sla::DType::bf16: {                       \
-        using IN_T = ::sla::cpu::bf16;                 \
-        using ACC_T = float;                           \
-        return __VA_ARGS__();                          \
-      }                                                \
-      case ::sla::DType::f16: {                        \
-        using IN_T = ::sla::cpu::f16;                  \
-        using ACC_T = float;                           \
-        return __VA_ARGS__();                          \
-      }                                                \
-      default:                                         \
-        return ::sla::cpu::unsupported_input_dtype(DTYPE); \
-    }                                                  \
+#define SLA_CPU_DTYPE_SWITCH(DTYPE, IN_T, ACC_T, ...)             \
+  [&]() -> ::sla::Status {                                        \
+    switch (DTYPE) {                                              \
+      case ::sla::DType::f64: {                                   \
+        using IN_T = double;                                      \
+        using ACC_T = double;                                     \
+        return __VA_ARGS__();                                     \
+      }                                                           \
+      case ::sla::DType::f32: {                                   \
+        using IN_T = float;                                       \
+        using ACC_T = float;                                      \
+        return __VA_ARGS__();                                     \
+      }                                                           \
+      case ::sla::DType::bf16: {                                  \
+        using IN_T = ::sla::cpu::bf16;                            \
+        using ACC_T = float;                                      \
+        return __VA_ARGS__();                                     \
+      }                                                           \
+      case ::sla::DType::f16: {                                   \
+        using IN_T = ::sla::cpu::f16;                             \
+        using ACC_T = float;                                      \
+        return __VA_ARGS__();                                     \
+      }                                                           \
+      default: return ::sla::cpu::unsupported_input_dtype(DTYPE); \
+    }                                                             \
   }()
 
 namespace sla {

@@ -191,7 +191,9 @@ std::size_t forward_workspace(const Problem&, const Config&) { return 0; }
 
 Status forward(const Problem& p, const ForwardArgs& args, const Config& cfg, const Exec& exec) {
   return run_guarded("forward", [&]() -> Status {
-    return SLA_CPU_DTYPE_SWITCH(p.dtype, In, Acc, [&] { return forward_typed<In, Acc>(p, args, cfg, exec); });
+    return SLA_CPU_DTYPE_SWITCH(p.dtype, In, Acc, [&] {
+      return forward_typed<In, Acc>(p, args, cfg, exec);
+    });
   });
 }
 

@@ -121,9 +121,22 @@ def linear_branch(q, k, v, marginal_tokens: Optional[torch.Tensor], phi: str, ep
     return torch.where(positive, num / torch.where(positive, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
-def sla_attention(q, k, v, critical: torch.Tensor, negligible: Optional[torch.Tensor], *, bq: int, bk: int,
-                  variant: str = "global", phi: str = "softmax", scale: Optional[float] = None,
-                  weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None, eps: float = 1e-5):
+def sla_attention(
+    q,
+    k,
+    v,
+    critical: torch.Tensor,
+    negligible: Optional[torch.Tensor],
+    *,
+    bq: int,
+    bk: int,
+    variant: str = "global",
+    phi: str = "softmax",
+    scale: Optional[float] = None,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-5,
+):
     """O = O_s + O_l W^T + b for (B, H, L, D) inputs and block masks (B, H, Nq, Nk)."""
     lq, lk, d = q.shape[2], k.shape[2], q.shape[3]
     s = 1.0 / math.sqrt(d) if scale is None else scale

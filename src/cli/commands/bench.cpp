@@ -7,13 +7,13 @@
 #include <memory>
 #include <sstream>
 
-#include "commands/backend_select.h"
 #include "cli_error.h"
+#include "commands/backend_select.h"
 #include "commands/commands.h"
 #include "device/cuda_timer.h"
-#include "workload/sla_runner.h"
 #include "device/memory_limits.h"
 #include "device/wall_timer.h"
+#include "workload/sla_runner.h"
 
 namespace sla_cli {
 
@@ -114,8 +114,8 @@ BenchProblem make_problem(const BenchOptions& o, sla::Device device) {
                                  {o.batch, o.heads, o.lk, o.dim}, device);
   if (o.backward) {
     try {
-      p.runner = std::make_unique<SlaRunner>(p.q.view(), p.k.view(), p.v.view(), o.cfg, SlaRunner::Mode::training,
-                                             o.threads);
+      p.runner =
+          std::make_unique<SlaRunner>(p.q.view(), p.k.view(), p.v.view(), o.cfg, SlaRunner::Mode::training, o.threads);
       // One untimed pass finds out whether this backend implements backward for this problem.
       p.runner->predict_block_map();
       p.runner->forward();
@@ -126,8 +126,8 @@ BenchProblem make_problem(const BenchOptions& o, sla::Device device) {
       p.backward_note = e.what();
     }
   }
-  p.runner = std::make_unique<SlaRunner>(p.q.view(), p.k.view(), p.v.view(), o.cfg, SlaRunner::Mode::inference,
-                                         o.threads);
+  p.runner =
+      std::make_unique<SlaRunner>(p.q.view(), p.k.view(), p.v.view(), o.cfg, SlaRunner::Mode::inference, o.threads);
   return p;
 }
 
@@ -160,8 +160,12 @@ int run_bench(const BenchOptions& o) {
   SlaRunner& runner = *problem.runner;
   const bool time_backward = o.backward && problem.backward_note.empty();
 
-  const Sample map = measure(device, o.warmup, o.iters, [&] { runner.predict_block_map(); });
-  const Sample fwd = measure(device, o.warmup, o.iters, [&] { runner.forward(); });
+  const Sample map = measure(device, o.warmup, o.iters, [&] {
+    runner.predict_block_map();
+  });
+  const Sample fwd = measure(device, o.warmup, o.iters, [&] {
+    runner.forward();
+  });
   Sample fwd_bwd;
   if (time_backward) {
     fwd_bwd = measure(device, o.warmup, o.iters, [&] {
@@ -175,7 +179,8 @@ int run_bench(const BenchOptions& o) {
   // branch" divides the FLOPs SLA really spends on its critical blocks, the kernel's achieved rate.
   const double sla_s = (map.median_ms + fwd.median_ms) * 1e-3;
   const double dense_flops = 4.0 * o.batch * o.heads * o.lq * o.lk * o.dim;
-  const double sparse_flops = 4.0 * o.batch * o.heads * o.lq * std::min<double>(o.lk, s.critical * o.cfg.block_k) * o.dim;
+  const double sparse_flops =
+      4.0 * o.batch * o.heads * o.lq * std::min<double>(o.lk, s.critical * o.cfg.block_k) * o.dim;
   const double eff_tflops = dense_flops / sla_s / 1e12;
   const double sparse_tflops = sparse_flops / sla_s / 1e12;
 
@@ -199,22 +204,25 @@ int run_bench(const BenchOptions& o) {
 
   std::printf("SLA bench on %s (%s), %s\n", describe_device(device).c_str(), backend.reason.c_str(),
               sla::dtype_name(dtype));
-  std::printf("  shape B=%lld H=%lld Lq=%lld Lk=%lld D=%lld; %s variant, %s phi, blocks %d/%d, topk %g -> T = %lld "
-              "of %lld key blocks\n",
-              static_cast<long long>(o.batch), static_cast<long long>(o.heads), static_cast<long long>(o.lq),
-              static_cast<long long>(o.lk), static_cast<long long>(o.dim), sla::variant_name(o.cfg.variant),
-              sla::feature_map_name(o.cfg.feature_map), o.cfg.block_q, o.cfg.block_k, o.cfg.topk,
-              static_cast<long long>(s.critical), static_cast<long long>(s.k_blocks));
+  std::printf(
+      "  shape B=%lld H=%lld Lq=%lld Lk=%lld D=%lld; %s variant, %s phi, blocks %d/%d, topk %g -> T = %lld "
+      "of %lld key blocks\n",
+      static_cast<long long>(o.batch), static_cast<long long>(o.heads), static_cast<long long>(o.lq),
+      static_cast<long long>(o.lk), static_cast<long long>(o.dim), sla::variant_name(o.cfg.variant),
+      sla::feature_map_name(o.cfg.feature_map), o.cfg.block_q, o.cfg.block_k, o.cfg.topk,
+      static_cast<long long>(s.critical), static_cast<long long>(s.k_blocks));
   std::printf("  %lld warm-up + %lld timed runs each\n\n", static_cast<long long>(o.warmup),
               static_cast<long long>(o.iters));
   std::printf("  %-22s %12s %12s\n", "step", "median ms", "min ms");
   std::printf("  %-22s %12.3f %12.3f\n", "block map", map.median_ms, map.min_ms);
   std::printf("  %-22s %12.3f %12.3f\n", "forward", fwd.median_ms, fwd.min_ms);
   if (time_backward) std::printf("  %-22s %12.3f %12.3f\n", "forward + backward", fwd_bwd.median_ms, fwd_bwd.min_ms);
-  if (!problem.backward_note.empty()) std::printf("  %-22s not timed: %s\n", "forward + backward", problem.backward_note.c_str());
-  std::printf("\n  throughput of block map + forward: %.4g TFLOP/s dense-equivalent (full attention's FLOPs / time),\n"
-              "  %.4g TFLOP/s on the critical blocks actually computed\n",
-              eff_tflops, sparse_tflops);
+  if (!problem.backward_note.empty())
+    std::printf("  %-22s not timed: %s\n", "forward + backward", problem.backward_note.c_str());
+  std::printf(
+      "\n  throughput of block map + forward: %.4g TFLOP/s dense-equivalent (full attention's FLOPs / time),\n"
+      "  %.4g TFLOP/s on the critical blocks actually computed\n",
+      eff_tflops, sparse_tflops);
   return kExitOk;
 }
 

@@ -179,8 +179,7 @@ void bench_flags(CLI::App& app, BenchText* t) {
   add_value_flag(app, "--dtype", "auto|f32|f64|bf16|f16", &o.dtype, "auto",
                  "input dtype; auto: bf16 on the GPU, f32 on the CPU", one_of({"auto", "f32", "f64", "bf16", "f16"}));
   add_value_flag(app, "--backend", "auto|cpu|cuda", &t->backend, "auto",
-                 "auto: the GPU when it is usable and supports the problem, else CPU",
-                 one_of({"auto", "cpu", "cuda"}));
+                 "auto: the GPU when it is usable and supports the problem, else CPU", one_of({"auto", "cpu", "cuda"}));
   add_value_flag(app, "--warmup", "N", &o.warmup, "1", "untimed runs before timing", integer_in(0, 10000));
   add_value_flag(app, "--iters", "N", &o.iters, "5", "timed runs; the median is reported", integer_in(1, 100000));
   add_switch(app, "--backward", &o.backward, "also time forward + backward");

@@ -19,13 +19,13 @@ struct DemoOptions {
   int64_t frames = 8, height = 16, width = 24;  // latent grid T x Hh x Ww; tokens in raster order
   int64_t heads = 6;
   int64_t dim = 64;
-  sla::Config cfg;            // block sizes, topk, variant, ... (demo defaults set by the parser)
+  sla::Config cfg;  // block sizes, topk, variant, ... (demo defaults set by the parser)
   uint64_t seed = 0;
-  std::string png_path;       // where the block-map picture goes
-  std::string qkv_path;       // captured Q/K/V (.npy / .npz) instead of the synthetic workload; empty: synthetic
+  std::string png_path;  // where the block-map picture goes
+  std::string qkv_path;  // captured Q/K/V (.npy / .npz) instead of the synthetic workload; empty: synthetic
   BackendChoice backend = BackendChoice::automatic;
-  int64_t ref_rows = 0;       // query rows per (batch, head) for the dense reference; 0: as many as a budget allows
-  int threads = 0;            // CPU threads; 0: all
+  int64_t ref_rows = 0;  // query rows per (batch, head) for the dense reference; 0: as many as a budget allows
+  int threads = 0;       // CPU threads; 0: all
 };
 
 struct BenchOptions {
@@ -35,7 +35,7 @@ struct BenchOptions {
   sla::Config cfg;
   BackendChoice backend = BackendChoice::automatic;
   int64_t warmup = 1, iters = 5;
-  bool backward = false;       // also time forward + backward
+  bool backward = false;  // also time forward + backward
   bool json = false;
   uint64_t seed = 0;
   int threads = 0;

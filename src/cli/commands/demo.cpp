@@ -6,19 +6,19 @@
 #include <memory>
 #include <sstream>
 
-#include "commands/backend_select.h"
-#include "report/blockmap_image.h"
 #include "cli_error.h"
+#include "commands/backend_select.h"
 #include "commands/commands.h"
-#include "formats/npy_reader.h"
-#include "formats/png_writer.h"
-#include "report/progress.h"
-#include "workload/projection_fit.h"
-#include "workload/reference_attention.h"
-#include "report/report.h"
-#include "workload/sla_runner.h"
 #include "device/memory_limits.h"
 #include "device/wall_timer.h"
+#include "formats/npy_reader.h"
+#include "formats/png_writer.h"
+#include "report/blockmap_image.h"
+#include "report/progress.h"
+#include "report/report.h"
+#include "workload/projection_fit.h"
+#include "workload/reference_attention.h"
+#include "workload/sla_runner.h"
 #include "workload/synthetic_video.h"
 
 namespace sla_cli {
@@ -26,8 +26,8 @@ namespace sla_cli {
 namespace {
 
 // Work budgets (multiply-adds) that keep the demo interactive on a small CPU.
-constexpr double kReferenceBudget = 2e10; // the independent dense reference on sampled rows
-constexpr double kCpuDenseBudget = 4e10;  // the library's dense attention on the CPU (all rows)
+constexpr double kReferenceBudget = 2e10;  // the independent dense reference on sampled rows
+constexpr double kCpuDenseBudget = 4e10;   // the library's dense attention on the CPU (all rows)
 constexpr int64_t kMinReferenceRows = 256;
 
 struct DemoInputs {
@@ -54,7 +54,8 @@ void check_synthetic_size(const DemoOptions& o) {
   const std::string shortfall = host_memory_shortfall(bytes, what.str());
   if (!shortfall.empty()) throw UsageError(shortfall + "; choose a smaller grid");
   // The block-map tables index query and key blocks with int32 (docs/SPEC.md section 1).
-  if (tokens / 64 > 2147483647.0) throw UsageError(what.str() + ": more key blocks than the int32 block-map tables hold");
+  if (tokens / 64 > 2147483647.0)
+    throw UsageError(what.str() + ": more key blocks than the int32 block-map tables hold");
 }
 
 DemoInputs load_inputs(const DemoOptions& o) {
@@ -79,8 +80,8 @@ DemoInputs load_inputs(const DemoOptions& o) {
       }
     }
     std::ostringstream os;
-    os << o.qkv_path << ": B=" << in.batch << " H=" << in.heads << " Lq=" << in.lq << " Lk=" << in.lk
-       << " D=" << in.dim << " Dv=" << in.dv << " (" << sla::dtype_name(t.source_dtype) << ")";
+    os << o.qkv_path << ": B=" << in.batch << " H=" << in.heads << " Lq=" << in.lq << " Lk=" << in.lk << " D=" << in.dim
+       << " Dv=" << in.dv << " (" << sla::dtype_name(t.source_dtype) << ")";
     in.description = os.str();
     return in;
   }
@@ -116,8 +117,7 @@ DeviceProblem place(const DemoInputs& in, const sla::Config& cfg, sla::Device de
   p.q = OwnedTensor::from_floats(in.q, p.dtype, {in.batch, in.heads, in.lq, in.dim}, device);
   p.k = OwnedTensor::from_floats(in.k, p.dtype, {in.batch, in.heads, in.lk, in.dim}, device);
   p.v = OwnedTensor::from_floats(in.v, p.dtype, {in.batch, in.heads, in.lk, in.dv}, device);
-  p.sla = std::make_unique<SlaRunner>(p.q.view(), p.k.view(), p.v.view(), cfg, SlaRunner::Mode::save_forward,
-                                      threads);
+  p.sla = std::make_unique<SlaRunner>(p.q.view(), p.k.view(), p.v.view(), cfg, SlaRunner::Mode::save_forward, threads);
   return p;
 }
 
@@ -162,9 +162,9 @@ double rel_l2(const std::vector<double>& got, const std::vector<double>& want, i
 
 std::string describe_config(const sla::Config& cfg, const sla::BlockMapShape& s) {
   std::ostringstream os;
-  os << sla::variant_name(cfg.variant) << " variant, " << sla::feature_map_name(cfg.feature_map)
-     << " phi, blocks " << cfg.block_q << "/" << cfg.block_k << ", topk " << cfg.topk << " -> T = " << s.critical
-     << " of " << s.k_blocks << " key blocks per query block (" << s.q_blocks << " query blocks)";
+  os << sla::variant_name(cfg.variant) << " variant, " << sla::feature_map_name(cfg.feature_map) << " phi, blocks "
+     << cfg.block_q << "/" << cfg.block_k << ", topk " << cfg.topk << " -> T = " << s.critical << " of " << s.k_blocks
+     << " key blocks per query block (" << s.q_blocks << " query blocks)";
   if (s.negligible > 0) os << ", " << s.negligible << " negligible";
   return os.str();
 }
@@ -204,7 +204,9 @@ std::vector<double> run_library_dense(const DeviceProblem& dp, const DemoOptions
   SlaRunner dense(dp.q.view(), dp.k.view(), dp.v.view(), dense_cfg, SlaRunner::Mode::inference, o.threads);
   dense.predict_block_map();
   if (dp.device == sla::Device::cuda) dense.forward();  // untimed warm-up
-  *ms = timed_ms(dp.device, [&] { dense.forward(); });
+  *ms = timed_ms(dp.device, [&] {
+    dense.forward();
+  });
   return dense.output().to_doubles();
 }
 
@@ -265,8 +267,12 @@ int run_demo(const DemoOptions& o) {
     dp.sla->predict_block_map();
     dp.sla->forward();
   }
-  const double map_ms = timed_ms(dp.device, [&] { dp.sla->predict_block_map(); });
-  const double fwd_ms = timed_ms(dp.device, [&] { dp.sla->forward(); });
+  const double map_ms = timed_ms(dp.device, [&] {
+    dp.sla->predict_block_map();
+  });
+  const double fwd_ms = timed_ms(dp.device, [&] {
+    dp.sla->forward();
+  });
   report.timings.push_back({"SLA block map", map_ms, ""});
   report.timings.push_back({"SLA forward", fwd_ms, ""});
 
@@ -319,7 +325,8 @@ int run_demo(const DemoOptions& o) {
   for (int64_t h = 0; h < bh; ++h) report.heads.push_back(head_stats(h, in.labels[h], classes, ref, o_sla, fit, in.dv));
   if (!dense_api.empty()) {
     const std::vector<double> d = gather_rows(dense_api, bh, in.lq, in.dv, ref.rows);
-    for (int64_t h = 0; h < bh; ++h) report.dense_check = std::max(report.dense_check, rel_l2(d, ref.out, h, nrows * in.dv));
+    for (int64_t h = 0; h < bh; ++h)
+      report.dense_check = std::max(report.dense_check, rel_l2(d, ref.out, h, nrows * in.dv));
   }
   if (!exact_inputs) {
     report.notes.push_back("Note: " + std::string(sla::dtype_name(dp.dtype)) +

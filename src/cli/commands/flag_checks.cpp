@@ -72,8 +72,8 @@ CLI::Validator int_list(char sep, std::size_t count, const std::string& value_na
           ++n;
         }
         if (ok && n == count) return std::string();
-        return "expected " + std::to_string(count) + " positive integers separated by '" + std::string(1, sep) +
-               "' (" + value_name + "), got " + in_quotes(s);
+        return "expected " + std::to_string(count) + " positive integers separated by '" + std::string(1, sep) + "' (" +
+               value_name + "), got " + in_quotes(s);
       },
       "");
 }

@@ -40,7 +40,9 @@ void CudaEventTimer::start() {
   check(cudaEventRecord(event(start_), static_cast<cudaStream_t>(stream_)), "cudaEventRecord");
 }
 
-void CudaEventTimer::stop() { check(cudaEventRecord(event(stop_), static_cast<cudaStream_t>(stream_)), "cudaEventRecord"); }
+void CudaEventTimer::stop() {
+  check(cudaEventRecord(event(stop_), static_cast<cudaStream_t>(stream_)), "cudaEventRecord");
+}
 
 double CudaEventTimer::elapsed_ms() {
   check(cudaEventSynchronize(event(stop_)), "cudaEventSynchronize");

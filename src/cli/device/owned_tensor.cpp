@@ -11,8 +11,7 @@
 
 namespace sla_cli {
 
-sla::TensorView contiguous_view(void* data, sla::DType dtype, const std::vector<int64_t>& shape,
-                                sla::Device device) {
+sla::TensorView contiguous_view(void* data, sla::DType dtype, const std::vector<int64_t>& shape, sla::Device device) {
   if (shape.size() > static_cast<std::size_t>(sla::TensorView::kMaxDims)) {
     throw std::logic_error("contiguous_view: too many dimensions");
   }

@@ -11,8 +11,7 @@
 namespace sla_cli {
 
 // A contiguous (row-major) view of `data` with the given shape (at most TensorView::kMaxDims dims).
-sla::TensorView contiguous_view(void* data, sla::DType dtype, const std::vector<int64_t>& shape,
-                                sla::Device device);
+sla::TensorView contiguous_view(void* data, sla::DType dtype, const std::vector<int64_t>& shape, sla::Device device);
 
 // Product of the dims; throws RunError naming `what` when it overflows int64.
 int64_t checked_numel(const std::vector<int64_t>& shape, const std::string& what);

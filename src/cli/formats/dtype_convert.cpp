@@ -59,9 +59,7 @@ void convert_from_float(const float* src, sla::DType dtype, void* dst, std::size
       for (std::size_t i = 0; i < n; ++i) d[i] = sla::cpu::to_bf16(src[i]);
       return;
     }
-    case sla::DType::f32:
-      std::memcpy(dst, src, n * sizeof(float));
-      return;
+    case sla::DType::f32: std::memcpy(dst, src, n * sizeof(float)); return;
     case sla::DType::f64: {
       double* d = static_cast<double*>(dst);
       for (std::size_t i = 0; i < n; ++i) d[i] = src[i];

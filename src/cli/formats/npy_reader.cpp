@@ -102,7 +102,9 @@ std::string dict_value(const std::string& header, const std::string& key, const 
     if (depth == 0 && (c == ',' || c == '}')) break;
   }
   std::string v = header.substr(pos, end - pos);
-  const auto not_space = [](unsigned char c) { return !std::isspace(c); };
+  const auto not_space = [](unsigned char c) {
+    return !std::isspace(c);
+  };
   v.erase(v.begin(), std::find_if(v.begin(), v.end(), not_space));
   v.erase(std::find_if(v.rbegin(), v.rend(), not_space).base(), v.end());
   return v;

@@ -12,7 +12,7 @@ namespace sla_cli {
 struct NpyArray {
   sla::DType dtype = sla::DType::f32;  // f16, f32 or f64 (little-endian)
   std::vector<int64_t> shape;
-  std::vector<unsigned char> data;     // C order, numel * itemsize bytes
+  std::vector<unsigned char> data;  // C order, numel * itemsize bytes
   int64_t numel() const;
 };
 

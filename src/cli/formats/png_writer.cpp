@@ -72,7 +72,8 @@ void check_png_path_writable(const std::string& path) {
   namespace fs = std::filesystem;
   const fs::path parent = fs::path(path).has_parent_path() ? fs::path(path).parent_path() : fs::path(".");
   std::error_code ec;
-  if (!fs::is_directory(parent, ec)) throw RunError(path + ": cannot write the PNG: directory " + parent.string() + " does not exist");
+  if (!fs::is_directory(parent, ec))
+    throw RunError(path + ": cannot write the PNG: directory " + parent.string() + " does not exist");
   if (fs::is_directory(path, ec)) throw RunError(path + ": cannot write the PNG: it is a directory");
   if (::access(parent.c_str(), W_OK) != 0) {
     throw RunError(path + ": cannot write the PNG: directory " + parent.string() + " is not writable");

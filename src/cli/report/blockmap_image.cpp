@@ -14,7 +14,7 @@ constexpr Rgb kBackground{255, 255, 255};
 constexpr Rgb kText{30, 30, 30};
 constexpr int kTargetPanel = 320;  // pixels per panel side, roughly
 constexpr int kMargin = 16;
-constexpr int kTextScale = 2;      // font pixels per bitmap pixel
+constexpr int kTextScale = 2;  // font pixels per bitmap pixel
 
 struct LegendEntry {
   Rgb colour;
@@ -62,8 +62,7 @@ Rgb blend(const std::array<int64_t, 3>& counts) {
 
 }  // namespace
 
-RgbImage render_block_map(const BlockClasses& c, int64_t heads, const std::vector<std::string>& labels,
-                          int max_heads) {
+RgbImage render_block_map(const BlockClasses& c, int64_t heads, const std::vector<std::string>& labels, int max_heads) {
   const int panels = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(heads, max_heads)));
   const int64_t nmax = std::max(c.q_blocks, c.k_blocks);
   // Either enlarge each block to `zoom` pixels or shrink `shrink` blocks into one pixel.

@@ -16,7 +16,9 @@ std::string fmt(const char* format, double v) {
 
 std::string pct(double v) { return fmt("%.1f%%", 100.0 * v); }
 
-std::string pad(const std::string& s, std::size_t w) { return s.size() >= w ? s + " " : s + std::string(w - s.size(), ' '); }
+std::string pad(const std::string& s, std::size_t w) {
+  return s.size() >= w ? s + " " : s + std::string(w - s.size(), ' ');
+}
 
 }  // namespace
 

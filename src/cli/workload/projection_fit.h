@@ -10,8 +10,8 @@
 namespace sla_cli {
 
 struct ProjectionFit {
-  std::vector<double> weight;  // (Dv, Dv) row-major
-  std::vector<double> bias;    // (Dv)
+  std::vector<double> weight;              // (Dv, Dv) row-major
+  std::vector<double> bias;                // (Dv)
   std::vector<double> rel_error_per_head;  // ||O_s + O_l W^T + b - O_dense|| / ||O_dense|| per (b,h)
 };
 

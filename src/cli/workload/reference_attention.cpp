@@ -42,8 +42,8 @@ struct RowScratch {
   std::vector<double> block_mass;
 };
 
-void one_row(const AttentionProblem& p, const BlockClasses& c, int64_t bh, int64_t row, std::size_t slot,
-             RowScratch& s, ReferenceRows& res) {
+void one_row(const AttentionProblem& p, const BlockClasses& c, int64_t bh, int64_t row, std::size_t slot, RowScratch& s,
+             ReferenceRows& res) {
   const float* q = p.q + (bh * p.lq + row) * p.dim;
   const float* k = p.k + bh * p.lk * p.dim;
   const float* v = p.v + bh * p.lk * p.dv;

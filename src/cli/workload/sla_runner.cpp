@@ -10,9 +10,7 @@ namespace sla_cli {
 
 namespace {
 
-sla::TensorView view_or_absent(const OwnedTensor& t) {
-  return t.shape().empty() ? sla::TensorView{} : t.view();
-}
+sla::TensorView view_or_absent(const OwnedTensor& t) { return t.shape().empty() ? sla::TensorView{} : t.view(); }
 
 OwnedTensor i32(std::vector<int64_t> shape, sla::Device device) {
   return OwnedTensor(sla::DType::i32, std::move(shape), device);

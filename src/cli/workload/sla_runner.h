@@ -21,9 +21,9 @@ struct OwnedBlockMap {
 class SlaRunner {
  public:
   enum class Mode {
-    inference,      // O only
-    save_forward,   // O plus the saved LSE, O_l, H, z (the demo reads O_l)
-    training,       // save_forward plus the inverse tables and gradient buffers for backward()
+    inference,     // O only
+    save_forward,  // O plus the saved LSE, O_l, H, z (the demo reads O_l)
+    training,      // save_forward plus the inverse tables and gradient buffers for backward()
   };
 
   // q (B,H,Lq,D), k (B,H,Lk,D), v (B,H,Lk,Dv) must stay alive and unchanged in shape while the runner lives.

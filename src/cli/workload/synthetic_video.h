@@ -21,8 +21,8 @@ struct VideoGrid {
 
 struct VideoWorkload {
   int64_t heads = 0, tokens = 0, dim = 0;
-  std::vector<float> q, k, v;             // each (1, heads, tokens, dim), row-major
-  std::vector<std::string> head_labels;   // e.g. "local", "spatial", ... per head
+  std::vector<float> q, k, v;            // each (1, heads, tokens, dim), row-major
+  std::vector<std::string> head_labels;  // e.g. "local", "spatial", ... per head
 };
 
 // Head h gets kind h % 4 (local, spatial, temporal, global); repeated kinds use wider neighbourhoods.
