@@ -53,6 +53,10 @@ else
   if [ -z "$base_ref" ]; then
     if git rev-parse -q --verify origin/main >/dev/null; then base_ref=origin/main; else base_ref=main; fi
   fi
+  if ! git rev-parse -q --verify "$base_ref^{commit}" >/dev/null; then
+    echo "[format] no commit '$base_ref' to compare with (a shallow clone?); pass a base or use -- FILE..." >&2
+    exit 2
+  fi
   base=$(git merge-base HEAD "$base_ref")
   mapfile -t files < <(git diff --name-only --diff-filter=ACMR "$base" --)
   cxx=()
