@@ -242,6 +242,7 @@ TEST(CliArgs, CommandLineDispatchAndVersion) {
   EXPECT_EQ(v.command, CommandLine::Command::version);
   EXPECT_EQ(v.text.rfind("sla ", 0), 0u) << v.text;
   EXPECT_NE(main_help().find("bench"), std::string::npos);
+  EXPECT_EQ(parse_command_line({"help"}).command, CommandLine::Command::help);
   EXPECT_NE(usage_error([] {
               parse_command_line({"frob"});
             }).find("unknown command 'frob'"),

@@ -238,6 +238,7 @@ class SlaApp {
   }
 
   CommandLine parse(std::vector<std::string> args) {
+    if (!args.empty() && args[0] == "help") args[0] = "--help";  // `sla help`, as before CLI11
     // No subcommand: demo (`sla --topk 0.2` is `sla demo --topk 0.2`).
     const bool top_level_flag = !args.empty() && (args[0] == "--help" || args[0] == "-h" || args[0] == "--version");
     if (args.empty() || (args[0].rfind("-", 0) == 0 && !top_level_flag)) args.insert(args.begin(), "demo");
