@@ -14,10 +14,14 @@ from . import (  # noqa: F401  (register the autograd formula and the fake kerne
     _C,  # registers torch.ops.sla.*
     _autograd,
     _fake,
+    distributed,  # noqa: E402, F401  (sla.distributed: Ulysses sequence parallelism)
+    tiling,
 )
-from .blockmap import BlockMap, block_map
+from .blockmap import BlockMap, block_map, check_block_map
+from .calibration import apply_rules, calibrate, load_rules, record
 from .functional import sparse_linear_attention
 from .module import SparseLinearAttention
+from .rules import BlockRule
 
 __version__ = "0.1.0"
 
@@ -26,9 +30,16 @@ cuda_available = _C.cuda_available
 
 __all__ = [
     "BlockMap",
+    "BlockRule",
+    "apply_rules",
+    "calibrate",
+    "load_rules",
+    "record",
+    "tiling",
     "SparseLinearAttention",
     "block_map",
     "build_info",
+    "check_block_map",
     "cuda_available",
     "sparse_linear_attention",
 ]

@@ -7,11 +7,37 @@ from __future__ import annotations
 import torch
 
 from ._shapes import block_map_sizes
+from .rules import table_widths
 
 
 def _check_rank(name: str, t: torch.Tensor, rank: int, dims: str) -> None:
     if t.dim() != rank:
         raise ValueError(f"{name}: expected {rank} dimensions {dims}, got {t.dim()}")
+
+
+_TABLE_NAMES = (
+    "lut",
+    "count",
+    "negl_lut",
+    "negl_count",
+    "inv_offset",
+    "inv_index",
+    "negl_inv_offset",
+    "negl_inv_index",
+)
+
+
+def _check_devices(*named) -> None:
+    """Every (name, tensor or None) on one device, as the real ops require: a meta tensor among real ones would
+    otherwise route the call here and hand back uninitialised memory."""
+    ref_name, ref = None, None
+    for name, t in named:
+        if t is None:
+            continue
+        if ref is None:
+            ref_name, ref = name, t
+        elif t.device != ref.device:
+            raise ValueError(f"{name}: expected device {ref.device} like {ref_name}, got {t.device}")
 
 
 def _with_attention_strides(t: torch.Tensor) -> torch.Tensor:
@@ -42,11 +68,43 @@ def _table(like: torch.Tensor, *shape) -> torch.Tensor:
 
 
 @torch.library.register_fake("sla::block_map")
-def _block_map_fake(q, k, block_q, block_k, topk, negligible, variant, with_inverse):
+def _block_map_fake(
+    q,
+    k,
+    block_q,
+    block_k,
+    topk,
+    negligible,
+    variant,
+    with_inverse,
+    head_topk=(),
+    top_p=0.0,
+    head_top_p=(),
+    min_blocks=1,
+    max_blocks=0,
+    negligible_threshold=0.0,
+    max_negligible=0.0,
+    scale=0.0,
+):
     _check_rank("q", q, 4, "(B, H, Lq, D)")
     _check_rank("k", k, 4, "(B, H, Lk, D)")
+    _check_devices(("q", q), ("k", k))
     b, h, lq, lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
-    nq, nk, t, tn = block_map_sizes(lq, lk, block_q, block_k, topk, negligible, variant)
+    nq, nk, _, _ = block_map_sizes(lq, lk, block_q, block_k, topk, negligible, variant)
+    # The widths of the adaptive rules (docs/BLOCK_MAP.md); with the defaults they are the fixed rule's T and Tn.
+    t, tn = table_widths(
+        nk,
+        variant,
+        topk=topk,
+        negligible=negligible,
+        head_topk=head_topk,
+        top_p=top_p,
+        head_top_p=head_top_p,
+        min_blocks=min_blocks,
+        max_blocks=max_blocks,
+        negligible_threshold=negligible_threshold,
+        max_negligible=max_negligible,
+    )
     has_negl = tn > 0
     return (
         _table(q, b, h, nq, t),
@@ -64,6 +122,7 @@ def _block_map_fake(q, k, block_q, block_k, topk, negligible, variant, with_inve
 def _invert_block_map_fake(lut, count, negl_lut, negl_count, k_blocks):
     _check_rank("lut", lut, 4, "(B, H, Nq, T)")
     _check_rank("negl_lut", negl_lut, 4, "(B, H, Nq, Tn)")
+    _check_devices(("lut", lut), ("count", count), ("negl_lut", negl_lut), ("negl_count", negl_count))
     if k_blocks < 1:
         raise ValueError(f"k_blocks: expected Nk >= 1, got {k_blocks}")
     b, h, nq, t = lut.shape
@@ -74,6 +133,16 @@ def _invert_block_map_fake(lut, count, negl_lut, negl_count, k_blocks):
         _table(lut, b, h, nq * t),
         _table(lut, b, h, k_blocks + 1 if has_negl else 0),
         _table(lut, b, h, nq * tn),
+    )
+
+
+@torch.library.register_fake("sla::check_block_map")
+def _check_block_map_fake(
+    lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index, k_blocks
+):
+    # The contents are data: nothing to check at trace time but the devices.
+    _check_devices(
+        *zip(_TABLE_NAMES, (lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index))
     )
 
 
@@ -105,6 +174,10 @@ def _forward_fake(
     _check_rank("q", q, 4, "(B, H, Lq, D)")
     _check_rank("k", k, 4, "(B, H, Lk, D)")
     _check_rank("v", v, 4, "(B, H, Lk, Dv)")
+    tables = (lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index)
+    _check_devices(
+        ("q", q), ("k", k), ("v", v), ("proj_weight", proj_weight), ("proj_bias", proj_bias), *zip(_TABLE_NAMES, tables)
+    )
     b, h, lq, d = q.shape
     dv = v.shape[3]
     acc = _acc_dtype(q)
@@ -155,6 +228,21 @@ def _backward_fake(
     _check_rank("q", q, 4, "(B, H, Lq, D)")
     _check_rank("k", k, 4, "(B, H, Lk, D)")
     _check_rank("v", v, 4, "(B, H, Lk, Dv)")
+    tables = (lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index)
+    _check_devices(
+        ("grad_o", grad_o),
+        ("q", q),
+        ("k", k),
+        ("v", v),
+        ("proj_weight", proj_weight),
+        ("proj_bias", proj_bias),
+        *zip(_TABLE_NAMES, tables),
+        ("o", o),
+        ("lse", lse),
+        ("o_lin", o_lin),
+        ("lin_h", lin_h),
+        ("lin_z", lin_z),
+    )
     dv_size = v.shape[3]
     acc = _acc_dtype(q)
     dq = _empty_attention_like(_with_attention_strides(q), q.shape[3], q.dtype)

@@ -8,8 +8,9 @@
 // What is NOT checked, on purpose:
 // - NaN/Inf in tensor data. Reading device memory would need a synchronisation; such values propagate to the
 //   outputs (never a hang or a crash).
-// - The contents of a caller-supplied LUT (sorted, distinct, in range): the data may live on the device. Backends
-//   clamp counts to T and never index past Nk.
+// - The contents of a caller-supplied LUT (sorted, distinct, in range) and of its inverse tables: the data may
+//   live on the device. core/map_contents.h checks them on the host (the CPU backend before every forward and
+//   backward, and sla::check_block_map); the CUDA backend checks them in a kernel (cuda/map_check.h).
 // - Aliasing between inputs and outputs.
 #pragma once
 
@@ -37,6 +38,23 @@ bool is_allowed_block_size(int block);
 // Config ranges (docs/SPEC.md section 6). NaN anywhere is an error.
 Status validate_config(const Config& cfg);
 
+// cfg's per-head vectors against the head count of a call (validate_config cannot know H).
+Status validate_config_heads(const Config& cfg, int64_t heads);
+
+// T = clamp(floor(topk * Nk), 1, Nk), with the floor in double (docs/SPEC.md 1.4).
+int64_t topk_block_count(double topk, int64_t k_blocks);
+
+// The selection rule of every row of one head, resolved for a problem's sizes (docs/BLOCK_MAP.md).
+struct RowRule {
+  bool top_p = false;         // false: every row has exactly min_count (== max_count) critical blocks
+  double p = 0.0;             // top_p: the share of the pooled softmax to reach
+  int64_t min_count = 1;      // count clamp, 1 <= min_count <= max_count <= T (the LUT width)
+  int64_t max_count = 1;
+  double threshold = 0.0;     // > 0: negligible = pooled share < threshold (complement), at most negl_capacity
+  int64_t negl_capacity = 0;  // Tn, the negligible table width (fixed k_l rule: every row has exactly Tn)
+};
+RowRule resolve_row_rule(const Config& cfg, const BlockMapShape& shape, int64_t head);
+
 // The block-map sizes of docs/SPEC.md section 1 for a validated cfg and sizes >= 1 (no checks here).
 BlockMapShape resolve_block_map_shape(int64_t batch, int64_t heads, int64_t lq, int64_t lk, const Config& cfg);
 
@@ -52,6 +70,8 @@ Status validate_predict(const TensorView& q, const TensorView& k, const Config& 
                         Problem* problem);
 // invert_block_map: the sizes come from the map itself; inv_offset/inv_index are required outputs.
 Status validate_invert(const BlockMap& map, Problem* problem);
+// check_block_map: the tables' shapes against each other and k_blocks, host memory; inverse tables optional.
+Status validate_check_map(const BlockMap& map, int64_t k_blocks, Problem* problem);
 Status validate_forward(const ForwardArgs& args, const Config& cfg, Problem* problem);
 Status validate_backward(const BackwardArgs& args, const Config& cfg, Problem* problem);
 // Checks the caller's workspace against the backend's need (StatusCode::workspace_too_small names the bytes).
