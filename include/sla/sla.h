@@ -34,10 +34,10 @@ struct BlockMapShape {
 Status block_map_shape(int64_t batch, int64_t heads, int64_t lq, int64_t lk, const Config& cfg, BlockMapShape* out);
 
 // The block map (docs/SPEC.md section 1). All tables are int32, contiguous, on the device of Q.
-// Row (b,h,i) of `lut` holds count[b,h,i] <= T distinct key-block indices (ascending from predict_block_map); entries past the count are
-// unused (check_block_map below says how a caller-supplied map is checked). The inverse tables are compressed
-// rows per (b,h): the query blocks i that hold key block j in their
-// critical set are inv_index[b,h, inv_offset[b,h,j] : inv_offset[b,h,j+1]], in ascending i.
+// Row (b,h,i) of `lut` holds count[b,h,i] <= T distinct key-block indices (ascending from predict_block_map); entries
+// past the count are unused (check_block_map below says how a caller-supplied map is checked). The inverse tables are
+// compressed rows per (b,h): the query blocks i that hold key block j in their critical set are inv_index[b,h,
+// inv_offset[b,h,j] : inv_offset[b,h,j+1]], in ascending i.
 struct BlockMap {
   TensorView lut;         // (B, H, Nq, T)
   TensorView count;       // (B, H, Nq)
