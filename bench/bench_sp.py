@@ -130,8 +130,9 @@ def bench_layer(args, device, dtype) -> list[dict]:
 
         def sla_fwd():
             with torch.no_grad():
-                return sd.ulysses_sparse_linear_attention(q, k, v, group=group, seq_lens=lens, proj_weight=w,
-                                                          proj_bias=bias, **opts)
+                return sd.ulysses_sparse_linear_attention(
+                    q, k, v, group=group, seq_lens=lens, proj_weight=w, proj_bias=bias, **opts
+                )
 
         def a2a_only():
             with torch.no_grad():
@@ -150,8 +151,9 @@ def bench_layer(args, device, dtype) -> list[dict]:
             wl, bl = w.detach().requires_grad_(True), bias.detach().requires_grad_(True)
 
             def sla_step():
-                o = sd.ulysses_sparse_linear_attention(*leaves, group=group, seq_lens=lens, proj_weight=wl,
-                                                       proj_bias=bl, reduce_proj_grad=True, **opts)
+                o = sd.ulysses_sparse_linear_attention(
+                    *leaves, group=group, seq_lens=lens, proj_weight=wl, proj_bias=bl, reduce_proj_grad=True, **opts
+                )
                 o.backward(g)
 
             def dense_step():
@@ -169,17 +171,21 @@ def bench_layer(args, device, dtype) -> list[dict]:
 
 def layer_table(rows: list[dict], device_name: str) -> str:
     base = {r["variant"]: r for r in rows if r["P"] == 1}
-    out = [f"Ulysses SLA, {device_name}, {datetime.date.today()}: {rows[0]['what']} (B {rows[0]['B']}, H "
-           f"{rows[0]['H']}, L {rows[0]['L']}, D {rows[0]['D']}), topk {rows[0]['topk']}, {rows[0]['variant']}",
-           "",
-           "| GPUs | SLA fwd (ms) | all-to-all (ms, share) | cuDNN fwd (ms) | SLA vs cuDNN | SLA scaling eff. |"
-           + (" SLA fwd+bwd (ms) | cuDNN fwd+bwd (ms) |" if "sla_fwdbwd_ms" in rows[0] else ""),
-           "|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if "sla_fwdbwd_ms" in rows[0] else "")]
+    out = [
+        f"Ulysses SLA, {device_name}, {datetime.date.today()}: {rows[0]['what']} (B {rows[0]['B']}, H "
+        f"{rows[0]['H']}, L {rows[0]['L']}, D {rows[0]['D']}), topk {rows[0]['topk']}, {rows[0]['variant']}",
+        "",
+        "| GPUs | SLA fwd (ms) | all-to-all (ms, share) | cuDNN fwd (ms) | SLA vs cuDNN | SLA scaling eff. |"
+        + (" SLA fwd+bwd (ms) | cuDNN fwd+bwd (ms) |" if "sla_fwdbwd_ms" in rows[0] else ""),
+        "|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if "sla_fwdbwd_ms" in rows[0] else ""),
+    ]
     for r in rows:
         b = base.get(r["variant"])
         eff = f"{b['sla_fwd_ms'] / (r['P'] * r['sla_fwd_ms']):.2f}" if b else "-"
-        line = (f"| {r['P']} | {r['sla_fwd_ms']:.2f} | {r['a2a_ms']:.2f} ({r['a2a_ms'] / r['sla_fwd_ms']:.0%}) | "
-                f"{r['dense_fwd_ms']:.2f} | {r['dense_fwd_ms'] / r['sla_fwd_ms']:.2f}x | {eff} |")
+        line = (
+            f"| {r['P']} | {r['sla_fwd_ms']:.2f} | {r['a2a_ms']:.2f} ({r['a2a_ms'] / r['sla_fwd_ms']:.0%}) | "
+            f"{r['dense_fwd_ms']:.2f} | {r['dense_fwd_ms'] / r['sla_fwd_ms']:.2f}x | {eff} |"
+        )
         if "sla_fwdbwd_ms" in r:
             line += f" {r['sla_fwdbwd_ms']:.2f} | {r['dense_fwdbwd_ms']:.2f} |"
         out.append(line)
@@ -191,8 +197,9 @@ def bench_dit(args, device) -> str:
     diffusers' context parallelism over the whole world: dense cuDNN, then SLA."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_dit
-    import sla.diffusers as sdf
     from diffusers import ContextParallelConfig
+
+    import sla.diffusers as sdf
 
     bench_dit.DEVICE = device.type
     world = dist.get_world_size()
@@ -210,13 +217,14 @@ def bench_dit(args, device) -> str:
     log(f"DiT {args.dit}: dense forward on {world} GPU(s)")
     dense_ms = timer(step)
     # enable_sla keeps the parallel configuration diffusers set on the dense processors.
-    sdf.enable_sla(model, topk=bench_dit.MODELS[args.dit]["topk"], block_q=bench_dit.BLOCK_Q,
-                   block_k=bench_dit.BLOCK_K)
+    sdf.enable_sla(model, topk=bench_dit.MODELS[args.dit]["topk"], block_q=bench_dit.BLOCK_Q, block_k=bench_dit.BLOCK_K)
     log(f"DiT {args.dit}: SLA forward on {world} GPU(s)")
     sla_ms = timer(step)
     tokens = bench_dit.tokens_of(bench_dit.MODELS[args.dit]["latents"])
-    return (f"| Wan2.1-{args.dit} forward, {tokens} tokens | {world} | {dense_ms:.0f} | {sla_ms:.0f} | "
-            f"{dense_ms / sla_ms:.2f}x |")
+    return (
+        f"| Wan2.1-{args.dit} forward, {tokens} tokens | {world} | {dense_ms:.0f} | {sla_ms:.0f} | "
+        f"{dense_ms / sla_ms:.2f}x |"
+    )
 
 
 def main() -> None:
