@@ -50,8 +50,8 @@ def _apply_rotary_emb(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch
 class Float32Linear(nn.Linear):
     """An ``nn.Linear`` whose parameters never go below float32: ``model.to(torch.bfloat16)``, ``.half()``,
     ``.bfloat16()`` and fp8 casts move it (device changes apply) but leave it in float32; a cast to float64 applies.
-    The SLA projection is trained and kept in float32 (as the public recipe does: it is excluded from low-precision casts
-    and quantisation), and the kernels compute it in float32 whatever its storage dtype."""
+    The SLA projection is trained and kept in float32 (as the public recipe does: it is excluded from low-precision
+    casts and quantisation), and the kernels compute it in float32 whatever its storage dtype."""
 
     def _apply(self, fn, recurse=True):
         def keep_fp32(t: torch.Tensor) -> torch.Tensor:
