@@ -348,6 +348,52 @@ std::vector<double> reference_block_scores(const RefProblem& p) {
   return scores;
 }
 
+double reference_dk_cancellation_scale(const RefProblem& p, const std::vector<double>& d_o) {
+  const int64_t d = p.d, dv = p.value_dim(), nq = (p.lq + p.bq - 1) / p.bq, nk = (p.lk + p.bk - 1) / p.bk;
+  double worst = 0;
+  std::vector<double> mass(p.lk), srow;
+  std::vector<char> crit, negl;
+  for (int64_t bh = 0; bh < p.batch * p.heads; ++bh) {
+    const double* q = p.q + bh * p.lq * d;
+    const double* k = p.k + bh * p.lk * d;
+    const double* v = p.v + bh * p.lk * dv;
+    const double* g = d_o.data() + bh * p.lq * dv;
+    block_classes(p, bh, nq, nk, &crit, &negl);
+    std::fill(mass.begin(), mass.end(), 0.0);
+    for (int64_t i = 0; i < nq; ++i) {
+      std::vector<int64_t> keys;
+      for (int64_t j = 0; j < nk; ++j) {
+        if (!crit[i * nk + j]) continue;
+        for (int64_t c = j * p.bk; c < std::min(p.lk, (j + 1) * p.bk); ++c) keys.push_back(c);
+      }
+      if (keys.empty()) continue;
+      for (int64_t r = i * p.bq; r < std::min(p.lq, (i + 1) * p.bq); ++r) {
+        const double* qr = q + r * d;
+        double g_norm = 0, q_max = 0;
+        for (int64_t c = 0; c < dv; ++c) g_norm += g[r * dv + c] * g[r * dv + c];
+        for (int64_t c = 0; c < d; ++c) q_max = std::max(q_max, std::fabs(qr[c]));
+        g_norm = std::sqrt(g_norm);
+        srow.assign(keys.size(), 0);
+        double mx = -std::numeric_limits<double>::infinity(), sum = 0;
+        for (size_t e = 0; e < keys.size(); ++e) {
+          double x = 0;
+          for (int64_t c = 0; c < d; ++c) x += qr[c] * k[keys[e] * d + c];
+          srow[e] = x * p.scale;
+          mx = std::max(mx, srow[e]);
+        }
+        for (double x : srow) sum += std::exp(x - mx);
+        for (size_t e = 0; e < keys.size(); ++e) mass[keys[e]] += std::exp(srow[e] - mx) / sum * g_norm * q_max;
+      }
+    }
+    for (int64_t c = 0; c < p.lk; ++c) {
+      double v_norm = 0;
+      for (int64_t e = 0; e < dv; ++e) v_norm += v[c * dv + e] * v[c * dv + e];
+      worst = std::max(worst, p.scale * std::sqrt(v_norm) * mass[c]);
+    }
+  }
+  return std::isfinite(worst) ? worst : 0.0;
+}
+
 Masks reference_block_masks(const RefProblem& p, int64_t t, int64_t tn) {
   Masks m;
   m.nq = (p.lq + p.bq - 1) / p.bq;

@@ -1,4 +1,4 @@
-// The one fp64 reference of the C++ tests (tests/cpp and tests/cuda): a naive SLA forward and backward (SPEC.md
+// The one fp64 reference of the C++ tests (tests/cpp and tests/cuda): a naive SLA forward and backward (docs/SPEC.md
 // sections 1-5) on dense (B, H, L, D) double arrays, written from the SPEC alone (it shares no code with src/cpu
 // or src/cuda), with a rounding hook: with the identity it is the exact reference, with rounding to bf16/fp16 it
 // is "the same math done at the input precision" (FlashAttention's test rule: a kernel's error must stay within
@@ -54,12 +54,19 @@ struct RefGradients {
   std::vector<double> dq, dk, dv, dw, db;  // dw, db empty when the problem has no W / b
 };
 
-// Gradients of SPEC.md section 5 for the output gradient d_o ((B, H, Lq, Dv) contiguous), recomputing the forward
+// Gradients of docs/SPEC.md section 5 for the output gradient d_o ((B, H, Lq, Dv) contiguous), recomputing the forward
 // with the same rounding hook. Without W the linear branch sends no gradient to q, k, v (only to dW, db).
 void reference_backward(const RefProblem& p, const std::vector<double>& d_o, const Rounding& rnd,
                         RefGradients* out);
 
-// Block scores S_ij of SPEC.md section 1 in double (smooth-K, pooling): (B, H, Nq, Nk).
+// The scale at which dK can cancel, for the test rule's floor: dK_c = s sum_r P_rc (dP_rc - Delta_r) q_r, and
+// dP_rc - Delta_r cancels completely where P is one-hot (one key: P = 1, so the exact dK is 0). The backend forms dP
+// and Delta as fp32 dot products, each within a few u of |dO_r| |v_c| (Cauchy-Schwarz), so its dK_c is within a few
+// u of s |v_c| sum_r P_rc |dO_r| max|q_r|. Returns the largest of these over every key of every (b, h), with the
+// exact P of the sparse branch (critical blocks only; d_o as in reference_backward).
+double reference_dk_cancellation_scale(const RefProblem& p, const std::vector<double>& d_o);
+
+// Block scores S_ij of docs/SPEC.md section 1 in double (smooth-K, pooling): (B, H, Nq, Nk).
 std::vector<double> reference_block_scores(const RefProblem& p);
 
 // Block classes per (b, h): crit[(bh * nq + i) * nk + j] = 1 if key block j is critical for query block i.

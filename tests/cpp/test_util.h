@@ -2,7 +2,7 @@
 // block map and the saved forward state, thin wrappers over the public API, and naive dense fp64 references.
 //
 // The references (namespace sla_test::ref) are adapters of the one fp64 reference of the C++ tests
-// (tests/common/reference.h, written from SPEC.md, shared with tests/cuda): they share no code with src/cpu or
+// (tests/common/reference.h, written from docs/SPEC.md, shared with tests/cuda): they share no code with src/cpu or
 // src/cuda.
 // (HostTensor does use cpu/half_float.h to store bf16/fp16 values; that header is tested exhaustively against the
 // compiler's _Float16 and a brute-force nearest search in test_cpu_half_float.cpp.)
@@ -407,7 +407,7 @@ inline ::testing::AssertionResult bitwise_equal(const HostTensor& a, const HostT
 }
 
 // ------------------------------------------------------------------------------------------------------------------
-// Naive dense fp64 references (SPEC.md sections 1-5). Arrays are row-major logical (B, H, L, D) doubles.
+// Naive dense fp64 references (docs/SPEC.md sections 1-5). Arrays are row-major logical (B, H, L, D) doubles.
 
 // Every combination of linear-branch variant and feature map, the grid the forward and backward suites both run.
 using VariantCase = std::tuple<sla::Variant, sla::FeatureMap>;
