@@ -14,6 +14,7 @@ Usage:
     python3 bench/bench_sla.py --quick                 # W1 only, both variants
     python3 bench/bench_sla.py                         # W1-W4, the topk sweep and 64/64 blocks at W1
     python3 bench/bench_sla.py --shapes W1,W4 --variants global --json out.json
+    python3 bench/bench_sla.py --rules --tiles          # W1 only: adaptive block-map rules and the 3D token order
 Prints progress to stderr and a markdown table (GPU name and date included) ready for docs/PERF.md to stdout.
 """
 
@@ -201,6 +202,58 @@ def bench_cudnn(sets, args) -> tuple[float, Optional[float]]:
     return fwd, fwdbwd
 
 
+def bench_rules_and_tiles(args) -> str:
+    """W1 (Wan2.1-1.3B 480p, grid 21 x 30 x 52): the block map under each rule (docs/BLOCK_MAP.md) with its mean
+    density, and the cost of the 3D token order (the gathers of q, k, v into 4x4x4 tiles and of O back) next to the
+    layer's forward."""
+    _, b, h, length, d, topk, bq, bk = SHAPES["W1"]
+    grid = (21, 30, 52)
+    case = Case("W1", b, h, length, d, topk, bq, bk, "global")
+    sets = input_sets(case, torch.bfloat16, count=2)
+    n = len(sets)
+    lines = [f"W1 block-map rules and 3D tiles on {torch.cuda.get_device_name()}, "
+             f"{datetime.date.today().isoformat()}; median of CUDA-event timings.", "",
+             "| what | ms | mean density |", "|---|---|---|"]
+    if args.rules:
+        rules = {
+            "topk 0.05": sla.BlockRule.make(topk=0.05),
+            "per-head topk 0.02..0.1": sla.BlockRule.make(topk=[0.02 + 0.08 * i / (h - 1) for i in range(h)]),
+            "top_p 0.9, max 64": sla.BlockRule.make(top_p=0.9, max_blocks=64),
+            "per-head top_p 0.5..0.99, max 64": sla.BlockRule.make(top_p=[0.5 + 0.49 * i / (h - 1) for i in range(h)],
+                                                                   max_blocks=64),
+        }
+        for name, rule in rules.items():
+            def run(i, rule=rule):
+                q, k, _, _ = sets[i]
+                return sla.block_map(q, k, block_q=bq, block_k=bk, rule=rule, with_inverse=False)
+            ms = time_ms(run, n, args.iters, args.warmup)
+            dens = run(0).mean_density
+            log(f"  block map {name}: {ms:.3f} ms, mean density {dens:.4f}")
+            lines.append(f"| block map, {name} | {ms:.3f} | {dens:.4f} |")
+    if args.tiles:
+        def gathers(i):
+            q, k, v, _ = sets[i]
+            tq, tk, tv = (sla.tiling.to_tiles(t.detach(), grid) for t in (q, k, v))
+            return sla.tiling.from_tiles(tv, grid)
+
+        def forward(i, tiled):
+            q, k, v, _ = sets[i]
+            with torch.no_grad():
+                if tiled:
+                    q, k, v = (sla.tiling.to_tiles(t, grid) for t in (q, k, v))
+                o = sla.sparse_linear_attention(q, k, v, topk=topk, block_q=bq, block_k=bk)
+                return sla.tiling.from_tiles(o, grid) if tiled else o
+
+        g = time_ms(gathers, n, args.iters, args.warmup)
+        f0 = time_ms(lambda i: forward(i, False), n, args.iters, args.warmup)
+        f1 = time_ms(lambda i: forward(i, True), n, args.iters, args.warmup)
+        log(f"  tiles: gathers {g:.3f} ms, forward {f0:.3f} ms raster, {f1:.3f} ms tiled")
+        lines += [f"| 4x4x4 tiles: to_tiles(q, k, v) + from_tiles(o) | {g:.3f} | - |",
+                  f"| forward, raster order (topk {topk}) | {f0:.3f} | - |",
+                  f"| forward with tiling and untiling (topk {topk}) | {f1:.3f} | - |"]
+    return "\n".join(lines)
+
+
 def cases_from_args(args) -> list[Case]:
     shapes = ["W1"] if args.quick else args.shapes.split(",")
     variants = args.variants.split(",")
@@ -273,6 +326,10 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=30, help="timed runs per measurement (>= 20)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs before timing")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    parser.add_argument("--rules", action="store_true",
+                        help="only time the block map under the adaptive rules at W1 (docs/BLOCK_MAP.md)")
+    parser.add_argument("--tiles", action="store_true",
+                        help="only time the 3D token order (4x4x4 tiles of the 21x30x52 grid) at W1")
     args = parser.parse_args()
     if args.iters < 20:
         parser.error("--iters: expected >= 20 (docs/PERF.md protocol)")
@@ -282,6 +339,9 @@ def main() -> int:
 
     gpu = torch.cuda.get_device_name()
     log(f"bench_sla on {gpu}: {sla.build_info()}")
+    if args.rules or args.tiles:
+        print(bench_rules_and_tiles(args))
+        return 0
     results, baseline_cache = [], {}
     for case in cases_from_args(args):
         log(f"{case.label}: B={case.b} H={case.h} L={case.length} D={case.d}")

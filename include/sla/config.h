@@ -1,6 +1,9 @@
 // The options of one SLA layer (SPEC.md sections 1-6). Defaults follow the public module.
 #pragma once
 
+#include <cstdint>
+#include <vector>
+
 namespace sla {
 
 // Which linear branch (SPEC.md section 3).
@@ -12,7 +15,14 @@ enum class Variant : int {
 // The feature map phi applied to every row of Q and K in the linear branch.
 enum class FeatureMap : int { softmax = 0, elu = 1, relu = 2 };
 
+// How the critical set of a query-block row is sized (docs/BLOCK_MAP.md has the exact definitions).
+enum class CriticalRule : int {
+  topk = 0,   // T_h = clamp(floor(topk_h * Nk), 1, Nk) blocks for every row of head h (SPEC.md 1.4)
+  top_p = 1,  // per row the fewest blocks whose pooled-softmax share reaches p_h, clamped to [min_blocks, max_blocks]
+};
+
 const char* variant_name(Variant v);
+const char* critical_rule_name(CriticalRule r);
 const char* feature_map_name(FeatureMap f);
 
 struct Config {
@@ -25,6 +35,19 @@ struct Config {
   FeatureMap feature_map = FeatureMap::softmax;
   double scale = 0.0;                       // softmax scale; 0 means 1/sqrt(D); otherwise must be finite and > 0
   double eps = 1e-5;                        // global variant's denominator epsilon; > 0
+
+  // Adaptive block map (docs/BLOCK_MAP.md). The defaults give the fixed rule above, so existing callers are
+  // unchanged. Per-head vectors must hold exactly H values (one per head of the call) when not empty.
+  CriticalRule rule = CriticalRule::topk;
+  std::vector<double> head_topk;            // topk rule: topk of each head, in (0, 1]; empty: `topk` for all
+  double top_p = 0.0;                       // top_p rule: share of the pooled attention to cover, in (0, 1]
+  std::vector<double> head_top_p;           // top_p rule: p of each head, in (0, 1]; empty: `top_p` for all
+  int64_t min_blocks = 1;                   // top_p rule: fewest critical blocks per row, >= 1 (clamped to Nk)
+  int64_t max_blocks = 0;                   // top_p rule: most critical blocks per row (LUT width); 0 means Nk
+  double negligible_threshold = 0.0;        // complement variant: blocks with pooled share below this are skipped
+                                            // (0 = off; excludes `negligible`), in [0, 1)
+  double max_negligible = 0.0;              // threshold rule: at most floor(max_negligible * Nk) skipped per row,
+                                            // in (0, 1] when the threshold is on
 };
 
 }  // namespace sla

@@ -23,8 +23,12 @@ struct BlockMapShape {
   int64_t batch = 0, heads = 0;
   int64_t q_blocks = 0;    // Nq = ceil(Lq / bq)
   int64_t k_blocks = 0;    // Nk = ceil(Lk / bk)
-  int64_t critical = 0;    // T  = clamp(floor(topk * Nk), 1, Nk): LUT entries per query block
-  int64_t negligible = 0;  // Tn = min(floor(k_l * Nk), Nk - T): negligible entries per query block (0 for global)
+  // Table widths (docs/BLOCK_MAP.md). Fixed rule: T = clamp(floor(topk * Nk), 1, Nk); per-head topk: the largest
+  // T_h; top_p rule: max_blocks (Nk when 0) clamped to [1, Nk]. A row's own count may be smaller.
+  int64_t critical = 0;    // T: LUT entries per query block
+  // Tn = min(floor(k_l * Nk), Nk - T), or with the threshold rule min(floor(max_negligible * Nk), Nk - T); 0 for
+  // the global variant.
+  int64_t negligible = 0;
 };
 
 Status block_map_shape(int64_t batch, int64_t heads, int64_t lq, int64_t lk, const Config& cfg, BlockMapShape* out);
@@ -54,8 +58,10 @@ struct Exec {
   int num_threads = 0;
 };
 
-// Predicts the block map from Q and K: smooth-K, mean pooling, scores, top-T per row (ties to the lower index),
-// the negligible set (complement variant with k_l > 0), and the inverse tables when their views are present.
+// Predicts the block map from Q and K: smooth-K, mean pooling, scores, the critical set of every row by cfg.rule
+// (fixed or per-head topk, or top_p; ties to the lower index), the negligible set (complement variant with k_l > 0
+// or a negligible threshold), and the inverse tables when their views are present. Table entries past a row's
+// count are set to -1.
 Status predict_block_map_workspace_size(const TensorView& q, const TensorView& k, const Config& cfg,
                                         std::size_t* bytes);
 Status predict_block_map(const TensorView& q, const TensorView& k, const Config& cfg, const BlockMap& map,
@@ -96,6 +102,10 @@ struct ForwardArgs {
   TensorView o_lin;        // out (B, H, Lq, Dv) acc, contiguous: O_l before the projection
   TensorView lin_h;        // out (B, H, D, Dv) acc, contiguous: H = sum over all keys of phi(k)^T v
   TensorView lin_z;        // out (B, H, D) acc, contiguous: z = sum over all keys of phi(k)
+  // Optional out, saved for the backward pass: O_s, the sparse branch's output alone, (B, H, Lq, Dv) acc,
+  // contiguous. The backward's Delta_r = dO . O_s is then exact to fp32, instead of carrying the 16-bit rounding
+  // of the whole output O = O_s + O_l W^T + b (or, as in FlashAttention, of O_s; SPEC.md section 5).
+  TensorView o_sparse;
 };
 
 Status forward_workspace_size(const ForwardArgs& args, const Config& cfg, std::size_t* bytes);
@@ -111,6 +121,11 @@ struct BackwardArgs {
   TensorView o;                // forward output (B, H, Lq, Dv)
   TensorView d_o;              // gradient of O, (B, H, Lq, Dv), dtype of q
   TensorView lse, o_lin, lin_h, lin_z;  // saved by forward
+  // Optional, the forward's o_sparse (pass it: Delta_r = dO . O_s is formed from it). Without it, Delta_r is
+  // dO . O (no W, no b: FlashAttention's Delta, which carries the input-dtype rounding of O) or
+  // dO . (O - O_l W^T - b), which carries the rounding of the whole output: a linear part or bias much larger
+  // than O_s costs dQ and dK their digits.
+  TensorView o_sparse;
   TensorView dq, dk, dv;       // out, shapes and dtype of q, k, v
   TensorView d_proj_weight;    // out (Dv, Dv) acc; optional (absent: not computed)
   TensorView d_proj_bias;      // out (Dv) acc;     optional

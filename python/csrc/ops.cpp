@@ -109,12 +109,22 @@ sla::BlockMap map_views(const at::Tensor& lut, const at::Tensor& count, const at
 }  // namespace
 
 BlockMapTensors block_map(const at::Tensor& q, const at::Tensor& k, int64_t block_q, int64_t block_k, double topk,
-                          double negligible, c10::string_view variant, bool with_inverse, void* stream) {
+                          double negligible, c10::string_view variant, bool with_inverse,
+                          c10::ArrayRef<double> head_topk, double top_p, c10::ArrayRef<double> head_top_p, int64_t min_blocks,
+                          int64_t max_blocks, double negligible_threshold, double max_negligible, double scale, void* stream) {
   check_rank(q, 4, "q", "(B, H, Lq, D)");
   check_rank(k, 4, "k", "(B, H, Lk, D)");
   check_floating(q, "q");
   check_floating(k, "k");
-  const sla::Config cfg = make_config(block_q, block_k, topk, negligible, variant, "softmax", 0.0, 1e-5);
+  sla::Config cfg = make_config(block_q, block_k, topk, negligible, variant, "softmax", scale, 1e-5);
+  cfg.head_topk.assign(head_topk.begin(), head_topk.end());
+  cfg.head_top_p.assign(head_top_p.begin(), head_top_p.end());
+  cfg.rule = (top_p != 0.0 || !head_top_p.empty()) ? sla::CriticalRule::top_p : sla::CriticalRule::topk;
+  cfg.top_p = top_p;
+  cfg.min_blocks = min_blocks;
+  cfg.max_blocks = max_blocks;
+  cfg.negligible_threshold = negligible_threshold;
+  cfg.max_negligible = max_negligible;
   const at::Tensor qa = with_attention_strides(q);
   const at::Tensor ka = with_attention_strides(k);
   const sla::TensorView qv = view_of(qa, "q");

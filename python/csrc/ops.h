@@ -21,8 +21,11 @@ using ForwardTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor
 using BackwardTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // `stream` is the cudaStream_t to launch on (nullptr for CPU tensors).
+// The adaptive-rule arguments follow ops_schema.cpp (docs/BLOCK_MAP.md).
 BlockMapTensors block_map(const at::Tensor& q, const at::Tensor& k, int64_t block_q, int64_t block_k, double topk,
-                          double negligible, c10::string_view variant, bool with_inverse, void* stream);
+                          double negligible, c10::string_view variant, bool with_inverse,
+                          c10::ArrayRef<double> head_topk, double top_p, c10::ArrayRef<double> head_top_p, int64_t min_blocks,
+                          int64_t max_blocks, double negligible_threshold, double max_negligible, double scale, void* stream);
 
 InverseTensors invert_block_map(const at::Tensor& lut, const at::Tensor& count, const at::Tensor& negl_lut,
                                 const at::Tensor& negl_count, int64_t k_blocks, void* stream);

@@ -43,10 +43,15 @@ class CudaLaunch {
 };
 
 BlockMapTensors block_map_cuda(const at::Tensor& q, const at::Tensor& k, int64_t block_q, int64_t block_k,
-                               double topk, double negligible, c10::string_view variant, bool with_inverse) {
+                               double topk, double negligible, c10::string_view variant, bool with_inverse,
+                               c10::ArrayRef<double> head_topk, double top_p, c10::ArrayRef<double> head_top_p,
+                               int64_t min_blocks, int64_t max_blocks, double negligible_threshold,
+                               double max_negligible, double scale) {
   check_same_device({{"q", &q}, {"k", &k}});
   CudaLaunch launch(q);
-  return block_map(q, k, block_q, block_k, topk, negligible, variant, with_inverse, launch.stream());
+  return block_map(q, k, block_q, block_k, topk, negligible, variant, with_inverse,
+                   head_topk, top_p, head_top_p, min_blocks, max_blocks, negligible_threshold, max_negligible, scale,
+                   launch.stream());
 }
 
 InverseTensors invert_block_map_cuda(const at::Tensor& lut, const at::Tensor& count, const at::Tensor& negl_lut,

@@ -1,5 +1,7 @@
 // Schemas of the `sla` torch ops (torch.ops.sla.*). python/sla/_fake.py gives every op its shape function and
 // python/sla/_autograd.py connects `forward` to `backward`; ops.h describes the block-map tables.
+// block_map's trailing arguments (with defaults) are the adaptive rules of docs/BLOCK_MAP.md: top_p > 0 or a
+// non-empty head_top_p selects the top_p rule.
 #include <torch/library.h>
 
 #define SLA_MAP_TABLES                                                                                  \
@@ -13,7 +15,8 @@
 TORCH_LIBRARY(sla, m) {
   m.def(
       "block_map(Tensor q, Tensor k, int block_q, int block_k, float topk, float negligible, str variant, "
-      "bool with_inverse) -> (Tensor lut, Tensor count, Tensor negl_lut, Tensor negl_count, Tensor inv_offset, "
+      "bool with_inverse, float[] head_topk=[], float top_p=0., float[] head_top_p=[], int min_blocks=1, "
+      "int max_blocks=0, float negligible_threshold=0., float max_negligible=0., float scale=0.) -> (Tensor lut, Tensor count, Tensor negl_lut, Tensor negl_count, Tensor inv_offset, "
       "Tensor inv_index, Tensor negl_inv_offset, Tensor negl_inv_index)");
   m.def(
       "invert_block_map(Tensor lut, Tensor count, Tensor negl_lut, Tensor negl_count, int k_blocks) -> "

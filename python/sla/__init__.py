@@ -15,6 +15,10 @@ from . import _autograd, _fake  # noqa: F401  (register the autograd formula and
 from .blockmap import BlockMap, block_map, check_block_map
 from .functional import sparse_linear_attention
 from .module import SparseLinearAttention
+from .rules import BlockRule
+from . import tiling
+from .calibration import calibrate, load_rules, apply_rules, record
+from . import distributed  # noqa: E402  (sla.distributed: Ulysses sequence parallelism)
 
 __version__ = "0.1.0"
 
@@ -23,6 +27,12 @@ cuda_available = _C.cuda_available
 
 __all__ = [
     "BlockMap",
+    "BlockRule",
+    "apply_rules",
+    "calibrate",
+    "load_rules",
+    "record",
+    "tiling",
     "SparseLinearAttention",
     "block_map",
     "build_info",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from ._shapes import block_map_sizes
+from .rules import table_widths
 
 
 def _check_rank(name: str, t: torch.Tensor, rank: int, dims: str) -> None:
@@ -59,12 +60,18 @@ def _table(like: torch.Tensor, *shape) -> torch.Tensor:
 
 
 @torch.library.register_fake("sla::block_map")
-def _block_map_fake(q, k, block_q, block_k, topk, negligible, variant, with_inverse):
+def _block_map_fake(q, k, block_q, block_k, topk, negligible, variant, with_inverse, head_topk=(), top_p=0.0,
+                    head_top_p=(), min_blocks=1, max_blocks=0, negligible_threshold=0.0, max_negligible=0.0,
+                    scale=0.0):
     _check_rank("q", q, 4, "(B, H, Lq, D)")
     _check_rank("k", k, 4, "(B, H, Lk, D)")
     _check_devices(("q", q), ("k", k))
     b, h, lq, lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
-    nq, nk, t, tn = block_map_sizes(lq, lk, block_q, block_k, topk, negligible, variant)
+    nq, nk, _, _ = block_map_sizes(lq, lk, block_q, block_k, topk, negligible, variant)
+    # The widths of the adaptive rules (docs/BLOCK_MAP.md); with the defaults they are the fixed rule's T and Tn.
+    t, tn = table_widths(nk, variant, topk=topk, negligible=negligible, head_topk=head_topk, top_p=top_p,
+                         head_top_p=head_top_p, min_blocks=min_blocks, max_blocks=max_blocks,
+                         negligible_threshold=negligible_threshold, max_negligible=max_negligible)
     has_negl = tn > 0
     return (
         _table(q, b, h, nq, t),

@@ -9,6 +9,7 @@ import torch
 
 from . import _options
 from ._shapes import ceil_div
+from .rules import BlockRule, PerHead
 
 
 class BlockMap(NamedTuple):
@@ -43,9 +44,20 @@ class BlockMap(NamedTuple):
 
     @property
     def density(self) -> float:
-        """T / Nk: the fraction of key blocks the sparse branch attends to (what the public module's
-        ``return_sparsity=True`` returns)."""
+        """T / Nk: the LUT width over Nk (what the public module's ``return_sparsity=True`` returns). For the
+        adaptive rules this is an upper bound; ``mean_density`` is the mean of the row counts."""
         return self.real_topk / self.k_blocks
+
+    @property
+    def mean_density(self) -> float:
+        """The mean row count over Nk: what the sparse branch really computes (equal to ``density`` for a fixed
+        topk map; the adaptive rules of docs/BLOCK_MAP.md give rows fewer entries than the LUT width). Reads the
+        counts, so on CUDA it synchronises."""
+        return float(self.count.double().mean()) / self.k_blocks
+
+    def head_density(self) -> torch.Tensor:
+        """(H,) float64: the mean row count of each head over Nk (averaged over the batch)."""
+        return self.count.double().mean(dim=(0, 2)).cpu() / self.k_blocks
 
     @property
     def sparsity(self) -> float:
@@ -116,12 +128,22 @@ def check_block_map(bmap: BlockMap) -> None:
     torch.ops.sla.check_block_map(*tables, bmap.k_blocks)
 
 
-def block_map(q: torch.Tensor, k: torch.Tensor, *, topk: float, block_q: int = 64, block_k: int = 64,
-              variant: str = "global", negligible: float = 0.0, layout: str = "BHLD",
-              with_inverse: bool = True) -> BlockMap:
-    """Predicts the block map from q and k (SPEC.md section 1): smooth-K, mean pooling, scores, the top
-    T = clamp(floor(topk * Nk), 1, Nk) key blocks per query block (ties to the lower index) and, for the complement
-    variant with ``negligible`` > 0, the negligible blocks. No gradient flows through it."""
+def block_map(q: torch.Tensor, k: torch.Tensor, *, topk: Optional[PerHead] = None, block_q: int = 64,
+              block_k: int = 64, variant: str = "global", negligible: float = 0.0, layout: str = "BHLD",
+              with_inverse: bool = True, top_p: Optional[PerHead] = None, min_blocks: int = 1,
+              max_blocks: Optional[int] = None, negligible_threshold: float = 0.0,
+              max_negligible: Optional[float] = None, scale: Optional[float] = None,
+              rule: Optional[BlockRule] = None) -> BlockMap:
+    """Predicts the block map from q and k (SPEC.md section 1, docs/BLOCK_MAP.md): smooth-K, mean pooling, scores,
+    then per query block the critical key blocks by one rule (ties to the lower index):
+
+    - ``topk``: T = clamp(floor(topk * Nk), 1, Nk) blocks; a float, or one value per head (sequence or tensor);
+    - ``top_p``: the fewest blocks whose share of the pooled attention softmax(scale * S_i) reaches p, clamped to
+      [min_blocks, max_blocks] (max_blocks None means Nk); a float or one value per head.
+
+    The complement variant also skips negligible blocks: a fixed fraction ``negligible`` of the lowest-scoring ones,
+    or those whose pooled share is below ``negligible_threshold`` (at most ``max_negligible`` of the key blocks;
+    None means no cap). ``rule`` (an sla.BlockRule) may replace all of these. No gradient flows through it."""
     _options.check_choice("layout", layout, _options.LAYOUTS)
     _options.check_choice("variant", variant, _options.VARIANTS)
     _options.check_attention_tensor("q", q)
@@ -129,11 +151,21 @@ def block_map(q: torch.Tensor, k: torch.Tensor, *, topk: float, block_q: int = 6
     _options.check_rank4("q", q, layout)
     _options.check_rank4("k", k, layout)
     _options.check_same_device(("q", q), ("k", k))
-    topk = _options.check_number("topk", topk, "in (0, 1]")
-    negligible = _options.check_number("negligible", negligible, "in [0, 1 - topk]")
     _options.check_block_size("block_q", block_q)
     _options.check_block_size("block_k", block_k)
+    if rule is None:
+        rule = BlockRule.make(topk=topk, top_p=top_p, min_blocks=min_blocks, max_blocks=max_blocks,
+                              negligible=negligible, negligible_threshold=negligible_threshold,
+                              max_negligible=max_negligible)
+    elif not isinstance(rule, BlockRule):
+        raise TypeError(f"rule: expected an sla.BlockRule, got {type(rule).__name__}")
+    if scale is not None and not (isinstance(scale, (int, float)) and 0 < scale < float("inf")):
+        raise ValueError(f"scale: expected a finite number > 0 or None, got {scale!r}")
     qh = _options.to_bhld(q.detach(), layout)
     kh = _options.to_bhld(k.detach(), layout)
-    tables = torch.ops.sla.block_map(qh, kh, block_q, block_k, topk, negligible, variant, bool(with_inverse))
+    a = rule.op_args()
+    tables = torch.ops.sla.block_map(qh, kh, block_q, block_k, float(a["topk"]), float(a["negligible"]), variant,
+                                     with_inverse, a["head_topk"], float(a["top_p"]), a["head_top_p"],
+                                     int(a["min_blocks"]), int(a["max_blocks"]), float(a["negligible_threshold"]),
+                                     float(a["max_negligible"]), 0.0 if scale is None else float(scale))
     return BlockMap(*tables, block_q=block_q, block_k=block_k, k_blocks=ceil_div(kh.shape[2], block_k))

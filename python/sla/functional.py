@@ -11,6 +11,7 @@ from . import _options
 from ._autograd import check_no_forward_ad
 from ._shapes import topk_for_count
 from .blockmap import BlockMap, block_map as predict_block_map
+from .rules import BlockRule, PerHead
 
 
 def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
@@ -26,7 +27,7 @@ def sparse_linear_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     *,
-    topk: float,
+    topk: Optional[PerHead] = None,
     block_q: int = 64,
     block_k: int = 64,
     feature_map: str = "softmax",
@@ -39,13 +40,22 @@ def sparse_linear_attention(
     proj_bias: Optional[torch.Tensor] = None,
     block_map: Optional[BlockMap] = None,
     return_block_map: bool = False,
+    top_p: Optional[PerHead] = None,
+    min_blocks: int = 1,
+    max_blocks: Optional[int] = None,
+    negligible_threshold: float = 0.0,
+    max_negligible: Optional[float] = None,
+    rule: Optional[BlockRule] = None,
 ) -> Union[torch.Tensor, tuple[torch.Tensor, BlockMap]]:
     """Sparse-linear attention (arXiv 2509.24006).
 
     Args:
         q, k, v: (B, H, L, D) tensors for ``layout='BHLD'``, (B, L, H, D) for ``'BLHD'``; any strides with a
             contiguous last dim are read without copies. bf16/fp16 on CUDA; fp32/fp64 (and bf16/fp16) on the CPU.
-        topk: fraction of key blocks each query block attends to exactly, in (0, 1].
+        topk: fraction of key blocks each query block attends to exactly, in (0, 1]; a float or one value per
+            head (sequence or 1-D tensor).
+        top_p, min_blocks, max_blocks, negligible_threshold, max_negligible, rule: the adaptive rules of
+            sla.block_map (docs/BLOCK_MAP.md); exactly one of topk and top_p (or a rule) unless block_map is given.
         block_q, block_k: block sizes, 64 or 128.
         feature_map: phi of the linear branch: 'softmax' (over the head dim), 'elu' (elu + 1) or 'relu'.
         variant: 'global' (public main branch; linear branch over all keys) or 'complement' (the paper and the
@@ -91,11 +101,17 @@ def sparse_linear_attention(
     needs_grad = _needs_grad(q, k, v, proj_weight, proj_bias)
 
     if block_map is None:
-        bmap = predict_block_map(qh, kh, topk=topk, block_q=block_q, block_k=block_k, variant=variant,
-                                 negligible=negligible, with_inverse=needs_grad)
-        map_topk, map_negligible = float(topk), float(negligible)
+        if rule is None:
+            rule = BlockRule.make(topk=topk, top_p=top_p, min_blocks=min_blocks, max_blocks=max_blocks,
+                                  negligible=negligible, negligible_threshold=negligible_threshold,
+                                  max_negligible=max_negligible)
+        bmap = predict_block_map(qh, kh, block_q=block_q, block_k=block_k, variant=variant, rule=rule,
+                                 with_inverse=needs_grad, scale=scale)
     else:
         bmap = block_map.with_inverse() if needs_grad else block_map
+    if block_map is None and rule.is_fixed:
+        map_topk, map_negligible = float(rule.topk), float(rule.negligible)
+    else:
         # The library checks the tables' shapes against the options: describe the given map exactly.
         map_topk = topk_for_count(bmap.real_topk, bmap.k_blocks)
         tn = bmap.negl_lut.shape[3]

@@ -92,6 +92,7 @@ Status block_map_shape(int64_t batch, int64_t heads, int64_t lq, int64_t lk, con
         return Status::Invalid(std::string(s.name) + ": expected >= 1, got " + std::to_string(s.value));
       }
     }
+    SLA_RETURN_IF_ERROR(validate_config_heads(cfg, heads));
     *out = resolve_block_map_shape(batch, heads, lq, lk, cfg);
     return Status::Ok();
   });

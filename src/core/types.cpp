@@ -127,6 +127,14 @@ const char* variant_name(Variant v) {
   return "invalid-variant";
 }
 
+const char* critical_rule_name(CriticalRule r) {
+  switch (r) {
+    case CriticalRule::topk: return "topk";
+    case CriticalRule::top_p: return "top_p";
+  }
+  return "invalid-rule";
+}
+
 const char* feature_map_name(FeatureMap f) {
   switch (f) {
     case FeatureMap::softmax: return "softmax";

@@ -9,6 +9,7 @@
 #include <sstream>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace sla {
 namespace {
@@ -350,7 +351,130 @@ Status resolve_qkv(const TensorView& q, const TensorView& k, const TensorView& v
   return Status::Ok();
 }
 
+// A fraction in (0, 1]: topk, top_p and their per-head values.
+bool is_unit_fraction(double x) { return std::isfinite(x) && x > 0.0 && x <= 1.0; }
+
+double max_topk(const Config& cfg) {
+  if (cfg.head_topk.empty()) return cfg.topk;
+  double m = 0.0;
+  for (double t : cfg.head_topk) m = std::max(m, t);
+  return m;
+}
+
+Status check_head_values(const char* name, const std::vector<double>& values) {
+  for (std::size_t h = 0; h < values.size(); ++h) {
+    if (!is_unit_fraction(values[h])) {
+      return Status::Invalid(cat(name, "[", h, "]: expected a finite value in (0, 1], got ", values[h]));
+    }
+  }
+  return Status::Ok();
+}
+
+// The adaptive fields of Config (docs/BLOCK_MAP.md). A field the chosen rule does not use must keep its default,
+// so that a misspelt configuration fails loudly instead of being ignored.
+Status validate_rule(const Config& cfg) {
+  if (cfg.rule != CriticalRule::topk && cfg.rule != CriticalRule::top_p) {
+    return Status::Invalid(cat("cfg.rule: expected topk (0) or top_p (1), got ", static_cast<int>(cfg.rule)));
+  }
+  SLA_RETURN_IF_ERROR(check_head_values("cfg.head_topk", cfg.head_topk));
+  SLA_RETURN_IF_ERROR(check_head_values("cfg.head_top_p", cfg.head_top_p));
+  if (cfg.rule == CriticalRule::topk) {
+    if (cfg.top_p != 0.0 || !cfg.head_top_p.empty()) {
+      return Status::Invalid("cfg.top_p: expected 0 and cfg.head_top_p empty with cfg.rule = topk (set cfg.rule = "
+                             "top_p to use them)");
+    }
+    if (cfg.min_blocks != 1 || cfg.max_blocks != 0) {
+      return Status::Invalid(cat("cfg.min_blocks/max_blocks: expected the defaults 1 and 0 with cfg.rule = topk "
+                                 "(only the top_p rule clamps counts), got ",
+                                 cfg.min_blocks, " and ", cfg.max_blocks));
+    }
+  } else {
+    if (!cfg.head_topk.empty()) {
+      return Status::Invalid("cfg.head_topk: expected empty with cfg.rule = top_p (per-head p goes in head_top_p)");
+    }
+    if (cfg.head_top_p.empty() && !is_unit_fraction(cfg.top_p)) {
+      return Status::Invalid(cat("cfg.top_p: expected a finite value in (0, 1] with cfg.rule = top_p, got ",
+                                 cfg.top_p));
+    }
+    if (!cfg.head_top_p.empty() && !(cfg.top_p == 0.0 || is_unit_fraction(cfg.top_p))) {
+      return Status::Invalid(cat("cfg.top_p: expected 0 or a value in (0, 1] (head_top_p is given), got ",
+                                 cfg.top_p));
+    }
+    if (cfg.min_blocks < 1) {
+      return Status::Invalid(cat("cfg.min_blocks: expected >= 1, got ", cfg.min_blocks));
+    }
+    if (cfg.max_blocks != 0 && cfg.max_blocks < cfg.min_blocks) {
+      return Status::Invalid(cat("cfg.max_blocks: expected 0 (meaning Nk) or >= cfg.min_blocks = ", cfg.min_blocks,
+                                 ", got ", cfg.max_blocks));
+    }
+  }
+  const double thr = cfg.negligible_threshold;
+  if (!(std::isfinite(thr) && thr >= 0.0 && thr < 1.0)) {
+    return Status::Invalid(cat("cfg.negligible_threshold: expected a finite value in [0, 1), got ", thr));
+  }
+  if (thr == 0.0) {
+    if (cfg.max_negligible != 0.0) {
+      return Status::Invalid(cat("cfg.max_negligible: expected 0 when cfg.negligible_threshold is 0 (only the "
+                                 "threshold rule uses it), got ",
+                                 cfg.max_negligible));
+    }
+    return Status::Ok();
+  }
+  if (cfg.variant != Variant::complement) {
+    return Status::Invalid(cat("cfg.negligible_threshold: expected 0 for the global variant (only the complement "
+                               "variant skips blocks), got ",
+                               thr));
+  }
+  if (cfg.negligible != 0.0) {
+    return Status::Invalid(cat("cfg.negligible: expected 0 when cfg.negligible_threshold is set (one negligible "
+                               "rule at a time), got ",
+                               cfg.negligible));
+  }
+  if (!is_unit_fraction(cfg.max_negligible)) {
+    return Status::Invalid(cat("cfg.max_negligible: expected a finite value in (0, 1] with a negligible threshold, "
+                               "got ",
+                               cfg.max_negligible));
+  }
+  return Status::Ok();
+}
+
 }  // namespace
+
+int64_t topk_block_count(double topk, int64_t k_blocks) {
+  // SPEC.md 1.4: floor in double, then clamp to [1, Nk] (the public code yields T = 0 and NaN for small Nk).
+  const double t = std::floor(topk * static_cast<double>(k_blocks));
+  return std::min(std::max(static_cast<int64_t>(t), int64_t{1}), k_blocks);
+}
+
+Status validate_config_heads(const Config& cfg, int64_t heads) {
+  const struct {
+    const char* name;
+    std::size_t size;
+  } vectors[] = {{"cfg.head_topk", cfg.head_topk.size()}, {"cfg.head_top_p", cfg.head_top_p.size()}};
+  for (const auto& v : vectors) {
+    if (v.size != 0 && static_cast<int64_t>(v.size) != heads) {
+      return Status::Invalid(cat(v.name, ": expected H = ", heads, " values (one per head) or none, got ", v.size));
+    }
+  }
+  return Status::Ok();
+}
+
+RowRule resolve_row_rule(const Config& cfg, const BlockMapShape& s, int64_t head) {
+  RowRule r;
+  r.top_p = cfg.rule == CriticalRule::top_p;
+  const int64_t nk = s.k_blocks;
+  if (r.top_p) {
+    r.p = cfg.head_top_p.empty() ? cfg.top_p : cfg.head_top_p[static_cast<std::size_t>(head)];
+    r.max_count = s.critical;
+    r.min_count = std::min(cfg.min_blocks, r.max_count);
+  } else {
+    const double topk = cfg.head_topk.empty() ? cfg.topk : cfg.head_topk[static_cast<std::size_t>(head)];
+    r.min_count = r.max_count = topk_block_count(topk, nk);
+  }
+  r.threshold = cfg.variant == Variant::complement ? cfg.negligible_threshold : 0.0;
+  r.negl_capacity = s.negligible;
+  return r;
+}
 
 bool is_allowed_block_size(int block) { return block == 16 || block == 32 || block == 64 || block == 128; }
 
@@ -373,9 +497,13 @@ Status validate_config(const Config& cfg) {
     return Status::Invalid(
         cat("cfg.feature_map: expected softmax (0), elu (1) or relu (2), got ", static_cast<int>(cfg.feature_map)));
   }
+  SLA_RETURN_IF_ERROR(validate_rule(cfg));
+  // The fixed negligible fraction must leave room for the critical set: 1 - topk (the largest head's topk with
+  // per-head values); the top_p rule's row counts vary, so only Tn <= Nk - T (the table widths) binds there.
+  const double topk_bound = cfg.rule == CriticalRule::top_p ? 0.0 : max_topk(cfg);
   if (!(std::isfinite(cfg.negligible) && cfg.negligible >= 0.0 &&
-        cfg.negligible <= 1.0 - cfg.topk + kNegligibleSlack)) {
-    return Status::Invalid(cat("cfg.negligible: expected a finite value in [0, 1 - topk] = [0, ", 1.0 - cfg.topk,
+        cfg.negligible <= 1.0 - topk_bound + kNegligibleSlack)) {
+    return Status::Invalid(cat("cfg.negligible: expected a finite value in [0, 1 - topk] = [0, ", 1.0 - topk_bound,
                                "], got ", cfg.negligible));
   }
   if (cfg.variant == Variant::global && cfg.negligible != 0.0) {
@@ -400,11 +528,14 @@ BlockMapShape resolve_block_map_shape(int64_t batch, int64_t heads, int64_t lq, 
   // Ceiling division without lq + bq - 1 (which could overflow near INT64_MAX).
   s.q_blocks = lq / cfg.block_q + (lq % cfg.block_q != 0 ? 1 : 0);
   s.k_blocks = lk / cfg.block_k + (lk % cfg.block_k != 0 ? 1 : 0);
-  // SPEC.md 1.4: floor in double, then clamp to [1, Nk] (the public code yields T = 0 and NaN for small Nk).
-  const double t = std::floor(cfg.topk * static_cast<double>(s.k_blocks));
-  s.critical = std::min(std::max(static_cast<int64_t>(t), int64_t{1}), s.k_blocks);
+  if (cfg.rule == CriticalRule::top_p) {
+    s.critical = cfg.max_blocks == 0 ? s.k_blocks : std::min(cfg.max_blocks, s.k_blocks);
+  } else {
+    s.critical = topk_block_count(max_topk(cfg), s.k_blocks);
+  }
   if (cfg.variant == Variant::complement) {
-    const double tn = std::floor(cfg.negligible * static_cast<double>(s.k_blocks));
+    const double frac = cfg.negligible_threshold > 0.0 ? cfg.max_negligible : cfg.negligible;
+    const double tn = std::floor(frac * static_cast<double>(s.k_blocks));
     s.negligible = std::max(int64_t{0}, std::min(static_cast<int64_t>(tn), s.k_blocks - s.critical));
   }
   return s;
@@ -419,6 +550,7 @@ Status validate_predict_inputs(const TensorView& q, const TensorView& k, const C
   SLA_RETURN_IF_ERROR(check_device("k", k, q, "q"));
   SLA_RETURN_IF_ERROR(check_tensor(
       "k", k, {{q.shape[0], "B", "q"}, {q.shape[1], "H", "q"}, {k.shape[2], "Lk", nullptr}, {q.shape[3], "D", "q"}}));
+  SLA_RETURN_IF_ERROR(validate_config_heads(cfg, q.shape[1]));
   Problem r;
   r.batch = q.shape[0];
   r.heads = q.shape[1];
@@ -585,6 +717,11 @@ Status validate_forward(const ForwardArgs& a, const Config& cfg, Problem* p) {
   if (r.save_for_backward) {
     SLA_RETURN_IF_ERROR(check_saved({a.lse, a.o_lin, a.lin_h, a.lin_z}, a.q, r));
   }
+  if (a.o_sparse.present()) {
+    SLA_RETURN_IF_ERROR(check_acc_tensor("o_sparse", a.o_sparse,
+                                         {{r.batch, "B", "q"}, {r.heads, "H", "q"}, {r.lq, "Lq", "q"}, {r.dv, "Dv", "v"}},
+                                         a.q, r));
+  }
   *p = r;
   return Status::Ok();
 }
@@ -596,6 +733,11 @@ Status validate_backward(const BackwardArgs& a, const Config& cfg, Problem* p) {
   SLA_RETURN_IF_ERROR(check_projection("proj_weight", a.proj_weight, "proj_bias", a.proj_bias, a.q, r));
   SLA_RETURN_IF_ERROR(check_output_like("o", a.o, r, a.q, /*written=*/false));
   SLA_RETURN_IF_ERROR(check_output_like("d_o", a.d_o, r, a.q, /*written=*/false));
+  if (a.o_sparse.present()) {
+    SLA_RETURN_IF_ERROR(check_acc_tensor("o_sparse", a.o_sparse,
+                                         {{r.batch, "B", "q"}, {r.heads, "H", "q"}, {r.lq, "Lq", "q"}, {r.dv, "Dv", "v"}},
+                                         a.q, r));
+  }
   SLA_RETURN_IF_ERROR(check_saved({a.lse, a.o_lin, a.lin_h, a.lin_z}, a.q, r));
   SLA_RETURN_IF_ERROR(check_gradient("dq", a.dq, a.q, "q"));
   SLA_RETURN_IF_ERROR(check_gradient("dk", a.dk, a.k, "k"));

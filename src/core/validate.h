@@ -38,6 +38,23 @@ bool is_allowed_block_size(int block);
 // Config ranges (SPEC.md section 6). NaN anywhere is an error.
 Status validate_config(const Config& cfg);
 
+// cfg's per-head vectors against the head count of a call (validate_config cannot know H).
+Status validate_config_heads(const Config& cfg, int64_t heads);
+
+// T = clamp(floor(topk * Nk), 1, Nk), with the floor in double (SPEC.md 1.4).
+int64_t topk_block_count(double topk, int64_t k_blocks);
+
+// The selection rule of every row of one head, resolved for a problem's sizes (docs/BLOCK_MAP.md).
+struct RowRule {
+  bool top_p = false;         // false: every row has exactly min_count (== max_count) critical blocks
+  double p = 0.0;             // top_p: the share of the pooled softmax to reach
+  int64_t min_count = 1;      // count clamp, 1 <= min_count <= max_count <= T (the LUT width)
+  int64_t max_count = 1;
+  double threshold = 0.0;     // > 0: negligible = pooled share < threshold (complement), at most negl_capacity
+  int64_t negl_capacity = 0;  // Tn, the negligible table width (fixed k_l rule: every row has exactly Tn)
+};
+RowRule resolve_row_rule(const Config& cfg, const BlockMapShape& shape, int64_t head);
+
 // The block-map sizes of SPEC.md section 1 for a validated cfg and sizes >= 1 (no checks here).
 BlockMapShape resolve_block_map_shape(int64_t batch, int64_t heads, int64_t lq, int64_t lk, const Config& cfg);
 

@@ -9,6 +9,10 @@
 // - The negligible set is the Tn smallest scores outside the critical set, ties going to the HIGHER index: the
 //   exact mirror of the critical rule. Both sets come from one total order (score descending, index ascending):
 //   the critical set is its first T entries and the negligible set its last Tn entries, so they are disjoint.
+// - The adaptive rules (docs/BLOCK_MAP.md) read the same total order: the top_p count is the first prefix of it
+//   whose fp64 cumulative weight reaches p times the row's weight total; the threshold rule's negligible set is the
+//   longest suffix of it whose weights are below threshold times the total (capped). Entries past a row's count are
+//   -1, so the tables do not depend on what the buffers held before.
 // - Host scratch is std::vector, so the *_workspace functions return 0.
 #include <algorithm>
 #include <cmath>
@@ -17,6 +21,7 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "core/validate.h"
 #include "cpu/block_tables.h"
 #include "cpu/dispatch.h"
 #include "cpu/parallel.h"
@@ -31,9 +36,32 @@ struct MapOutputs {
   Elems3<int32_t> count;
   Rows4<int32_t> negl_lut;
   Elems3<int32_t> negl_count;
-  int64_t critical = 0;    // T
-  int64_t negligible = 0;  // Tn (0: no negligible tables are written)
+  int64_t critical = 0;    // T, the LUT width
+  int64_t negligible = 0;  // Tn, the negligible table width (0: no negligible tables are written)
 };
+
+// The count of a row under the top_p rule: the fewest entries of `order` whose weights, added in that order in
+// fp64, reach p times the total (the total is added in index order), clamped to [min_count, max_count].
+int64_t top_p_count(const std::vector<int32_t>& order, const std::vector<double>& weight, double total,
+                    const RowRule& rule) {
+  const double target = rule.p * total;
+  const int64_t nk = static_cast<int64_t>(order.size());
+  double cum = 0.0;
+  int64_t n = 0;
+  while (n < nk) {
+    cum += weight[order[n]];
+    ++n;
+    if (cum >= target) break;
+  }
+  return std::clamp(n, rule.min_count, rule.max_count);
+}
+
+// Writes `n` entries of `order` starting at `first`, ascending, then -1 up to `width`.
+void write_row(const std::vector<int32_t>& order, int64_t first, int64_t n, int64_t width, int32_t* row) {
+  std::copy(order.begin() + first, order.begin() + first + n, row);
+  std::sort(row, row + n);
+  std::fill(row + n, row + width, int32_t{-1});
+}
 
 // Mean of the rows [r0, r1) of x (each row minus `center` when given), accumulated in Acc in row order.
 template <class Acc, class T>
@@ -56,6 +84,9 @@ void pool_block(const Rows4<const T>& x, int64_t b, int64_t h, int64_t r0, int64
 template <class Acc, class T>
 void predict_head(const Problem& p, const Config& cfg, const Rows4<const T>& q, const Rows4<const T>& k, int64_t b,
                   int64_t h, const MapOutputs& out) {
+  const RowRule rule = resolve_row_rule(cfg, p.map, h);
+  const bool weighted = rule.top_p || rule.threshold > 0.0;
+  std::vector<double> weight(weighted ? p.map.k_blocks : 0);
   const int64_t d = p.d, nq = p.map.q_blocks, nk = p.map.k_blocks;
   const int64_t bq = cfg.block_q, bk = cfg.block_k;
   std::vector<Acc> row(d), k_mean(d), q_pool(nq * d), k_pool(nk * d), scores(nk);
@@ -86,16 +117,31 @@ void predict_head(const Problem& p, const Config& cfg, const Rows4<const T>& q, 
       return scores[a] > scores[c] || (scores[a] == scores[c] && a < c);
     });
 
-    int32_t* lut_row = out.lut.row(b, h, i);
-    std::copy(order.begin(), order.begin() + t_crit, lut_row);
-    std::sort(lut_row, lut_row + t_crit);
-    out.count.at(b, h, i) = static_cast<int32_t>(t_crit);
+    // Pooled-softmax weights w_j = exp(scale * (S_ij - max_j S_ij)) in fp64; w = 1 where S_ij equals the maximum
+    // (which also covers an infinite maximum) and the total in index order.
+    double total = 0.0;
+    if (weighted) {
+      const double top = static_cast<double>(scores[order[0]]);
+      for (int64_t j = 0; j < nk; ++j) {
+        const double sj = static_cast<double>(scores[j]);
+        weight[j] = sj == top ? 1.0 : std::exp(p.scale * (sj - top));
+        total += weight[j];
+      }
+    }
+    const int64_t t_row = rule.top_p ? top_p_count(order, weight, total, rule) : rule.min_count;
+    write_row(order, 0, t_row, t_crit, out.lut.row(b, h, i));
+    out.count.at(b, h, i) = static_cast<int32_t>(t_row);
 
     if (t_negl > 0) {
-      int32_t* negl_row = out.negl_lut.row(b, h, i);
-      std::copy(order.end() - t_negl, order.end(), negl_row);
-      std::sort(negl_row, negl_row + t_negl);
-      out.negl_count.at(b, h, i) = static_cast<int32_t>(t_negl);
+      int64_t tn_row = std::min(t_negl, nk - t_row);
+      if (rule.threshold > 0.0) {
+        const double bound = rule.threshold * total;
+        int64_t below = 0;
+        for (int64_t j = 0; j < nk; ++j) below += weight[j] < bound ? 1 : 0;
+        tn_row = std::min(tn_row, below);
+      }
+      write_row(order, nk - tn_row, tn_row, t_negl, out.negl_lut.row(b, h, i));
+      out.negl_count.at(b, h, i) = static_cast<int32_t>(tn_row);
     }
   }
 }

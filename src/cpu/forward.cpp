@@ -177,6 +177,10 @@ Status forward_typed(const Problem& p, const ForwardArgs& args, const Config& cf
           proj.linear_part(s.o_lin.data(), dv, s.o_proj.data());
           for (int64_t e = 0; e < dv; ++e) s.out[e] = s.o_sparse[e] + s.o_proj[e];
           store_row(s.out.data(), dv, o.row(b, hd, r0 + r));
+          // O_s on its own, for the backward's Delta (see BackwardArgs::o_sparse).
+          if (args.o_sparse.present()) {
+            std::copy(s.o_sparse.begin(), s.o_sparse.end(), rows4<Acc>(args.o_sparse).row(b, hd, r0 + r));
+          }
           if (args.lse.present()) elems3<Acc>(args.lse).at(b, hd, r0 + r) = lse;
           if (args.o_lin.present()) {
             std::copy(s.o_lin.begin(), s.o_lin.end(), rows4<Acc>(args.o_lin).row(b, hd, r0 + r));

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/backend.h"
+#include "core/cuda_arch.h"
 #include "core/validate.h"
 #include "cuda/block_map.h"
 #include "cuda/bwd/backward.h"
@@ -94,13 +95,41 @@ Status check_int_sizes(const Problem& p) {
   return Status::Ok();
 }
 
-Status current_device_capability(int* major) {
+Status current_device_capability(int* major, int* minor) {
   int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(major, cudaDevAttrComputeCapabilityMajor, dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(minor, cudaDevAttrComputeCapabilityMinor, dev);
   if (e != cudaSuccess) {
     cudaGetLastError();  // do not leave a sticky-looking error for the next launch check
     return device_error("cudaDeviceGetAttribute(compute capability)", e);
+  }
+  return Status::Ok();
+}
+
+std::string current_device_name() {
+  int dev = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return "the current CUDA device";
+  }
+  return prop.name;
+}
+
+// Checked before any launch: without it a GPU this build has no code for (a Blackwell card, or an A100 with a
+// 90a-only build) fails at the first kernel with "no kernel image". The name is queried on the error path only.
+Status check_device_runs_build() {
+  int major = 0, minor = 0;
+  SLA_RETURN_IF_ERROR(current_device_capability(&major, &minor));
+  if (!cuda_archs_run_on(SLA_CUDA_ARCHS_STRING, major, minor)) {
+    const bool kernels_exist = major == 8 || (major == 9 && minor == 0);
+    return Status::Unsupported(
+        "this build of SLA has no CUDA kernels for " + current_device_name() + " (compute capability " +
+        std::to_string(major) + "." + std::to_string(minor) + "); it was built for " + SLA_CUDA_ARCHS_STRING +
+        (kernels_exist ? ". Rebuild with SLA_CUDA_ARCHS=\"80;90a\" (80: 8.x GPUs, 90a: H100/H200)"
+                       : ". SLA's kernels exist for compute capability 8.x (sm_80) and 9.0 (sm_90a) only: use the "
+                         "CPU backend on this machine"));
   }
   return Status::Ok();
 }
@@ -176,13 +205,7 @@ Status check_supported(const Problem& p, const Config& cfg) {
                                std::to_string(cfg.block_q) + " and " + std::to_string(cfg.block_k));
   }
   SLA_RETURN_IF_ERROR(check_int_sizes(p));
-  int major = 0;
-  SLA_RETURN_IF_ERROR(current_device_capability(&major));
-  if (major < 8) {
-    return Status::Unsupported("the CUDA backend needs compute capability 8.0 or newer, the current device has " +
-                               std::to_string(major) + ".x");
-  }
-  return Status::Ok();
+  return check_device_runs_build();
 }
 
 std::size_t predict_block_map_workspace(const Problem& p, const Config& cfg) {
@@ -198,6 +221,7 @@ Status predict_block_map(const Problem& p, const TensorView& q, const TensorView
 }
 
 Status invert_block_map(const Problem& p, const BlockMap& map, const Exec& exec) {
+  SLA_RETURN_IF_ERROR(check_device_runs_build());
   SLA_RETURN_IF_ERROR(check_on_current_device("map.lut", map.lut));
   return launch_invert_block_map(p, map, stream_of(exec));
 }
@@ -253,6 +277,7 @@ Status forward_checked(const Problem& p, const ForwardArgs& args, const Config& 
   fp.k = rows_params(args.k);
   fp.v = rows_params(args.v);
   fp.o = rows_params(args.o);
+  fp.o_sparse = static_cast<float*>(args.o_sparse.data);
   fp.lut = static_cast<const int32_t*>(args.map.lut.data);
   fp.lut_count = static_cast<const int32_t*>(args.map.count.data);
   fp.lut_capacity = static_cast<int>(args.map.lut.shape[3]);

@@ -10,6 +10,10 @@
 //      the same order among the rest (the negligible set), each written as a sorted list.
 //      Smooth-K only shifts a score row by a constant, but subtracting it keeps the GPU's scores within fp32
 //      rounding of the CPU's, so near-ties resolve the same way.
+//      The adaptive rules (docs/BLOCK_MAP.md) size each row from the same scores: the top_p count by a bitwise search
+//      for the threshold key whose pooled-softmax mass (fp32 weights, summed lane-strided then by a butterfly, so
+//      the sum has one fixed order) reaches p times the row's total, the threshold rule's negligible count by
+//      comparing each weight with threshold times the total. Entries past a row's count are written as -1.
 //   3. invert_kernel (when asked): per 32 key blocks of each (b, h), offsets and lists in ascending i.
 #include <cuda_runtime.h>
 
@@ -24,6 +28,7 @@
 #include "cuda/common/numeric.cuh"
 #include "cuda/common/params.h"
 #include "core/validate.h"
+#include "sla/config.h"
 
 namespace sla::cuda {
 namespace {
@@ -147,6 +152,9 @@ constexpr int kStageCols = 8;  // head-dim columns of K^T per shared-memory stag
 constexpr int kStageLoads = kMaxTileKeys * (kStageCols / 4) / kSelectThreads;  // float4 per thread per stage
 constexpr int kCandidates = 64;  // per warp: entries that can still be in a row's selection (fast path)
 
+// Heads whose per-head rule parameters fit the kernel's parameter block (more heads with per-head values: rejected).
+constexpr int kMaxRuleHeads = 128;
+
 struct SelectParams {
   const float* q_pool;  // (B, H, Nq, D) query block means
   const float* k_sum;   // (B, H, Nk, D) key block sums (smoothed here)
@@ -156,9 +164,18 @@ struct SelectParams {
   int32_t* negl_lut;    // (B, H, Nq, Tn) or null
   int32_t* negl_count;  // (B, H, Nq) or null
   int64_t heads, lk;
-  int nq, nk, ng, d, bk, t, tn;
+  int nq, nk, ng, d, bk, t, tn;  // t, tn: the widths of the LUT and of the negligible table
   int warp_rows;  // warps along the query rows of the GEMM tile
   int rows;       // query blocks per CTA (at most the tile's rows; fewer only when Nk is huge)
+  // Row rule (docs/BLOCK_MAP.md). top_p == 0: head h's rows have head_count[h] blocks (every head the same unless
+  // per-head topk was given). top_p == 1: the top_p count with p = head_p[h], clamped to [min_count, max_count].
+  int top_p;
+  int per_head;  // 0: index 0 of head_count / head_p serves every head
+  int min_count, max_count;
+  float scale;      // softmax scale of the pooled scores
+  float threshold;  // > 0: negligible = weight < threshold * total (at most tn per row)
+  int head_count[kMaxRuleHeads];
+  float head_p[kMaxRuleHeads];
 };
 
 // Shared memory of select_kernel, in 4-byte words; every region starts 16-byte aligned.
@@ -306,6 +323,59 @@ __device__ void select_row(uint32_t* keys, int n, int want, bool prefer_low, boo
     written += __popc(sel_bits);
   }
   __syncwarp();
+}
+
+// The score of an order key (the inverse of order_key for keys != 0).
+__device__ __forceinline__ float key_score(uint32_t key) {
+  return __uint_as_float((key & 0x80000000u) ? (key & 0x7FFFFFFFu) : ~key);
+}
+
+// Pooled-softmax weight of a score: 1 at the row maximum (also when it is infinite), else exp(scale * (s - max)).
+__device__ __forceinline__ float key_weight(uint32_t key, uint32_t top_key, float top, float scale) {
+  return key == top_key ? 1.f : expf(scale * (key_score(key) - top));
+}
+
+// Sum over the row of the weights of the keys >= x (x >= 1: cleared keys never count). Lane-strided in index order,
+// then a butterfly: every lane ends with the same bits, and adding a key can only increase the sum (each rounding
+// is monotone), so the sum is non-increasing in x.
+__device__ __forceinline__ float mass_ge(const uint32_t* keys, int n, uint32_t x, uint32_t top_key, float top,
+                                         float scale) {
+  const int lane = threadIdx.x & 31;
+  float m = 0.f;
+  for (int j = lane; j < n; j += 32) {
+    const uint32_t key = keys[j];
+    if (key >= x) m += key_weight(key, top_key, top, scale);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) m += __shfl_xor_sync(kAllLanes, m, off);
+  return m;
+}
+
+__device__ __forceinline__ int warp_count_ge(const uint32_t* keys, int n, uint32_t x) {
+  const int lane = threadIdx.x & 31;
+  unsigned c = 0;
+  for (int j = lane; j < n; j += 32) c += keys[j] >= x ? 1u : 0u;
+  return static_cast<int>(__reduce_add_sync(kAllLanes, c));
+}
+
+// top_p count of a row (docs/BLOCK_MAP.md): the largest key v whose mass_ge(v) reaches target = p * total, then all
+// keys above v and, of the ties at v, as many as the remaining mass needs (ceil((target - mass above) / w_v)).
+__device__ int top_p_count(const uint32_t* keys, int n, uint32_t top_key, float top, float scale, float total,
+                           float p) {
+  const float target = p * total;  // <= total: mass_ge(1) == total, so the search starts from a true predicate
+  const int free_bits = 32 - __clz(static_cast<int>(1u ^ top_key));
+  uint32_t v = free_bits == 32 ? 0u : 1u & ~((1u << free_bits) - 1u);
+  for (int bit = free_bits - 1; bit >= 0; --bit) {
+    const uint32_t c = v | (1u << bit);
+    if (mass_ge(keys, n, c, top_key, top, scale) >= target) v = c;
+  }
+  const int above = warp_count_ge(keys, n, v + 1);  // v <= 0xFF800000: no overflow
+  const int ties = warp_count_ge(keys, n, v) - above;
+  const float rest = target - mass_ge(keys, n, v + 1, top_key, top, scale);
+  const float wv = key_weight(v, top_key, top, scale);
+  int need = ties;
+  if (wv > 0.f) need = min(ties, max(1, static_cast<int>(ceilf(rest / wv))));
+  return above + need;
 }
 
 // Grid (ceil(Nq / rows), H, B), 256 threads.
@@ -475,21 +545,61 @@ __global__ void __launch_bounds__(kSelectThreads, TM <= 6 ? 2 : 1) select_kernel
   // c. Selection.
   uint32_t* cand_key = cand + warp * 2 * kCandidates;
   int32_t* cand_idx = reinterpret_cast<int32_t*>(cand_key + kCandidates);
+  // This CTA's head parameters, read with constant indices only: a dynamic index into the parameter block would
+  // make the compiler copy it to local memory.
+  int head_count = p.head_count[0];
+  float head_p = p.head_p[0];
+  if (p.per_head) {
+    const int rule_head = static_cast<int>(blockIdx.y);
+#pragma unroll
+    for (int hh = 1; hh < kMaxRuleHeads; ++hh) {
+      if (hh == rule_head) {
+        head_count = p.head_count[hh];
+        head_p = p.head_p[hh];
+      }
+    }
+  }
+  const bool weighted = p.top_p != 0 || p.threshold > 0.f;
   for (int r = warp; r < rows_here; r += kSelectWarps) {
     uint32_t* keys = scores + static_cast<int64_t>(r) * nk;
     const int64_t row = bh * p.nq + i0 + r;
-    select_row(keys, nk, p.t, true, p.tn > 0, cand_key, cand_idx, p.lut + row * p.t);
-    if (lane == 0) p.count[row] = p.t;
-    if (p.tn > 0) {
-      // The negligible set: the Tn last of the same total order, i.e. the first of its reverse (key ascending,
-      // index descending) among the entries not critical (their keys were cleared to 0).
-      for (int j = lane; j < nk; j += 32) {
-        const uint32_t key = keys[j];
-        keys[j] = key != 0u ? ~key : 0u;
+    int t_row = head_count, below = nk;
+    if (weighted) {
+      uint32_t top_key = 0;
+      for (int j = lane; j < nk; j += 32) top_key = max(top_key, keys[j]);
+      top_key = __reduce_max_sync(kAllLanes, top_key);
+      const float top = key_score(top_key);
+      const float total = mass_ge(keys, nk, 1u, top_key, top, p.scale);
+      if (p.top_p != 0) {
+        t_row = min(max(top_p_count(keys, nk, top_key, top, p.scale, total, head_p), p.min_count),
+                    p.max_count);
       }
-      __syncwarp();
-      select_row(keys, nk, p.tn, false, false, cand_key, cand_idx, p.negl_lut + row * p.tn);
-      if (lane == 0) p.negl_count[row] = p.tn;
+      if (p.threshold > 0.f) {
+        const float bound = p.threshold * total;
+        unsigned c = 0;
+        for (int j = lane; j < nk; j += 32) c += key_weight(keys[j], top_key, top, p.scale) < bound ? 1u : 0u;
+        below = static_cast<int>(__reduce_add_sync(kAllLanes, c));
+      }
+    }
+    int32_t* lut_row = p.lut + row * p.t;
+    select_row(keys, nk, t_row, true, p.tn > 0, cand_key, cand_idx, lut_row);
+    for (int e = t_row + lane; e < p.t; e += 32) lut_row[e] = -1;
+    if (lane == 0) p.count[row] = t_row;
+    if (p.tn > 0) {
+      // The negligible set: the last of the same total order, i.e. the first of its reverse (key ascending, index
+      // descending) among the entries not critical (their keys were cleared to 0).
+      const int tn_row = min(min(p.tn, nk - t_row), below);
+      int32_t* negl_row = p.negl_lut + row * p.tn;
+      if (tn_row > 0) {
+        for (int j = lane; j < nk; j += 32) {
+          const uint32_t key = keys[j];
+          keys[j] = key != 0u ? ~key : 0u;
+        }
+        __syncwarp();
+        select_row(keys, nk, tn_row, false, false, cand_key, cand_idx, negl_row);
+      }
+      for (int e = tn_row + lane; e < p.tn; e += 32) negl_row[e] = -1;
+      if (lane == 0) p.negl_count[row] = tn_row;
     }
   }
 }
@@ -673,6 +783,29 @@ SelectPlan plan_select(int64_t bh, int nq, int nk, int d, int sms, std::size_t s
   return best;
 }
 
+// The row rule of every head into the kernel's parameters (resolve_row_rule is the one definition of each value).
+Status fill_rule(const Problem& p, const Config& cfg, SelectParams* sp) {
+  const bool per_head = !cfg.head_topk.empty() || !cfg.head_top_p.empty();
+  if (per_head && p.heads > kMaxRuleHeads) {
+    return Status::Unsupported("cfg.head_topk/head_top_p: the CUDA block map takes per-head values for at most " +
+                               std::to_string(kMaxRuleHeads) + " heads, got H = " + std::to_string(p.heads));
+  }
+  const RowRule first = resolve_row_rule(cfg, p.map, 0);
+  sp->top_p = first.top_p ? 1 : 0;
+  sp->per_head = per_head ? 1 : 0;
+  sp->min_count = static_cast<int>(first.min_count);
+  sp->max_count = static_cast<int>(first.max_count);
+  sp->scale = static_cast<float>(p.scale);
+  sp->threshold = static_cast<float>(first.threshold);
+  const int64_t heads = per_head ? p.heads : 1;
+  for (int64_t h = 0; h < heads; ++h) {
+    const RowRule r = resolve_row_rule(cfg, p.map, h);
+    sp->head_count[h] = static_cast<int>(r.min_count);
+    sp->head_p[h] = static_cast<float>(r.p);
+  }
+  return Status::Ok();
+}
+
 template <int TM>
 Status launch_select(const SelectParams& sp, const SelectPlan& plan, dim3 grid, cudaStream_t stream) {
   if (plan.smem > 48 * 1024) SLA_RETURN_IF_ERROR(set_dynamic_smem(select_kernel<TM>, plan.smem, "select_kernel"));
@@ -763,6 +896,7 @@ Status launch_predict_block_map(const Problem& p, const TensorView& q, const Ten
   sp.d = d;
   sp.bk = cfg.block_k;
   sp.t = static_cast<int>(p.map.critical);
+  SLA_RETURN_IF_ERROR(fill_rule(p, cfg, &sp));
   sp.warp_rows = plan.warp_rows;
   sp.rows = plan.rows;
   const dim3 sel_grid(static_cast<unsigned>((nq + plan.rows - 1) / plan.rows), static_cast<unsigned>(p.heads),

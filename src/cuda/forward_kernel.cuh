@@ -471,6 +471,25 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     }
   }
 
+  // O_s alone in fp32, for the backward's Delta = dO . O_s (BackwardArgs::o_sparse): no 16-bit rounding in it.
+  if (p.o_sparse != nullptr) {
+    float* os_head = p.o_sparse + bh * p.lq * kD;
+#pragma unroll
+    for (int nt = 0; nt < Traits::kNTilesO; ++nt) {
+      const int c = nt * 8 + 2 * t;
+#pragma unroll
+      for (int mt = 0; mt < kM; ++mt) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int64_t row = row0 + warp_row0 + mt * 16 + g + 8 * r;
+          if (row < p.lq) {
+            *reinterpret_cast<float2*>(os_head + row * kD + c) = make_float2(ml.o[mt][nt][2 * r], ml.o[mt][nt][2 * r + 1]);
+          }
+        }
+      }
+    }
+  }
+
   FeatureRowStats st[kM][2];
   float factor[kM][2];
   const FeatureMap fmap = static_cast<FeatureMap>(p.feature_map);
