@@ -154,6 +154,7 @@ def block_map(q: torch.Tensor, k: torch.Tensor, *, topk: Optional[PerHead] = Non
     _options.check_block_size("block_q", block_q)
     _options.check_block_size("block_k", block_k)
     if rule is None:
+        _options.check_rule_numbers(negligible, negligible_threshold, max_negligible)
         rule = BlockRule.make(topk=topk, top_p=top_p, min_blocks=min_blocks, max_blocks=max_blocks,
                               negligible=negligible, negligible_threshold=negligible_threshold,
                               max_negligible=max_negligible)

@@ -297,9 +297,12 @@ def qkv():
 
 
 @pytest.mark.parametrize("kwargs,exc,pattern", [
-    (dict(topk=None), TypeError, r"topk: expected a number in \(0, 1\], got None"),
-    (dict(topk="0.5"), TypeError, "topk: expected a number"),
-    (dict(topk=True), TypeError, "topk: expected a number"),
+    (dict(topk=None), ValueError, r"topk/top_p: expected exactly one of them"),
+    (dict(topk="0.5"), TypeError, "topk: expected a float"),
+    (dict(topk=True), TypeError, "topk: expected a float"),
+    (dict(topk=[0.5, None]), TypeError, "topk: expected numbers in the per-head sequence, got None"),
+    (dict(negligible_threshold=None), TypeError, "negligible_threshold: expected a number"),
+    (dict(max_negligible="all"), TypeError, "max_negligible: expected a number"),
     (dict(negligible=None), TypeError, "negligible: expected a number"),
     (dict(eps=None), TypeError, "eps: expected a number > 0"),
     (dict(eps=-1e-5), ValueError, "eps: expected a finite value > 0"),
@@ -327,8 +330,10 @@ def test_option_messages_name_the_argument(qkv, kwargs, exc, pattern):
 
 def test_block_map_option_messages(qkv):
     q, k, _ = qkv
-    with pytest.raises(TypeError, match=r"topk: expected a number in \(0, 1\], got None"):
+    with pytest.raises(ValueError, match=r"topk/top_p: expected exactly one of them"):
         sla.block_map(q, k, topk=None)
+    with pytest.raises(TypeError, match="negligible: expected a number"):
+        sla.block_map(q, k, topk=0.5, negligible=None)
     with pytest.raises(TypeError, match="block_k: expected an int"):
         sla.block_map(q, k, topk=0.5, block_k=None)
 
