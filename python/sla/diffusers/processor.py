@@ -48,16 +48,22 @@ def _apply_rotary_emb(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch
 
 
 class Float32Linear(nn.Linear):
-    """An ``nn.Linear`` whose parameters never go below float32: ``model.to(torch.bfloat16)``, ``.half()`` and
-    ``.bfloat16()`` move it (device changes apply) but leave it in float32; a cast to float64 applies. The SLA
-    projection is trained and kept in float32 (as the public recipe does: it is excluded from low-precision casts
-    and quantisation), and the kernels compute it in float32 whatever its storage dtype."""
+    """An ``nn.Linear`` whose parameters never go below float32: ``model.to(torch.bfloat16)``, ``.half()``,
+    ``.bfloat16()`` and fp8 casts move it (device changes apply) but leave it in float32; a cast to float64 applies.
+    The SLA projection is trained and kept in float32 (as the public recipe does: it is excluded from low-precision
+    casts and quantisation), and the kernels compute it in float32 whatever its storage dtype."""
 
     def _apply(self, fn, recurse=True):
         def keep_fp32(t: torch.Tensor) -> torch.Tensor:
             out = fn(t)
-            if (isinstance(out, torch.Tensor) and t.dtype == torch.float32 and out.dtype in _CUDA_DTYPES):
-                out = t.to(device=out.device)
+            if (
+                isinstance(out, torch.Tensor)
+                and out.is_floating_point()
+                and out.element_size() < 4
+                and t.is_floating_point()
+                and t.element_size() >= 4
+            ):  # bf16, fp16, fp8 (layerwise casting)
+                out = t.to(device=out.device, dtype=torch.float32)
             return out
 
         return super()._apply(keep_fp32, recurse)
@@ -67,7 +73,8 @@ class SLAWanAttnProcessor(nn.Module):
     """Sparse-linear self-attention for a diffusers ``WanAttention`` (``attn1``).
 
     Attributes that may be changed between calls:
-        topk, block_q, block_k, variant, feature_map, negligible, scale, eps: the SLA options (sla.sparse_linear_attention).
+        topk, block_q, block_k, variant, feature_map, negligible, scale, eps: the SLA options
+            (sla.sparse_linear_attention).
         block_map: an ``sla.BlockMap`` used instead of predicting one (None: predict every call).
         reuse_block_map_steps: N > 1 predicts a map on one call and reuses it for the next N - 1 calls of this
             layer (without gradients only; a call with gradients always predicts its own). A call counts once:
@@ -76,8 +83,10 @@ class SLAWanAttnProcessor(nn.Module):
         last_block_map: the map of the latest call, when ``record_block_map`` is True (or reuse is on).
 
     Context parallelism: diffusers' ``enable_parallelism`` sets ``_parallel_config`` on every processor that has
-    the attribute; ``attend`` then runs SLA through the Ulysses all-to-all of ``sla.distributed`` (docs/PYTHON.md,
-    "Sequence parallel"). ``reduce_proj_grad`` (default False) sums proj_l's gradients over the ulysses group.
+    the attribute; ``attend`` is the one method that runs the attention, and with a context-parallel configuration
+    it hands over to ``context_parallel_attention``, which runs SLA through the Ulysses all-to-all of
+    ``sla.distributed`` (docs/PYTHON.md, "Sequence parallel"). ``reduce_proj_grad`` (default False) sums proj_l's
+    gradients over the ulysses group.
     """
 
     # Read and written by diffusers: set_attention_backend (ignored by the SLA call; disable_sla hands it back to
@@ -89,11 +98,23 @@ class SLAWanAttnProcessor(nn.Module):
     # rank's tokens) by a data-parallel reduction that spans the context-parallel ranks.
     reduce_proj_grad = False
 
-    def __init__(self, head_dim: int, *, topk: float = 0.1, block_q: int = 128, block_k: int = 64,
-                 variant: str = "global", feature_map: str = "softmax", negligible: float = 0.0,
-                 scale: Optional[float] = None, eps: float = 1e-5, reuse_block_map_steps: int = 0,
-                 record_block_map: bool = False, cuda_dtype: torch.dtype = torch.bfloat16,
-                 device: Optional[torch.device] = None):
+    def __init__(
+        self,
+        head_dim: int,
+        *,
+        topk: float = 0.1,
+        block_q: int = 128,
+        block_k: int = 64,
+        variant: str = "global",
+        feature_map: str = "softmax",
+        negligible: float = 0.0,
+        scale: Optional[float] = None,
+        eps: float = 1e-5,
+        reuse_block_map_steps: int = 0,
+        record_block_map: bool = False,
+        cuda_dtype: torch.dtype = torch.bfloat16,
+        device: Optional[torch.device] = None,
+    ):
         super().__init__()
         self.proj_l = Float32Linear(head_dim, head_dim, device=device, dtype=torch.float32)
         with torch.no_grad():  # zero projection: an untrained layer is sparse attention alone (SPEC.md section 4)
@@ -102,12 +123,33 @@ class SLAWanAttnProcessor(nn.Module):
         self.block_map: Optional[BlockMap] = None
         self.last_block_map: Optional[BlockMap] = None
         self._reuse_left = 0
-        self.configure(topk=topk, block_q=block_q, block_k=block_k, variant=variant, feature_map=feature_map,
-                       negligible=negligible, scale=scale, eps=eps, reuse_block_map_steps=reuse_block_map_steps,
-                       record_block_map=record_block_map, cuda_dtype=cuda_dtype)
+        self.configure(
+            topk=topk,
+            block_q=block_q,
+            block_k=block_k,
+            variant=variant,
+            feature_map=feature_map,
+            negligible=negligible,
+            scale=scale,
+            eps=eps,
+            reuse_block_map_steps=reuse_block_map_steps,
+            record_block_map=record_block_map,
+            cuda_dtype=cuda_dtype,
+        )
 
-    OPTIONS = ("topk", "block_q", "block_k", "variant", "feature_map", "negligible", "scale", "eps",
-               "reuse_block_map_steps", "record_block_map", "cuda_dtype")
+    OPTIONS = (
+        "topk",
+        "block_q",
+        "block_k",
+        "variant",
+        "feature_map",
+        "negligible",
+        "scale",
+        "eps",
+        "reuse_block_map_steps",
+        "record_block_map",
+        "cuda_dtype",
+    )
 
     def configure(self, **options) -> "SLAWanAttnProcessor":
         """Sets SLA options (names in ``OPTIONS``); checks the ones the library does not see. Returns self."""
@@ -134,9 +176,14 @@ class SLAWanAttnProcessor(nn.Module):
     def options(self) -> dict:
         return {name: getattr(self, name) for name in self.OPTIONS}
 
-    def forward(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None,
-                rotary_emb: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+    def forward(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        rotary_emb: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    ) -> torch.Tensor:
         if encoder_hidden_states is not None or getattr(attn, "add_k_proj", None) is not None:
             raise ValueError("SLAWanAttnProcessor: self-attention only (attn1); cross-attention stays dense")
         if attention_mask is not None:
@@ -156,28 +203,31 @@ class SLAWanAttnProcessor(nn.Module):
         return attn.to_out[1](out)
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """The attention of this layer: (B, L, H, D) q, k, v (after RoPE) to (B, L, H, D), in q's dtype.
+        """The attention of this layer: (B, L, H, D) q, k, v (after RoPE) to (B, L, H, D), in q's dtype. The one
+        place the processor runs attention: on the full sequence (``local_attention``) or, when diffusers'
+        ``enable_parallelism`` has set a context-parallel configuration, through ``context_parallel_attention``."""
+        parallel = self._parallel_config
+        if getattr(parallel, "context_parallel_config", None) is not None:
+            return self.context_parallel_attention(query, key, value, parallel)
+        return self.local_attention(query, key, value)
 
-        With diffusers' context parallelism (``enable_parallelism`` with ``ContextParallelConfig(ulysses_degree=P)``)
-        each rank holds its shard of the sequence; SLA then runs through the Ulysses path of ``sla.distributed``
-        (all-to-all to H / P heads of the full sequence, the same SLA as one process, all-to-all back), so the block
-        map and the linear branch see every token. Ring attention is refused: it merges partial outputs by their
-        log-sum-exp, which the sum of SLA's sparse and linear branches does not allow."""
-        cp = getattr(self._parallel_config, "context_parallel_config", None)
-        if cp is None:
-            return self.local_attention(query, key, value)
+    def context_parallel_attention(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, parallel_config
+    ) -> torch.Tensor:
+        """Attention when each rank holds its shard of the sequence (diffusers' ``_cp_plan`` splits the hidden
+        states and the RoPE tables on dim 1): Ulysses SLA over diffusers' ulysses mesh (``sla.distributed``:
+        all-to-all to H / P heads of the full sequence, the same SLA as one process, all-to-all back), so the block
+        map and the linear branch see every token. (B, L_rank, H, D) in and out. Ring attention is refused: it
+        merges partial outputs by their log-sum-exp, which the sum of SLA's sparse and linear branches lacks."""
+        from ..distributed import head_counts, ulysses_sparse_linear_attention
+
+        cp = parallel_config.context_parallel_config
         if cp.ring_degree > 1:
             raise NotImplementedError(
                 f"SLAWanAttnProcessor: ring attention (ring_degree = {cp.ring_degree}) cannot run SLA (its partial "
                 "outputs are merged by log-sum-exp, which SLA's linear branch does not have); use "
-                "ContextParallelConfig(ulysses_degree=...) with ring_degree = 1")
-        return self.sequence_parallel_attention(query, key, value, cp)
-
-    def sequence_parallel_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                                    cp) -> torch.Tensor:
-        """Ulysses SLA over diffusers' ulysses mesh: this rank's (B, L_rank, H, D) shard in and out."""
-        from ..distributed import head_counts, ulysses_sparse_linear_attention
-
+                "ContextParallelConfig(ulysses_degree=...) with ring_degree = 1"
+            )
         group = cp._ulysses_mesh.get_group()
         world = dist.get_world_size(group)
         # diffusers shards with chunk() into equal parts unless ulysses_anything is set (then tensor_split, whose
@@ -193,11 +243,26 @@ class SLAWanAttnProcessor(nn.Module):
         else:
             bmap = self.block_map  # maps recorded with ragged shards are not reused (their length is not known here)
         out, used = ulysses_sparse_linear_attention(
-            query, key, value, topk=self.topk, group=group, seq_lens=seq_lens,
-            reduce_proj_grad=self.reduce_proj_grad, block_q=self.block_q, block_k=self.block_k,
-            feature_map=self.feature_map, variant=self.variant, negligible=self.negligible, layout="BLHD",
-            scale=self.scale, eps=self.eps, proj_weight=self.proj_l.weight, proj_bias=self.proj_l.bias,
-            block_map=bmap, return_block_map=True)
+            query,
+            key,
+            value,
+            topk=self.topk,
+            group=group,
+            seq_lens=seq_lens,
+            reduce_proj_grad=self.reduce_proj_grad,
+            block_q=self.block_q,
+            block_k=self.block_k,
+            feature_map=self.feature_map,
+            variant=self.variant,
+            negligible=self.negligible,
+            layout="BLHD",
+            scale=self.scale,
+            eps=self.eps,
+            proj_weight=self.proj_l.weight,
+            proj_bias=self.proj_l.bias,
+            block_map=bmap,
+            return_block_map=True,
+        )
         self._remember(used)
         return out.to(dtype)
 
@@ -209,10 +274,23 @@ class SLAWanAttnProcessor(nn.Module):
         b, lq, h, _ = query.shape
         bmap = self._map_for_call(b, h, lq, key.shape[1])
         out, used = sparse_linear_attention(
-            query, key, value, topk=self.topk, block_q=self.block_q, block_k=self.block_k,
-            feature_map=self.feature_map, variant=self.variant, negligible=self.negligible, layout="BLHD",
-            scale=self.scale, eps=self.eps, proj_weight=self.proj_l.weight, proj_bias=self.proj_l.bias,
-            block_map=bmap, return_block_map=True)
+            query,
+            key,
+            value,
+            topk=self.topk,
+            block_q=self.block_q,
+            block_k=self.block_k,
+            feature_map=self.feature_map,
+            variant=self.variant,
+            negligible=self.negligible,
+            layout="BLHD",
+            scale=self.scale,
+            eps=self.eps,
+            proj_weight=self.proj_l.weight,
+            proj_bias=self.proj_l.bias,
+            block_map=bmap,
+            return_block_map=True,
+        )
         self._remember(used)
         return out.to(dtype)
 
@@ -224,9 +302,14 @@ class SLAWanAttnProcessor(nn.Module):
             return self.block_map
         if self.reuse_block_map_steps > 1 and self._reuse_left > 0 and not torch.is_grad_enabled():
             last = self.last_block_map
-            if (last is not None and tuple(last.lut.shape[:2]) == (b, h) and last.block_q == self.block_q
-                    and last.block_k == self.block_k and last.q_blocks == -(-lq // self.block_q)
-                    and last.k_blocks == -(-lk // self.block_k)):
+            if (
+                last is not None
+                and tuple(last.lut.shape[:2]) == (b, h)
+                and last.block_q == self.block_q
+                and last.block_k == self.block_k
+                and last.q_blocks == -(-lq // self.block_q)
+                and last.k_blocks == -(-lk // self.block_k)
+            ):
                 self._reuse_left -= 1
                 return last
             self._reuse_left = 0  # another shape (batch, resolution, options): predict afresh
@@ -245,8 +328,10 @@ class SLAWanAttnProcessor(nn.Module):
         self._reuse_left = 0
 
     def extra_repr(self) -> str:
-        return (f"topk={self.topk}, block_q={self.block_q}, block_k={self.block_k}, variant={self.variant!r}, "
-                f"feature_map={self.feature_map!r}, reuse_block_map_steps={self.reuse_block_map_steps}")
+        return (
+            f"topk={self.topk}, block_q={self.block_q}, block_k={self.block_k}, variant={self.variant!r}, "
+            f"feature_map={self.feature_map!r}, reuse_block_map_steps={self.reuse_block_map_steps}"
+        )
 
 
 __all__ = ["Float32Linear", "SLAWanAttnProcessor"]
