@@ -351,8 +351,10 @@ void run_variant(Setup st, bool complement) {
     const sla::Status inv = sla::invert_block_map(in.map(st), sla::Exec{});
     CUDA_OK(cudaDeviceSynchronize());
     Outputs r;
-    if (!inv.ok()) report(tag + mu.name, "invert_block_map: " + inv.message);
-    else report(tag + mu.name, run(st, in, &r, &err) ? expect_head1_nan(st, good, r) : err);
+    if (!inv.ok())
+      report(tag + mu.name, "invert_block_map: " + inv.message);
+    else
+      report(tag + mu.name, run(st, in, &r, &err) ? expect_head1_nan(st, good, r) : err);
   }
 
   // Accepted: a permuted row (SPEC.md 7.7), and caller inverse tables full of garbage (rebuilt, never read).
