@@ -56,6 +56,14 @@ def check_number(name: str, value: object, expected: str) -> float:
     return float(value)
 
 
+def check_rule_numbers(negligible: object, negligible_threshold: object, max_negligible: object) -> None:
+    """The plain-number options of a block rule (topk and top_p, which may be per head, are BlockRule's)."""
+    check_number("negligible", negligible, "in [0, 1 - topk]")
+    check_number("negligible_threshold", negligible_threshold, "in [0, 1)")
+    if max_negligible is not None:
+        check_number("max_negligible", max_negligible, "in [0, 1] or None")
+
+
 def check_block_size(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name}: expected an int block size (64 or 128), got {value!r} ({type(value).__name__})")

@@ -131,7 +131,8 @@ def check_block_map(bmap: BlockMap) -> None:
     """
     if not isinstance(bmap, BlockMap):
         raise TypeError(f"bmap: expected an sla.BlockMap, got {type(bmap).__name__}")
-    _options.check_block_size("bmap.k_blocks", bmap.k_blocks)
+    if isinstance(bmap.k_blocks, bool) or not isinstance(bmap.k_blocks, int):
+        raise TypeError(f"bmap.k_blocks: expected an int (Nk), got {bmap.k_blocks!r}")
     tables = [t.detach().cpu() for t in bmap.tables()]
     torch.ops.sla.check_block_map(*tables, bmap.k_blocks)
 
@@ -175,6 +176,7 @@ def block_map(
     _options.check_block_size("block_q", block_q)
     _options.check_block_size("block_k", block_k)
     if rule is None:
+        _options.check_rule_numbers(negligible, negligible_threshold, max_negligible)
         rule = BlockRule.make(
             topk=topk,
             top_p=top_p,

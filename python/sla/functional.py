@@ -81,8 +81,8 @@ def sparse_linear_attention(
     _options.check_projection("proj_bias", proj_bias)
     _options.check_same_device(("q", q), ("k", k), ("v", v), ("proj_weight", proj_weight), ("proj_bias", proj_bias))
     if block_map is None:
-        topk = _options.check_number("topk", topk, "in (0, 1]")
-        negligible = _options.check_number("negligible", negligible, "in [0, 1 - topk]")
+        # topk and top_p: BlockRule.make names them; the plain numbers here would otherwise meet a bare float().
+        _options.check_rule_numbers(negligible, negligible_threshold, max_negligible)
         _options.check_block_size("block_q", block_q)
         _options.check_block_size("block_k", block_k)
     eps = _options.check_number("eps", eps, "> 0")

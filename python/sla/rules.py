@@ -28,6 +28,9 @@ def _per_head(name: str, value: PerHead) -> tuple[float, ...] | float:
     if isinstance(value, Sequence) and not isinstance(value, str):
         if len(value) == 0:
             raise ValueError(f"{name}: expected a float or one value per head, got an empty sequence")
+        for x in value:
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                raise TypeError(f"{name}: expected numbers in the per-head sequence, got {x!r}")
         return tuple(float(x) for x in value)
     raise TypeError(f"{name}: expected a float, a sequence of floats or a 1-D tensor, got {type(value).__name__}")
 

@@ -27,7 +27,7 @@ def dense_attention(q, k, v, scale=None):
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 @pytest.mark.parametrize("where", ["q", "k", "v"])
 def test_non_finite_input_propagates_like_dense_attention(variant, value, where):
-    # topk = 1 and W = b = 0: O equals dense attention (docs/SPEC.md 7.1), so it must be NaN exactly where dense is.
+    # topk = 1 and W = b = 0: O equals dense attention (SPEC.md 7.1), so it must be NaN exactly where dense is.
     q, k, v = make_qkv(1, 2, 150, 150, 16)
     t = {"q": q, "k": k, "v": v}[where]
     t[0, 0, 5, 3] = value
@@ -95,7 +95,7 @@ def test_empty_row_is_still_zero():
 
 
 def test_complement_empty_marginal_is_still_zero_even_with_nan_in_k():
-    # topk = 1 in the complement variant: M_i is empty, O_l is exactly 0 by definition (docs/SPEC.md 3); a NaN key does
+    # topk = 1 in the complement variant: M_i is empty, O_l is exactly 0 by definition (SPEC.md 3); a NaN key does
     # reach O through the sparse branch, but the linear branch adds a true zero, not NaN from an empty sum.
     q, k, v = make_qkv(1, 1, 128, 128, 16)
     w, b = make_projection(16)
@@ -258,7 +258,7 @@ def test_bad_lut_is_rejected_with_its_row_and_value(name, mutate, pattern):
 
 
 def test_unsorted_lut_row_is_accepted():
-    # docs/SPEC.md 7.7: permuting a LUT row changes O only by rounding; it is not an error.
+    # SPEC.md 7.7: permuting a LUT row changes O only by rounding; it is not an error.
     good = lut_map()
     perm = lut_map(lambda l, c: l.copy_(l.flip(-1)))
     sla.check_block_map(perm.with_inverse())
@@ -332,9 +332,12 @@ def qkv():
 @pytest.mark.parametrize(
     "kwargs,exc,pattern",
     [
-        (dict(topk=None), TypeError, r"topk: expected a number in \(0, 1\], got None"),
-        (dict(topk="0.5"), TypeError, "topk: expected a number"),
-        (dict(topk=True), TypeError, "topk: expected a number"),
+        (dict(topk=None), ValueError, r"topk/top_p: expected exactly one of them"),
+        (dict(topk="0.5"), TypeError, "topk: expected a float"),
+        (dict(topk=True), TypeError, "topk: expected a float"),
+        (dict(topk=[0.5, None]), TypeError, "topk: expected numbers in the per-head sequence, got None"),
+        (dict(negligible_threshold=None), TypeError, "negligible_threshold: expected a number"),
+        (dict(max_negligible="all"), TypeError, "max_negligible: expected a number"),
         (dict(negligible=None), TypeError, "negligible: expected a number"),
         (dict(eps=None), TypeError, "eps: expected a number > 0"),
         (dict(eps=-1e-5), ValueError, "eps: expected a finite value > 0"),
@@ -363,8 +366,10 @@ def test_option_messages_name_the_argument(qkv, kwargs, exc, pattern):
 
 def test_block_map_option_messages(qkv):
     q, k, _ = qkv
-    with pytest.raises(TypeError, match=r"topk: expected a number in \(0, 1\], got None"):
+    with pytest.raises(ValueError, match=r"topk/top_p: expected exactly one of them"):
         sla.block_map(q, k, topk=None)
+    with pytest.raises(TypeError, match="negligible: expected a number"):
+        sla.block_map(q, k, topk=0.5, negligible=None)
     with pytest.raises(TypeError, match="block_k: expected an int"):
         sla.block_map(q, k, topk=0.5, block_k=None)
 
