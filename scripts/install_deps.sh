@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing SLA needs, and nothing that is already there.
 #   scripts/install_deps.sh          C++ build and tests: compiler, CMake, Ninja, libpng, zlib, GoogleTest
-#   scripts/install_deps.sh python   the Python test stack: torch, numpy, pytest, scikit-build-core
+#   scripts/install_deps.sh python   the Python test stack: torch, scikit-build-core, tests/python/requirements.txt
 # Works as root (CI, fresh machines) or with sudo. Where packages cannot be installed (no apt, or no network, as on
 # the GPU machine) it says what is missing and goes on: CMake then builds what it can and names what it lacks
 # (without GoogleTest only the C++ unit tests are left out, and `make test` fails if no test was built at all).
@@ -12,6 +12,8 @@ if [ "${1:-}" != "python" ]; then
   command -v cmake >/dev/null || need_apt+=(cmake)
   command -v ninja >/dev/null || need_apt+=(ninja-build)
   command -v g++ >/dev/null || need_apt+=(g++)
+  # `make test` makes a virtual environment; Debian's python3 needs python3-venv (ensurepip) for that.
+  if command -v python3 >/dev/null && ! python3 -c "import ensurepip" 2>/dev/null; then need_apt+=(python3-venv); fi
   for pkg in libgtest-dev libpng-dev zlib1g-dev pkg-config; do
     if command -v dpkg >/dev/null; then dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg"); fi
   done
@@ -28,12 +30,11 @@ if [ "${1:-}" != "python" ]; then
 fi
 
 py=${PYTHON:-python3}
-missing=()
-$py -c "import torch" 2>/dev/null || missing+=("torch>=2.4")
-$py -c "import numpy" 2>/dev/null || missing+=(numpy)
-$py -c "import pytest" 2>/dev/null || missing+=(pytest)
-$py -c "import scikit_build_core" 2>/dev/null || missing+=(scikit-build-core)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "[deps] pip installing: ${missing[*]} (torch is a large download the first time)"
-  $py -m pip install -q "${missing[@]}"
+# torch's range is pyproject.toml's dependency (the extension's CMake refuses older ones); scikit-build-core is the
+# build backend (`pip install --no-build-isolation` needs it installed); tests/python/requirements.txt is the rest.
+# pip leaves what is already satisfied alone, so a second run downloads nothing.
+here=$(cd "$(dirname "$0")/.." && pwd)
+echo "[deps] pip: torch>=2.4, scikit-build-core and tests/python/requirements.txt into $($py -c 'import sys; print(sys.prefix)')"
+if ! $py -m pip install -q "torch>=2.4" "scikit-build-core>=0.10" -r "$here/tests/python/requirements.txt"; then
+  echo "[deps] pip could not install the Python packages (no network?); building with what is there" >&2
 fi

@@ -34,8 +34,9 @@ struct BlockMapShape {
 Status block_map_shape(int64_t batch, int64_t heads, int64_t lq, int64_t lk, const Config& cfg, BlockMapShape* out);
 
 // The block map (SPEC.md section 1). All tables are int32, contiguous, on the device of Q.
-// Row (b,h,i) of `lut` holds count[b,h,i] <= T sorted, distinct key-block indices; entries past the count are
-// unused. The inverse tables are compressed rows per (b,h): the query blocks i that hold key block j in their
+// Row (b,h,i) of `lut` holds count[b,h,i] <= T distinct key-block indices (ascending from predict_block_map); entries past the count are
+// unused (check_block_map below says how a caller-supplied map is checked). The inverse tables are compressed
+// rows per (b,h): the query blocks i that hold key block j in their
 // critical set are inv_index[b,h, inv_offset[b,h,j] : inv_offset[b,h,j+1]], in ascending i.
 struct BlockMap {
   TensorView lut;         // (B, H, Nq, T)
@@ -70,6 +71,22 @@ Status predict_block_map(const TensorView& q, const TensorView& k, const Config&
 // Needs no workspace.
 Status invert_block_map(const BlockMap& map, const Exec& exec);
 
+// The contents of a block map. Every entry point checks shapes; the values are checked as follows:
+//   - map.count[b,h,i] in [0, T] and map.negl_count[b,h,i] in [0, Tn];
+//   - the first count entries of each row of map.lut (map.negl_lut) in [0, Nk) and distinct; any order is accepted
+//     (SPEC.md 7.7: permuting a row changes O only by rounding); entries past the count are never read;
+//   - no key block both critical and negligible in one row;
+//   - inverse tables, when given, exactly invert_block_map's output for that LUT.
+// CPU tables: forward, backward and invert_block_map check them on the host and return invalid_argument naming the
+// table, the row (b, h, i) and the value. CUDA tables: forward and backward check them in a kernel on the given
+// stream (no host synchronisation, so graph capture keeps working); a (b, h) whose tables break a rule gets NaN in
+// every output it owns (O, and the saved LSE / O_l; dQ, dK, dV), and dW and db become NaN, because they sum over
+// every head. Nothing reads or writes out of bounds whatever the tables hold. invert_block_map skips entries
+// outside [0, Nk) and clamps counts, so its output from a bad LUT is checked (and rejected) again downstream.
+// check_block_map runs the host check explicitly, for tables in host memory (copy device tables first): Nk is
+// `k_blocks`; it returns ok or invalid_argument with the first problem found.
+Status check_block_map(const BlockMap& map, int64_t k_blocks);
+
 // Forward pass (SPEC.md sections 2-4): O = O_s + O_l W^T + b.
 // The accumulation type `acc` is f64 for f64 inputs and f32 otherwise.
 struct ForwardArgs {
@@ -85,6 +102,10 @@ struct ForwardArgs {
   TensorView o_lin;        // out (B, H, Lq, Dv) acc, contiguous: O_l before the projection
   TensorView lin_h;        // out (B, H, D, Dv) acc, contiguous: H = sum over all keys of phi(k)^T v
   TensorView lin_z;        // out (B, H, D) acc, contiguous: z = sum over all keys of phi(k)
+  // Optional out, saved for the backward pass: O_s, the sparse branch's output alone, (B, H, Lq, Dv) acc,
+  // contiguous. The backward's Delta_r = dO . O_s is then exact to fp32, instead of carrying the 16-bit rounding
+  // of the whole output O = O_s + O_l W^T + b (or, as in FlashAttention, of O_s; SPEC.md section 5).
+  TensorView o_sparse;
 };
 
 Status forward_workspace_size(const ForwardArgs& args, const Config& cfg, std::size_t* bytes);
@@ -100,6 +121,11 @@ struct BackwardArgs {
   TensorView o;                // forward output (B, H, Lq, Dv)
   TensorView d_o;              // gradient of O, (B, H, Lq, Dv), dtype of q
   TensorView lse, o_lin, lin_h, lin_z;  // saved by forward
+  // Optional, the forward's o_sparse (pass it: Delta_r = dO . O_s is formed from it). Without it, Delta_r is
+  // dO . O (no W, no b: FlashAttention's Delta, which carries the input-dtype rounding of O) or
+  // dO . (O - O_l W^T - b), which carries the rounding of the whole output: a linear part or bias much larger
+  // than O_s costs dQ and dK their digits.
+  TensorView o_sparse;
   TensorView dq, dk, dv;       // out, shapes and dtype of q, k, v
   TensorView d_proj_weight;    // out (Dv, Dv) acc; optional (absent: not computed)
   TensorView d_proj_bias;      // out (Dv) acc;     optional

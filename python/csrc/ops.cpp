@@ -6,6 +6,7 @@
 #include <climits>
 #include <cstddef>
 #include <string>
+#include <utility>
 
 #include "sla/sla.h"
 #include "tensor_views.h"
@@ -16,6 +17,19 @@ namespace {
 // The ops allocate their outputs, so they need the ranks before the library validates anything else.
 void check_rank(const at::Tensor& t, int64_t rank, const char* name, const char* dims) {
   TORCH_CHECK_VALUE(t.dim() == rank, name, ": expected ", rank, " dimensions ", dims, ", got ", t.dim());
+}
+
+// q, k, v, o, grad_o: a floating-point dtype (the library's own message would also list int32, its table dtype).
+void check_floating(const at::Tensor& t, const char* name) {
+  const auto s = t.scalar_type();
+  TORCH_CHECK_TYPE(s == at::kHalf || s == at::kBFloat16 || s == at::kFloat || s == at::kDouble, name,
+                   ": expected dtype float16, bfloat16, float32 or float64, got ", s);
+}
+
+// Block-map tables: int32.
+void check_int32(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, name, ": expected dtype int32 (block-map tables), got ",
+                   t.scalar_type());
 }
 
 int to_block_size(int64_t block, const char* name) {
@@ -75,6 +89,11 @@ struct ExecHolder {
 sla::BlockMap map_views(const at::Tensor& lut, const at::Tensor& count, const at::Tensor& negl_lut,
                         const at::Tensor& negl_count, const at::Tensor& inv_offset, const at::Tensor& inv_index,
                         const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index) {
+  const std::pair<const at::Tensor*, const char*> tables[] = {
+      {&lut, "lut"},           {&count, "count"},         {&negl_lut, "negl_lut"},
+      {&negl_count, "negl_count"}, {&inv_offset, "inv_offset"}, {&inv_index, "inv_index"},
+      {&negl_inv_offset, "negl_inv_offset"}, {&negl_inv_index, "negl_inv_index"}};
+  for (const auto& [t, name] : tables) check_int32(*t, name);
   sla::BlockMap map;
   map.lut = optional_view_of(lut, "lut");
   map.count = optional_view_of(count, "count");
@@ -95,6 +114,8 @@ BlockMapTensors block_map(const at::Tensor& q, const at::Tensor& k, int64_t bloc
                           int64_t max_blocks, double negligible_threshold, double max_negligible, double scale, void* stream) {
   check_rank(q, 4, "q", "(B, H, Lq, D)");
   check_rank(k, 4, "k", "(B, H, Lk, D)");
+  check_floating(q, "q");
+  check_floating(k, "k");
   sla::Config cfg = make_config(block_q, block_k, topk, negligible, variant, "softmax", scale, 1e-5);
   cfg.head_topk.assign(head_topk.begin(), head_topk.end());
   cfg.head_top_p.assign(head_top_p.begin(), head_top_p.end());
@@ -109,6 +130,9 @@ BlockMapTensors block_map(const at::Tensor& q, const at::Tensor& k, int64_t bloc
   const sla::TensorView qv = view_of(qa, "q");
   const sla::TensorView kv = view_of(ka, "k");
 
+  // q, k and the options first: their messages name q or k (block_map_shape would name "batch" or "lq").
+  std::size_t bytes = 0;
+  check_status(sla::predict_block_map_workspace_size(qv, kv, cfg, &bytes), "block_map");
   sla::BlockMapShape s;
   check_status(sla::block_map_shape(q.size(0), q.size(1), q.size(2), k.size(2), cfg, &s), "block_map");
   const int64_t B = s.batch, H = s.heads, Nq = s.q_blocks, Nk = s.k_blocks, T = s.critical, Tn = s.negligible;
@@ -125,8 +149,6 @@ BlockMapTensors block_map(const at::Tensor& q, const at::Tensor& k, int64_t bloc
 
   const sla::BlockMap map =
       map_views(lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index);
-  std::size_t bytes = 0;
-  check_status(sla::predict_block_map_workspace_size(qv, kv, cfg, &bytes), "block_map");
   ExecHolder holder(q, bytes, stream);
   check_status(sla::predict_block_map(qv, kv, cfg, map, holder.exec), "block_map");
   return {lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index};
@@ -152,6 +174,15 @@ InverseTensors invert_block_map(const at::Tensor& lut, const at::Tensor& count, 
   return {inv_offset, inv_index, negl_inv_offset, negl_inv_index};
 }
 
+void check_block_map(const at::Tensor& lut, const at::Tensor& count, const at::Tensor& negl_lut,
+                     const at::Tensor& negl_count, const at::Tensor& inv_offset, const at::Tensor& inv_index,
+                     const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index, int64_t k_blocks) {
+  check_rank(lut, 4, "lut", "(B, H, Nq, T)");
+  const sla::BlockMap map =
+      map_views(lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index);
+  check_status(sla::check_block_map(map, k_blocks), "check_block_map");
+}
+
 ForwardTensors forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                        const c10::optional<at::Tensor>& proj_weight, const c10::optional<at::Tensor>& proj_bias,
                        const at::Tensor& lut, const at::Tensor& count, const at::Tensor& negl_lut,
@@ -163,6 +194,9 @@ ForwardTensors forward(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   check_rank(q, 4, "q", "(B, H, Lq, D)");
   check_rank(k, 4, "k", "(B, H, Lk, D)");
   check_rank(v, 4, "v", "(B, H, Lk, Dv)");
+  check_floating(q, "q");
+  check_floating(k, "k");
+  check_floating(v, "v");
   const sla::Config cfg = make_config(block_q, block_k, topk, negligible, variant, feature_map, scale, eps);
   const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), D = q.size(3), Dv = v.size(3);
   const at::ScalarType acc = acc_dtype(q);
@@ -209,6 +243,11 @@ BackwardTensors backward(const at::Tensor& grad_o, const at::Tensor& q, const at
   check_rank(q, 4, "q", "(B, H, Lq, D)");
   check_rank(k, 4, "k", "(B, H, Lk, D)");
   check_rank(v, 4, "v", "(B, H, Lk, Dv)");
+  check_floating(grad_o, "grad_o");
+  check_floating(q, "q");
+  check_floating(k, "k");
+  check_floating(v, "v");
+  check_floating(o, "o");
   const sla::Config cfg = make_config(block_q, block_k, topk, negligible, variant, feature_map, scale, eps);
   const int64_t Dv = v.size(3);
   const auto acc_opts = q.options().dtype(acc_dtype(q));

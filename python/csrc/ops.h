@@ -30,6 +30,10 @@ BlockMapTensors block_map(const at::Tensor& q, const at::Tensor& k, int64_t bloc
 InverseTensors invert_block_map(const at::Tensor& lut, const at::Tensor& count, const at::Tensor& negl_lut,
                                 const at::Tensor& negl_count, int64_t k_blocks, void* stream);
 
+void check_block_map(const at::Tensor& lut, const at::Tensor& count, const at::Tensor& negl_lut,
+                     const at::Tensor& negl_count, const at::Tensor& inv_offset, const at::Tensor& inv_index,
+                     const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index, int64_t k_blocks);
+
 ForwardTensors forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                        const c10::optional<at::Tensor>& proj_weight, const c10::optional<at::Tensor>& proj_bias,
                        const at::Tensor& lut, const at::Tensor& count, const at::Tensor& negl_lut,

@@ -53,6 +53,7 @@ BackwardTensors backward_cpu(const at::Tensor& grad_o, const at::Tensor& q, cons
 TORCH_LIBRARY_IMPL(sla, CPU, m) {
   m.impl("block_map", &block_map_cpu);
   m.impl("invert_block_map", &invert_block_map_cpu);
+  m.impl("check_block_map", &check_block_map);
   m.impl("forward", &forward_cpu);
   m.impl("backward", &backward_cpu);
 }

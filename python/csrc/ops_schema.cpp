@@ -21,6 +21,9 @@ TORCH_LIBRARY(sla, m) {
   m.def(
       "invert_block_map(Tensor lut, Tensor count, Tensor negl_lut, Tensor negl_count, int k_blocks) -> "
       "(Tensor inv_offset, Tensor inv_index, Tensor negl_inv_offset, Tensor negl_inv_index)");
+  // Host check of a map's contents (include/sla/sla.h, check_block_map); CPU tables only, raises on the first
+  // problem. sla.check_block_map copies device tables to the host first.
+  m.def("check_block_map(" SLA_MAP_TABLES ", int k_blocks) -> ()");
   m.def(
       "forward(Tensor q, Tensor k, Tensor v, Tensor? proj_weight, Tensor? proj_bias, " SLA_MAP_TABLES
       ", " SLA_CONFIG ", bool save_for_backward) -> "

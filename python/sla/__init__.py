@@ -12,12 +12,13 @@ import torch  # noqa: F401  (loads libtorch before the extension that links it)
 
 from . import _C  # registers torch.ops.sla.*
 from . import _autograd, _fake  # noqa: F401  (register the autograd formula and the fake kernels)
-from .blockmap import BlockMap, block_map
+from .blockmap import BlockMap, block_map, check_block_map
 from .functional import sparse_linear_attention
 from .module import SparseLinearAttention
 from .rules import BlockRule
 from . import tiling
 from .calibration import calibrate, load_rules, apply_rules, record
+from . import distributed  # noqa: E402  (sla.distributed: Ulysses sequence parallelism)
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,7 @@ __all__ = [
     "SparseLinearAttention",
     "block_map",
     "build_info",
+    "check_block_map",
     "cuda_available",
     "sparse_linear_attention",
 ]

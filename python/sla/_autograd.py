@@ -1,12 +1,18 @@
 """Autograd of torch.ops.sla.forward: its backward is the torch.ops.sla.backward op (SPEC.md section 5).
 
 Gradients flow to q, k, v, proj_weight and proj_bias; the block-map tables and the options get none (SPEC.md 1.7).
-Double backward is not supported.
+Neither double backward nor forward-mode AD is implemented; both raise NotImplementedError instead of returning
+zeros (torch's default for a custom op without those formulas):
+- double backward: torch.ops.sla.backward gets an autograd formula that raises when its own gradient is needed
+  (create_graph=True followed by a second grad); a single backward, with or without create_graph, is unaffected;
+- forward mode (torch.func.jvp, torch.autograd.forward_ad): the public functions check for tangents on their
+  inputs (check_no_forward_ad) before calling the ops.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 _NUM_MAP_TABLES = 8
 _NUM_OPTIONS = 8  # block_q, block_k, topk, negligible, variant, feature_map, scale, eps
@@ -47,3 +53,47 @@ def _backward(ctx, grad_o, *unused_saved_grads):
 
 
 torch.library.register_autograd("sla::forward", _backward, setup_context=_setup_context)
+
+
+def _double_backward(ctx, *grads):
+    raise NotImplementedError(
+        "sla: double backward is not implemented: the gradients of sparse_linear_attention (torch.ops.sla.backward) "
+        "are not differentiable. A second grad through create_graph=True needs them; compute the SLA layers' "
+        "gradients without create_graph, or keep them out of second-order terms"
+    )
+
+
+def _setup_backward_context(ctx, inputs, output):
+    pass
+
+
+torch.library.register_autograd("sla::backward", _double_backward, setup_context=_setup_backward_context)
+
+
+def _has_tangent(t) -> bool:
+    if not isinstance(t, torch.Tensor):
+        return False
+    # torch.autograd.forward_ad dual tensors, and torch.func.jvp's (which are dual tensors under a functorch wrapper).
+    return fwAD.unpack_dual(t).tangent is not None or _functorch_jvp_active(t)
+
+
+def _functorch_jvp_active(t) -> bool:
+    try:
+        from torch._C._functorch import TransformType, peek_interpreter_stack
+    except ImportError:  # pragma: no cover - older torch
+        return False
+    interp = peek_interpreter_stack()
+    return interp is not None and interp.key() == TransformType.Jvp
+
+
+def check_no_forward_ad(function: str, **tensors) -> None:
+    """Raises NotImplementedError when any input carries a forward-mode tangent. Skipped while torch.compile
+    traces (dynamo does not model the functorch interpreter stack; compiled graphs take no tangents here)."""
+    if torch.compiler.is_compiling():
+        return
+    for name, t in tensors.items():
+        if _has_tangent(t):
+            raise NotImplementedError(
+                f"{function}: forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) is not implemented; "
+                f"{name} carries a tangent. Use reverse mode (backward, torch.func.vjp / grad) instead"
+            )

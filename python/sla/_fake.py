@@ -15,6 +15,23 @@ def _check_rank(name: str, t: torch.Tensor, rank: int, dims: str) -> None:
         raise ValueError(f"{name}: expected {rank} dimensions {dims}, got {t.dim()}")
 
 
+_TABLE_NAMES = ("lut", "count", "negl_lut", "negl_count", "inv_offset", "inv_index", "negl_inv_offset",
+                "negl_inv_index")
+
+
+def _check_devices(*named) -> None:
+    """Every (name, tensor or None) on one device, as the real ops require: a meta tensor among real ones would
+    otherwise route the call here and hand back uninitialised memory."""
+    ref_name, ref = None, None
+    for name, t in named:
+        if t is None:
+            continue
+        if ref is None:
+            ref_name, ref = name, t
+        elif t.device != ref.device:
+            raise ValueError(f"{name}: expected device {ref.device} like {ref_name}, got {t.device}")
+
+
 def _with_attention_strides(t: torch.Tensor) -> torch.Tensor:
     """ops.cpp's with_attention_strides: a contiguous copy only when the last dim is not contiguous or a stride of a
     dimension longer than 1 is not positive."""
@@ -48,6 +65,7 @@ def _block_map_fake(q, k, block_q, block_k, topk, negligible, variant, with_inve
                     scale=0.0):
     _check_rank("q", q, 4, "(B, H, Lq, D)")
     _check_rank("k", k, 4, "(B, H, Lk, D)")
+    _check_devices(("q", q), ("k", k))
     b, h, lq, lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     nq, nk, _, _ = block_map_sizes(lq, lk, block_q, block_k, topk, negligible, variant)
     # The widths of the adaptive rules (docs/BLOCK_MAP.md); with the defaults they are the fixed rule's T and Tn.
@@ -71,6 +89,7 @@ def _block_map_fake(q, k, block_q, block_k, topk, negligible, variant, with_inve
 def _invert_block_map_fake(lut, count, negl_lut, negl_count, k_blocks):
     _check_rank("lut", lut, 4, "(B, H, Nq, T)")
     _check_rank("negl_lut", negl_lut, 4, "(B, H, Nq, Tn)")
+    _check_devices(("lut", lut), ("count", count), ("negl_lut", negl_lut), ("negl_count", negl_count))
     if k_blocks < 1:
         raise ValueError(f"k_blocks: expected Nk >= 1, got {k_blocks}")
     b, h, nq, t = lut.shape
@@ -84,6 +103,14 @@ def _invert_block_map_fake(lut, count, negl_lut, negl_count, k_blocks):
     )
 
 
+@torch.library.register_fake("sla::check_block_map")
+def _check_block_map_fake(lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index,
+                          k_blocks):
+    # The contents are data: nothing to check at trace time but the devices.
+    _check_devices(*zip(_TABLE_NAMES, (lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset,
+                                       negl_inv_index)))
+
+
 @torch.library.register_fake("sla::forward")
 def _forward_fake(q, k, v, proj_weight, proj_bias, lut, count, negl_lut, negl_count, inv_offset, inv_index,
                   negl_inv_offset, negl_inv_index, block_q, block_k, topk, negligible, variant, feature_map, scale,
@@ -91,6 +118,9 @@ def _forward_fake(q, k, v, proj_weight, proj_bias, lut, count, negl_lut, negl_co
     _check_rank("q", q, 4, "(B, H, Lq, D)")
     _check_rank("k", k, 4, "(B, H, Lk, D)")
     _check_rank("v", v, 4, "(B, H, Lk, Dv)")
+    tables = (lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index)
+    _check_devices(("q", q), ("k", k), ("v", v), ("proj_weight", proj_weight), ("proj_bias", proj_bias),
+                   *zip(_TABLE_NAMES, tables))
     b, h, lq, d = q.shape
     dv = v.shape[3]
     acc = _acc_dtype(q)
@@ -111,6 +141,10 @@ def _backward_fake(grad_o, q, k, v, proj_weight, proj_bias, lut, count, negl_lut
     _check_rank("q", q, 4, "(B, H, Lq, D)")
     _check_rank("k", k, 4, "(B, H, Lk, D)")
     _check_rank("v", v, 4, "(B, H, Lk, Dv)")
+    tables = (lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index)
+    _check_devices(("grad_o", grad_o), ("q", q), ("k", k), ("v", v), ("proj_weight", proj_weight),
+                   ("proj_bias", proj_bias), *zip(_TABLE_NAMES, tables), ("o", o), ("lse", lse), ("o_lin", o_lin),
+                   ("lin_h", lin_h), ("lin_z", lin_z))
     dv_size = v.shape[3]
     acc = _acc_dtype(q)
     dq = _empty_attention_like(_with_attention_strides(q), q.shape[3], q.dtype)

@@ -1,8 +1,12 @@
 """Validation of the Python-level options (strings and flags) before they reach the library.
 
-Everything numeric (block sizes, topk, negligible, scale, eps, shapes, dtypes, devices) is checked by the library
-itself, whose messages name the argument; only what the library never sees is checked here.
+The values of numeric options (block sizes, topk, negligible, eps ranges; shapes, devices) are checked by the
+library itself, whose messages name the argument. Checked here: what the library never sees (strings, Python
+types: None or a list where a number or a tensor belongs would otherwise fail inside float() or the op schema
+with a message that names nothing), and dtypes that the op layer would otherwise describe in its own terms.
 """
+
+
 
 from __future__ import annotations
 
@@ -34,6 +38,51 @@ def check_tensor(name: str, value: object) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
     return value
+
+
+_FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_attention_tensor(name: str, value: object) -> torch.Tensor:
+    """q, k, v (and grad_o): a floating-point tensor."""
+    t = check_tensor(name, value)
+    if t.dtype not in _FLOATING:
+        raise TypeError(f"{name}: expected dtype float16, bfloat16, float32 or float64, got {t.dtype}")
+    return t
+
+
+def check_number(name: str, value: object, expected: str) -> float:
+    """A real number (bool excluded: True is not a fraction); `expected` describes the valid range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number {expected}, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
+def check_block_size(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int block size (64 or 128), got {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_projection(name: str, value: object) -> None:
+    """proj_weight / proj_bias: None or a floating-point tensor (it is computed in float32 or float64)."""
+    if value is None:
+        return
+    t = check_tensor(name, value)
+    if not t.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
+
+
+def check_same_device(*named: tuple) -> None:
+    """Every (name, tensor or None) on the device of the first tensor."""
+    ref_name, ref = None, None
+    for name, t in named:
+        if t is None:
+            continue
+        if ref is None:
+            ref_name, ref = name, t
+        elif t.device != ref.device:
+            raise ValueError(f"{name}: expected device {ref.device} like {ref_name}, got {t.device}")
 
 
 def check_rank4(name: str, t: torch.Tensor, layout: str) -> None:

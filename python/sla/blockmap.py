@@ -109,6 +109,24 @@ class BlockMap(NamedTuple):
         return bmap.with_inverse() if with_inverse else bmap
 
 
+def check_block_map(bmap: BlockMap) -> None:
+    """Checks the contents of a block map and raises ValueError naming the table, the row (b, h, i) and the value
+    of the first problem found (include/sla/sla.h, check_block_map, lists the rules: counts in [0, T] and [0, Tn],
+    the first count entries of a row in [0, Nk) and distinct (any order), no block both critical and negligible,
+    inverse tables equal to what ``with_inverse()`` builds).
+
+    CPU maps are checked by every forward and backward anyway. CUDA maps are checked on the device by the kernels,
+    without a host synchronisation (so CUDA graphs still capture them); a malformed map there yields NaN in the
+    outputs of the affected (b, h) instead of an error. This function copies the tables to the host, which
+    synchronises with the device: call it where an explicit error is wanted (e.g. once per loaded mask).
+    """
+    if not isinstance(bmap, BlockMap):
+        raise TypeError(f"bmap: expected an sla.BlockMap, got {type(bmap).__name__}")
+    _options.check_block_size("bmap.k_blocks", bmap.k_blocks)
+    tables = [t.detach().cpu() for t in bmap.tables()]
+    torch.ops.sla.check_block_map(*tables, bmap.k_blocks)
+
+
 def block_map(q: torch.Tensor, k: torch.Tensor, *, topk: Optional[PerHead] = None, block_q: int = 64,
               block_k: int = 64, variant: str = "global", negligible: float = 0.0, layout: str = "BHLD",
               with_inverse: bool = True, top_p: Optional[PerHead] = None, min_blocks: int = 1,
@@ -127,10 +145,13 @@ def block_map(q: torch.Tensor, k: torch.Tensor, *, topk: Optional[PerHead] = Non
     None means no cap). ``rule`` (an sla.BlockRule) may replace all of these. No gradient flows through it."""
     _options.check_choice("layout", layout, _options.LAYOUTS)
     _options.check_choice("variant", variant, _options.VARIANTS)
-    _options.check_tensor("q", q)
-    _options.check_tensor("k", k)
+    _options.check_attention_tensor("q", q)
+    _options.check_attention_tensor("k", k)
     _options.check_rank4("q", q, layout)
     _options.check_rank4("k", k, layout)
+    _options.check_same_device(("q", q), ("k", k))
+    _options.check_block_size("block_q", block_q)
+    _options.check_block_size("block_k", block_k)
     if rule is None:
         rule = BlockRule.make(topk=topk, top_p=top_p, min_blocks=min_blocks, max_blocks=max_blocks,
                               negligible=negligible, negligible_threshold=negligible_threshold,

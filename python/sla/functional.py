@@ -8,6 +8,7 @@ from typing import Optional, Union
 import torch
 
 from . import _options
+from ._autograd import check_no_forward_ad
 from ._shapes import topk_for_count
 from .blockmap import BlockMap, block_map as predict_block_map
 from .rules import BlockRule, PerHead
@@ -73,15 +74,28 @@ def sparse_linear_attention(
     """
     _options.check_choice("layout", layout, _options.LAYOUTS)
     for name, t in (("q", q), ("k", k), ("v", v)):
-        _options.check_tensor(name, t)
+        _options.check_attention_tensor(name, t)
         _options.check_rank4(name, t, layout)
+    _options.check_projection("proj_weight", proj_weight)
+    _options.check_projection("proj_bias", proj_bias)
+    _options.check_same_device(("q", q), ("k", k), ("v", v), ("proj_weight", proj_weight), ("proj_bias", proj_bias))
+    if block_map is None:
+        topk = _options.check_number("topk", topk, "in (0, 1]")
+        negligible = _options.check_number("negligible", negligible, "in [0, 1 - topk]")
+        _options.check_block_size("block_q", block_q)
+        _options.check_block_size("block_k", block_k)
+    eps = _options.check_number("eps", eps, "> 0")
+    check_no_forward_ad("sla.sparse_linear_attention", q=q, k=k, v=v, proj_weight=proj_weight, proj_bias=proj_bias)
     _options.check_choice("variant", variant, _options.VARIANTS)
     _options.check_feature_map(feature_map)
-    if scale is not None and not (isinstance(scale, (int, float)) and 0 < scale < float("inf")):
+    if scale is not None and (isinstance(scale, bool) or not (isinstance(scale, (int, float)) and
+                                                              0 < scale < float("inf"))):
         # The library reads scale == 0 as "1/sqrt(D)"; here that meaning belongs to None alone.
         raise ValueError(f"scale: expected a finite number > 0 or None, got {scale!r}")
     if block_map is not None and not isinstance(block_map, BlockMap):
         raise TypeError(f"block_map: expected an sla.BlockMap, got {type(block_map).__name__}")
+    if block_map is not None:
+        _options.check_same_device(("q", q), ("block_map.lut", block_map.lut))
 
     qh, kh, vh = (_options.to_bhld(t, layout) for t in (q, k, v))
     needs_grad = _needs_grad(q, k, v, proj_weight, proj_bias)

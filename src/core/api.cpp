@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/backend.h"
+#include "core/map_contents.h"
 #include "core/validate.h"
 #include "sla/sla.h"
 
@@ -128,13 +129,24 @@ Status invert_block_map(const BlockMap& map, const Exec& exec) {
     SLA_RETURN_IF_ERROR(validate_invert(map, &p));
     // Inversion needs no workspace; validate_exec still checks the pointer/size pair and num_threads.
     SLA_RETURN_IF_ERROR(validate_exec(exec, 0));
-    if (p.device == Device::cpu) return cpu::invert_block_map(p, map, exec);
+    if (p.device == Device::cpu) {
+      SLA_RETURN_IF_ERROR(check_map_contents(map, p.map.k_blocks, MapInverse::skip));
+      return cpu::invert_block_map(p, map, exec);
+    }
 #ifdef SLA_WITH_CUDA
     // No check_supported here: inversion has no Config, head dim or dtype for it to restrict.
     return cuda::invert_block_map(p, map, exec);
 #else
     return no_cuda_backend("map.lut");
 #endif
+  });
+}
+
+Status check_block_map(const BlockMap& map, int64_t k_blocks) {
+  return guarded("sla::check_block_map", [&]() -> Status {
+    Problem p;
+    SLA_RETURN_IF_ERROR(validate_check_map(map, k_blocks, &p));
+    return check_map_contents(map, k_blocks, MapInverse::check);
   });
 }
 
@@ -157,6 +169,8 @@ Status forward(const ForwardArgs& args, const Config& cfg, const Exec& exec) {
 #ifdef SLA_WITH_CUDA
     if (p.device == Device::cuda) return cuda::forward(p, args, cfg, exec);
 #endif
+    // A caller-supplied map is arbitrary data: checked on the host before any index reaches K or V.
+    SLA_RETURN_IF_ERROR(check_map_contents(args.map, p.map.k_blocks, MapInverse::skip));
     return cpu::forward(p, args, cfg, exec);
   });
 }
@@ -180,6 +194,7 @@ Status backward(const BackwardArgs& args, const Config& cfg, const Exec& exec) {
 #ifdef SLA_WITH_CUDA
     if (p.device == Device::cuda) return cuda::backward(p, args, cfg, exec);
 #endif
+    SLA_RETURN_IF_ERROR(check_map_contents(args.map, p.map.k_blocks, MapInverse::check));
     return cpu::backward(p, args, cfg, exec);
   });
 }

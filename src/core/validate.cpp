@@ -72,6 +72,13 @@ Status check_structure(const std::string& name, const TensorView& t, const char*
                                    ? " (a malformed view: more than 5 dims or a stride list of another length)"
                                    : ""));
   }
+  // Sizes before the pointer: a tensor with a zero-size dimension (D = 0, L = 0) often has no data pointer, and
+  // "shape[3] (D) >= 1, got 0" is the message that explains it.
+  for (int i = 0; i < ndim; ++i) {
+    if (t.shape[i] < 1) {
+      return Status::Invalid(cat(name, ": expected shape[", i, "] (", labels[i], ") >= 1, got ", t.shape[i]));
+    }
+  }
   if (t.data == nullptr) return Status::Invalid(cat(name, ": data is null; expected a valid pointer"));
   if (dtype_size(t.dtype) == 0) {
     return Status::Invalid(cat(name, ": invalid dtype value ", static_cast<int>(t.dtype)));
@@ -81,11 +88,6 @@ Status check_structure(const std::string& name, const TensorView& t, const char*
   }
   if (t.device_index < 0) {
     return Status::Invalid(cat(name, ": expected device_index >= 0, got ", t.device_index));
-  }
-  for (int i = 0; i < ndim; ++i) {
-    if (t.shape[i] < 1) {
-      return Status::Invalid(cat(name, ": expected shape[", i, "] (", labels[i], ") >= 1, got ", t.shape[i]));
-    }
   }
   for (int i = 0; i < ndim; ++i) {
     if (t.stride[i] < 1) {
@@ -628,6 +630,68 @@ Status validate_invert(const BlockMap& m, Problem* p) {
   return Status::Ok();
 }
 
+Status validate_check_map(const BlockMap& m, int64_t k_blocks, Problem* p) {
+  SLA_RETURN_IF_ERROR(check_structure("map.lut", m.lut, {"B", "H", "Nq", "T"}));
+  if (k_blocks < 1 || k_blocks > kInt32Max) {
+    return Status::Invalid(cat("k_blocks: expected Nk in [1, 2^31 - 1], got ", k_blocks));
+  }
+  const TensorView& ref = m.lut;
+  if (ref.device != Device::cpu) {
+    return Status::Invalid(cat("map.lut: expected tables in host memory (device cpu), got ", device_str(ref),
+                               "; copy them to the host first (the CUDA forward and backward check device tables "
+                               "themselves)"));
+  }
+  const int64_t batch = ref.shape[0], heads = ref.shape[1], nq = ref.shape[2], t = ref.shape[3];
+  const Dim b{batch, "B", "map.lut"}, h{heads, "H", "map.lut"}, dq{nq, "Nq", "map.lut"};
+  SLA_RETURN_IF_ERROR(check_table("map.lut", m.lut, {b, h, dq, {t, "T", nullptr}}, ref, "map.lut"));
+  if (t > k_blocks) {
+    return Status::Invalid(cat("map.lut: expected shape[3] (T) <= Nk = ", k_blocks, " (k_blocks), got ", t));
+  }
+  SLA_RETURN_IF_ERROR(check_table("map.count", m.count, {b, h, dq}, ref, "map.lut"));
+  const Dim nk1{k_blocks + 1, "Nk + 1", "k_blocks"};
+  BlockMapShape s;
+  s.batch = batch;
+  s.heads = heads;
+  s.q_blocks = nq;
+  s.k_blocks = k_blocks;
+  s.critical = t;
+  if (m.inv_offset.present() || m.inv_index.present()) {
+    SLA_RETURN_IF_ERROR(check_pair("map.inv_offset", m.inv_offset, "map.inv_index", m.inv_index));
+    SLA_RETURN_IF_ERROR(check_int32_range(s, true, false));
+    SLA_RETURN_IF_ERROR(check_table("map.inv_offset", m.inv_offset, {b, h, nk1}, ref, "map.lut"));
+    SLA_RETURN_IF_ERROR(check_table("map.inv_index", m.inv_index, {b, h, {nq * t, "Nq * T", nullptr}}, ref, "map.lut"));
+  }
+  if (!m.negl_lut.present()) {
+    const std::string why = "because map.negl_lut is absent";
+    SLA_RETURN_IF_ERROR(check_absent("map.negl_count", m.negl_count, why));
+    SLA_RETURN_IF_ERROR(check_absent("map.negl_inv_offset", m.negl_inv_offset, why));
+    SLA_RETURN_IF_ERROR(check_absent("map.negl_inv_index", m.negl_inv_index, why));
+  } else {
+    SLA_RETURN_IF_ERROR(check_structure("map.negl_lut", m.negl_lut, {"B", "H", "Nq", "Tn"}));
+    const int64_t tn = m.negl_lut.shape[3];
+    if (tn > k_blocks - t) {
+      return Status::Invalid(cat("map.negl_lut: expected shape[3] (Tn) <= Nk - T = ", k_blocks - t, ", got ", tn));
+    }
+    s.negligible = tn;
+    SLA_RETURN_IF_ERROR(check_table("map.negl_lut", m.negl_lut, {b, h, dq, {tn, "Tn", nullptr}}, ref, "map.lut"));
+    SLA_RETURN_IF_ERROR(check_table("map.negl_count", m.negl_count, {b, h, dq}, ref, "map.lut"));
+    if (m.negl_inv_offset.present() || m.negl_inv_index.present()) {
+      SLA_RETURN_IF_ERROR(check_pair("map.negl_inv_offset", m.negl_inv_offset, "map.negl_inv_index", m.negl_inv_index));
+      SLA_RETURN_IF_ERROR(check_int32_range(s, false, true));
+      SLA_RETURN_IF_ERROR(check_table("map.negl_inv_offset", m.negl_inv_offset, {b, h, nk1}, ref, "map.lut"));
+      SLA_RETURN_IF_ERROR(
+          check_table("map.negl_inv_index", m.negl_inv_index, {b, h, {nq * tn, "Nq * Tn", nullptr}}, ref, "map.lut"));
+    }
+  }
+  Problem r;
+  r.batch = batch;
+  r.heads = heads;
+  r.device = ref.device;
+  r.map = s;
+  *p = r;
+  return Status::Ok();
+}
+
 Status validate_forward(const ForwardArgs& a, const Config& cfg, Problem* p) {
   Problem r;
   SLA_RETURN_IF_ERROR(resolve_qkv(a.q, a.k, a.v, cfg, &r));
@@ -653,6 +717,11 @@ Status validate_forward(const ForwardArgs& a, const Config& cfg, Problem* p) {
   if (r.save_for_backward) {
     SLA_RETURN_IF_ERROR(check_saved({a.lse, a.o_lin, a.lin_h, a.lin_z}, a.q, r));
   }
+  if (a.o_sparse.present()) {
+    SLA_RETURN_IF_ERROR(check_acc_tensor("o_sparse", a.o_sparse,
+                                         {{r.batch, "B", "q"}, {r.heads, "H", "q"}, {r.lq, "Lq", "q"}, {r.dv, "Dv", "v"}},
+                                         a.q, r));
+  }
   *p = r;
   return Status::Ok();
 }
@@ -664,6 +733,11 @@ Status validate_backward(const BackwardArgs& a, const Config& cfg, Problem* p) {
   SLA_RETURN_IF_ERROR(check_projection("proj_weight", a.proj_weight, "proj_bias", a.proj_bias, a.q, r));
   SLA_RETURN_IF_ERROR(check_output_like("o", a.o, r, a.q, /*written=*/false));
   SLA_RETURN_IF_ERROR(check_output_like("d_o", a.d_o, r, a.q, /*written=*/false));
+  if (a.o_sparse.present()) {
+    SLA_RETURN_IF_ERROR(check_acc_tensor("o_sparse", a.o_sparse,
+                                         {{r.batch, "B", "q"}, {r.heads, "H", "q"}, {r.lq, "Lq", "q"}, {r.dv, "Dv", "v"}},
+                                         a.q, r));
+  }
   SLA_RETURN_IF_ERROR(check_saved({a.lse, a.o_lin, a.lin_h, a.lin_z}, a.q, r));
   SLA_RETURN_IF_ERROR(check_gradient("dq", a.dq, a.q, "q"));
   SLA_RETURN_IF_ERROR(check_gradient("dk", a.dk, a.k, "k"));

@@ -8,8 +8,9 @@
 // What is NOT checked, on purpose:
 // - NaN/Inf in tensor data. Reading device memory would need a synchronisation; such values propagate to the
 //   outputs (never a hang or a crash).
-// - The contents of a caller-supplied LUT (sorted, distinct, in range): the data may live on the device. Backends
-//   clamp counts to T and never index past Nk.
+// - The contents of a caller-supplied LUT (sorted, distinct, in range) and of its inverse tables: the data may
+//   live on the device. core/map_contents.h checks them on the host (the CPU backend before every forward and
+//   backward, and sla::check_block_map); the CUDA backend checks them in a kernel (cuda/map_check.h).
 // - Aliasing between inputs and outputs.
 #pragma once
 
@@ -69,6 +70,8 @@ Status validate_predict(const TensorView& q, const TensorView& k, const Config& 
                         Problem* problem);
 // invert_block_map: the sizes come from the map itself; inv_offset/inv_index are required outputs.
 Status validate_invert(const BlockMap& map, Problem* problem);
+// check_block_map: the tables' shapes against each other and k_blocks, host memory; inverse tables optional.
+Status validate_check_map(const BlockMap& map, int64_t k_blocks, Problem* problem);
 Status validate_forward(const ForwardArgs& args, const Config& cfg, Problem* problem);
 Status validate_backward(const BackwardArgs& args, const Config& cfg, Problem* problem);
 // Checks the caller's workspace against the backend's need (StatusCode::workspace_too_small names the bytes).

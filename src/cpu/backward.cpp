@@ -55,6 +55,9 @@ Status backward_typed(const Problem& p, const BackwardArgs& args, const Config& 
 
   const Rows4<const In> q = rows4<const In>(args.q), k = rows4<const In>(args.k), v = rows4<const In>(args.v);
   const Rows4<const In> o = rows4<const In>(args.o), d_o = rows4<const In>(args.d_o);
+  const bool o_sparse_given = args.o_sparse.present();
+  const Rows4<const Acc> o_s = rows4<const Acc>(args.o_sparse);  // valid when o_sparse_given
+  const bool projected = p.has_weight || p.has_bias;             // O differs from O_s
   const Rows4<In> dq = rows4<In>(args.dq), dk = rows4<In>(args.dk), dvv = rows4<In>(args.dv);
   const Elems3<const Acc> lse = elems3<const Acc>(args.lse);
   const Rows4<const Acc> o_lin = rows4<const Acc>(args.o_lin);
@@ -139,11 +142,22 @@ Status backward_typed(const Problem& p, const BackwardArgs& args, const Config& 
         stage_rows(q, b, hd, r0, r0 + nr, d, &q_rows[r0 * d]);
         stage_rows(d_o, b, hd, r0, r0 + nr, dv, &do_rows[r0 * dv]);
         for (int64_t r = r0; r < r0 + nr; ++r) {
-          // Delta_r = dO_s . O_s with O_s = O - (O_l W^T + b).
-          load_row(o.row(b, hd, r), dv, s.o_row.data());
-          proj.linear_part(o_lin.row(b, hd, r), dv, s.lin_part.data());
+          // Delta_r = dO_s . O_s from the forward's O_s in the accumulation dtype (o_sparse): it carries no 16-bit
+          // rounding at all. Products in the order of dP = dO . v_c in sparse_row: with one key (P = 1, O_s = v_c)
+          // dS is exactly 0. Callers without o_sparse: O itself (no W, no b; FlashAttention's Delta), else
+          // O - (O_l W^T + b), which carries the rounding of the whole output.
           Acc acc = 0;
-          for (int64_t e = 0; e < dv; ++e) acc += do_rows[r * dv + e] * (s.o_row[e] - s.lin_part[e]);
+          if (o_sparse_given) {
+            const Acc* os = o_s.row(b, hd, r);
+            for (int64_t e = 0; e < dv; ++e) acc += do_rows[r * dv + e] * os[e];
+          } else if (!projected) {
+            load_row(o.row(b, hd, r), dv, s.o_row.data());
+            for (int64_t e = 0; e < dv; ++e) acc += do_rows[r * dv + e] * s.o_row[e];
+          } else {
+            load_row(o.row(b, hd, r), dv, s.o_row.data());
+            proj.linear_part(o_lin.row(b, hd, r), dv, s.lin_part.data());
+            for (int64_t e = 0; e < dv; ++e) acc += do_rows[r * dv + e] * (s.o_row[e] - s.lin_part[e]);
+          }
           delta[r] = acc;
         }
 
@@ -177,7 +191,9 @@ Status backward_typed(const Problem& p, const BackwardArgs& args, const Config& 
             proj.backward_row(&do_rows[r * dv], dv, dol);
             Acc n = dot(d, a, z_state);
             if (complement) {
-              if (!(n > 0)) continue;  // O_l was set to 0 here: a constant, no gradient
+              // O_l was set to 0 here (n <= 0): a constant, no gradient. A NaN n is not a zero row (linear_row):
+              // it flows on into NaN gradients.
+              if (n <= 0) continue;
             } else {
               n += eps;
             }

@@ -1,8 +1,9 @@
 // Read access to the block map tables (LUT, counts, negligible set) for the forward and backward passes, and the
 // construction of the inverse tables shared by predict_block_map and invert_block_map.
 //
-// The contents of a caller-supplied LUT are not validated (validate.h says why); like every backend, the CPU
-// backend clamps counts to [0, capacity] and skips entries outside [0, Nk) instead of reading out of bounds.
+// api.cpp checks a map's contents on the host before the CPU forward and backward (core/map_contents.h). The
+// clamps and skips below stay as a second line of defence (and serve invert_block_map, whose input is checked
+// too): counts are clamped to [0, capacity] and entries outside [0, Nk) skipped, never read out of bounds.
 #pragma once
 
 #include <algorithm>

@@ -30,7 +30,8 @@ void feature_map_forward(FeatureMap f, const Acc* x, int64_t d, Acc* a) {
       for (int64_t i = 0; i < d; ++i) a[i] = x[i] > 0 ? x[i] + Acc(1) : std::exp(x[i]);
       break;
     case FeatureMap::relu:
-      for (int64_t i = 0; i < d; ++i) a[i] = x[i] > 0 ? x[i] : Acc(0);
+      // x <= 0, not !(x > 0): relu(NaN) is NaN, as in torch.relu.
+      for (int64_t i = 0; i < d; ++i) a[i] = x[i] <= 0 ? Acc(0) : x[i];
       break;
   }
 }

@@ -153,7 +153,10 @@ Status forward_typed(const Problem& p, const ForwardArgs& args, const Config& cf
           const Acc l = s.row_sum[r];
           const Acc* acc = &s.o_acc[r * dv];
           Acc lse;
-          if (l > 0) {
+          // l is exactly 0 only for a row that visited no key: every visited block adds exp(0) = 1 at its maximum.
+          // NaN or Inf in q or k makes l (and acc) NaN; that must reach O and the LSE as in dense attention, so the
+          // test is l == 0, not l > 0 (which a NaN fails too).
+          if (l != 0) {
             for (int64_t e = 0; e < dv; ++e) s.o_sparse[e] = acc[e] / l;
             lse = s.row_max[r] + std::log(l);
           } else {
@@ -174,6 +177,10 @@ Status forward_typed(const Problem& p, const ForwardArgs& args, const Config& cf
           proj.linear_part(s.o_lin.data(), dv, s.o_proj.data());
           for (int64_t e = 0; e < dv; ++e) s.out[e] = s.o_sparse[e] + s.o_proj[e];
           store_row(s.out.data(), dv, o.row(b, hd, r0 + r));
+          // O_s on its own, for the backward's Delta (see BackwardArgs::o_sparse).
+          if (args.o_sparse.present()) {
+            std::copy(s.o_sparse.begin(), s.o_sparse.end(), rows4<Acc>(args.o_sparse).row(b, hd, r0 + r));
+          }
           if (args.lse.present()) elems3<Acc>(args.lse).at(b, hd, r0 + r) = lse;
           if (args.o_lin.present()) {
             std::copy(s.o_lin.begin(), s.o_lin.end(), rows4<Acc>(args.o_lin).row(b, hd, r0 + r));

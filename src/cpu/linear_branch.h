@@ -38,13 +38,15 @@ void sum_block_states(const uint8_t* mask, int64_t k_blocks, const Acc* h_blocks
   }
 }
 
-// One row of O_l from a = phi(q): a H / (a . z + eps). With `complement`, eps is not added and a denominator that
-// is not > 0 gives a zero row (SPEC.md section 3). Returns the denominator used (0 for a zero row).
+// One row of O_l from a = phi(q): a H / (a . z + eps). With `complement`, eps is not added and a denominator
+// <= 0 gives a zero row (SPEC.md section 3). A NaN denominator (NaN or Inf in q or k) is not "not > 0" here: it
+// divides like any other, so the NaN reaches O_l as in the dense formula. Returns the denominator used (0 for a
+// zero row).
 template <class Acc>
 Acc linear_row(const Acc* a, const Acc* h, const Acc* z, int64_t d, int64_t dv, bool complement, Acc eps, Acc* out) {
   Acc den = dot(d, a, z);
   if (complement) {
-    if (!(den > 0)) {
+    if (den <= 0) {
       std::fill(out, out + dv, Acc(0));
       return Acc(0);
     }

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/backend.h"
+#include "core/cuda_arch.h"
 #include "core/validate.h"
 #include "cuda/block_map.h"
 #include "cuda/bwd/backward.h"
@@ -15,6 +16,7 @@
 #include "cuda/common/params.h"
 #include "cuda/forward_launch.h"
 #include "cuda/linear_state.h"
+#include "cuda/map_check.h"
 
 #ifndef SLA_CUDA_ARCHS_STRING
 #define SLA_CUDA_ARCHS_STRING "unknown"
@@ -93,13 +95,41 @@ Status check_int_sizes(const Problem& p) {
   return Status::Ok();
 }
 
-Status current_device_capability(int* major) {
+Status current_device_capability(int* major, int* minor) {
   int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(major, cudaDevAttrComputeCapabilityMajor, dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(minor, cudaDevAttrComputeCapabilityMinor, dev);
   if (e != cudaSuccess) {
     cudaGetLastError();  // do not leave a sticky-looking error for the next launch check
     return device_error("cudaDeviceGetAttribute(compute capability)", e);
+  }
+  return Status::Ok();
+}
+
+std::string current_device_name() {
+  int dev = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return "the current CUDA device";
+  }
+  return prop.name;
+}
+
+// Checked before any launch: without it a GPU this build has no code for (a Blackwell card, or an A100 with a
+// 90a-only build) fails at the first kernel with "no kernel image". The name is queried on the error path only.
+Status check_device_runs_build() {
+  int major = 0, minor = 0;
+  SLA_RETURN_IF_ERROR(current_device_capability(&major, &minor));
+  if (!cuda_archs_run_on(SLA_CUDA_ARCHS_STRING, major, minor)) {
+    const bool kernels_exist = major == 8 || (major == 9 && minor == 0);
+    return Status::Unsupported(
+        "this build of SLA has no CUDA kernels for " + current_device_name() + " (compute capability " +
+        std::to_string(major) + "." + std::to_string(minor) + "); it was built for " + SLA_CUDA_ARCHS_STRING +
+        (kernels_exist ? ". Rebuild with SLA_CUDA_ARCHS=\"80;90a\" (80: 8.x GPUs, 90a: H100/H200)"
+                       : ". SLA's kernels exist for compute capability 8.x (sm_80) and 9.0 (sm_90a) only: use the "
+                         "CPU backend on this machine"));
   }
   return Status::Ok();
 }
@@ -123,8 +153,9 @@ Status check_on_current_device(const char* name, const TensorView& t) {
   return Status::Ok();
 }
 
-// Forward workspace: the epilogue operands, then the linear-state scratch.
+// Forward workspace: the block-map check, the epilogue operands, then the linear-state scratch.
 struct ForwardWorkspace {
+  CheckedMap map;
   unsigned char* lin_ops = nullptr;
   void* state = nullptr;
 };
@@ -132,6 +163,7 @@ struct ForwardWorkspace {
 ForwardWorkspace carve_forward(const Problem& p, const Config& cfg, WorkspaceCarver& ws) {
   const LinearStatePlan plan = plan_linear_state(p, cfg);
   ForwardWorkspace f;
+  f.map = carve_map_check(p, /*rebuild_inverse=*/false, ws);
   f.lin_ops = ws.take<unsigned char>(
       static_cast<std::size_t>(p.batch * p.heads * plan.operand_blocks * plan.layout.bytes()));
   f.state = ws.take<unsigned char>(linear_state_workspace_bytes(p, cfg));
@@ -173,13 +205,7 @@ Status check_supported(const Problem& p, const Config& cfg) {
                                std::to_string(cfg.block_q) + " and " + std::to_string(cfg.block_k));
   }
   SLA_RETURN_IF_ERROR(check_int_sizes(p));
-  int major = 0;
-  SLA_RETURN_IF_ERROR(current_device_capability(&major));
-  if (major < 8) {
-    return Status::Unsupported("the CUDA backend needs compute capability 8.0 or newer, the current device has " +
-                               std::to_string(major) + ".x");
-  }
-  return Status::Ok();
+  return check_device_runs_build();
 }
 
 std::size_t predict_block_map_workspace(const Problem& p, const Config& cfg) {
@@ -195,6 +221,7 @@ Status predict_block_map(const Problem& p, const TensorView& q, const TensorView
 }
 
 Status invert_block_map(const Problem& p, const BlockMap& map, const Exec& exec) {
+  SLA_RETURN_IF_ERROR(check_device_runs_build());
   SLA_RETURN_IF_ERROR(check_on_current_device("map.lut", map.lut));
   return launch_invert_block_map(p, map, stream_of(exec));
 }
@@ -205,15 +232,39 @@ std::size_t forward_workspace(const Problem& p, const Config& cfg) {
   return ws.bytes();
 }
 
-Status forward(const Problem& p, const ForwardArgs& args, const Config& cfg, const Exec& exec) {
-  SLA_RETURN_IF_ERROR(check_on_current_device("q", args.q));
-  SLA_RETURN_IF_ERROR(check_rows_aligned("q", args.q));
-  SLA_RETURN_IF_ERROR(check_rows_aligned("k", args.k));
-  SLA_RETURN_IF_ERROR(check_rows_aligned("v", args.v));
-  SLA_RETURN_IF_ERROR(check_rows_aligned("o", args.o));
+namespace {
+
+// The forward pass proper, on a map whose contents are checked (map_check.h).
+Status forward_checked(const Problem& p, const ForwardArgs& args, const Config& cfg, const ForwardWorkspace& fw,
+                       cudaStream_t stream);
+
+}  // namespace
+
+Status forward(const Problem& p, const ForwardArgs& caller_args, const Config& cfg, const Exec& exec) {
+  SLA_RETURN_IF_ERROR(check_on_current_device("q", caller_args.q));
+  SLA_RETURN_IF_ERROR(check_rows_aligned("q", caller_args.q));
+  SLA_RETURN_IF_ERROR(check_rows_aligned("k", caller_args.k));
+  SLA_RETURN_IF_ERROR(check_rows_aligned("v", caller_args.v));
+  SLA_RETURN_IF_ERROR(check_rows_aligned("o", caller_args.o));
   const cudaStream_t stream = stream_of(exec);
   WorkspaceCarver ws(exec.workspace);
-  const ForwardWorkspace fw = carve_forward(p, cfg, ws);
+  ForwardWorkspace fw = carve_forward(p, cfg, ws);
+  // A caller's map is arbitrary data: checked on the device first; the kernels then read only checked counts, and
+  // every output of a head whose map breaks a rule becomes NaN afterwards.
+  SLA_RETURN_IF_ERROR(launch_map_check(p, caller_args.map, &fw.map, stream));
+  ForwardArgs args = caller_args;
+  args.map = fw.map.map;
+  SLA_RETURN_IF_ERROR(forward_checked(p, args, cfg, fw, stream));
+  for (const TensorView* t : {&args.o, &args.lse, &args.o_lin, &args.lin_h, &args.lin_z}) {
+    SLA_RETURN_IF_ERROR(launch_poison_heads(fw.map, *t, stream));
+  }
+  return Status::Ok();
+}
+
+namespace {
+
+Status forward_checked(const Problem& p, const ForwardArgs& args, const Config& cfg, const ForwardWorkspace& fw,
+                       cudaStream_t stream) {
   const LinearStatePlan plan = plan_linear_state(p, cfg);
 
   const bool need_linear = args.proj_weight.present() || args.o_lin.present() || args.lin_h.present();
@@ -226,6 +277,7 @@ Status forward(const Problem& p, const ForwardArgs& args, const Config& cfg, con
   fp.k = rows_params(args.k);
   fp.v = rows_params(args.v);
   fp.o = rows_params(args.o);
+  fp.o_sparse = static_cast<float*>(args.o_sparse.data);
   fp.lut = static_cast<const int32_t*>(args.map.lut.data);
   fp.lut_count = static_cast<const int32_t*>(args.map.count.data);
   fp.lut_capacity = static_cast<int>(args.map.lut.shape[3]);
@@ -268,9 +320,14 @@ Status forward(const Problem& p, const ForwardArgs& args, const Config& cfg, con
                              std::to_string(p.d) + " is not built for the CUDA backend");
 }
 
+}  // namespace
+
+// Backward workspace: the block-map check (with the rebuilt inverse tables) first, then the backward kernels' own.
 std::size_t backward_workspace(const Problem& p, const Config& cfg) {
 #ifdef SLA_CUDA_HAS_BWD
-  return bwd::workspace_bytes(p, cfg);
+  WorkspaceCarver ws;
+  carve_map_check(p, /*rebuild_inverse=*/true, ws);
+  return ws.bytes() + bwd::workspace_bytes(p, cfg);
 #else
   (void)p;
   (void)cfg;
@@ -278,7 +335,8 @@ std::size_t backward_workspace(const Problem& p, const Config& cfg) {
 #endif
 }
 
-Status backward(const Problem& p, const BackwardArgs& args, const Config& cfg, const Exec& exec) {
+Status backward(const Problem& p, const BackwardArgs& caller_args, const Config& cfg, const Exec& exec) {
+  const BackwardArgs& args = caller_args;
   SLA_RETURN_IF_ERROR(check_on_current_device("q", args.q));
   SLA_RETURN_IF_ERROR(check_rows_aligned("q", args.q));
   SLA_RETURN_IF_ERROR(check_rows_aligned("k", args.k));
@@ -289,7 +347,24 @@ Status backward(const Problem& p, const BackwardArgs& args, const Config& cfg, c
   SLA_RETURN_IF_ERROR(check_rows_aligned("dk", args.dk));
   SLA_RETURN_IF_ERROR(check_rows_aligned("dv", args.dv));
 #ifdef SLA_CUDA_HAS_BWD
-  return bwd::launch_backward(p, args, cfg, exec);
+  // As in forward: check the caller's map on the device; the inverse tables are rebuilt from the checked LUT (the
+  // caller's are never read), so no table can send a kernel out of bounds; a bad head's gradients become NaN.
+  const cudaStream_t stream = stream_of(exec);
+  WorkspaceCarver ws(exec.workspace);
+  CheckedMap checked = carve_map_check(p, /*rebuild_inverse=*/true, ws);
+  const std::size_t check_bytes = ws.bytes();
+  SLA_RETURN_IF_ERROR(launch_map_check(p, caller_args.map, &checked, stream));
+  BackwardArgs checked_args = caller_args;
+  checked_args.map = checked.map;
+  Exec rest = exec;
+  rest.workspace = static_cast<unsigned char*>(exec.workspace) + check_bytes;
+  rest.workspace_bytes = exec.workspace_bytes - check_bytes;
+  SLA_RETURN_IF_ERROR(bwd::launch_backward(p, checked_args, cfg, rest));
+  for (const TensorView* t : {&checked_args.dq, &checked_args.dk, &checked_args.dv}) {
+    SLA_RETURN_IF_ERROR(launch_poison_heads(checked, *t, stream));
+  }
+  SLA_RETURN_IF_ERROR(launch_poison_if_any(checked, checked_args.d_proj_weight, stream));
+  return launch_poison_if_any(checked, checked_args.d_proj_bias, stream);
 #else
   (void)p;
   (void)cfg;

@@ -231,7 +231,8 @@ struct LinearEpilogue {
   static constexpr int kD = Traits::kHeadDim, kChunks = Traits::kChunks, kM = Traits::kMTiles;
 
   // Per-row factor f such that A = phi(q) * f, with f = 1 / n (n = phi(q).z + eps, or phi(q).z_i), or 0 when the
-  // row's O_l is 0 (complement variant: no marginal block, or n not > 0). Also returns the softmax row stats.
+  // row's O_l is 0 (complement variant: no marginal block, or n <= 0; a NaN n stays NaN, so that non-finite
+  // inputs reach O as in the dense formula). Also returns the softmax row stats.
   // `row16` is the first row of one m-tile of the warp.
   template <FeatureMap F>
   static __device__ __forceinline__ void row_factors(const ForwardParams& p, uint32_t q_tile, const float* z,
@@ -283,7 +284,7 @@ struct LinearEpilogue {
         n = d;
       }
       if (p.complement) {
-        factor[r] = (marginal_empty || !(n > 0.f)) ? 0.f : 1.f / n;
+        factor[r] = (marginal_empty || n <= 0.f) ? 0.f : 1.f / n;
       } else {
         factor[r] = 1.f / (n + p.eps);
       }
@@ -452,10 +453,13 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const float l = quad_sum(ml.l[mt].v[r]);
-      inv_l[r] = l > 0.f ? 1.f / l : 0.f;  // a row with no valid LUT entry: O_s = 0, LSE = -inf
+      // l is exactly 0 only for a row that visited no key (a LUT row of count 0): O_s = 0, LSE = -inf. Every
+      // visited block adds exp2(0) = 1 at its maximum. NaN or Inf in q or k makes l NaN, which must reach O and
+      // the LSE as in dense attention: hence l == 0, not l > 0 (a NaN fails both comparisons).
+      inv_l[r] = l == 0.f ? 0.f : 1.f / l;
       const int64_t row = row0 + warp_row0 + mt * 16 + g + 8 * r;
       if (p.lse != nullptr && t == 0 && row < p.lq) {
-        p.lse[bh * p.lq + row] = l > 0.f ? (ml.m[mt].v[r] + __log2f(l)) * kLn2 : -INFINITY;
+        p.lse[bh * p.lq + row] = l == 0.f ? -INFINITY : (ml.m[mt].v[r] + __log2f(l)) * kLn2;
       }
     }
 #pragma unroll
@@ -464,6 +468,25 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
       ml.o[mt][nt][1] *= inv_l[0];
       ml.o[mt][nt][2] *= inv_l[1];
       ml.o[mt][nt][3] *= inv_l[1];
+    }
+  }
+
+  // O_s alone in fp32, for the backward's Delta = dO . O_s (BackwardArgs::o_sparse): no 16-bit rounding in it.
+  if (p.o_sparse != nullptr) {
+    float* os_head = p.o_sparse + bh * p.lq * kD;
+#pragma unroll
+    for (int nt = 0; nt < Traits::kNTilesO; ++nt) {
+      const int c = nt * 8 + 2 * t;
+#pragma unroll
+      for (int mt = 0; mt < kM; ++mt) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int64_t row = row0 + warp_row0 + mt * 16 + g + 8 * r;
+          if (row < p.lq) {
+            *reinterpret_cast<float2*>(os_head + row * kD + c) = make_float2(ml.o[mt][nt][2 * r], ml.o[mt][nt][2 * r + 1]);
+          }
+        }
+      }
     }
   }
 

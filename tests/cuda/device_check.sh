@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One device call: the forward and backward grids of test_backend_ops, compute-sanitizer on a small forward and
-# backward, then the W1 timing (inference forward and one training step) against cuDNN on the same card.
+# One device call: the forward and backward grids of test_backend_ops, the random-configuration fuzz (2000 cases per
+# mainloop, FUZZ_COUNT to change), compute-sanitizer on a small forward and backward, then the W1 timing (inference
+# forward and one training step) against cuDNN on the same card.
 # Usage: tests/cuda/device_check.sh [filter] ; logs go to $OUT.
 # Environment: BIN (a test_backend_ops built elsewhere, e.g. carried; built here when absent or when it cannot
 # run on this machine), SKIP_TESTS, SKIP_SANITIZER. The forward grid and the W1 timing also run with
@@ -29,6 +30,12 @@ if [ -z "$SKIP_TESTS" ]; then
   echo "== forward and backward grids with SLA_CUDA_MAINLOOP=mma"
   SLA_CUDA_MAINLOOP=mma $T --mode fwd ${1:+--filter "$1"} 2>&1 | tee "$OUT/fwd_mma.log" | grep -v "^OK" | tail -10 || rc=1
   SLA_CUDA_MAINLOOP=mma $T --mode bwd ${1:+--filter "$1"} 2>&1 | tee "$OUT/bwd_mma.log" | grep -v "^OK" | tail -10 || rc=1
+  # Random configurations over the whole option space against the fp64 CPU oracle (fresh seed, printed with the
+  # replay command): O and every gradient under the 2x rule, bitwise reruns on every 8th case. Both mainloops.
+  echo "== fuzz (default mainloops)"
+  $T --mode fuzz --count ${FUZZ_COUNT:-2000} 2>&1 | tee "$OUT/fuzz.log" | tail -25 || rc=1
+  echo "== fuzz with SLA_CUDA_MAINLOOP=mma"
+  SLA_CUDA_MAINLOOP=mma $T --mode fuzz --count ${FUZZ_COUNT:-2000} 2>&1 | tee "$OUT/fuzz_mma.log" | tail -25 || rc=1
 fi
 if [ -z "$SKIP_SANITIZER$SKIP_TESTS" ]; then
   # Full reports go to $OUT/sanitizer.log; the summary lines are printed.

@@ -271,14 +271,21 @@ void reference_backward(const RefProblem& p, const std::vector<double>& d_o, con
       if (p.bias != nullptr)
         for (int64_t n = 0; n < d; ++n) out->db[n] += dOr[n];
       // Sparse backward.
+      // dP rounded to the input dtype, and Delta as PyTorch's autograd forms it for softmax: rowsum(P * dP) of the
+      // rounded P and dP, accumulated in fp32 or better (softmax_backward_data); it never sees O or O_s. (With one
+      // key, P = 1 and Delta = dP: dS = 0 exactly, as in exact arithmetic.)
+      std::vector<double> dprow(keys.size());
       double delta = 0;
-      for (int64_t c = 0; c < d; ++c) delta += dOr[c] * os[c];
       for (size_t e = 0; e < keys.size(); ++e) {
-        const double* kc = k + keys[e] * d;
         const double* vc = v + keys[e] * d;
         double dp = 0;
         for (int64_t c = 0; c < d; ++c) dp += dOr[c] * vc[c];
-        const double ds = rnd(prow[e] * (rnd(dp) - delta));
+        dprow[e] = rnd(dp);
+        delta += prow[e] * dprow[e];
+      }
+      for (size_t e = 0; e < keys.size(); ++e) {
+        const double* kc = k + keys[e] * d;
+        const double ds = rnd(prow[e] * (dprow[e] - delta));
         for (int64_t c = 0; c < d; ++c) {
           dq[r * d + c] += p.scale * ds * kc[c];
           dk[keys[e] * d + c] += p.scale * ds * qr[c];

@@ -102,6 +102,8 @@ Status launch_backward(const Problem& p, const BackwardArgs& args, const Config&
   bp.k = rows_params(args.k);
   bp.v = rows_params(args.v);
   bp.o = rows_params(args.o);
+  // Delta_r = dO . O_s from the forward's fp32 O_s where the caller saved it (o_sparse).
+  bp.o_sparse = args.o_sparse.present() ? f32(args.o_sparse) : nullptr;
   bp.d_o = rows_params(args.d_o);
   bp.grad_q = rows_params(args.dq);
   bp.grad_k = rows_params(args.dk);

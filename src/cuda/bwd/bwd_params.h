@@ -21,6 +21,7 @@ struct BwdParams {
   RowsParams grad_q, grad_k, grad_v;  // outputs dq, dk, dv, dtype T
 
   const float* lse = nullptr;    // (B, H, Lq) natural log
+  const float* o_sparse = nullptr;  // (B, H, Lq, Dv) or null: the forward's O_s in fp32, for Delta_r
   const float* o_lin = nullptr;  // (B, H, Lq, Dv) contiguous
   const float* lin_h = nullptr;  // (B, H, D, Dv): H over all keys
   const float* lin_z = nullptr;  // (B, H, D)

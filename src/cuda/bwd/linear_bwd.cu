@@ -1,7 +1,8 @@
 // The backward pass's linear branch and projection (SPEC.md section 5), everything except the per-row epilogues
 // that the sparse kernels apply to dq, dk, dv. With A_r = a_r / n_r (a_r = phi(q_r)) and G = W H^T:
 //   - D_r = dO_l[r] . O_l[r] = A_r . (dO_r G), so no per-row O_l W^T product is needed;
-//   - Delta_r = dO . O_s = dO . O - D_r - dO . b;
+//   - Delta_r = dO . O_s with the forward's fp32 O_s (o_sparse): no 16-bit rounding in it. A caller without
+//     o_sparse gets dO . O - D_r - dO . b, which carries the input-dtype rounding of the whole output O;
 //   - E = sum_r A_r^T dO_r, then dH = E W (= sum_r A_r^T dO_l[r]) and dW = sum_r dO_r^T O_l[r] = E^T H;
 //   - dz = -sum_r A_r D_r and db = sum_r dO_r.
 // The per-row products run on the tensor cores with split-bf16 operands (split_mma.cuh). Every reduction writes
@@ -109,7 +110,7 @@ struct RowPrepSmem {
   static constexpr int q = g_lo + kSquare, o = q + kTile;               // Q and O tiles, dtype T
   static constexpr int d_o = o + kTile;                                 // dO tiles (two buffers), dtype T
   static constexpr int a_hi = d_o + 2 * kTile, a_lo = a_hi + kTile;     // A = a / n split, b16 tiles
-  static constexpr int delta0 = a_lo + kTile;                           // dO . O - dO . b per row
+  static constexpr int delta0 = a_lo + kTile;                           // dO . O_s (or dO . O - dO . b) per row
   static constexpr int d_r = delta0 + SR * 4;                           // D_r per row, per column split
   static constexpr int kBytes = d_r + kUColSplit * SR * 4;
   // A is kept only as its hi + lo split (~16 significant bits, the precision the E = A^T dO products see): an
@@ -166,8 +167,10 @@ __global__ void __launch_bounds__(kRowPrepThreads) row_prep_kernel(BwdParams p, 
     const int valid = static_cast<int>(min64(SR, range.end - row0));
     load_tile_async<SR, D, kThreads>(base + Smem::q, reinterpret_cast<const uint16_t*>(row_ptr<T>(p.q, b, h, row0)),
                                      p.q.row_stride, valid, tid);
-    load_tile_async<SR, D, kThreads>(base + Smem::o, reinterpret_cast<const uint16_t*>(row_ptr<T>(p.o, b, h, row0)),
-                                     p.o.row_stride, valid, tid);
+    if (p.o_sparse == nullptr) {
+      load_tile_async<SR, D, kThreads>(base + Smem::o, reinterpret_cast<const uint16_t*>(row_ptr<T>(p.o, b, h, row0)),
+                                       p.o.row_stride, valid, tid);
+    }
     load_tile_async<SR, D, kThreads>(base + Smem::d_o + buf * Smem::kTile,
                                      reinterpret_cast<const uint16_t*>(row_ptr<T>(p.d_o, b, h, row0)),
                                      p.d_o.row_stride, valid, tid);
@@ -201,11 +204,16 @@ __global__ void __launch_bounds__(kRowPrepThreads) row_prep_kernel(BwdParams p, 
         const int64_t row = row0 + r;
         const WarpRow<D> a = feature_map_row<F, D>(tile_row(Smem::q, r));
         const float n = row_dot(a, load_row_f32<D>(z, lane)) + p.eps;
-        // Global: n >= eps > 0 always. Complement: a denominator that is not > 0 defines O_l = 0 (SPEC.md 3).
-        const float inv_n = (!p.complement || n > 0.f) ? 1.f / n : 0.f;
+        // Global: n >= eps > 0 always. Complement: a denominator <= 0 defines O_l = 0 (SPEC.md 3); a NaN one
+        // (non-finite q or k) is no zero row and keeps the gradients NaN.
+        const float inv_n = (!p.complement || !(n <= 0.f)) ? 1.f / n : 0.f;
         const WarpRow<D> d_o = tile_row(do_off, r);
-        delta0 = row_dot(d_o, tile_row(Smem::o, r));
-        if (p.proj_b) delta0 -= row_dot(d_o, load_row_f32<D>(p.proj_b, lane));
+        if (p.o_sparse != nullptr) {
+          delta0 = row_dot(d_o, load_row_f32<D>(p.o_sparse + (bh * p.lq + row) * D, lane));
+        } else {
+          delta0 = row_dot(d_o, tile_row(Smem::o, r));
+          if (p.proj_b) delta0 -= row_dot(d_o, load_row_f32<D>(p.proj_b, lane));
+        }
         if (lane == 0) p.inv_n[bh * p.lq + row] = inv_n;
 #pragma unroll
         for (int t = 0; t < WarpRow<D>::kPer; ++t) scaled.v[t] = a.v[t] * inv_n;
@@ -254,7 +262,7 @@ __global__ void __launch_bounds__(kRowPrepThreads) row_prep_kernel(BwdParams p, 
         for (int sp = 0; sp < kUColSplit; ++sp) d_r += dr_s[sp * SR + tid];
       }
       if (tid < valid) {
-        p.delta[bh * p.lq + row0 + tid] = delta0_s[tid] - d_r;
+        p.delta[bh * p.lq + row0 + tid] = p.o_sparse != nullptr ? delta0_s[tid] : delta0_s[tid] - d_r;
         p.d_lin[bh * p.lq + row0 + tid] = d_r;
       }
       dr_s[tid] = d_r;

@@ -20,7 +20,7 @@ __device__ __forceinline__ float phi_forward(float x, const FeatureRowStats& s) 
   } else if constexpr (F == FeatureMap::elu) {
     return x > 0.f ? x + 1.f : __expf(x);
   } else {
-    return x > 0.f ? x : 0.f;
+    return x <= 0.f ? 0.f : x;  // relu(NaN) is NaN, as in torch.relu (and the CPU backend)
   }
 }
 

@@ -62,6 +62,7 @@ struct ForwardParams {
   int lut_capacity = 0;                // T
   float* lse = nullptr;                // (B, H, Lq) or null
   float* o_lin = nullptr;              // (B, H, Lq, Dv) or null
+  float* o_sparse = nullptr;           // (B, H, Lq, Dv) or null: O_s alone, for the backward's Delta
   const unsigned char* lin_ops = nullptr;  // LinearOperandLayout blocks
   int64_t lin_ops_head_stride = 0;     // bytes between (b, h) blocks, flattened over b * H + h
   int64_t lin_ops_qblock_stride = 0;   // bytes between query blocks (0: one block per head, global variant)

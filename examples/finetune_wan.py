@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+"""Fine-tune a diffusers Wan transformer with SLA (sparse-linear attention) on pre-computed latents.
+
+The recipe's defaults (SLA paper / TurboDiffusion): every parameter trainable (the SLA projections start at zero,
+so step 0 is the sparse model), topk 0.1, 128 x 64 blocks, bf16 autocast over fp32 weights, gradient checkpointing,
+and Wan's flow-matching objective: x_t = (1 - s) x_0 + s e with s drawn from a shifted uniform law, the model
+predicting the velocity e - x_0 at timestep 1000 s, mean squared error in float32.
+
+Data: a folder of .safetensors files (one example each), made with the VAE and text encoder you train with:
+    latents      (C, F, H, W)  the VAE latents of one video (Wan2.1: C = 16, F = (frames - 1) / 4 + 1, H, W = size / 8)
+    text_embeds  (L, D)        the text encoder's output for its caption (Wan2.1: umT5, D = 4096, L <= 512)
+e.g. safetensors.torch.save_file({"latents": z, "text_embeds": e}, "data/000001.safetensors"). Text embeddings are
+zero-padded to --text-len tokens as Wan does; examples in one batch must have the same latent shape.
+
+Model: --pretrained DIR_OR_ID (a diffusers Wan repository, its "transformer" subfolder, or the folder itself) or
+--config CONFIG.json (random weights; what the tests use). --turbodiffusion CKPT starts from a TurboDiffusion
+checkpoint instead (sla.diffusers.load_turbodiffusion).
+
+Output: --output-dir/checkpoint-<step>/ with model.safetensors (the whole state dict, SLA projections included as
+blocks.<i>.attn1.processor.proj_l.*), optimizer.pt, config.json (the transformer's) and state.json; --resume
+latest|DIR continues from one. The run is deterministic given --seed: data order and noise depend on the seed and
+the step only, so a resumed run takes the same steps as an uninterrupted one.
+
+    python examples/finetune_wan.py --pretrained Wan-AI/Wan2.1-T2V-1.3B-Diffusers --data data/ --output-dir out/ \
+        --max-steps 2000 --save-every 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+# ---- data --------------------------------------------------------------------------------------------------------
+
+class LatentDataset(torch.utils.data.Dataset):
+    """The folder of .safetensors examples described in the module docstring."""
+
+    def __init__(self, folder: str, text_len: int):
+        self.files = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
+        if not self.files:
+            raise SystemExit(f"--data: no .safetensors files in {folder!r} (see the docstring for the format)")
+        self.text_len = text_len
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, index):
+        from safetensors.torch import load_file
+
+        path = self.files[index]
+        item = load_file(path)
+        for key, dims in (("latents", 4), ("text_embeds", 2)):
+            if key not in item or item[key].dim() != dims:
+                raise ValueError(f"{path}: expected a {dims}-d tensor {key!r}; has "
+                                 f"{ {k: tuple(v.shape) for k, v in item.items()} }")
+        text = item["text_embeds"].float()
+        if text.shape[0] > self.text_len:
+            raise ValueError(f"{path}: text_embeds has {text.shape[0]} tokens, more than --text-len {self.text_len}")
+        padded = text.new_zeros(self.text_len, text.shape[1])
+        padded[: text.shape[0]] = text
+        return item["latents"].float(), padded
+
+
+def batches(dataset, batch_size: int, seed: int, start_step: int):
+    """Batches in a per-epoch order that depends on (seed, epoch) only, from step `start_step` on."""
+    per_epoch = max(1, len(dataset) // batch_size)
+    step = start_step
+    while True:
+        epoch, offset = divmod(step, per_epoch)
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 7919 * epoch))
+        idx = order[offset * batch_size: (offset + 1) * batch_size].tolist()
+        items = [dataset[i] for i in idx]
+        shapes = {tuple(x[0].shape) for x in items}
+        if len(shapes) > 1:
+            raise ValueError(f"a batch mixes latent shapes {sorted(shapes)}: use --batch-size 1 or same-size videos")
+        yield step, torch.stack([x[0] for x in items]), torch.stack([x[1] for x in items])
+        step += 1
+
+
+# ---- model -------------------------------------------------------------------------------------------------------
+
+def build_transformer(args):
+    from diffusers import WanTransformer3DModel
+
+    if args.config:
+        with open(args.config) as f:
+            return WanTransformer3DModel.from_config(json.load(f))
+    if not args.pretrained:
+        raise SystemExit("give --pretrained DIR_OR_ID or --config CONFIG.json")
+    source = args.pretrained
+    if os.path.isdir(os.path.join(source, "transformer")) or not os.path.isdir(source):
+        return WanTransformer3DModel.from_pretrained(source, subfolder="transformer", torch_dtype=torch.float32)
+    return WanTransformer3DModel.from_pretrained(source, torch_dtype=torch.float32)
+
+
+def flow_matching_inputs(latents, shift: float, generator):
+    """Wan's flow matching: sigma from a shifted uniform law, x_t = (1 - sigma) x_0 + sigma * noise, target
+    velocity noise - x_0, timestep 1000 * sigma."""
+    b = latents.shape[0]
+    u = torch.rand(b, generator=generator)
+    sigma = shift * u / (1 + (shift - 1) * u)
+    noise = torch.randn(latents.shape, generator=generator)
+    s = sigma.view(b, 1, 1, 1, 1)
+    return (1 - s) * latents + s * noise, noise - latents, 1000.0 * sigma
+
+
+# ---- checkpoints -------------------------------------------------------------------------------------------------
+
+def save_checkpoint(folder, transformer, optimizer, step, args):
+    from safetensors.torch import save_file
+
+    tmp = folder + ".tmp"
+    os.makedirs(tmp, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in transformer.state_dict().items()}
+    save_file(state, os.path.join(tmp, "model.safetensors"))
+    torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(dict(transformer.config), f, indent=2, default=list)
+    with open(os.path.join(tmp, "state.json"), "w") as f:
+        json.dump({"step": step, "args": vars(args)}, f, indent=2)
+    if os.path.isdir(folder):
+        import shutil
+
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)  # a checkpoint is complete or absent, never half-written
+
+
+def find_resume(resume: str, output_dir: str):
+    if resume != "latest":
+        return resume
+    found = sorted(glob.glob(os.path.join(output_dir, CHECKPOINT_PREFIX + "*[0-9]")),
+                   key=lambda p: int(p.rsplit("-", 1)[1]))
+    return found[-1] if found else None
+
+
+def load_checkpoint(folder, transformer, optimizer):
+    from safetensors.torch import load_file
+
+    transformer.load_state_dict(load_file(os.path.join(folder, "model.safetensors")), strict=True)
+    optimizer.load_state_dict(torch.load(os.path.join(folder, "optimizer.pt"), map_location="cpu",
+                                         weights_only=True))
+    with open(os.path.join(folder, "state.json")) as f:
+        return json.load(f)["step"]
+
+
+# ---- progress ----------------------------------------------------------------------------------------------------
+
+class Progress:
+    """tqdm when it is installed, else a line every --log-every steps."""
+
+    def __init__(self, total: int, initial: int, log_every: int):
+        try:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="fine-tune", dynamic_ncols=True)
+        except ImportError:
+            self.bar = None
+        self.total, self.log_every, self.start = total, log_every, time.time()
+
+    def update(self, step: int, loss: float):
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+        elif step % self.log_every == 0 or step == self.total:
+            print(f"step {step}/{self.total} loss {loss:.4f} ({time.time() - self.start:.0f} s)", flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---- training ----------------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="folder of .safetensors examples (latents, text_embeds)")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--pretrained", help="diffusers Wan repository or folder (its transformer is fine-tuned)")
+    p.add_argument("--config", help="WanTransformer3DModel config.json: random weights")
+    p.add_argument("--turbodiffusion", help="start from this TurboDiffusion checkpoint (.pth / .safetensors)")
+    p.add_argument("--topk", type=float, default=0.1)
+    p.add_argument("--block-q", type=int, default=128)
+    p.add_argument("--block-k", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--flow-shift", type=float, default=3.0, help="sigma shift (Wan: 3 for 480p, 5 for 720p)")
+    p.add_argument("--text-len", type=int, default=512)
+    p.add_argument("--mixed-precision", choices=("bf16", "no"), default="bf16")
+    p.add_argument("--no-gradient-checkpointing", action="store_true")
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--resume", help="'latest' or a checkpoint folder")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import sla.diffusers as sd
+
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    transformer = build_transformer(args)
+    if args.turbodiffusion:
+        sd.load_turbodiffusion(transformer, args.turbodiffusion, topk=args.topk, block_q=args.block_q,
+                               block_k=args.block_k)
+    sd.enable_sla(transformer, topk=args.topk, block_q=args.block_q, block_k=args.block_k)
+    transformer.to(device).train().requires_grad_(True)  # every parameter trainable; proj_l stays fp32
+    if not args.no_gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+
+    step = 0
+    resume = find_resume(args.resume, args.output_dir) if args.resume else None
+    if args.resume and resume is None:
+        print(f"--resume latest: no checkpoint in {args.output_dir!r}; starting from step 0", file=sys.stderr)
+    if resume:
+        step = load_checkpoint(resume, transformer, optimizer)
+        print(f"resumed from {resume} at step {step}", file=sys.stderr)
+
+    dataset = LatentDataset(args.data, args.text_len)
+    progress = Progress(args.max_steps, step, args.log_every)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.mixed_precision == "bf16")
+    loss_value = math.nan
+    for step, latents, text in batches(dataset, args.batch_size, args.seed, step):
+        if step >= args.max_steps:
+            break
+        noise_gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)  # noise depends on (seed, step)
+        x_t, target, timestep = flow_matching_inputs(latents, args.flow_shift, noise_gen)
+        x_t, target, timestep, text = (t.to(device) for t in (x_t, target, timestep, text))
+        with autocast:
+            pred = transformer(x_t, timestep, text, return_dict=False)[0]
+        loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(transformer.parameters(), args.grad_clip)
+        optimizer.step()
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise RuntimeError(f"step {step + 1}: loss is {loss_value}")
+        progress.update(step + 1, loss_value)
+        if args.save_every > 0 and (step + 1) % args.save_every == 0:
+            save_checkpoint(os.path.join(args.output_dir, f"{CHECKPOINT_PREFIX}{step + 1}"), transformer, optimizer,
+                            step + 1, args)
+    progress.close()
+    final = os.path.join(args.output_dir, f"{CHECKPOINT_PREFIX}{args.max_steps}")
+    if not os.path.isdir(final):
+        save_checkpoint(final, transformer, optimizer, args.max_steps, args)
+    return loss_value
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""enable_sla / disable_sla: swap the self-attention processors of diffusers' Wan transformers in place.
+
+Every ``WanAttention`` that is a self-attention (``attn1``: ``blocks.{i}.attn1`` of WanTransformer3DModel, and
+``vace_blocks.{j}.attn1`` of WanVACETransformer3DModel) gets an ``SLAWanAttnProcessor``; cross-attention
+(``attn2``) keeps its dense processor and its attention backend.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Union
+
+import torch
+
+from .processor import SLAWanAttnProcessor
+
+LayerKey = Union[int, str]
+LayerOptions = Union[Mapping[LayerKey, Optional[Mapping]], Callable[[LayerKey], Optional[Mapping]], None]
+
+_BLOCK_NAME = re.compile(r"^(?P<list>blocks|vace_blocks)\.(?P<index>\d+)\.attn1$")
+
+
+def _wan_attention_class():
+    from diffusers.models.transformers.transformer_wan import WanAttention
+
+    return WanAttention
+
+
+def _dense_processor():
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    return WanAttnProcessor()
+
+
+def self_attention_layers(transformer: torch.nn.Module) -> Iterator[tuple[LayerKey, torch.nn.Module]]:
+    """(key, WanAttention) for every self-attention of a Wan transformer, in module order. The key is the block
+    index i for ``blocks.{i}.attn1`` and the string ``'vace_blocks.{j}'`` for VACE blocks."""
+    wan_attention = _wan_attention_class()
+    for name, module in transformer.named_modules():
+        match = _BLOCK_NAME.match(name)
+        if match is None or not isinstance(module, wan_attention) or module.is_cross_attention:
+            continue
+        index = int(match["index"])
+        yield (index if match["list"] == "blocks" else f"vace_blocks.{index}"), module
+
+
+def _named_transformers(model) -> list[tuple[str, torch.nn.Module]]:
+    """(name prefix, transformer) of `model`: ("", itself), or a pipeline's `transformer` and (Wan2.2)
+    `transformer_2`."""
+    if isinstance(model, torch.nn.Module) and hasattr(model, "blocks"):
+        return [("", model)]
+    found = [(name + ".", getattr(model, name)) for name in ("transformer", "transformer_2")
+             if isinstance(getattr(model, name, None), torch.nn.Module)]
+    if not found:
+        raise TypeError(f"expected a diffusers Wan transformer (WanTransformer3DModel, WanVACETransformer3DModel) "
+                        f"or a pipeline with `transformer` / `transformer_2`, got {type(model).__name__}")
+    return found
+
+
+def _transformers(model) -> list[torch.nn.Module]:
+    return [t for _, t in _named_transformers(model)]
+
+
+def _options_for(key: LayerKey, layer_options: LayerOptions) -> Optional[dict]:
+    if layer_options is None:
+        return {}
+    extra = layer_options(key) if callable(layer_options) else layer_options.get(key, {})
+    return None if extra is None else dict(extra)
+
+
+def enable_sla(model, *, topk: float = 0.1, block_q: int = 128, block_k: int = 64, variant: str = "global",
+               feature_map: str = "softmax", negligible: float = 0.0, scale: Optional[float] = None,
+               eps: float = 1e-5, layers: Optional[Iterable[LayerKey]] = None, layer_options: LayerOptions = None,
+               reuse_block_map_steps: int = 0, record_block_map: bool = False,
+               cuda_dtype: torch.dtype = torch.bfloat16):
+    """Replaces the self-attention of a diffusers Wan transformer by SLA, in place, and returns `model`.
+
+    Args:
+        model: a WanTransformer3DModel (Wan2.1, Wan2.2), a WanVACETransformer3DModel, or a pipeline whose
+            `transformer` and `transformer_2` (Wan2.2's second expert) are such models: both get SLA.
+        topk, block_q, block_k, variant, feature_map, negligible, scale, eps: SLA options of every replaced layer
+            (see sla.sparse_linear_attention). Defaults are TurboDiffusion's: topk 0.1, 128 x 64 blocks.
+        layers: the layers to replace: block indices i (``blocks.{i}.attn1``) and/or ``'vace_blocks.{j}'``;
+            None replaces every self-attention.
+        layer_options: per-layer overrides of the options above: a dict key -> dict of options, or a callable
+            key -> dict (None or ``{"enabled": False}`` keeps that layer dense).
+        reuse_block_map_steps, record_block_map, cuda_dtype: see SLAWanAttnProcessor.
+
+    A layer that already has an SLA processor is reconfigured and keeps its trained projection. The projections
+    are float32 parameters of the model, ``blocks.{i}.attn1.processor.proj_l.weight`` and ``.bias``, created on
+    the device of the layer's weights and zero-initialised (an untrained SLA layer is sparse attention alone).
+    """
+    base = dict(topk=topk, block_q=block_q, block_k=block_k, variant=variant, feature_map=feature_map,
+                negligible=negligible, scale=scale, eps=eps, reuse_block_map_steps=reuse_block_map_steps,
+                record_block_map=record_block_map, cuda_dtype=cuda_dtype)
+    for transformer in _transformers(model):
+        available = dict(self_attention_layers(transformer))
+        if not available:
+            raise TypeError(f"{type(transformer).__name__} has no Wan self-attention layers (blocks.{{i}}.attn1)")
+        chosen = list(available) if layers is None else list(layers)
+        missing = [key for key in chosen if key not in available]
+        if missing:
+            raise ValueError(f"layers: {missing} are not self-attention layers of {type(transformer).__name__}; "
+                             f"expected block indices 0..{sum(isinstance(k, int) for k in available) - 1}"
+                             f"{' or vace_blocks.{j}' if any(isinstance(k, str) for k in available) else ''}")
+        for key in chosen:
+            extra = _options_for(key, layer_options)
+            if extra is None or not extra.pop("enabled", True):
+                continue
+            attn = available[key]
+            options = {**base, **extra}
+            current = attn.processor
+            if isinstance(current, SLAWanAttnProcessor):
+                current.configure(**options)
+                continue
+            processor = SLAWanAttnProcessor(attn.inner_dim // attn.heads, device=attn.to_out[0].weight.device)
+            processor.configure(**options)
+            # Keep what diffusers set on the dense processor, so that disable_sla can hand it back.
+            processor._attention_backend = getattr(current, "_attention_backend", None)
+            processor._parallel_config = getattr(current, "_parallel_config", None)
+            attn.set_processor(processor)
+    return model
+
+
+def disable_sla(model):
+    """Restores diffusers' dense WanAttnProcessor on every SLA layer (keeping the attention backend and parallel
+    configuration) and returns `model`. The SLA projections are dropped from the model."""
+    for transformer in _transformers(model):
+        for _, attn in self_attention_layers(transformer):
+            current = attn.processor
+            if not isinstance(current, SLAWanAttnProcessor):
+                continue
+            dense = _dense_processor()
+            dense._attention_backend = current._attention_backend
+            dense._parallel_config = current._parallel_config
+            attn.set_processor(dense)
+    return model
+
+
+def sla_processors(model) -> dict[str, SLAWanAttnProcessor]:
+    """The SLA processors of `model` by module name (``'blocks.3.attn1.processor'``; for a pipeline prefixed with
+    ``'transformer.'`` / ``'transformer_2.'``)."""
+    result = {}
+    for prefix, transformer in _named_transformers(model):
+        for name, module in transformer.named_modules():
+            if isinstance(module, SLAWanAttnProcessor):
+                result[prefix + name] = module
+    return result
+
+
+def set_block_maps(model, maps: Optional[Mapping[str, object]]) -> None:
+    """Sets ``processor.block_map`` of every SLA layer from a dict name -> sla.BlockMap (names as
+    sla_processors gives them; missing names get None); None clears every map."""
+    for name, processor in sla_processors(model).items():
+        processor.block_map = None if maps is None else maps.get(name)
+
+
+def recorded_block_maps(model) -> dict[str, object]:
+    """The map each SLA layer used in its latest call (needs ``record_block_map=True`` or block-map reuse)."""
+    return {name: p.last_block_map for name, p in sla_processors(model).items() if p.last_block_map is not None}
+
+
+__all__ = ["disable_sla", "enable_sla", "recorded_block_maps", "self_attention_layers", "set_block_maps",
+           "sla_processors"]
