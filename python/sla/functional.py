@@ -80,7 +80,9 @@ def sparse_linear_attention(
     _options.check_projection("proj_bias", proj_bias)
     _options.check_same_device(("q", q), ("k", k), ("v", v), ("proj_weight", proj_weight), ("proj_bias", proj_bias))
     if block_map is None:
-        topk = _options.check_number("topk", topk, "in (0, 1]")
+        if topk is not None and not isinstance(topk, (list, tuple, torch.Tensor)):
+            # A scalar topk; per-head values and top_p are checked by BlockRule.make and the library.
+            topk = _options.check_number("topk", topk, "in (0, 1]")
         negligible = _options.check_number("negligible", negligible, "in [0, 1 - topk]")
         _options.check_block_size("block_q", block_q)
         _options.check_block_size("block_k", block_k)
