@@ -39,21 +39,65 @@ import torch
 # benchmark shapes: latent (C, F, H, W) after the VAE (8x spatial, 4x temporal), SLA topk.
 MODELS = {
     "1.3B": dict(
-        config=dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
-                    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
-                    cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
-        latents=(16, 21, 60, 104), what="480p x 81 frames", topk=0.05),
+        config=dict(
+            patch_size=(1, 2, 2),
+            num_attention_heads=12,
+            attention_head_dim=128,
+            in_channels=16,
+            out_channels=16,
+            text_dim=4096,
+            freq_dim=256,
+            ffn_dim=8960,
+            num_layers=30,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            eps=1e-6,
+            rope_max_seq_len=1024,
+        ),
+        latents=(16, 21, 60, 104),
+        what="480p x 81 frames",
+        topk=0.05,
+    ),
     "14B": dict(
-        config=dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
-                    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40,
-                    cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
-        latents=(16, 21, 90, 160), what="720p x 81 frames", topk=0.1),
+        config=dict(
+            patch_size=(1, 2, 2),
+            num_attention_heads=40,
+            attention_head_dim=128,
+            in_channels=16,
+            out_channels=16,
+            text_dim=4096,
+            freq_dim=256,
+            ffn_dim=13824,
+            num_layers=40,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            eps=1e-6,
+            rope_max_seq_len=1024,
+        ),
+        latents=(16, 21, 90, 160),
+        what="720p x 81 frames",
+        topk=0.1,
+    ),
 }
 # --smoke: a tiny configuration with the same code paths, runnable on the CPU (what the CPU test runs).
 MODELS["smoke"] = dict(
-    config=dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
-                text_dim=32, freq_dim=16, ffn_dim=64, num_layers=2, rope_max_seq_len=64),
-    latents=(4, 3, 16, 16), what="tiny", topk=0.5, text=(8, 32))
+    config=dict(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=4,
+        text_dim=32,
+        freq_dim=16,
+        ffn_dim=64,
+        num_layers=2,
+        rope_max_seq_len=64,
+    ),
+    latents=(4, 3, 16, 16),
+    what="tiny",
+    topk=0.5,
+    text=(8, 32),
+)
 TEXT_TOKENS, TEXT_DIM = 512, 4096  # umT5 context of Wan2.1
 BLOCK_Q, BLOCK_K = 128, 64
 DEVICE = "cuda"
@@ -158,6 +202,7 @@ def attention_timer(model, sla_mode: bool):
             end.record()
             events.append((start, end))
             return out
+
         return wrapper
 
     if sla_mode:
@@ -271,8 +316,7 @@ def bench_forward(name: str, modes, args, results):
 
 def runs_of(name: str, args):
     warmup, iters, attn_passes = DEFAULT_RUNS[name]
-    return (warmup if args.warmup is None else args.warmup), (iters if args.iters is None else args.iters), \
-        attn_passes
+    return (warmup if args.warmup is None else args.warmup), (iters if args.iters is None else args.iters), attn_passes
 
 
 def bench_train(args, results):
@@ -326,36 +370,47 @@ def device_name() -> str:
 
 
 def table(results) -> str:
-    lines = [f"GPU: {device_name()}, torch {torch.__version__}, "
-             f"{datetime.date.today().isoformat()}; dense = diffusers {DENSE_BACKEND}, SLA 128x64 blocks",
-             "",
-             "| model | tokens | mode | topk | dense ms | SLA ms | speedup | attn share dense | attn share SLA | "
-             "attn speedup | peak GiB dense / SLA |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"GPU: {device_name()}, torch {torch.__version__}, "
+        f"{datetime.date.today().isoformat()}; dense = diffusers {DENSE_BACKEND}, SLA 128x64 blocks",
+        "",
+        "| model | tokens | mode | topk | dense ms | SLA ms | speedup | attn share dense | attn share SLA | "
+        "attn speedup | peak GiB dense / SLA |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         share_d = f"{100 * r['dense_attention_share']:.0f}%" if "dense_attention_share" in r else "-"
         share_s = f"{100 * r['sla_attention_share']:.0f}%" if "sla_attention_share" in r else "-"
         attn_x = f"{r['attention_speedup']:.2f}x" if "attention_speedup" in r else "-"
-        lines.append(f"| Wan2.1-{r['model']} | {r['tokens']} | {r['mode']} | {r['topk']} | {r['dense_ms']:.1f} | "
-                     f"{r['sla_ms']:.1f} | {r['speedup']:.2f}x | {share_d} | {share_s} | {attn_x} | "
-                     f"{r['dense_peak_gib']:.1f} / {r['sla_peak_gib']:.1f} |")
+        lines.append(
+            f"| Wan2.1-{r['model']} | {r['tokens']} | {r['mode']} | {r['topk']} | {r['dense_ms']:.1f} | "
+            f"{r['sla_ms']:.1f} | {r['speedup']:.2f}x | {share_d} | {share_s} | {attn_x} | "
+            f"{r['dense_peak_gib']:.1f} / {r['sla_peak_gib']:.1f} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default="1.3B,14B", help="comma-separated: 1.3B, 14B (default both)")
     parser.add_argument("--modes", default="eager,compile", help="comma-separated: eager, compile")
     parser.add_argument("--train", action="store_true", help="also time one training step of the 1.3B model")
     parser.add_argument("--train-only", action="store_true", help="only the training step")
-    parser.add_argument("--compile-scope", choices=("blocks", "model"), default="blocks",
-                        help="blocks: compile_repeated_blocks(fullgraph=True); model: torch.compile(model, "
-                             "fullgraph=True)")
+    parser.add_argument(
+        "--compile-scope",
+        choices=("blocks", "model"),
+        default="blocks",
+        help="blocks: compile_repeated_blocks(fullgraph=True); model: torch.compile(model, fullgraph=True)",
+    )
     parser.add_argument("--warmup", type=int, default=None, help="warm-up runs (default 2; 1 for 14B)")
     parser.add_argument("--iters", type=int, default=None, help="timed runs (default 5; 3 for 14B)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="a tiny model on the CPU through the same code (checks the script; times mean nothing)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny model on the CPU through the same code (checks the script; times mean nothing)",
+    )
     parser.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
     args = parser.parse_args(argv)
 
@@ -364,12 +419,14 @@ def main(argv=None):
         DEVICE, DENSE_BACKEND = "cpu", "native"
         args.models = "smoke"
     elif not torch.cuda.is_available():
-        raise SystemExit("bench_dit.py needs a CUDA GPU (torch.cuda.is_available() is False); --smoke runs a tiny "
-                         "model on the CPU to check the script")
+        raise SystemExit(
+            "bench_dit.py needs a CUDA GPU (torch.cuda.is_available() is False); --smoke runs a tiny "
+            "model on the CPU to check the script"
+        )
     try:
         import diffusers
-    except ImportError:
-        raise SystemExit("bench_dit.py needs diffusers >= 0.35: pip install 'diffusers>=0.35'")
+    except ImportError as e:
+        raise SystemExit("bench_dit.py needs diffusers >= 0.35: pip install 'diffusers>=0.35'") from e
     import sla
 
     if DEVICE == "cuda" and not sla.cuda_available():
@@ -384,8 +441,7 @@ def main(argv=None):
             raise SystemExit(f"--modes: unknown mode {m!r}; expected eager and/or compile")
     if (args.iters is not None and args.iters < 1) or (args.warmup is not None and args.warmup < 0):
         raise SystemExit("--iters must be >= 1 and --warmup >= 0")
-    log(f"{device_name()}; torch {torch.__version__}; diffusers {diffusers.__version__}; "
-        f"{sla.build_info()}")
+    log(f"{device_name()}; torch {torch.__version__}; diffusers {diffusers.__version__}; {sla.build_info()}")
 
     results = []
     start = time.time()
@@ -398,9 +454,17 @@ def main(argv=None):
     print(table(results))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"gpu": device_name(), "torch": torch.__version__,
-                       "diffusers": diffusers.__version__, "date": datetime.date.today().isoformat(),
-                       "results": results}, f, indent=2)
+            json.dump(
+                {
+                    "gpu": device_name(),
+                    "torch": torch.__version__,
+                    "diffusers": diffusers.__version__,
+                    "date": datetime.date.today().isoformat(),
+                    "results": results,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Benchmark of the whole SLA layer (block map + forward [+ backward]) through sla.sparse_linear_attention,
-against dense cuDNN attention measured in the same process, following docs/PERF.md (shared/PERF.md):
+against dense cuDNN attention measured in the same process, following the protocol of docs/PERF.md:
 
 - CUDA events around every call, warm-up first, the median of >= 20 timed runs;
 - random inputs (never zeros), several input sets rotated so that repeated runs do not measure the L2 cache;
@@ -15,6 +15,7 @@ Usage:
     python3 bench/bench_sla.py                         # W1-W4, the topk sweep and 64/64 blocks at W1
     python3 bench/bench_sla.py --shapes W1,W4 --variants global --json out.json
     python3 bench/bench_sla.py --rules --tiles          # W1 only: adaptive block-map rules and the 3D token order
+    python3 bench/bench_sla.py --cudnn-only --shapes W1    # the cuDNN baseline alone (needs only torch)
 Prints progress to stderr and a markdown table (GPU name and date included) ready for docs/PERF.md to stdout.
 """
 
@@ -33,7 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import sla
+try:
+    import sla
+except ImportError:  # --cudnn-only runs without the package (the device scripts build only the C++ tests)
+    sla = None
 
 # docs/PERF.md shapes: id -> (what, B, H, L, D, topk, block_q, block_k)
 SHAPES = {
@@ -42,6 +46,7 @@ SHAPES = {
     "W3": ("Wan2.1-14B 720p", 1, 40, 75600, 128, 0.10, 128, 64),
     "W4": ("head dim 64", 1, 48, 17550, 64, 0.10, 128, 64),
 }
+DEFAULT_SHAPES = ",".join(SHAPES)
 TOPK_SWEEP = (0.05, 0.1, 0.2, 0.5)
 L2_ROTATION_BYTES = 1 << 30  # rotate input sets until at least this much memory is cycled through
 
@@ -211,26 +216,34 @@ def bench_rules_and_tiles(args) -> str:
     case = Case("W1", b, h, length, d, topk, bq, bk, "global")
     sets = input_sets(case, torch.bfloat16, count=2)
     n = len(sets)
-    lines = [f"W1 block-map rules and 3D tiles on {torch.cuda.get_device_name()}, "
-             f"{datetime.date.today().isoformat()}; median of CUDA-event timings.", "",
-             "| what | ms | mean density |", "|---|---|---|"]
+    lines = [
+        f"W1 block-map rules and 3D tiles on {torch.cuda.get_device_name()}, "
+        f"{datetime.date.today().isoformat()}; median of CUDA-event timings.",
+        "",
+        "| what | ms | mean density |",
+        "|---|---|---|",
+    ]
     if args.rules:
         rules = {
             "topk 0.05": sla.BlockRule.make(topk=0.05),
             "per-head topk 0.02..0.1": sla.BlockRule.make(topk=[0.02 + 0.08 * i / (h - 1) for i in range(h)]),
             "top_p 0.9, max 64": sla.BlockRule.make(top_p=0.9, max_blocks=64),
-            "per-head top_p 0.5..0.99, max 64": sla.BlockRule.make(top_p=[0.5 + 0.49 * i / (h - 1) for i in range(h)],
-                                                                   max_blocks=64),
+            "per-head top_p 0.5..0.99, max 64": sla.BlockRule.make(
+                top_p=[0.5 + 0.49 * i / (h - 1) for i in range(h)], max_blocks=64
+            ),
         }
         for name, rule in rules.items():
+
             def run(i, rule=rule):
                 q, k, _, _ = sets[i]
                 return sla.block_map(q, k, block_q=bq, block_k=bk, rule=rule, with_inverse=False)
+
             ms = time_ms(run, n, args.iters, args.warmup)
             dens = run(0).mean_density
             log(f"  block map {name}: {ms:.3f} ms, mean density {dens:.4f}")
             lines.append(f"| block map, {name} | {ms:.3f} | {dens:.4f} |")
     if args.tiles:
+
         def gathers(i):
             q, k, v, _ = sets[i]
             tq, tk, tv = (sla.tiling.to_tiles(t.detach(), grid) for t in (q, k, v))
@@ -248,9 +261,11 @@ def bench_rules_and_tiles(args) -> str:
         f0 = time_ms(lambda i: forward(i, False), n, args.iters, args.warmup)
         f1 = time_ms(lambda i: forward(i, True), n, args.iters, args.warmup)
         log(f"  tiles: gathers {g:.3f} ms, forward {f0:.3f} ms raster, {f1:.3f} ms tiled")
-        lines += [f"| 4x4x4 tiles: to_tiles(q, k, v) + from_tiles(o) | {g:.3f} | - |",
-                  f"| forward, raster order (topk {topk}) | {f0:.3f} | - |",
-                  f"| forward with tiling and untiling (topk {topk}) | {f1:.3f} | - |"]
+        lines += [
+            f"| 4x4x4 tiles: to_tiles(q, k, v) + from_tiles(o) | {g:.3f} | - |",
+            f"| forward, raster order (topk {topk}) | {f0:.3f} | - |",
+            f"| forward with tiling and untiling (topk {topk}) | {f1:.3f} | - |",
+        ]
     return "\n".join(lines)
 
 
@@ -296,8 +311,10 @@ def markdown(results: list[Result], gpu: str) -> str:
         c = r.case
         dims = f"{c.b}, {c.h}, {c.length}, {c.d}"
         if r.error:
-            lines.append(f"| {c.shape} | {dims} | {c.variant} | {c.topk} | {c.block_q}/{c.block_k} | "
-                         f"error: {r.error} |" + " |" * 9)
+            lines.append(
+                f"| {c.shape} | {dims} | {c.variant} | {c.topk} | {c.block_q}/{c.block_k} | "
+                f"error: {r.error} |" + " |" * 9
+            )
             continue
         fwd_eff, fwd_exec = tflops(r.dense_flops, r.fwd_ms), tflops(r.executed_fwd_flops, r.fwd_ms)
         fb_eff = tflops(3.5 * r.dense_flops, r.fwdbwd_ms)
@@ -306,7 +323,8 @@ def markdown(results: list[Result], gpu: str) -> str:
             f"| {c.shape} | {dims} | {c.variant} | {c.topk} | {c.block_q}/{c.block_k} | {fmt(r.map_ms, 3)} | "
             f"{fmt(r.fwd_ms)} | {fmt(r.fwdbwd_ms)} | {fmt(r.cudnn_fwd_ms)} | {fmt(r.cudnn_fwdbwd_ms)} | "
             f"{fmt(ratio(r.cudnn_fwd_ms, r.fwd_ms), 1)}x | {fmt(ratio(r.cudnn_fwdbwd_ms, r.fwdbwd_ms), 1)}x | "
-            f"{fmt(fwd_eff, 0)} / {fmt(fwd_exec, 0)} | {fmt(fb_eff, 0)} / {fmt(fb_exec, 0)} | {fmt(r.peak_gib)} |")
+            f"{fmt(fwd_eff, 0)} / {fmt(fwd_exec, 0)} | {fmt(fb_eff, 0)} / {fmt(fb_exec, 0)} | {fmt(r.peak_gib)} |"
+        )
     return "\n".join(lines)
 
 
@@ -316,23 +334,59 @@ def json_row(r: Result) -> dict:
     return row
 
 
+def cudnn_only(args) -> int:
+    """The dense baseline alone, one line per number, on the shapes of --shapes (default here: W1)."""
+    if not torch.cuda.is_available():
+        log("bench_sla --cudnn-only: needs a CUDA device")
+        return 2
+    gpu = torch.cuda.get_device_name()
+    shapes = ["W1"] if args.quick or args.shapes == DEFAULT_SHAPES else args.shapes.split(",")
+    for sid in shapes:
+        if sid not in SHAPES:
+            raise SystemExit(f"--shapes: unknown shape {sid!r}; expected some of {', '.join(SHAPES)}")
+        _, b, h, length, d, topk, bq, bk = SHAPES[sid]
+        sets = input_sets(Case(sid, b, h, length, d, topk, bq, bk, "global"), torch.bfloat16)
+        fwd, step = bench_cudnn(sets, args)
+        print(f"CUDNN_FWD_MS {fwd:.4f} {sid} on {gpu}")
+        if step is not None:
+            print(f"CUDNN_STEP_MS {step:.4f} {sid} (forward + backward) on {gpu}")
+        del sets
+        torch.cuda.empty_cache()
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="W1 only (both variants unless --variants)")
-    parser.add_argument("--shapes", default="W1,W2,W3,W4", help="comma-separated shape ids (default: all)")
+    parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated shape ids (default: all)")
     parser.add_argument("--variants", default="global,complement", help="comma-separated variants")
     parser.add_argument("--no-sweep", action="store_true", help="skip the topk sweep and 64/64 blocks at W1")
     parser.add_argument("--no-backward", action="store_true", help="forward only")
     parser.add_argument("--iters", type=int, default=30, help="timed runs per measurement (>= 20)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs before timing")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
-    parser.add_argument("--rules", action="store_true",
-                        help="only time the block map under the adaptive rules at W1 (docs/BLOCK_MAP.md)")
-    parser.add_argument("--tiles", action="store_true",
-                        help="only time the 3D token order (4x4x4 tiles of the 21x30x52 grid) at W1")
+    parser.add_argument(
+        "--rules",
+        action="store_true",
+        help="only time the block map under the adaptive rules at W1 (docs/BLOCK_MAP.md)",
+    )
+    parser.add_argument(
+        "--tiles", action="store_true", help="only time the 3D token order (4x4x4 tiles of the 21x30x52 grid) at W1"
+    )
+    parser.add_argument(
+        "--cudnn-only",
+        action="store_true",
+        help="time only cuDNN (forward, and forward+backward unless --no-backward) on each shape; prints "
+        "CUDNN_FWD_MS / CUDNN_STEP_MS lines for the device scripts",
+    )
     args = parser.parse_args()
     if args.iters < 20:
         parser.error("--iters: expected >= 20 (docs/PERF.md protocol)")
+    if args.cudnn_only:
+        return cudnn_only(args)
+    if sla is None:
+        log("bench_sla: the sla package is not installed (pip install --no-build-isolation .)")
+        return 2
     if not torch.cuda.is_available() or not sla.cuda_available():
         log(f"bench_sla: needs a CUDA device and the CUDA backend ({sla.build_info()})")
         return 2
@@ -357,10 +411,17 @@ def main() -> int:
     print(table)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"gpu": gpu, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                       "torch": torch.__version__, "sla": sla.build_info(),
-                       "results": [json_row(r) for r in results]},
-                      f, indent=1)
+            json.dump(
+                {
+                    "gpu": gpu,
+                    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                    "torch": torch.__version__,
+                    "sla": sla.build_info(),
+                    "results": [json_row(r) for r in results],
+                },
+                f,
+                indent=1,
+            )
     return 0
 
 

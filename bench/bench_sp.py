@@ -129,8 +129,9 @@ def bench_layer(args, device, dtype) -> list[dict]:
 
         def sla_fwd():
             with torch.no_grad():
-                return sd.ulysses_sparse_linear_attention(q, k, v, group=group, seq_lens=lens, proj_weight=w,
-                                                          proj_bias=bias, **opts)
+                return sd.ulysses_sparse_linear_attention(
+                    q, k, v, group=group, seq_lens=lens, proj_weight=w, proj_bias=bias, **opts
+                )
 
         def a2a_only():
             with torch.no_grad():
@@ -149,8 +150,9 @@ def bench_layer(args, device, dtype) -> list[dict]:
             wl, bl = w.detach().requires_grad_(True), bias.detach().requires_grad_(True)
 
             def sla_step():
-                o = sd.ulysses_sparse_linear_attention(*leaves, group=group, seq_lens=lens, proj_weight=wl,
-                                                       proj_bias=bl, reduce_proj_grad=True, **opts)
+                o = sd.ulysses_sparse_linear_attention(
+                    *leaves, group=group, seq_lens=lens, proj_weight=wl, proj_bias=bl, reduce_proj_grad=True, **opts
+                )
                 o.backward(g)
 
             def dense_step():
@@ -168,17 +170,21 @@ def bench_layer(args, device, dtype) -> list[dict]:
 
 def layer_table(rows: list[dict], device_name: str) -> str:
     base = {r["variant"]: r for r in rows if r["P"] == 1}
-    out = [f"Ulysses SLA, {device_name}, {datetime.date.today()}: {rows[0]['what']} (B {rows[0]['B']}, H "
-           f"{rows[0]['H']}, L {rows[0]['L']}, D {rows[0]['D']}), topk {rows[0]['topk']}, {rows[0]['variant']}",
-           "",
-           "| GPUs | SLA fwd (ms) | all-to-all (ms, share) | cuDNN fwd (ms) | SLA vs cuDNN | SLA scaling eff. |"
-           + (" SLA fwd+bwd (ms) | cuDNN fwd+bwd (ms) |" if "sla_fwdbwd_ms" in rows[0] else ""),
-           "|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if "sla_fwdbwd_ms" in rows[0] else "")]
+    out = [
+        f"Ulysses SLA, {device_name}, {datetime.date.today()}: {rows[0]['what']} (B {rows[0]['B']}, H "
+        f"{rows[0]['H']}, L {rows[0]['L']}, D {rows[0]['D']}), topk {rows[0]['topk']}, {rows[0]['variant']}",
+        "",
+        "| GPUs | SLA fwd (ms) | all-to-all (ms, share) | cuDNN fwd (ms) | SLA vs cuDNN | SLA scaling eff. |"
+        + (" SLA fwd+bwd (ms) | cuDNN fwd+bwd (ms) |" if "sla_fwdbwd_ms" in rows[0] else ""),
+        "|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if "sla_fwdbwd_ms" in rows[0] else ""),
+    ]
     for r in rows:
         b = base.get(r["variant"])
         eff = f"{b['sla_fwd_ms'] / (r['P'] * r['sla_fwd_ms']):.2f}" if b else "-"
-        line = (f"| {r['P']} | {r['sla_fwd_ms']:.2f} | {r['a2a_ms']:.2f} ({r['a2a_ms'] / r['sla_fwd_ms']:.0%}) | "
-                f"{r['dense_fwd_ms']:.2f} | {r['dense_fwd_ms'] / r['sla_fwd_ms']:.2f}x | {eff} |")
+        line = (
+            f"| {r['P']} | {r['sla_fwd_ms']:.2f} | {r['a2a_ms']:.2f} ({r['a2a_ms'] / r['sla_fwd_ms']:.0%}) | "
+            f"{r['dense_fwd_ms']:.2f} | {r['dense_fwd_ms'] / r['sla_fwd_ms']:.2f}x | {eff} |"
+        )
         if "sla_fwdbwd_ms" in r:
             line += f" {r['sla_fwdbwd_ms']:.2f} | {r['dense_fwdbwd_ms']:.2f} |"
         out.append(line)
@@ -186,18 +192,51 @@ def layer_table(rows: list[dict], device_name: str) -> str:
 
 
 DIT_CONFIGS = {  # published Wan2.1 configurations (transformer/config.json) and latents (C, F, H, W)
-    "1.3B": (dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
-                  out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-                  qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024), (16, 21, 60, 104), 0.05),
-    "14B": (dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
-                 out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
-                 qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024), (16, 21, 90, 160), 0.1),
+    "1.3B": (
+        dict(
+            patch_size=(1, 2, 2),
+            num_attention_heads=12,
+            attention_head_dim=128,
+            in_channels=16,
+            out_channels=16,
+            text_dim=4096,
+            freq_dim=256,
+            ffn_dim=8960,
+            num_layers=30,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            eps=1e-6,
+            rope_max_seq_len=1024,
+        ),
+        (16, 21, 60, 104),
+        0.05,
+    ),
+    "14B": (
+        dict(
+            patch_size=(1, 2, 2),
+            num_attention_heads=40,
+            attention_head_dim=128,
+            in_channels=16,
+            out_channels=16,
+            text_dim=4096,
+            freq_dim=256,
+            ffn_dim=13824,
+            num_layers=40,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            eps=1e-6,
+            rope_max_seq_len=1024,
+        ),
+        (16, 21, 90, 160),
+        0.1,
+    ),
 }
 
 
 def bench_dit(args, device) -> str:
-    import sla.diffusers as sdf
     from diffusers import ContextParallelConfig, WanTransformer3DModel
+
+    import sla.diffusers as sdf
 
     config, latent_shape, topk = DIT_CONFIGS[args.dit]
     world = dist.get_world_size()
@@ -227,8 +266,10 @@ def bench_dit(args, device) -> str:
     log(f"DiT {args.dit}: SLA forward on {world} GPU(s)")
     sla_ms = timer(step)
     tokens = latent_shape[1] * (latent_shape[2] // 2) * (latent_shape[3] // 2)
-    return (f"| Wan2.1-{args.dit} forward, {tokens} tokens | {world} | {dense_ms:.0f} | {sla_ms:.0f} | "
-            f"{dense_ms / sla_ms:.2f}x |")
+    return (
+        f"| Wan2.1-{args.dit} forward, {tokens} tokens | {world} | {dense_ms:.0f} | {sla_ms:.0f} | "
+        f"{dense_ms / sla_ms:.2f}x |"
+    )
 
 
 def main() -> None:

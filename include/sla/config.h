@@ -1,4 +1,4 @@
-// The options of one SLA layer (SPEC.md sections 1-6). Defaults follow the public module.
+// The options of one SLA layer (docs/SPEC.md sections 1-6). Defaults follow the public module.
 #pragma once
 
 #include <cstdint>
@@ -6,7 +6,7 @@
 
 namespace sla {
 
-// Which linear branch (SPEC.md section 3).
+// Which linear branch (docs/SPEC.md section 3).
 enum class Variant : int {
   global = 0,      // public `main` branch and TurboDiffusion checkpoints: H, z over all keys, eps in the denominator
   complement = 1,  // the paper and the public `SLA-1` branch: H_i, z_i over the marginal blocks of row i only
@@ -17,7 +17,7 @@ enum class FeatureMap : int { softmax = 0, elu = 1, relu = 2 };
 
 // How the critical set of a query-block row is sized (docs/BLOCK_MAP.md has the exact definitions).
 enum class CriticalRule : int {
-  topk = 0,   // T_h = clamp(floor(topk_h * Nk), 1, Nk) blocks for every row of head h (SPEC.md 1.4)
+  topk = 0,   // T_h = clamp(floor(topk_h * Nk), 1, Nk) blocks for every row of head h (docs/SPEC.md 1.4)
   top_p = 1,  // per row the fewest blocks whose pooled-softmax share reaches p_h, clamped to [min_blocks, max_blocks]
 };
 

@@ -1,4 +1,4 @@
-// The public C++ API of SLA (Sparse-Linear Attention, arXiv 2509.24006). SPEC.md is the contract.
+// The public C++ API of SLA (Sparse-Linear Attention, arXiv 2509.24006). docs/SPEC.md is the contract.
 //
 // Shape of a call, CUTLASS-adapter style: the caller owns every buffer. Ask for the workspace size, hand in the
 // workspace and a stream, get a Status back. The library never allocates device memory, never synchronises the
@@ -33,11 +33,11 @@ struct BlockMapShape {
 
 Status block_map_shape(int64_t batch, int64_t heads, int64_t lq, int64_t lk, const Config& cfg, BlockMapShape* out);
 
-// The block map (SPEC.md section 1). All tables are int32, contiguous, on the device of Q.
-// Row (b,h,i) of `lut` holds count[b,h,i] <= T distinct key-block indices (ascending from predict_block_map); entries past the count are
-// unused (check_block_map below says how a caller-supplied map is checked). The inverse tables are compressed
-// rows per (b,h): the query blocks i that hold key block j in their
-// critical set are inv_index[b,h, inv_offset[b,h,j] : inv_offset[b,h,j+1]], in ascending i.
+// The block map (docs/SPEC.md section 1). All tables are int32, contiguous, on the device of Q.
+// Row (b,h,i) of `lut` holds count[b,h,i] <= T distinct key-block indices (ascending from predict_block_map); entries
+// past the count are unused (check_block_map below says how a caller-supplied map is checked). The inverse tables are
+// compressed rows per (b,h): the query blocks i that hold key block j in their critical set are inv_index[b,h,
+// inv_offset[b,h,j] : inv_offset[b,h,j+1]], in ascending i.
 struct BlockMap {
   TensorView lut;         // (B, H, Nq, T)
   TensorView count;       // (B, H, Nq)
@@ -74,7 +74,7 @@ Status invert_block_map(const BlockMap& map, const Exec& exec);
 // The contents of a block map. Every entry point checks shapes; the values are checked as follows:
 //   - map.count[b,h,i] in [0, T] and map.negl_count[b,h,i] in [0, Tn];
 //   - the first count entries of each row of map.lut (map.negl_lut) in [0, Nk) and distinct; any order is accepted
-//     (SPEC.md 7.7: permuting a row changes O only by rounding); entries past the count are never read;
+//     (docs/SPEC.md 7.7: permuting a row changes O only by rounding); entries past the count are never read;
 //   - no key block both critical and negligible in one row;
 //   - inverse tables, when given, exactly invert_block_map's output for that LUT.
 // CPU tables: forward, backward and invert_block_map check them on the host and return invalid_argument naming the
@@ -87,7 +87,7 @@ Status invert_block_map(const BlockMap& map, const Exec& exec);
 // `k_blocks`; it returns ok or invalid_argument with the first problem found.
 Status check_block_map(const BlockMap& map, int64_t k_blocks);
 
-// Forward pass (SPEC.md sections 2-4): O = O_s + O_l W^T + b.
+// Forward pass (docs/SPEC.md sections 2-4): O = O_s + O_l W^T + b.
 // The accumulation type `acc` is f64 for f64 inputs and f32 otherwise.
 struct ForwardArgs {
   TensorView q;            // (B, H, Lq, D)
@@ -104,14 +104,14 @@ struct ForwardArgs {
   TensorView lin_z;        // out (B, H, D) acc, contiguous: z = sum over all keys of phi(k)
   // Optional out, saved for the backward pass: O_s, the sparse branch's output alone, (B, H, Lq, Dv) acc,
   // contiguous. The backward's Delta_r = dO . O_s is then exact to fp32, instead of carrying the 16-bit rounding
-  // of the whole output O = O_s + O_l W^T + b (or, as in FlashAttention, of O_s; SPEC.md section 5).
+  // of the whole output O = O_s + O_l W^T + b (or, as in FlashAttention, of O_s; docs/SPEC.md section 5).
   TensorView o_sparse;
 };
 
 Status forward_workspace_size(const ForwardArgs& args, const Config& cfg, std::size_t* bytes);
 Status forward(const ForwardArgs& args, const Config& cfg, const Exec& exec);
 
-// Backward pass (SPEC.md section 5). Inputs as in forward plus the forward's outputs; the block map must
+// Backward pass (docs/SPEC.md section 5). Inputs as in forward plus the forward's outputs; the block map must
 // include the inverse tables.
 struct BackwardArgs {
   TensorView q, k, v;          // as in ForwardArgs

@@ -51,7 +51,7 @@ sla::Config make_config(int64_t block_q, int64_t block_k, double topk, double ne
   return cfg;
 }
 
-// The accumulation dtype of SPEC.md: float64 for float64 inputs, float32 otherwise.
+// The accumulation dtype of docs/SPEC.md: float64 for float64 inputs, float32 otherwise.
 at::ScalarType acc_dtype(const at::Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 // A (B, H, L, last) tensor laid out in memory like `like`: (B, L, H, last) memory when `like` has the head stride

@@ -10,15 +10,18 @@ The ops are torch.ops.sla.{block_map, invert_block_map, forward, backward}; see 
 
 import torch  # noqa: F401  (loads libtorch before the extension that links it)
 
-from . import _C  # registers torch.ops.sla.*
-from . import _autograd, _fake  # noqa: F401  (register the autograd formula and the fake kernels)
+from . import (  # noqa: F401  (register the autograd formula and the fake kernels)
+    _C,  # registers torch.ops.sla.*
+    _autograd,
+    _fake,
+    distributed,  # noqa: E402, F401  (sla.distributed: Ulysses sequence parallelism)
+    tiling,
+)
 from .blockmap import BlockMap, block_map, check_block_map
+from .calibration import apply_rules, calibrate, load_rules, record
 from .functional import sparse_linear_attention
 from .module import SparseLinearAttention
 from .rules import BlockRule
-from . import tiling
-from .calibration import calibrate, load_rules, apply_rules, record
-from . import distributed  # noqa: E402  (sla.distributed: Ulysses sequence parallelism)
 
 __version__ = "0.1.0"
 

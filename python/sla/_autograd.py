@@ -1,6 +1,6 @@
-"""Autograd of torch.ops.sla.forward: its backward is the torch.ops.sla.backward op (SPEC.md section 5).
+"""Autograd of torch.ops.sla.forward: its backward is the torch.ops.sla.backward op (docs/SPEC.md section 5).
 
-Gradients flow to q, k, v, proj_weight and proj_bias; the block-map tables and the options get none (SPEC.md 1.7).
+Gradients flow to q, k, v, proj_weight and proj_bias; the block-map tables and the options get none (docs/SPEC.md 1.7).
 Neither double backward nor forward-mode AD is implemented; both raise NotImplementedError instead of returning
 zeros (torch's default for a custom op without those formulas):
 - double backward: torch.ops.sla.backward gets an autograd formula that raises when its own gradient is needed
@@ -20,8 +20,8 @@ _NUM_OPTIONS = 8  # block_q, block_k, topk, negligible, variant, feature_map, sc
 
 def _setup_context(ctx, inputs, output):
     q, k, v, proj_weight, proj_bias = inputs[:5]
-    tables = inputs[5:5 + _NUM_MAP_TABLES]
-    options = inputs[5 + _NUM_MAP_TABLES:5 + _NUM_MAP_TABLES + _NUM_OPTIONS]
+    tables = inputs[5 : 5 + _NUM_MAP_TABLES]
+    options = inputs[5 + _NUM_MAP_TABLES : 5 + _NUM_MAP_TABLES + _NUM_OPTIONS]
     save_for_backward = inputs[-1]
     o, lse, o_lin, lin_h, lin_z = output
     ctx.mark_non_differentiable(lse, o_lin, lin_h, lin_z)
@@ -45,11 +45,16 @@ def _backward(ctx, grad_o, *unused_saved_grads):
             "map with with_inverse=True or use BlockMap.with_inverse()"
         )
     dq, dk, dv, d_weight, d_bias = torch.ops.sla.backward(
-        grad_o, q, k, v, proj_weight, proj_bias, *tables, o, lse, o_lin, lin_h, lin_z, *ctx.options)
-    return (dq, dk, dv,
-            d_weight if proj_weight is not None else None,
-            d_bias if proj_bias is not None else None,
-            *([None] * (_NUM_MAP_TABLES + _NUM_OPTIONS + 1)))
+        grad_o, q, k, v, proj_weight, proj_bias, *tables, o, lse, o_lin, lin_h, lin_z, *ctx.options
+    )
+    return (
+        dq,
+        dk,
+        dv,
+        d_weight if proj_weight is not None else None,
+        d_bias if proj_bias is not None else None,
+        *([None] * (_NUM_MAP_TABLES + _NUM_OPTIONS + 1)),
+    )
 
 
 torch.library.register_autograd("sla::forward", _backward, setup_context=_setup_context)

@@ -15,8 +15,16 @@ def _check_rank(name: str, t: torch.Tensor, rank: int, dims: str) -> None:
         raise ValueError(f"{name}: expected {rank} dimensions {dims}, got {t.dim()}")
 
 
-_TABLE_NAMES = ("lut", "count", "negl_lut", "negl_count", "inv_offset", "inv_index", "negl_inv_offset",
-                "negl_inv_index")
+_TABLE_NAMES = (
+    "lut",
+    "count",
+    "negl_lut",
+    "negl_count",
+    "inv_offset",
+    "inv_index",
+    "negl_inv_offset",
+    "negl_inv_index",
+)
 
 
 def _check_devices(*named) -> None:
@@ -60,18 +68,43 @@ def _table(like: torch.Tensor, *shape) -> torch.Tensor:
 
 
 @torch.library.register_fake("sla::block_map")
-def _block_map_fake(q, k, block_q, block_k, topk, negligible, variant, with_inverse, head_topk=(), top_p=0.0,
-                    head_top_p=(), min_blocks=1, max_blocks=0, negligible_threshold=0.0, max_negligible=0.0,
-                    scale=0.0):
+def _block_map_fake(
+    q,
+    k,
+    block_q,
+    block_k,
+    topk,
+    negligible,
+    variant,
+    with_inverse,
+    head_topk=(),
+    top_p=0.0,
+    head_top_p=(),
+    min_blocks=1,
+    max_blocks=0,
+    negligible_threshold=0.0,
+    max_negligible=0.0,
+    scale=0.0,
+):
     _check_rank("q", q, 4, "(B, H, Lq, D)")
     _check_rank("k", k, 4, "(B, H, Lk, D)")
     _check_devices(("q", q), ("k", k))
     b, h, lq, lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     nq, nk, _, _ = block_map_sizes(lq, lk, block_q, block_k, topk, negligible, variant)
     # The widths of the adaptive rules (docs/BLOCK_MAP.md); with the defaults they are the fixed rule's T and Tn.
-    t, tn = table_widths(nk, variant, topk=topk, negligible=negligible, head_topk=head_topk, top_p=top_p,
-                         head_top_p=head_top_p, min_blocks=min_blocks, max_blocks=max_blocks,
-                         negligible_threshold=negligible_threshold, max_negligible=max_negligible)
+    t, tn = table_widths(
+        nk,
+        variant,
+        topk=topk,
+        negligible=negligible,
+        head_topk=head_topk,
+        top_p=top_p,
+        head_top_p=head_top_p,
+        min_blocks=min_blocks,
+        max_blocks=max_blocks,
+        negligible_threshold=negligible_threshold,
+        max_negligible=max_negligible,
+    )
     has_negl = tn > 0
     return (
         _table(q, b, h, nq, t),
@@ -104,47 +137,112 @@ def _invert_block_map_fake(lut, count, negl_lut, negl_count, k_blocks):
 
 
 @torch.library.register_fake("sla::check_block_map")
-def _check_block_map_fake(lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index,
-                          k_blocks):
+def _check_block_map_fake(
+    lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index, k_blocks
+):
     # The contents are data: nothing to check at trace time but the devices.
-    _check_devices(*zip(_TABLE_NAMES, (lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset,
-                                       negl_inv_index)))
+    _check_devices(
+        *zip(_TABLE_NAMES, (lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index))
+    )
 
 
 @torch.library.register_fake("sla::forward")
-def _forward_fake(q, k, v, proj_weight, proj_bias, lut, count, negl_lut, negl_count, inv_offset, inv_index,
-                  negl_inv_offset, negl_inv_index, block_q, block_k, topk, negligible, variant, feature_map, scale,
-                  eps, save_for_backward):
+def _forward_fake(
+    q,
+    k,
+    v,
+    proj_weight,
+    proj_bias,
+    lut,
+    count,
+    negl_lut,
+    negl_count,
+    inv_offset,
+    inv_index,
+    negl_inv_offset,
+    negl_inv_index,
+    block_q,
+    block_k,
+    topk,
+    negligible,
+    variant,
+    feature_map,
+    scale,
+    eps,
+    save_for_backward,
+):
     _check_rank("q", q, 4, "(B, H, Lq, D)")
     _check_rank("k", k, 4, "(B, H, Lk, D)")
     _check_rank("v", v, 4, "(B, H, Lk, Dv)")
     tables = (lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index)
-    _check_devices(("q", q), ("k", k), ("v", v), ("proj_weight", proj_weight), ("proj_bias", proj_bias),
-                   *zip(_TABLE_NAMES, tables))
+    _check_devices(
+        ("q", q), ("k", k), ("v", v), ("proj_weight", proj_weight), ("proj_bias", proj_bias), *zip(_TABLE_NAMES, tables)
+    )
     b, h, lq, d = q.shape
     dv = v.shape[3]
     acc = _acc_dtype(q)
     o = _empty_attention_like(_with_attention_strides(q), dv, q.dtype)
     if save_for_backward:
-        saved = (q.new_empty((b, h, lq), dtype=acc), q.new_empty((b, h, lq, dv), dtype=acc),
-                 q.new_empty((b, h, d, dv), dtype=acc), q.new_empty((b, h, d), dtype=acc))
+        saved = (
+            q.new_empty((b, h, lq), dtype=acc),
+            q.new_empty((b, h, lq, dv), dtype=acc),
+            q.new_empty((b, h, d, dv), dtype=acc),
+            q.new_empty((b, h, d), dtype=acc),
+        )
     else:
         saved = tuple(q.new_empty((0,), dtype=acc) for _ in range(4))
     return (o, *saved)
 
 
 @torch.library.register_fake("sla::backward")
-def _backward_fake(grad_o, q, k, v, proj_weight, proj_bias, lut, count, negl_lut, negl_count, inv_offset, inv_index,
-                   negl_inv_offset, negl_inv_index, o, lse, o_lin, lin_h, lin_z, block_q, block_k, topk, negligible,
-                   variant, feature_map, scale, eps):
+def _backward_fake(
+    grad_o,
+    q,
+    k,
+    v,
+    proj_weight,
+    proj_bias,
+    lut,
+    count,
+    negl_lut,
+    negl_count,
+    inv_offset,
+    inv_index,
+    negl_inv_offset,
+    negl_inv_index,
+    o,
+    lse,
+    o_lin,
+    lin_h,
+    lin_z,
+    block_q,
+    block_k,
+    topk,
+    negligible,
+    variant,
+    feature_map,
+    scale,
+    eps,
+):
     _check_rank("grad_o", grad_o, 4, "(B, H, Lq, Dv)")
     _check_rank("q", q, 4, "(B, H, Lq, D)")
     _check_rank("k", k, 4, "(B, H, Lk, D)")
     _check_rank("v", v, 4, "(B, H, Lk, Dv)")
     tables = (lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index)
-    _check_devices(("grad_o", grad_o), ("q", q), ("k", k), ("v", v), ("proj_weight", proj_weight),
-                   ("proj_bias", proj_bias), *zip(_TABLE_NAMES, tables), ("o", o), ("lse", lse), ("o_lin", o_lin),
-                   ("lin_h", lin_h), ("lin_z", lin_z))
+    _check_devices(
+        ("grad_o", grad_o),
+        ("q", q),
+        ("k", k),
+        ("v", v),
+        ("proj_weight", proj_weight),
+        ("proj_bias", proj_bias),
+        *zip(_TABLE_NAMES, tables),
+        ("o", o),
+        ("lse", lse),
+        ("o_lin", o_lin),
+        ("lin_h", lin_h),
+        ("lin_z", lin_z),
+    )
     dv_size = v.shape[3]
     acc = _acc_dtype(q)
     dq = _empty_attention_like(_with_attention_strides(q), q.shape[3], q.dtype)

@@ -6,8 +6,6 @@ types: None or a list where a number or a tensor belongs would otherwise fail in
 with a message that names nothing), and dtypes that the op layer would otherwise describe in its own terms.
 """
 
-
-
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Sizes of a problem's block map: the formulas of SPEC.md section 1, shared by the fake (meta) kernels and the
+"""Sizes of a problem's block map: the formulas of docs/SPEC.md section 1, shared by the fake (meta) kernels and the
 Python API. The library computes the same numbers (sla::block_map_shape); tests check that they agree."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def block_map_sizes(lq, lk, block_q: int, block_k: int, topk: float, negligible:
             raise ValueError(f"{name}: expected a block size such as 64 or 128, got {block}")
     nq = ceil_div(lq, block_q)
     nk = ceil_div(lk, block_k)
-    # Python floats are doubles, as SPEC.md asks for; the clamp avoids the public code's T = 0.
+    # Python floats are doubles, as docs/SPEC.md asks for; the clamp avoids the public code's T = 0.
     t = min(max(math.floor(topk * nk), 1), nk)
     tn = 0
     if variant == "complement" and negligible > 0:

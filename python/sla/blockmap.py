@@ -1,4 +1,4 @@
-"""The block map of SPEC.md section 1 as a Python value: the int32 tables plus the sizes needed to reuse it, and
+"""The block map of docs/SPEC.md section 1 as a Python value: the int32 tables plus the sizes needed to reuse it, and
 the sparsity statistics a caller reports."""
 
 from __future__ import annotations
@@ -85,10 +85,19 @@ class BlockMap(NamedTuple):
         return self._replace(inv_offset=inv[0], inv_index=inv[1], negl_inv_offset=inv[2], negl_inv_index=inv[3])
 
     @classmethod
-    def from_lut(cls, lut: torch.Tensor, *, k_blocks: int, block_q: int, block_k: int,
-                 count: Optional[torch.Tensor] = None, negl_lut: Optional[torch.Tensor] = None,
-                 negl_count: Optional[torch.Tensor] = None, with_inverse: bool = True) -> "BlockMap":
-        """A caller-supplied map (SPEC.md 1.7): mask reuse across diffusion steps, mask studies, tests.
+    def from_lut(
+        cls,
+        lut: torch.Tensor,
+        *,
+        k_blocks: int,
+        block_q: int,
+        block_k: int,
+        count: Optional[torch.Tensor] = None,
+        negl_lut: Optional[torch.Tensor] = None,
+        negl_count: Optional[torch.Tensor] = None,
+        with_inverse: bool = True,
+    ) -> "BlockMap":
+        """A caller-supplied map (docs/SPEC.md 1.7): mask reuse across diffusion steps, mask studies, tests.
 
         ``lut`` is (B, H, Nq, T) int32 with ascending, distinct key-block indices in [0, k_blocks); ``count``
         defaults to T for every row. ``negl_lut``/``negl_count`` give negligible blocks (complement variant).
@@ -127,13 +136,26 @@ def check_block_map(bmap: BlockMap) -> None:
     torch.ops.sla.check_block_map(*tables, bmap.k_blocks)
 
 
-def block_map(q: torch.Tensor, k: torch.Tensor, *, topk: Optional[PerHead] = None, block_q: int = 64,
-              block_k: int = 64, variant: str = "global", negligible: float = 0.0, layout: str = "BHLD",
-              with_inverse: bool = True, top_p: Optional[PerHead] = None, min_blocks: int = 1,
-              max_blocks: Optional[int] = None, negligible_threshold: float = 0.0,
-              max_negligible: Optional[float] = None, scale: Optional[float] = None,
-              rule: Optional[BlockRule] = None) -> BlockMap:
-    """Predicts the block map from q and k (SPEC.md section 1, docs/BLOCK_MAP.md): smooth-K, mean pooling, scores,
+def block_map(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    topk: Optional[PerHead] = None,
+    block_q: int = 64,
+    block_k: int = 64,
+    variant: str = "global",
+    negligible: float = 0.0,
+    layout: str = "BHLD",
+    with_inverse: bool = True,
+    top_p: Optional[PerHead] = None,
+    min_blocks: int = 1,
+    max_blocks: Optional[int] = None,
+    negligible_threshold: float = 0.0,
+    max_negligible: Optional[float] = None,
+    scale: Optional[float] = None,
+    rule: Optional[BlockRule] = None,
+) -> BlockMap:
+    """Predicts the block map from q and k (docs/SPEC.md section 1, docs/BLOCK_MAP.md): smooth-K, mean pooling, scores,
     then per query block the critical key blocks by one rule (ties to the lower index):
 
     - ``topk``: T = clamp(floor(topk * Nk), 1, Nk) blocks; a float, or one value per head (sequence or tensor);
@@ -153,9 +175,15 @@ def block_map(q: torch.Tensor, k: torch.Tensor, *, topk: Optional[PerHead] = Non
     _options.check_block_size("block_q", block_q)
     _options.check_block_size("block_k", block_k)
     if rule is None:
-        rule = BlockRule.make(topk=topk, top_p=top_p, min_blocks=min_blocks, max_blocks=max_blocks,
-                              negligible=negligible, negligible_threshold=negligible_threshold,
-                              max_negligible=max_negligible)
+        rule = BlockRule.make(
+            topk=topk,
+            top_p=top_p,
+            min_blocks=min_blocks,
+            max_blocks=max_blocks,
+            negligible=negligible,
+            negligible_threshold=negligible_threshold,
+            max_negligible=max_negligible,
+        )
     elif not isinstance(rule, BlockRule):
         raise TypeError(f"rule: expected an sla.BlockRule, got {type(rule).__name__}")
     if scale is not None and not (isinstance(scale, (int, float)) and 0 < scale < float("inf")):
@@ -163,8 +191,22 @@ def block_map(q: torch.Tensor, k: torch.Tensor, *, topk: Optional[PerHead] = Non
     qh = _options.to_bhld(q.detach(), layout)
     kh = _options.to_bhld(k.detach(), layout)
     a = rule.op_args()
-    tables = torch.ops.sla.block_map(qh, kh, block_q, block_k, float(a["topk"]), float(a["negligible"]), variant,
-                                     with_inverse, a["head_topk"], float(a["top_p"]), a["head_top_p"],
-                                     int(a["min_blocks"]), int(a["max_blocks"]), float(a["negligible_threshold"]),
-                                     float(a["max_negligible"]), 0.0 if scale is None else float(scale))
+    tables = torch.ops.sla.block_map(
+        qh,
+        kh,
+        block_q,
+        block_k,
+        float(a["topk"]),
+        float(a["negligible"]),
+        variant,
+        with_inverse,
+        a["head_topk"],
+        float(a["top_p"]),
+        a["head_top_p"],
+        int(a["min_blocks"]),
+        int(a["max_blocks"]),
+        float(a["negligible_threshold"]),
+        float(a["max_negligible"]),
+        0.0 if scale is None else float(scale),
+    )
     return BlockMap(*tables, block_q=block_q, block_k=block_k, k_blocks=ceil_div(kh.shape[2], block_k))

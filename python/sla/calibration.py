@@ -25,8 +25,8 @@ import json
 import math
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -35,14 +35,14 @@ from .rules import BlockRule
 
 FORMAT = "sla-calibration"
 VERSION = 1
-DEFAULT_P_GRID = tuple(sorted({round(x, 4) for x in
-                               [0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98,
-                                0.985, 0.99, 0.995, 0.998, 0.999, 1.0]}))
+DEFAULT_P_GRID = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95,
+                  0.96, 0.97, 0.98, 0.985, 0.99, 0.995, 0.998, 0.999, 1.0)
 
 Sample = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (B, H, L, D) q, k, v
 
 
 # ---- recording --------------------------------------------------------------------------------------------------
+
 
 class Recorder:
     """Collects (q, k, v) per layer name: call it as recorder(name, q, k, v) with (B, H, L, D) tensors, or install it
@@ -63,6 +63,7 @@ class Recorder:
 
 def _sla_modules(model) -> List[Tuple[str, "torch.nn.Module"]]:
     from .module import SparseLinearAttention
+
     if isinstance(model, SparseLinearAttention):
         return [("", model)]
     if isinstance(model, dict):
@@ -79,7 +80,7 @@ def record(model, *, device: Union[str, torch.device] = "cpu", max_passes: Optio
     if not mods:
         raise ValueError("model: expected at least one sla.SparseLinearAttention module to record")
     for name, m in mods:
-        m.recorder = (lambda mod, q, k, v, _n=name: rec(_n, q, k, v))
+        m.recorder = lambda mod, q, k, v, _n=name: rec(_n, q, k, v)
     try:
         yield rec
     finally:
@@ -88,6 +89,7 @@ def record(model, *, device: Union[str, torch.device] = "cpu", max_passes: Optio
 
 
 # ---- statistics of one head -------------------------------------------------------------------------------------
+
 
 def _pool(x: torch.Tensor, block: int) -> torch.Tensor:
     """(L, D) -> (ceil(L / block), D) means, a partial block divided by its real row count."""
@@ -102,6 +104,7 @@ def _pool(x: torch.Tensor, block: int) -> torch.Tensor:
 @dataclass
 class HeadCurves:
     """Quality against every candidate of one head, accumulated over passes (means over sampled rows)."""
+
     k_blocks: int
     q_blocks: int
     # topk rule: candidate T = 1..Nk
@@ -109,20 +112,21 @@ class HeadCurves:
     topk_err2: torch.Tensor = None  # (Nk,) sum over rows of |O_s(T) - O|^2 / |O|^2
     # top_p rule: candidate p of the grid
     p_density: torch.Tensor = None  # (P,) sum over all query blocks of count / Nk
-    p_mass: torch.Tensor = None     # (P,)
-    p_err2: torch.Tensor = None     # (P,)
-    rows: int = 0                   # sampled query rows seen
-    blocks: int = 0                 # query blocks seen (for p_density)
+    p_mass: torch.Tensor = None  # (P,)
+    p_err2: torch.Tensor = None  # (P,)
+    rows: int = 0  # sampled query rows seen
+    blocks: int = 0  # query blocks seen (for p_density)
 
 
-def _head_curves(q, k, v, bq, bk, scale, rows_per_head, p_grid, min_blocks, max_blocks, gen,
-                 curves: Optional[HeadCurves]) -> HeadCurves:
+def _head_curves(
+    q, k, v, bq, bk, scale, rows_per_head, p_grid, min_blocks, max_blocks, gen, curves: Optional[HeadCurves]
+) -> HeadCurves:
     """Adds one (L, D) head of one pass to `curves`."""
     q, k, v = q.double(), k.double(), v.double()
     lq, lk = q.shape[0], k.shape[0]
     nq, nk = ceil_div(lq, bq), ceil_div(lk, bk)
     ks = k - k.mean(0, keepdim=True)
-    scores = _pool(q, bq) @ _pool(ks, bk).T  # (Nq, Nk) pooled scores of SPEC.md 1.3
+    scores = _pool(q, bq) @ _pool(ks, bk).T  # (Nq, Nk) pooled scores of docs/SPEC.md 1.3
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices  # ties to the lower j
     # Pooled-softmax shares and the top_p count of every query block for every p (docs/BLOCK_MAP.md).
     w = torch.softmax(scale * scores, dim=1)
@@ -147,12 +151,18 @@ def _head_curves(q, k, v, bq, bk, scale, rows_per_head, p_grid, min_blocks, max_
     cpv = torch.cumsum(torch.gather(pv_b, 1, row_order[..., None].expand_as(pv_b)), 1)  # (n, Nk, Dv)
     dense = cpv[:, -1, :]
     o_s = cpv / cm[..., None].clamp_min(1e-300)
-    err2 = ((o_s - dense[:, None, :]) ** 2).sum(-1) / (dense ** 2).sum(-1, keepdim=True).clamp_min(1e-300)
+    err2 = ((o_s - dense[:, None, :]) ** 2).sum(-1) / (dense**2).sum(-1, keepdim=True).clamp_min(1e-300)
 
     if curves is None:
-        curves = HeadCurves(nk, nq, torch.zeros(nk, dtype=torch.float64), torch.zeros(nk, dtype=torch.float64),
-                            torch.zeros(len(p_grid), dtype=torch.float64), torch.zeros(len(p_grid), dtype=torch.float64),
-                            torch.zeros(len(p_grid), dtype=torch.float64))
+        curves = HeadCurves(
+            nk,
+            nq,
+            torch.zeros(nk, dtype=torch.float64),
+            torch.zeros(nk, dtype=torch.float64),
+            torch.zeros(len(p_grid), dtype=torch.float64),
+            torch.zeros(len(p_grid), dtype=torch.float64),
+            torch.zeros(len(p_grid), dtype=torch.float64),
+        )
     elif curves.k_blocks != nk:
         raise ValueError(f"samples: every pass of a layer must have the same Nk; got {nk} after {curves.k_blocks}")
     curves.topk_mass += cm.sum(0)
@@ -168,11 +178,12 @@ def _head_curves(q, k, v, bq, bk, scale, rows_per_head, p_grid, min_blocks, max_
 
 # ---- choosing ---------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class _Candidates:
-    density: List[float]   # ascending
-    quality: List[float]   # higher is better (mass, or -error)
-    params: List[float]    # topk fraction or p
+    density: List[float]  # ascending
+    quality: List[float]  # higher is better (mass, or -error)
+    params: List[float]  # topk fraction or p
 
 
 def _candidates(c: HeadCurves, rule: str, target: str, p_grid) -> _Candidates:
@@ -197,6 +208,7 @@ def _meets(quality: float, target: str, level: float) -> bool:
 @dataclass
 class Calibration:
     """The result of sla.calibrate: per layer a BlockRule and the statistics it was chosen from."""
+
     layers: Dict[str, dict]
     settings: dict
 
@@ -243,8 +255,10 @@ def apply_rules(model, calibration: Union[str, Calibration, Dict[str, BlockRule]
         missing = sorted(set(mods) - set(rules))
         extra = sorted(set(rules) - set(mods))
         if missing or extra:
-            raise ValueError(f"calibration: layers do not match the model (not calibrated: {missing}; not in the "
-                             f"model: {extra}); pass strict=False to apply the ones that match")
+            raise ValueError(
+                f"calibration: layers do not match the model (not calibrated: {missing}; not in the "
+                f"model: {extra}); pass strict=False to apply the ones that match"
+            )
     n = 0
     for name, m in mods.items():
         if name in rules:
@@ -271,11 +285,24 @@ def _as_samples(samples) -> Dict[str, List[Sample]]:
     return out
 
 
-def calibrate(samples, *, target: str = "mass", quality: Optional[float] = None, rule: str = "top_p",
-              budget: Optional[float] = None, block_q: int = 64, block_k: int = 64, scale: Optional[float] = None,
-              rows_per_head: int = 256, p_grid: Sequence[float] = DEFAULT_P_GRID, min_blocks: int = 1,
-              max_blocks: Optional[int] = None, seed: int = 0, progress: Union[bool, Callable[[str], None]] = True,
-              picture_dir: Optional[str] = None) -> Calibration:
+def calibrate(
+    samples,
+    *,
+    target: str = "mass",
+    quality: Optional[float] = None,
+    rule: str = "top_p",
+    budget: Optional[float] = None,
+    block_q: int = 64,
+    block_k: int = 64,
+    scale: Optional[float] = None,
+    rows_per_head: int = 256,
+    p_grid: Sequence[float] = DEFAULT_P_GRID,
+    min_blocks: int = 1,
+    max_blocks: Optional[int] = None,
+    seed: int = 0,
+    progress: Union[bool, Callable[[str], None]] = True,
+    picture_dir: Optional[str] = None,
+) -> Calibration:
     """Chooses per layer and head the rule parameter that meets `quality` at the least compute (module docstring).
 
     Args:
@@ -319,14 +346,36 @@ def calibrate(samples, *, target: str = "mass", quality: Optional[float] = None,
                 raise ValueError(f"samples[{name!r}]: every pass must have H = {heads} heads, got {q.shape[1]}")
             for b in range(q.shape[0]):
                 for h in range(heads):
-                    hc[h] = _head_curves(q[b, h], k[b, h], v[b, h], block_q, block_k, s, rows_per_head, p_grid,
-                                         min_blocks, max_blocks, gen, hc[h])
+                    hc[h] = _head_curves(
+                        q[b, h],
+                        k[b, h],
+                        v[b, h],
+                        block_q,
+                        block_k,
+                        s,
+                        rows_per_head,
+                        p_grid,
+                        min_blocks,
+                        max_blocks,
+                        gen,
+                        hc[h],
+                    )
         curves[name] = hc  # type: ignore[assignment]
-        shapes[name] = dict(heads=heads, lq=passes[0][0].shape[2], lk=passes[0][1].shape[2], d=d,
-                            q_blocks=hc[0].q_blocks, k_blocks=hc[0].k_blocks, passes=len(passes),
-                            batch=passes[0][0].shape[0], scale=s)
-        say(f"calibrate: [{li + 1}/{len(data)}] {name or '<layer>'}: H={heads} Nq={hc[0].q_blocks} "
-            f"Nk={hc[0].k_blocks}, {len(passes)} pass(es), {hc[0].rows} sampled rows per head")
+        shapes[name] = dict(
+            heads=heads,
+            lq=passes[0][0].shape[2],
+            lk=passes[0][1].shape[2],
+            d=d,
+            q_blocks=hc[0].q_blocks,
+            k_blocks=hc[0].k_blocks,
+            passes=len(passes),
+            batch=passes[0][0].shape[0],
+            scale=s,
+        )
+        say(
+            f"calibrate: [{li + 1}/{len(data)}] {name or '<layer>'}: H={heads} Nq={hc[0].q_blocks} "
+            f"Nk={hc[0].k_blocks}, {len(passes)} pass(es), {hc[0].rows} sampled rows per head"
+        )
 
     # 2. Per layer the rule family, per head the cheapest candidate meeting the target.
     family: Dict[str, str] = {}
@@ -396,11 +445,16 @@ def calibrate(samples, *, target: str = "mass", quality: Optional[float] = None,
         else:
             r = BlockRule.make(top_p=params, min_blocks=min_blocks, max_blocks=max_blocks)
         heads_stats = []
-        for h, (c, i) in enumerate(zip(cs, picks)):
-            heads_stats.append(dict(param=c.params[i], density=c.density[i],
-                                    mass=c.quality[i] if target == "mass" else None,
-                                    error=-c.quality[i] if target == "error" else None,
-                                    met=_meets(c.quality[i], target, level)))
+        for c, i in zip(cs, picks):
+            heads_stats.append(
+                dict(
+                    param=c.params[i],
+                    density=c.density[i],
+                    mass=c.quality[i] if target == "mass" else None,
+                    error=-c.quality[i] if target == "error" else None,
+                    met=_meets(c.quality[i], target, level),
+                )
+            )
         # Both measures for the record.
         for h, hs in enumerate(heads_stats):
             hcur = curves[name][h]
@@ -411,34 +465,56 @@ def calibrate(samples, *, target: str = "mass", quality: Optional[float] = None,
             else:
                 hs["mass"] = float(hcur.p_mass[i] / hcur.rows)
                 hs["error"] = float((hcur.p_err2[i] / hcur.rows).sqrt())
-        layers[name] = dict(rule=r.to_dict(), family=fam, shape=shapes[name], heads=heads_stats,
-                            mean_density=sum(h["density"] for h in heads_stats) / len(heads_stats))
+        layers[name] = dict(
+            rule=r.to_dict(),
+            family=fam,
+            shape=shapes[name],
+            heads=heads_stats,
+            mean_density=sum(h["density"] for h in heads_stats) / len(heads_stats),
+        )
         dens = " ".join(f"{h['density']:.3f}" for h in heads_stats)
-        say(f"calibrate: {name or '<layer>'}: {fam}, density per head [{dens}], mean "
-            f"{layers[name]['mean_density']:.3f}")
-    settings = dict(target=target, quality=level, rule=rule, budget=budget, budget_bound=budget_bound,
-                    block_q=block_q, block_k=block_k, rows_per_head=rows_per_head, p_grid=list(p_grid),
-                    min_blocks=min_blocks, max_blocks=max_blocks, seed=seed,
-                    average_density=avg_density(choice))
+        say(
+            f"calibrate: {name or '<layer>'}: {fam}, density per head [{dens}], mean {layers[name]['mean_density']:.3f}"
+        )
+    settings = dict(
+        target=target,
+        quality=level,
+        rule=rule,
+        budget=budget,
+        budget_bound=budget_bound,
+        block_q=block_q,
+        block_k=block_k,
+        rows_per_head=rows_per_head,
+        p_grid=list(p_grid),
+        min_blocks=min_blocks,
+        max_blocks=max_blocks,
+        seed=seed,
+        average_density=avg_density(choice),
+    )
     cal = Calibration(layers, settings)
-    say(f"calibrate: average density {settings['average_density']:.4f}"
-        + (f" (budget {budget} binds)" if budget_bound else ""))
+    say(
+        f"calibrate: average density {settings['average_density']:.4f}"
+        + (f" (budget {budget} binds)" if budget_bound else "")
+    )
     if picture_dir is not None:
         write_pictures(cal, data, picture_dir, say)
     return cal
 
 
-def write_pictures(cal: Calibration, samples: Dict[str, List[Sample]], out_dir: str,
-                   say: Callable[[str], None]) -> List[str]:
+def write_pictures(
+    cal: Calibration, samples: Dict[str, List[Sample]], out_dir: str, say: Callable[[str], None]
+) -> List[str]:
     """One PNG per layer: the critical blocks of each head (first pass, batch 0) under the chosen rule."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         say("calibrate: matplotlib is not installed; skipping the block-map pictures")
         return []
     import os
+
     from .blockmap import block_map
 
     os.makedirs(out_dir, exist_ok=True)
@@ -446,8 +522,9 @@ def write_pictures(cal: Calibration, samples: Dict[str, List[Sample]], out_dir: 
     bq, bk = cal.settings["block_q"], cal.settings["block_k"]
     for name, entry in cal.layers.items():
         q, k, _ = samples[name][0]
-        bmap = block_map(q[:1], k[:1], block_q=bq, block_k=bk, rule=BlockRule.from_dict(entry["rule"]),
-                         with_inverse=False)
+        bmap = block_map(
+            q[:1], k[:1], block_q=bq, block_k=bk, rule=BlockRule.from_dict(entry["rule"]), with_inverse=False
+        )
         heads = q.shape[1]
         nk = bmap.k_blocks
         fig, axes = plt.subplots(1, heads, figsize=(2.2 * heads, 2.6), squeeze=False)

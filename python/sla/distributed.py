@@ -34,7 +34,6 @@ from .blockmap import BlockMap
 from .functional import sparse_linear_attention
 from .module import SparseLinearAttention
 
-
 # ---------------------------------------------------------------------------------------------------------------
 # How the sequence and the heads are split
 
@@ -53,7 +52,8 @@ def head_counts(heads: int, world_size: int) -> list[int]:
     if heads < world_size:
         raise ValueError(
             f"heads: sequence parallelism over {world_size} ranks needs at least {world_size} heads (each rank runs "
-            f"SLA for a subset of the heads), got H = {heads}")
+            f"SLA for a subset of the heads), got H = {heads}"
+        )
     return shard_lengths(heads, world_size)
 
 
@@ -78,8 +78,9 @@ def balanced_head_order(costs: Sequence[float], world_size: int) -> list[int]:
     return [h for g in groups for h in sorted(g)]
 
 
-def gather_shard_lengths(local_length: int, group: Optional[dist.ProcessGroup] = None, *,
-                         device: Optional[torch.device] = None) -> list[int]:
+def gather_shard_lengths(
+    local_length: int, group: Optional[dist.ProcessGroup] = None, *, device: Optional[torch.device] = None
+) -> list[int]:
     """Every rank's shard length (one small all-gather). `ulysses_sparse_linear_attention` calls it when no
     `seq_lens` are given; pass them to avoid the collective (and the graph break under torch.compile)."""
     return [int(x) for x in _gather_ints([local_length], group, device)[:, 0]]
@@ -118,8 +119,9 @@ def _select_heads(x: torch.Tensor, order: Optional[torch.Tensor], start: int, st
     return x.index_select(2, order[start:stop])
 
 
-def _seq_to_heads(x: torch.Tensor, group, rank: int, seq_lens: Sequence[int], heads: Sequence[int],
-                  order: Optional[torch.Tensor]) -> torch.Tensor:
+def _seq_to_heads(
+    x: torch.Tensor, group, rank: int, seq_lens: Sequence[int], heads: Sequence[int], order: Optional[torch.Tensor]
+) -> torch.Tensor:
     """(B, L_rank, H, D) sequence shard -> (B, L, H_rank, D) head shard (a view of an (L, B, H_rank, D) buffer)."""
     b, l_local, _, d = x.shape
     slices = _head_slices(heads)
@@ -129,7 +131,7 @@ def _seq_to_heads(x: torch.Tensor, group, rank: int, seq_lens: Sequence[int], he
     send = x.new_empty(sum(send_sizes))
     offset = 0
     for (start, stop), size in zip(slices, send_sizes):
-        block = send[offset:offset + size].view(l_local, b, stop - start, d)
+        block = send[offset : offset + size].view(l_local, b, stop - start, d)
         block.copy_(_select_heads(x, order, start, stop).permute(1, 0, 2, 3))
         offset += size
     h_mine = heads[rank]
@@ -140,8 +142,9 @@ def _seq_to_heads(x: torch.Tensor, group, rank: int, seq_lens: Sequence[int], he
     return recv.view(sum(seq_lens), b, h_mine, d).permute(1, 0, 2, 3)
 
 
-def _heads_to_seq(y: torch.Tensor, group, rank: int, seq_lens: Sequence[int], heads: Sequence[int],
-                  order: Optional[torch.Tensor]) -> torch.Tensor:
+def _heads_to_seq(
+    y: torch.Tensor, group, rank: int, seq_lens: Sequence[int], heads: Sequence[int], order: Optional[torch.Tensor]
+) -> torch.Tensor:
     """(B, L, H_rank, D) head shard -> (B, L_rank, H, D) sequence shard, contiguous."""
     b, _, h_mine, d = y.shape
     # (L, B, H_rank, D): each destination's tokens are one contiguous block; one copy (none if y is such a view).
@@ -154,7 +157,7 @@ def _heads_to_seq(y: torch.Tensor, group, rank: int, seq_lens: Sequence[int], he
     out = y.new_empty(b, l_local, sum(heads), d)
     offset = 0
     for (start, stop), size in zip(_head_slices(heads), recv_sizes):
-        block = recv[offset:offset + size].view(l_local, b, stop - start, d).permute(1, 0, 2, 3)
+        block = recv[offset : offset + size].view(l_local, b, stop - start, d).permute(1, 0, 2, 3)
         if order is None:
             out[:, :, start:stop].copy_(block)
         else:
@@ -205,8 +208,9 @@ class _SumGradInGroup(torch.autograd.Function):
         return grad, None
 
 
-def all_to_all_sequence_to_heads(x: torch.Tensor, group=None, *, seq_lens: Sequence[int],
-                                 head_order: Optional[Sequence[int]] = None) -> torch.Tensor:
+def all_to_all_sequence_to_heads(
+    x: torch.Tensor, group=None, *, seq_lens: Sequence[int], head_order: Optional[Sequence[int]] = None
+) -> torch.Tensor:
     """Differentiable Ulysses all-to-all on (B, L_rank, H, D): returns (B, L, H_rank, D) (see the module doc)."""
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     heads = head_counts(x.shape[2], world)
@@ -214,13 +218,13 @@ def all_to_all_sequence_to_heads(x: torch.Tensor, group=None, *, seq_lens: Seque
     return _SeqToHeads.apply(x, group, rank, tuple(int(n) for n in seq_lens), tuple(heads), order)
 
 
-def all_to_all_heads_to_sequence(y: torch.Tensor, group=None, *, seq_lens: Sequence[int], heads: int,
-                                 head_order: Optional[Sequence[int]] = None) -> torch.Tensor:
+def all_to_all_heads_to_sequence(
+    y: torch.Tensor, group=None, *, seq_lens: Sequence[int], heads: int, head_order: Optional[Sequence[int]] = None
+) -> torch.Tensor:
     """The reverse of `all_to_all_sequence_to_heads`: (B, L, H_rank, D) -> (B, L_rank, H, D)."""
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     order = _order_tensor(head_order, heads, y.device)
-    return _HeadsToSeq.apply(y, group, rank, tuple(int(n) for n in seq_lens), tuple(head_counts(heads, world)),
-                             order)
+    return _HeadsToSeq.apply(y, group, rank, tuple(int(n) for n in seq_lens), tuple(head_counts(heads, world)), order)
 
 
 def _order_tensor(head_order, heads: int, device) -> Optional[torch.Tensor]:
@@ -246,7 +250,8 @@ def _check_shapes(q, k, v, layout: str, group, seq_lens: Optional[Sequence[int]]
     if ks[2] != qs[2] or vs[2] != qs[2]:
         raise ValueError(
             f"k, v: sequence-parallel SLA is self-attention: expected the local sequence length of q "
-            f"(L = {qs[2]}), got k: {ks[2]}, v: {vs[2]} (run cross-attention without sequence parallelism)")
+            f"(L = {qs[2]}), got k: {ks[2]}, v: {vs[2]} (run cross-attention without sequence parallelism)"
+        )
     if ks[1] != qs[1] or vs[1] != qs[1]:
         raise ValueError(f"k, v: expected the head count of q (H = {qs[1]}), got k: {ks[1]}, v: {vs[1]}")
     head_counts(qs[1], world)  # raises, naming heads and world size, when H < P
@@ -255,7 +260,8 @@ def _check_shapes(q, k, v, layout: str, group, seq_lens: Optional[Sequence[int]]
         if len(seq_lens) != world or seq_lens[dist.get_rank(group)] != qs[2] or min(seq_lens) < 0:
             raise ValueError(
                 f"seq_lens: expected {world} shard lengths (one per rank) with this rank's "
-                f"(rank {dist.get_rank(group)}) equal to its local length {qs[2]}, got {seq_lens}")
+                f"(rank {dist.get_rank(group)}) equal to its local length {qs[2]}, got {seq_lens}"
+            )
         return seq_lens
     dims = _gather_ints([qs[2], qs[0], qs[1], qs[3], vs[3]], group, _collective_device(q, group))
     mine = dims[dist.get_rank(group)]
@@ -263,7 +269,8 @@ def _check_shapes(q, k, v, layout: str, group, seq_lens: Optional[Sequence[int]]
         if not torch.equal(dims[:, col], mine[col].expand(world)):
             raise ValueError(
                 f"q, k, v: every rank of the sequence-parallel group must have the same {name}; "
-                f"got {dims[:, col].tolist()} across ranks 0..{world - 1}")
+                f"got {dims[:, col].tolist()} across ranks 0..{world - 1}"
+            )
     return [int(n) for n in dims[:, 0]]
 
 
@@ -311,14 +318,24 @@ def ulysses_sparse_linear_attention(
         _options.check_tensor(name, t)
         _options.check_rank4(name, t, layout)
     if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError("group: sequence-parallel SLA needs torch.distributed initialised "
-                           "(torch.distributed.init_process_group)")
+        raise RuntimeError(
+            "group: sequence-parallel SLA needs torch.distributed initialised (torch.distributed.init_process_group)"
+        )
     lens = _check_shapes(q, k, v, layout, group, seq_lens)
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     if world == 1:  # one rank holds every head of the whole sequence: the plain layer, no copies
-        return sparse_linear_attention(q, k, v, topk=topk, layout=layout, proj_weight=proj_weight,
-                                       proj_bias=proj_bias, block_map=block_map, return_block_map=return_block_map,
-                                       **options)
+        return sparse_linear_attention(
+            q,
+            k,
+            v,
+            topk=topk,
+            layout=layout,
+            proj_weight=proj_weight,
+            proj_bias=proj_bias,
+            block_map=block_map,
+            return_block_map=return_block_map,
+            **options,
+        )
     heads = q.shape[1] if layout == "BHLD" else q.shape[2]
     counts = tuple(head_counts(heads, world))
     order = _order_tensor(head_order, heads, q.device)
@@ -332,8 +349,18 @@ def ulysses_sparse_linear_attention(
     if reduce_proj_grad:
         proj_weight = _SumGradInGroup.apply(proj_weight, group) if proj_weight is not None else None
         proj_bias = _SumGradInGroup.apply(proj_bias, group) if proj_bias is not None else None
-    o, bmap = sparse_linear_attention(qh, kh, vh, topk=topk, layout="BLHD", proj_weight=proj_weight,
-                                      proj_bias=proj_bias, block_map=block_map, return_block_map=True, **options)
+    o, bmap = sparse_linear_attention(
+        qh,
+        kh,
+        vh,
+        topk=topk,
+        layout="BLHD",
+        proj_weight=proj_weight,
+        proj_bias=proj_bias,
+        block_map=block_map,
+        return_block_map=True,
+        **options,
+    )
     o = _HeadsToSeq.apply(o, group, rank, lens, counts, order)  # (B, L_rank, H, D), contiguous
     o = o if layout == "BLHD" else o.transpose(1, 2)
     return (o, bmap) if return_block_map else o
@@ -347,26 +374,61 @@ class UlyssesSparseLinearAttention(SparseLinearAttention):
     `reduce_proj_grad` (see `ulysses_sparse_linear_attention`), `head_order`.
     """
 
-    def __init__(self, head_dim: int, topk: float, feature_map: str = "softmax", BLKQ: int = 64, BLKK: int = 64,
-                 use_bf16: bool = True, tie_feature_map_qk: bool = True, *, process_group=None,
-                 reduce_proj_grad: bool = False, head_order: Optional[Sequence[int]] = None, **kwargs):
+    def __init__(
+        self,
+        head_dim: int,
+        topk: float,
+        feature_map: str = "softmax",
+        BLKQ: int = 64,
+        BLKK: int = 64,
+        use_bf16: bool = True,
+        tie_feature_map_qk: bool = True,
+        *,
+        process_group=None,
+        reduce_proj_grad: bool = False,
+        head_order: Optional[Sequence[int]] = None,
+        **kwargs,
+    ):
         super().__init__(head_dim, topk, feature_map, BLKQ, BLKK, use_bf16, tie_feature_map_qk, **kwargs)
         self.process_group = process_group
         self.reduce_proj_grad = reduce_proj_grad
         self.head_order = None if head_order is None else [int(h) for h in head_order]
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_sparsity: bool = False,
-                block_map: Optional[BlockMap] = None, seq_lens: Optional[Sequence[int]] = None):
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        return_sparsity: bool = False,
+        block_map: Optional[BlockMap] = None,
+        seq_lens: Optional[Sequence[int]] = None,
+    ):
         """As `SparseLinearAttention.forward` on this rank's sequence shard; `seq_lens` as for
         `ulysses_sparse_linear_attention`. Returns this rank's shard of O (or (O, T / Nk))."""
         dtype = q.dtype
         if q.is_cuda:
             q, k, v = q.to(self.dtype), k.to(self.dtype), v.to(self.dtype)
         o, bmap = ulysses_sparse_linear_attention(
-            q, k, v, topk=self.topk, group=self.process_group, seq_lens=seq_lens, head_order=self.head_order,
-            reduce_proj_grad=self.reduce_proj_grad, layout=self.layout, block_q=self.BLKQ, block_k=self.BLKK,
-            feature_map=self.feature_map, variant=self.variant, negligible=self.negligible, scale=self.scale,
-            proj_weight=self.proj_l.weight, proj_bias=self.proj_l.bias, block_map=block_map, return_block_map=True)
+            q,
+            k,
+            v,
+            topk=self.topk,
+            group=self.process_group,
+            seq_lens=seq_lens,
+            head_order=self.head_order,
+            reduce_proj_grad=self.reduce_proj_grad,
+            layout=self.layout,
+            block_q=self.BLKQ,
+            block_k=self.BLKK,
+            feature_map=self.feature_map,
+            variant=self.variant,
+            negligible=self.negligible,
+            scale=self.scale,
+            proj_weight=self.proj_l.weight,
+            proj_bias=self.proj_l.bias,
+            block_map=block_map,
+            return_block_map=True,
+        )
         o = o.to(dtype)
         return (o, bmap.density) if return_sparsity else o
 

@@ -1,5 +1,5 @@
 """The functional form of one SLA layer: block map (unless given), sparse branch, linear branch and projection,
-O = O_s + O_l W^T + b (SPEC.md sections 1-4), differentiable in q, k, v, proj_weight and proj_bias."""
+O = O_s + O_l W^T + b (docs/SPEC.md sections 1-4), differentiable in q, k, v, proj_weight and proj_bias."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from . import _options
 from ._autograd import check_no_forward_ad
 from ._shapes import topk_for_count
-from .blockmap import BlockMap, block_map as predict_block_map
+from .blockmap import BlockMap
+from .blockmap import block_map as predict_block_map
 from .rules import BlockRule, PerHead
 
 
@@ -90,8 +91,9 @@ def sparse_linear_attention(
     check_no_forward_ad("sla.sparse_linear_attention", q=q, k=k, v=v, proj_weight=proj_weight, proj_bias=proj_bias)
     _options.check_choice("variant", variant, _options.VARIANTS)
     _options.check_feature_map(feature_map)
-    if scale is not None and (isinstance(scale, bool) or not (isinstance(scale, (int, float)) and
-                                                              0 < scale < float("inf"))):
+    if scale is not None and (
+        isinstance(scale, bool) or not (isinstance(scale, (int, float)) and 0 < scale < float("inf"))
+    ):
         # The library reads scale == 0 as "1/sqrt(D)"; here that meaning belongs to None alone.
         raise ValueError(f"scale: expected a finite number > 0 or None, got {scale!r}")
     if block_map is not None and not isinstance(block_map, BlockMap):
@@ -104,11 +106,18 @@ def sparse_linear_attention(
 
     if block_map is None:
         if rule is None:
-            rule = BlockRule.make(topk=topk, top_p=top_p, min_blocks=min_blocks, max_blocks=max_blocks,
-                                  negligible=negligible, negligible_threshold=negligible_threshold,
-                                  max_negligible=max_negligible)
-        bmap = predict_block_map(qh, kh, block_q=block_q, block_k=block_k, variant=variant, rule=rule,
-                                 with_inverse=needs_grad, scale=scale)
+            rule = BlockRule.make(
+                topk=topk,
+                top_p=top_p,
+                min_blocks=min_blocks,
+                max_blocks=max_blocks,
+                negligible=negligible,
+                negligible_threshold=negligible_threshold,
+                max_negligible=max_negligible,
+            )
+        bmap = predict_block_map(
+            qh, kh, block_q=block_q, block_k=block_k, variant=variant, rule=rule, with_inverse=needs_grad, scale=scale
+        )
     else:
         bmap = block_map.with_inverse() if needs_grad else block_map
     if block_map is None and rule.is_fixed:
@@ -123,8 +132,22 @@ def sparse_linear_attention(
     weight = proj_weight.to(acc) if proj_weight is not None else None
     bias = proj_bias.to(acc) if proj_bias is not None else None
     o = torch.ops.sla.forward(
-        qh, kh, vh, weight, bias, *bmap.tables(), bmap.block_q, bmap.block_k, map_topk, map_negligible, variant,
-        feature_map, 0.0 if scale is None else float(scale), float(eps), needs_grad)[0]
+        qh,
+        kh,
+        vh,
+        weight,
+        bias,
+        *bmap.tables(),
+        bmap.block_q,
+        bmap.block_k,
+        map_topk,
+        map_negligible,
+        variant,
+        feature_map,
+        0.0 if scale is None else float(scale),
+        float(eps),
+        needs_grad,
+    )[0]
     o = _options.from_bhld(o, layout)
     return (o, bmap) if return_block_map else o
 

@@ -18,13 +18,29 @@ from .rules import BlockRule, PerHead
 
 
 class SparseLinearAttention(nn.Module):
-    def __init__(self, head_dim: int, topk: Optional[PerHead] = None, feature_map: str = "softmax", BLKQ: int = 64,
-                 BLKK: int = 64, use_bf16: bool = True, tie_feature_map_qk: bool = True, *, variant: str = "global",
-                 negligible: float = 0.0, layout: str = "BHLD", scale: Optional[float] = None,
-                 top_p: Optional[PerHead] = None, min_blocks: int = 1, max_blocks: Optional[int] = None,
-                 negligible_threshold: float = 0.0, max_negligible: Optional[float] = None,
-                 rule: Optional[BlockRule] = None, video_shape: Optional[Sequence[int]] = None,
-                 tile: Sequence[int] = (4, 4, 4)):
+    def __init__(
+        self,
+        head_dim: int,
+        topk: Optional[PerHead] = None,
+        feature_map: str = "softmax",
+        BLKQ: int = 64,
+        BLKK: int = 64,
+        use_bf16: bool = True,
+        tie_feature_map_qk: bool = True,
+        *,
+        variant: str = "global",
+        negligible: float = 0.0,
+        layout: str = "BHLD",
+        scale: Optional[float] = None,
+        top_p: Optional[PerHead] = None,
+        min_blocks: int = 1,
+        max_blocks: Optional[int] = None,
+        negligible_threshold: float = 0.0,
+        max_negligible: Optional[float] = None,
+        rule: Optional[BlockRule] = None,
+        video_shape: Optional[Sequence[int]] = None,
+        tile: Sequence[int] = (4, 4, 4),
+    ):
         """
         Args:
             head_dim: D, the head dimension (of q, k and v).
@@ -51,9 +67,15 @@ class SparseLinearAttention(nn.Module):
         _options.check_choice("layout", layout, _options.LAYOUTS)
         self.dtype = torch.bfloat16 if use_bf16 else torch.float16
         if rule is None:
-            rule = BlockRule.make(topk=topk, top_p=top_p, min_blocks=min_blocks, max_blocks=max_blocks,
-                                  negligible=negligible, negligible_threshold=negligible_threshold,
-                                  max_negligible=max_negligible)
+            rule = BlockRule.make(
+                topk=topk,
+                top_p=top_p,
+                min_blocks=min_blocks,
+                max_blocks=max_blocks,
+                negligible=negligible,
+                negligible_threshold=negligible_threshold,
+                max_negligible=max_negligible,
+            )
         self.rule = rule
         self.topk = topk
         self.video_shape = None if video_shape is None else tuple(video_shape)
@@ -75,13 +97,19 @@ class SparseLinearAttention(nn.Module):
         self.init_weights_()
 
     def init_weights_(self) -> None:
-        # Zero projection: an untrained layer is exactly sparse attention (SPEC.md section 4).
+        # Zero projection: an untrained layer is exactly sparse attention (docs/SPEC.md section 4).
         with torch.no_grad():
             nn.init.zeros_(self.proj_l.weight)
             nn.init.zeros_(self.proj_l.bias)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_sparsity: bool = False,
-                block_map: Optional[BlockMap] = None):
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        return_sparsity: bool = False,
+        block_map: Optional[BlockMap] = None,
+    ):
         """
         Args:
             q, k, v: (B, H, L, D) (or (B, L, H, D) with layout='BLHD').
@@ -99,10 +127,21 @@ class SparseLinearAttention(nn.Module):
         if self.recorder is not None:
             self.recorder(self, *(_options.to_bhld(t, self.layout) for t in (q, k, v)))
         o, bmap = sparse_linear_attention(
-            q, k, v, block_q=self.BLKQ, block_k=self.BLKK, feature_map=self.feature_map,
-            variant=self.variant, layout=self.layout, scale=self.scale, rule=self.rule,
-            proj_weight=self.proj_l.weight, proj_bias=self.proj_l.bias, block_map=block_map,
-            return_block_map=True)
+            q,
+            k,
+            v,
+            block_q=self.BLKQ,
+            block_k=self.BLKK,
+            feature_map=self.feature_map,
+            variant=self.variant,
+            layout=self.layout,
+            scale=self.scale,
+            rule=self.rule,
+            proj_weight=self.proj_l.weight,
+            proj_bias=self.proj_l.bias,
+            block_map=block_map,
+            return_block_map=True,
+        )
         if self.video_shape is not None:
             o = tiling.from_tiles(o, self.video_shape, self.tile, dim=seq_dim)
         o = o.to(dtype)
@@ -121,5 +160,7 @@ class SparseLinearAttention(nn.Module):
     def extra_repr(self) -> str:
         rule = f"topk={self.rule.topk}" if self.rule.is_fixed else f"rule={self.rule.to_dict()}"
         tiles = f", video_shape={self.video_shape}, tile={self.tile}" if self.video_shape is not None else ""
-        return (f"{rule}{tiles}, BLKQ={self.BLKQ}, BLKK={self.BLKK}, feature_map={self.feature_map!r}, "
-                f"variant={self.variant!r}, layout={self.layout!r}, dtype={self.dtype}")
+        return (
+            f"{rule}{tiles}, BLKQ={self.BLKQ}, BLKK={self.BLKK}, feature_map={self.feature_map!r}, "
+            f"variant={self.variant!r}, layout={self.layout!r}, dtype={self.dtype}"
+        )

@@ -5,7 +5,7 @@ share. The library does the selection; this file only checks and forwards the pa
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
@@ -19,8 +19,9 @@ def _per_head(name: str, value: PerHead) -> tuple[float, ...] | float:
         if value.dim() == 0:
             return float(value)
         if value.dim() != 1:
-            raise ValueError(f"{name}: expected a float or one value per head (a 1-D tensor), got shape "
-                             f"{tuple(value.shape)}")
+            raise ValueError(
+                f"{name}: expected a float or one value per head (a 1-D tensor), got shape {tuple(value.shape)}"
+            )
         return tuple(float(x) for x in value.detach().cpu().double().tolist())
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -51,12 +52,21 @@ class BlockRule:
     max_negligible: Optional[float] = None
 
     @classmethod
-    def make(cls, topk: Optional[PerHead] = None, top_p: Optional[PerHead] = None, min_blocks: int = 1,
-             max_blocks: Optional[int] = None, negligible: float = 0.0, negligible_threshold: float = 0.0,
-             max_negligible: Optional[float] = None) -> "BlockRule":
+    def make(
+        cls,
+        topk: Optional[PerHead] = None,
+        top_p: Optional[PerHead] = None,
+        min_blocks: int = 1,
+        max_blocks: Optional[int] = None,
+        negligible: float = 0.0,
+        negligible_threshold: float = 0.0,
+        max_negligible: Optional[float] = None,
+    ) -> "BlockRule":
         if (topk is None) == (top_p is None):
-            raise ValueError("topk/top_p: expected exactly one of them (topk: fraction of key blocks; top_p: share "
-                             f"of the pooled attention), got topk={topk!r} and top_p={top_p!r}")
+            raise ValueError(
+                "topk/top_p: expected exactly one of them (topk: fraction of key blocks; top_p: share "
+                f"of the pooled attention), got topk={topk!r} and top_p={top_p!r}"
+            )
         for name, v in (("min_blocks", min_blocks), ("max_blocks", max_blocks)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
                 raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
@@ -66,10 +76,15 @@ class BlockRule:
         if isinstance(top_p, float) and not (0.0 < top_p <= 1.0):
             # The op reads top_p == 0 as "the topk rule": a zero (or NaN) here must not select it silently.
             raise ValueError(f"top_p: expected a finite value in (0, 1], got {top_p}")
-        return cls(topk=None if topk is None else _per_head("topk", topk), top_p=top_p,
-                   min_blocks=int(min_blocks), max_blocks=max_blocks, negligible=float(negligible),
-                   negligible_threshold=float(negligible_threshold),
-                   max_negligible=None if max_negligible is None else float(max_negligible))
+        return cls(
+            topk=None if topk is None else _per_head("topk", topk),
+            top_p=top_p,
+            min_blocks=int(min_blocks),
+            max_blocks=max_blocks,
+            negligible=float(negligible),
+            negligible_threshold=float(negligible_threshold),
+            max_negligible=None if max_negligible is None else float(max_negligible),
+        )
 
     @property
     def is_fixed(self) -> bool:
@@ -125,9 +140,20 @@ def capacities(rule: BlockRule, heads: int, k_blocks: int, variant: str) -> tupl
     return table_widths(k_blocks, variant, **args)
 
 
-def table_widths(k_blocks: int, variant: str, *, topk: float, negligible: float, head_topk=(), top_p: float = 0.0,
-                 head_top_p=(), min_blocks: int = 1, max_blocks: int = 0, negligible_threshold: float = 0.0,
-                 max_negligible: float = 0.0) -> tuple[int, int]:
+def table_widths(
+    k_blocks: int,
+    variant: str,
+    *,
+    topk: float,
+    negligible: float,
+    head_topk=(),
+    top_p: float = 0.0,
+    head_top_p=(),
+    min_blocks: int = 1,
+    max_blocks: int = 0,
+    negligible_threshold: float = 0.0,
+    max_negligible: float = 0.0,
+) -> tuple[int, int]:
     nk = k_blocks
     if top_p != 0.0 or len(head_top_p) > 0:
         t = nk if max_blocks == 0 else min(max_blocks, nk)

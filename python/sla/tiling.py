@@ -32,7 +32,7 @@ def _permutation_cpu(grid: tuple[int, int, int], tile: tuple[int, int, int]) -> 
     for a in range(0, t, tt):
         for b in range(0, h, th):
             for c in range(0, w, tw):
-                cube = raster[a:a + tt, b:b + th, c:c + tw].reshape(-1)
+                cube = raster[a : a + tt, b : b + th, c : c + tw].reshape(-1)
                 (full if cube.numel() == tt * th * tw else partial).append(cube)
     perm = torch.cat(full + partial)
     inv = torch.empty_like(perm)
@@ -43,8 +43,9 @@ def _permutation_cpu(grid: tuple[int, int, int], tile: tuple[int, int, int]) -> 
 _DEVICE_CACHE: dict = {}
 
 
-def tile_permutation(grid: Sequence[int], tile: Sequence[int] = (4, 4, 4),
-                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def tile_permutation(
+    grid: Sequence[int], tile: Sequence[int] = (4, 4, 4), device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(perm, inv), int64 on `device`: tiled[i] = raster[perm[i]] and raster[j] = tiled[inv[j]]."""
     g = _check_grid("grid", grid)
     tl = _check_grid("tile", tile)
@@ -60,8 +61,10 @@ def tile_permutation(grid: Sequence[int], tile: Sequence[int] = (4, 4, 4),
 def _gather(x: torch.Tensor, index: torch.Tensor, dim: int, grid) -> torch.Tensor:
     n = grid[0] * grid[1] * grid[2]
     if x.shape[dim] != n:
-        raise ValueError(f"video_shape: expected the sequence dim ({x.shape[dim]} tokens) to equal t * h * w = {n} "
-                         f"for grid {tuple(grid)}")
+        raise ValueError(
+            f"video_shape: expected the sequence dim ({x.shape[dim]} tokens) to equal t * h * w = {n} "
+            f"for grid {tuple(grid)}"
+        )
     return torch.index_select(x, dim, index)
 
 

@@ -1,55 +1,30 @@
-// The `sla` program: subcommand dispatch and the mapping of errors to exit codes (0 ok, 1 failure, 2 usage).
+// The `sla` program: the command line (CLI11, commands/command_options.h), the subcommand it names, and the mapping
+// of errors to exit codes (0 ok, 1 failure, 2 usage).
 #include <exception>
 #include <iostream>
+#include <new>
 #include <string>
 #include <vector>
 
 #include "cli_error.h"
-#include "command_options.h"
-#include "commands.h"
+#include "commands/command_options.h"
+#include "commands/commands.h"
 
 namespace {
 
 int dispatch(const std::vector<std::string>& args) {
   using namespace sla_cli;
-  std::string command = "demo";
-  std::vector<std::string> rest = args;
-  if (!args.empty() && (args[0] == "--help" || args[0] == "-h" || args[0] == "help")) {
-    std::cout << main_help();
-    return kExitOk;
-  }
-  if (!args.empty() && args[0].rfind("-", 0) != 0) {
-    command = args[0];
-    rest.erase(rest.begin());
-  }
-  for (std::string& a : rest) {
-    if (a == "-h") a = "--help";
-  }
-  if (command == "demo") {
-    const DemoOptions o = parse_demo_options(rest);
-    if (o.help) {
-      std::cout << demo_help();
+  const CommandLine cl = parse_command_line(args);
+  switch (cl.command) {
+    case CommandLine::Command::help:
+    case CommandLine::Command::version:
+      std::cout << cl.text << (cl.text.empty() || cl.text.back() != '\n' ? "\n" : "");
       return kExitOk;
-    }
-    return run_demo(o);
+    case CommandLine::Command::demo: return run_demo(cl.demo);
+    case CommandLine::Command::bench: return run_bench(cl.bench);
+    case CommandLine::Command::info: return run_info();
   }
-  if (command == "bench") {
-    const BenchOptions o = parse_bench_options(rest);
-    if (o.help) {
-      std::cout << bench_help();
-      return kExitOk;
-    }
-    return run_bench(o);
-  }
-  if (command == "info") {
-    if (rest.size() == 1 && rest[0] == "--help") {
-      std::cout << info_help();
-      return kExitOk;
-    }
-    if (!rest.empty()) throw UsageError("info: takes no flags, got '" + rest[0] + "'");
-    return run_info();
-  }
-  throw UsageError("unknown command '" + command + "'; expected demo, bench or info (see sla --help)");
+  return kExitFailure;
 }
 
 }  // namespace
@@ -63,6 +38,11 @@ int main(int argc, char** argv) {
     return sla_cli::kExitUsage;
   } catch (const sla_cli::RunError& e) {
     std::cerr << "sla: error: " << e.what() << "\n";
+    return sla_cli::kExitFailure;
+  } catch (const std::bad_alloc&) {
+    // The commands check their sizes against the memory limits before allocating (device/memory_limits.h); this is
+    // the last line for what those estimates miss.
+    std::cerr << "sla: error: out of memory (an allocation failed); try a smaller problem\n";
     return sla_cli::kExitFailure;
   } catch (const std::exception& e) {
     std::cerr << "sla: internal error: " << e.what() << "\n";

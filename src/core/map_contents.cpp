@@ -32,9 +32,9 @@ struct Table {
   int64_t n(int64_t bh, int64_t nq, int64_t i) const { return count[bh * nq + i]; }
 };
 
-// Counts in [0, cap]; the first count entries of every row in [0, Nk) and distinct (any order: SPEC.md 7.7 permutes
-// a LUT row); with `other` (the critical table, when `t` is the negligible one), no entry also in `other`'s row.
-// `mark` (Nk entries) remembers, per key block, the last row stamp that held it, so no row clears it.
+// Counts in [0, cap]; the first count entries of every row in [0, Nk) and distinct (any order: docs/SPEC.md 7.7
+// permutes a LUT row); with `other` (the critical table, when `t` is the negligible one), no entry also in `other`'s
+// row. `mark` (Nk entries) remembers, per key block, the last row stamp that held it, so no row clears it.
 Status check_rows(const Table& t, const Table* other, int64_t batch, int64_t heads, int64_t nq, int64_t nk,
                   std::vector<int64_t>& mark) {
   int64_t stamp = 0;

@@ -1,8 +1,8 @@
-// The contents of a block map (SPEC.md section 1.5-1.7), checked on the host: what validate.h checks for shapes,
+// The contents of a block map (docs/SPEC.md section 1.5-1.7), checked on the host: what validate.h checks for shapes,
 // this checks for the int32 values. A caller-supplied LUT is arbitrary data, so every backend needs this guarantee
 // before a kernel indexes K, V or Q with it:
 //   - map.count[b,h,i] in [0, T]; map.negl_count[b,h,i] in [0, Tn];
-//   - the first count entries of each map.lut row in [0, Nk) and distinct, in any order (SPEC.md 7.7: permuting a
+//   - the first count entries of each map.lut row in [0, Nk) and distinct, in any order (docs/SPEC.md 7.7: permuting a
 //     row changes O only by rounding; the block map itself writes them ascending); entries past the count are
 //     unused and never read;
 //   - the same for map.negl_lut, and no negligible block also critical in the same row;

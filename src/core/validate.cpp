@@ -47,7 +47,7 @@ bool add_fits(int64_t a, int64_t b, int64_t* out) {
   return true;
 }
 
-// One expected dimension: its size, its name in SPEC.md, and (optionally) the argument the size is taken from.
+// One expected dimension: its size, its name in docs/SPEC.md, and (optionally) the argument the size is taken from.
 struct Dim {
   int64_t size;
   const char* label;
@@ -441,7 +441,7 @@ Status validate_rule(const Config& cfg) {
 }  // namespace
 
 int64_t topk_block_count(double topk, int64_t k_blocks) {
-  // SPEC.md 1.4: floor in double, then clamp to [1, Nk] (the public code yields T = 0 and NaN for small Nk).
+  // docs/SPEC.md 1.4: floor in double, then clamp to [1, Nk] (the public code yields T = 0 and NaN for small Nk).
   const double t = std::floor(topk * static_cast<double>(k_blocks));
   return std::min(std::max(static_cast<int64_t>(t), int64_t{1}), k_blocks);
 }

@@ -35,13 +35,13 @@ constexpr int64_t kMaxHeadDim = 1024;
 // Block sizes the API accepts; the CUDA backend supports a subset and says so itself.
 bool is_allowed_block_size(int block);
 
-// Config ranges (SPEC.md section 6). NaN anywhere is an error.
+// Config ranges (docs/SPEC.md section 6). NaN anywhere is an error.
 Status validate_config(const Config& cfg);
 
 // cfg's per-head vectors against the head count of a call (validate_config cannot know H).
 Status validate_config_heads(const Config& cfg, int64_t heads);
 
-// T = clamp(floor(topk * Nk), 1, Nk), with the floor in double (SPEC.md 1.4).
+// T = clamp(floor(topk * Nk), 1, Nk), with the floor in double (docs/SPEC.md 1.4).
 int64_t topk_block_count(double topk, int64_t k_blocks);
 
 // The selection rule of every row of one head, resolved for a problem's sizes (docs/BLOCK_MAP.md).
@@ -55,7 +55,7 @@ struct RowRule {
 };
 RowRule resolve_row_rule(const Config& cfg, const BlockMapShape& shape, int64_t head);
 
-// The block-map sizes of SPEC.md section 1 for a validated cfg and sizes >= 1 (no checks here).
+// The block-map sizes of docs/SPEC.md section 1 for a validated cfg and sizes >= 1 (no checks here).
 BlockMapShape resolve_block_map_shape(int64_t batch, int64_t heads, int64_t lq, int64_t lk, const Config& cfg);
 
 // Problem fields each call fills (the rest keep their defaults):

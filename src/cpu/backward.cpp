@@ -1,4 +1,4 @@
-// CPU backward pass (SPEC.md section 5).
+// CPU backward pass (docs/SPEC.md section 5).
 //
 // Per head, four phases of tasks whose results depend only on their index (so the gradients are bitwise
 // identical for any thread count; no atomics, no thread-order-dependent sums):
@@ -314,9 +314,7 @@ std::size_t backward_workspace(const Problem&, const Config&) { return 0; }
 
 Status backward(const Problem& p, const BackwardArgs& args, const Config& cfg, const Exec& exec) {
   return run_guarded("backward", [&]() -> Status {
-    return dispatch_input_dtype(p.dtype, [&](auto types) -> Status {
-      using In = typename decltype(types)::In;
-      using Acc = typename decltype(types)::Acc;
+    return SLA_CPU_DTYPE_SWITCH(p.dtype, In, Acc, [&] {
       return backward_typed<In, Acc>(p, args, cfg, exec);
     });
   });

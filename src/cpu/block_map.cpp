@@ -1,4 +1,4 @@
-// CPU block map (SPEC.md section 1): smooth-K, mean pooling, block scores, the critical and negligible sets, and
+// CPU block map (docs/SPEC.md section 1): smooth-K, mean pooling, block scores, the critical and negligible sets, and
 // the inverse tables. One task per (b, h); a task's result depends only on its inputs, so any thread count gives
 // the same tables.
 //
@@ -186,9 +186,7 @@ Status predict_block_map(const Problem& p, const TensorView& q, const TensorView
       out.negligible = p.map.negligible;
     }
     const int threads = resolve_thread_count(exec.num_threads);
-    Status st = dispatch_input_dtype(p.dtype, [&](auto types) -> Status {
-      using In = typename decltype(types)::In;
-      using Acc = typename decltype(types)::Acc;
+    Status st = SLA_CPU_DTYPE_SWITCH(p.dtype, In, Acc, [&] {
       const Rows4<const In> qr = rows4<const In>(q), kr = rows4<const In>(k);
       parallel_for(p.batch * p.heads, threads, [&](int64_t task, int) {
         predict_head<Acc>(p, cfg, qr, kr, task / p.heads, task % p.heads, out);

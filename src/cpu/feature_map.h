@@ -1,4 +1,4 @@
-// The linear branch's feature map phi (SPEC.md sections 3 and 5), applied to one row of Q or K, and its backward.
+// The linear branch's feature map phi (docs/SPEC.md sections 3 and 5), applied to one row of Q or K, and its backward.
 #pragma once
 
 #include <algorithm>

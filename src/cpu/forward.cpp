@@ -1,4 +1,4 @@
-// CPU forward pass (SPEC.md sections 2-4): O = O_s + O_l W^T + b.
+// CPU forward pass (docs/SPEC.md sections 2-4): O = O_s + O_l W^T + b.
 //
 // Heads are processed one after another; within a head the work is split into tasks whose results depend only on
 // their index (key blocks, then query blocks), so the output is bitwise identical for any thread count.
@@ -198,9 +198,7 @@ std::size_t forward_workspace(const Problem&, const Config&) { return 0; }
 
 Status forward(const Problem& p, const ForwardArgs& args, const Config& cfg, const Exec& exec) {
   return run_guarded("forward", [&]() -> Status {
-    return dispatch_input_dtype(p.dtype, [&](auto types) -> Status {
-      using In = typename decltype(types)::In;
-      using Acc = typename decltype(types)::Acc;
+    return SLA_CPU_DTYPE_SWITCH(p.dtype, In, Acc, [&] {
       return forward_typed<In, Acc>(p, args, cfg, exec);
     });
   });

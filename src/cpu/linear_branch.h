@@ -1,4 +1,4 @@
-// Building blocks of the linear branch (SPEC.md section 3) shared by the CPU forward and backward passes.
+// Building blocks of the linear branch (docs/SPEC.md section 3) shared by the CPU forward and backward passes.
 // States (H, z) are kept per key block so that the global variant (sum over all blocks) and the complement variant
 // (sum over the marginal blocks of each query block) use the same numbers, summed in ascending block order.
 #pragma once
@@ -39,7 +39,7 @@ void sum_block_states(const uint8_t* mask, int64_t k_blocks, const Acc* h_blocks
 }
 
 // One row of O_l from a = phi(q): a H / (a . z + eps). With `complement`, eps is not added and a denominator
-// <= 0 gives a zero row (SPEC.md section 3). A NaN denominator (NaN or Inf in q or k) is not "not > 0" here: it
+// <= 0 gives a zero row (docs/SPEC.md section 3). A NaN denominator (NaN or Inf in q or k) is not "not > 0" here: it
 // divides like any other, so the NaN reaches O_l as in the dense formula. Returns the denominator used (0 for a
 // zero row).
 template <class Acc>

@@ -1,4 +1,4 @@
-// The output projection proj_l (SPEC.md section 4): O = O_s + O_l W^T + b, with W (Dv x Dv) row-major and shared
+// The output projection proj_l (docs/SPEC.md section 4): O = O_s + O_l W^T + b, with W (Dv x Dv) row-major and shared
 // by every head.
 #pragma once
 

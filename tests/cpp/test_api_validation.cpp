@@ -2,7 +2,7 @@
 // names the argument; valid inputs (including strided layouts, ragged and huge L) resolve into the right Problem.
 //
 // Validation never reads tensor data, so every view points at one small dummy buffer; shapes may be huge.
-// Expected sizes below are worked out by hand from SPEC.md, never computed by the code under test.
+// Expected sizes below are worked out by hand from docs/SPEC.md, never computed by the code under test.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -654,7 +654,7 @@ TEST(ApiValidation, CudaTensorInCpuOnlyBuildIsUnsupported) {
 // ---- valid problems resolve correctly ----
 
 TEST(ApiValidation, BlockMapShapeSpecExampleClampsToOne) {
-  // SPEC.md 1.4: 197 tokens, bk 64, topk 0.2 -> Nk = 4, floor(0.8) = 0 -> T clamped to 1.
+  // docs/SPEC.md 1.4: 197 tokens, bk 64, topk 0.2 -> Nk = 4, floor(0.8) = 0 -> T clamped to 1.
   Config c;
   c.block_q = 64;
   c.block_k = 64;

@@ -243,7 +243,7 @@ TEST_F(BadMap, InvertRejectsABadLut) {
 TEST(BadMapRows, RepeatedEntryAndPermutedRow) {
   Case r = make_case(Variant::global, 0.67, /*weight=*/false);  // T = 2 of Nk = 3
   ASSERT_TRUE(predict(r.in, r.cfg, r.map).ok());
-  // A permuted row is fine (SPEC.md 7.7) once the inverse tables are rebuilt for it.
+  // A permuted row is fine (docs/SPEC.md 7.7) once the inverse tables are rebuilt for it.
   const double a = r.map.lut.get_raw(0), b = r.map.lut.get_raw(1);
   r.map.lut.set_raw(0, b);
   r.map.lut.set_raw(1, a);

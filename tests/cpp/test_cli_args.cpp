@@ -5,9 +5,9 @@
 #include <string>
 #include <vector>
 
-#include "args.h"
 #include "cli_error.h"
-#include "command_options.h"
+#include "commands/command_options.h"
+#include "number_text.h"
 
 namespace sla_cli {
 namespace {
@@ -49,10 +49,29 @@ TEST(CliArgs, DemoDefaults) {
 }
 
 TEST(CliArgs, DemoValuesInBothSpellings) {
-  const DemoOptions o = parse_demo_options({"--grid", "2x3x4", "--topk=0.25", "--variant", "complement",
-                                            "--negligible", "0.5", "--feature-map=elu", "--block-q", "128",
-                                            "--block-k=128", "--seed", "7", "--png", "x.png", "--backend", "cpu",
-                                            "--heads", "3", "--dim", "32", "--ref-rows", "100"});
+  const DemoOptions o = parse_demo_options({"--grid",
+                                            "2x3x4",
+                                            "--topk=0.25",
+                                            "--variant",
+                                            "complement",
+                                            "--negligible",
+                                            "0.5",
+                                            "--feature-map=elu",
+                                            "--block-q",
+                                            "128",
+                                            "--block-k=128",
+                                            "--seed",
+                                            "7",
+                                            "--png",
+                                            "x.png",
+                                            "--backend",
+                                            "cpu",
+                                            "--heads",
+                                            "3",
+                                            "--dim",
+                                            "32",
+                                            "--ref-rows",
+                                            "100"});
   EXPECT_EQ(o.frames, 2);
   EXPECT_EQ(o.height, 3);
   EXPECT_EQ(o.width, 4);
@@ -78,7 +97,9 @@ TEST(CliArgs, HelpIsRecognised) {
 
 TEST(CliArgs, TopkOutOfRangeNamesFlagAndRange) {
   for (const std::string bad : {"0", "2.5", "-0.1", "abc", "", "nan", "inf", "0.1x", " 0.1"}) {
-    const std::string msg = usage_error([&] { parse_demo_options({"--topk", bad}); });
+    const std::string msg = usage_error([&] {
+      parse_demo_options({"--topk", bad});
+    });
     EXPECT_NE(msg.find("--topk"), std::string::npos) << msg;
     EXPECT_NE(msg.find("(0, 1]"), std::string::npos) << msg;
     EXPECT_NE(msg.find("'" + bad + "'"), std::string::npos) << msg;
@@ -87,44 +108,72 @@ TEST(CliArgs, TopkOutOfRangeNamesFlagAndRange) {
 }
 
 TEST(CliArgs, UnknownFlagAndMissingValue) {
-  std::string msg = usage_error([] { parse_demo_options({"--topp", "0.1"}); });
+  std::string msg = usage_error([] {
+    parse_demo_options({"--topp", "0.1"});
+  });
   EXPECT_NE(msg.find("--topp"), std::string::npos) << msg;
-  msg = usage_error([] { parse_demo_options({"--topk"}); });
+  msg = usage_error([] {
+    parse_demo_options({"--topk"});
+  });
   EXPECT_NE(msg.find("--topk"), std::string::npos) << msg;
   EXPECT_NE(msg.find("FRACTION"), std::string::npos) << msg;
-  msg = usage_error([] { parse_demo_options({"stray"}); });
+  // A flag where the value belongs: the value is missing, not the flag after it stray.
+  msg = usage_error([] {
+    parse_demo_options({"--topk", "--heads", "2"});
+  });
+  EXPECT_NE(msg.find("--topk: missing its value (FRACTION)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("'--heads'"), std::string::npos) << msg;
+  msg = usage_error([] {
+    parse_demo_options({"stray"});
+  });
   EXPECT_NE(msg.find("stray"), std::string::npos) << msg;
-  msg = usage_error([] { parse_bench_options({"--json=yes"}); });
+  msg = usage_error([] {
+    parse_bench_options({"--json=yes"});
+  });
   EXPECT_NE(msg.find("--json"), std::string::npos) << msg;
 }
 
 TEST(CliArgs, GridNeedsThreePositiveIntegers) {
   for (const std::string bad : {"8x16", "8x16x24x2", "8x0x24", "8x-1x24", "8x16x", "axbxc", "8,16,24"}) {
-    const std::string msg = usage_error([&] { parse_demo_options({"--grid", bad}); });
+    const std::string msg = usage_error([&] {
+      parse_demo_options({"--grid", bad});
+    });
     EXPECT_NE(msg.find("--grid"), std::string::npos) << msg;
     EXPECT_NE(msg.find("TxHxW"), std::string::npos) << msg;
   }
 }
 
 TEST(CliArgs, ChoicesListTheAllowedValues) {
-  std::string msg = usage_error([] { parse_demo_options({"--block-q", "96"}); });
+  std::string msg = usage_error([] {
+    parse_demo_options({"--block-q", "96"});
+  });
   EXPECT_NE(msg.find("--block-q"), std::string::npos) << msg;
   EXPECT_NE(msg.find("64|128"), std::string::npos) << msg;
-  msg = usage_error([] { parse_demo_options({"--variant", "local"}); });
+  msg = usage_error([] {
+    parse_demo_options({"--variant", "local"});
+  });
   EXPECT_NE(msg.find("global|complement"), std::string::npos) << msg;
-  msg = usage_error([] { parse_bench_options({"--dtype", "f8"}); });
+  msg = usage_error([] {
+    parse_bench_options({"--dtype", "f8"});
+  });
   EXPECT_NE(msg.find("--dtype"), std::string::npos) << msg;
   EXPECT_NE(msg.find("bf16"), std::string::npos) << msg;
-  msg = usage_error([] { parse_bench_options({"--backend", "gpu"}); });
+  msg = usage_error([] {
+    parse_bench_options({"--backend", "gpu"});
+  });
   EXPECT_NE(msg.find("auto|cpu|cuda"), std::string::npos) << msg;
 }
 
 TEST(CliArgs, NegligibleOnlyWithComplementAndWithinRange) {
-  std::string msg = usage_error([] { parse_demo_options({"--negligible", "0.3"}); });
+  std::string msg = usage_error([] {
+    parse_demo_options({"--negligible", "0.3"});
+  });
   EXPECT_NE(msg.find("--negligible"), std::string::npos) << msg;
   EXPECT_NE(msg.find("complement"), std::string::npos) << msg;
   // k_l must lie in [0, 1 - topk].
-  msg = usage_error([] { parse_demo_options({"--variant", "complement", "--topk", "0.5", "--negligible", "0.6"}); });
+  msg = usage_error([] {
+    parse_demo_options({"--variant", "complement", "--topk", "0.5", "--negligible", "0.6"});
+  });
   EXPECT_NE(msg.find("--negligible"), std::string::npos) << msg;
   EXPECT_NE(msg.find("[0, 0.5]"), std::string::npos) << msg;
   EXPECT_DOUBLE_EQ(
@@ -138,14 +187,15 @@ TEST(CliArgs, BenchShapeAndOverrides) {
   EXPECT_EQ(o.lq, 1000);
   EXPECT_EQ(o.lk, 1000);  // defaults to the query length
   EXPECT_EQ(o.dim, 128);
-  EXPECT_EQ(o.cfg.block_q, 128);  // benchmarks default to 128/64 (SPEC.md section 6)
+  EXPECT_EQ(o.cfg.block_q, 128);  // benchmarks default to 128/64 (docs/SPEC.md section 6)
   EXPECT_EQ(o.cfg.block_k, 64);
   EXPECT_DOUBLE_EQ(o.cfg.topk, 0.05);
   EXPECT_FALSE(o.backward);
   EXPECT_FALSE(o.json);
 
-  o = parse_bench_options({"--shape", "2,3,1000,128", "--l", "500", "--lk", "700", "--h", "5", "--b", "1", "--d",
-                           "64", "--backward", "--json", "--iters", "3", "--warmup", "0", "--dtype", "f16"});
+  o = parse_bench_options(
+      {"--shape", "2,3,1000,128", "--l",        "500",    "--lk",    "700", "--h",      "5", "--b",     "1",
+       "--d",     "64",           "--backward", "--json", "--iters", "3",   "--warmup", "0", "--dtype", "f16"});
   EXPECT_EQ(o.batch, 1);
   EXPECT_EQ(o.heads, 5);
   EXPECT_EQ(o.lq, 500);
@@ -157,10 +207,15 @@ TEST(CliArgs, BenchShapeAndOverrides) {
   EXPECT_EQ(o.warmup, 0);
   EXPECT_EQ(o.dtype, "f16");
 
-  const std::string msg = usage_error([] { parse_bench_options({"--shape", "1,2,3"}); });
+  const std::string msg = usage_error([] {
+    parse_bench_options({"--shape", "1,2,3"});
+  });
   EXPECT_NE(msg.find("--shape"), std::string::npos) << msg;
   EXPECT_NE(msg.find("B,H,L,D"), std::string::npos) << msg;
-  EXPECT_NE(usage_error([] { parse_bench_options({"--iters", "0"}); }).find("--iters"), std::string::npos);
+  EXPECT_NE(usage_error([] {
+              parse_bench_options({"--iters", "0"});
+            }).find("--iters"),
+            std::string::npos);
 }
 
 TEST(CliArgs, HelpListsEveryFlagWithItsDefault) {
@@ -172,10 +227,30 @@ TEST(CliArgs, HelpListsEveryFlagWithItsDefault) {
   EXPECT_NE(demo.find("(default: 0.1)"), std::string::npos);
   EXPECT_NE(demo.find("Example"), std::string::npos);
   const std::string bench = bench_help();
-  for (const char* flag : {"--shape", "--b", "--h", "--l", "--d", "--lk", "--dtype", "--backend", "--warmup",
-                           "--iters", "--backward", "--json", "--topk", "--block-q", "--block-k"}) {
+  for (const char* flag : {"--shape", "--b", "--h", "--l", "--d", "--lk", "--dtype", "--backend", "--warmup", "--iters",
+                           "--backward", "--json", "--topk", "--block-q", "--block-k"}) {
     EXPECT_NE(bench.find(flag), std::string::npos) << flag;
   }
+}
+
+TEST(CliArgs, CommandLineDispatchAndVersion) {
+  EXPECT_EQ(parse_command_line({}).command, CommandLine::Command::demo);
+  EXPECT_EQ(parse_command_line({"--topk", "0.2"}).demo.cfg.topk, 0.2);  // no command: demo
+  EXPECT_EQ(parse_command_line({"bench", "--iters", "2"}).bench.iters, 2);
+  EXPECT_EQ(parse_command_line({"info"}).command, CommandLine::Command::info);
+  const CommandLine v = parse_command_line({"--version"});
+  EXPECT_EQ(v.command, CommandLine::Command::version);
+  EXPECT_EQ(v.text.rfind("sla ", 0), 0u) << v.text;
+  EXPECT_NE(main_help().find("bench"), std::string::npos);
+  EXPECT_EQ(parse_command_line({"help"}).command, CommandLine::Command::help);
+  EXPECT_NE(usage_error([] {
+              parse_command_line({"frob"});
+            }).find("unknown command 'frob'"),
+            std::string::npos);
+  EXPECT_NE(usage_error([] {
+              parse_command_line({"info", "--x"});
+            }).find("--x"),
+            std::string::npos);
 }
 
 TEST(CliArgs, StrictNumberParsing) {
@@ -203,7 +278,9 @@ namespace {
 TEST(CliArgs, SyntheticFlagsConflictWithQkv) {
   for (const char* flag : {"--grid", "--heads", "--dim", "--seed"}) {
     const std::string value = std::string(flag) == "--grid" ? "2x2x2" : "2";
-    const std::string msg = usage_error([&] { parse_demo_options({"--qkv", "x.npz", flag, value}); });
+    const std::string msg = usage_error([&] {
+      parse_demo_options({"--qkv", "x.npz", flag, value});
+    });
     EXPECT_NE(msg.find(flag), std::string::npos) << msg;
     EXPECT_NE(msg.find("--qkv"), std::string::npos) << msg;
   }

@@ -1,5 +1,6 @@
-// Host dtype conversions of the CLI (inputs for the GPU, .npy halves): checked against IEEE bit patterns written
-// out here, including rounding to nearest even, subnormals, overflow to infinity and NaN.
+// Host dtype conversions of the CLI (inputs for the GPU, .npy halves), through its array conversions, which use the
+// library's element conversions (src/cpu/half_float.h): checked against IEEE bit patterns written out here,
+// including rounding to nearest even, subnormals, overflow to infinity and NaN.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -7,7 +8,7 @@
 #include <cstring>
 #include <limits>
 
-#include "dtype_convert.h"
+#include "formats/dtype_convert.h"
 
 namespace sla_cli {
 namespace {
@@ -15,6 +16,28 @@ namespace {
 float from_bits(uint32_t u) {
   float f;
   std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// One element through the CLI's array conversions.
+uint16_t float_to_f16(float f) {
+  uint16_t h = 0;
+  convert_from_float(&f, sla::DType::f16, &h, 1);
+  return h;
+}
+float f16_to_float(uint16_t h) {
+  float f = 0;
+  convert_to_float(&h, sla::DType::f16, &f, 1);
+  return f;
+}
+uint16_t float_to_bf16(float f) {
+  uint16_t b = 0;
+  convert_from_float(&f, sla::DType::bf16, &b, 1);
+  return b;
+}
+float bf16_to_float(uint16_t b) {
+  float f = 0;
+  convert_to_float(&b, sla::DType::bf16, &f, 1);
   return f;
 }
 

@@ -8,12 +8,13 @@
 #include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <vector>
 
 #include "cli_error.h"
-#include "npy_reader.h"
-#include "zip_reader.h"
+#include "formats/npy_reader.h"
+#include "formats/zip_archive.h"
 
 namespace sla_cli {
 namespace {
@@ -25,8 +26,8 @@ void put_le(Bytes& b, uint64_t v, int n) {
 }
 
 // A .npy file: magic, version, header length, the dict padded with spaces to a 64-byte boundary, then the data.
-Bytes make_npy(const std::string& descr, const std::string& shape, const void* data, std::size_t bytes,
-               int version = 1, const std::string& fortran = "False") {
+Bytes make_npy(const std::string& descr, const std::string& shape, const void* data, std::size_t bytes, int version = 1,
+               const std::string& fortran = "False") {
   std::string dict = "{'descr': '" + descr + "', 'fortran_order': " + fortran + ", 'shape': " + shape + ", }";
   const std::size_t prefix = version == 1 ? 10 : 12;
   while ((prefix + dict.size() + 1) % 64 != 0) dict += ' ';
@@ -195,11 +196,10 @@ TEST(CliNpy, F16BitPatterns) {
 
 void check_npz(bool deflated, bool zip64, const std::string& name) {
   const std::vector<float> q = ramp(2 * 3 * 4, 1.0f), k = ramp(2 * 5 * 4, 100.0f), v = ramp(2 * 5 * 6, -50.0f);
-  const std::string path = write_temp(
-      name, make_zip({{"q.npy", make_npy("<f4", "(2, 3, 4)", q.data(), q.size() * 4)},
-                      {"k.npy", make_npy("<f4", "(2, 5, 4)", k.data(), k.size() * 4)},
-                      {"v.npy", make_npy("<f4", "(2, 5, 6)", v.data(), v.size() * 4)}},
-                     deflated, zip64));
+  const std::string path = write_temp(name, make_zip({{"q.npy", make_npy("<f4", "(2, 3, 4)", q.data(), q.size() * 4)},
+                                                      {"k.npy", make_npy("<f4", "(2, 5, 4)", k.data(), k.size() * 4)},
+                                                      {"v.npy", make_npy("<f4", "(2, 5, 6)", v.data(), v.size() * 4)}},
+                                                     deflated, zip64));
   const QkvTensors t = load_qkv(path);
   EXPECT_EQ(t.batch, 1);
   EXPECT_EQ(t.heads, 2);
@@ -282,13 +282,46 @@ TEST(CliNpy, BadNpzGivesClearErrors) {
   EXPECT_NE(msg.find("v must match k"), std::string::npos) << msg;
 }
 
+TEST(CliNpy, DirectoryIsNotAFile) {
+  const std::string msg = run_error(::testing::TempDir());
+  EXPECT_NE(msg.find("is a directory"), std::string::npos) << msg;
+}
+
+TEST(CliNpy, TorchFilesAreRecognisedWithAConversionHint) {
+  // torch.save (zip serialisation) writes <name>/data.pkl, <name>/version and the storages under <name>/data/.
+  const Bytes pickle = {0x80, 0x02, '}', 'q', 0x00, '.'};
+  const Bytes version = {'3', '\n'};
+  std::string msg = run_error(
+      write_temp("captured.pt", make_zip({{"captured/data.pkl", pickle}, {"captured/version", version}}, false)));
+  EXPECT_NE(msg.find("PyTorch file"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("np.savez"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find("no array 'q'"), std::string::npos) << msg;
+  // The legacy (pre-zip) torch.save format is a bare pickle.
+  msg = run_error(write_temp("legacy.pt", pickle));
+  EXPECT_NE(msg.find("pickle"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("np.savez"), std::string::npos) << msg;
+}
+
+TEST(CliNpy, NonFiniteInputsAreRejectedNamingTheFirst) {
+  std::vector<float> x = ramp(2 * 3 * 4, 0.0f);
+  const Bytes good = make_npy("<f4", "(2, 3, 4)", x.data(), x.size() * 4);
+  x[1 * 12 + 0 * 4 + 3] = std::numeric_limits<float>::quiet_NaN();  // h 1, l 0, d 3
+  x[23] = std::numeric_limits<float>::infinity();                   // later: not the one named
+  const Bytes bad = make_npy("<f4", "(2, 3, 4)", x.data(), x.size() * 4);
+  const std::string msg =
+      run_error(write_temp("nan.npz", make_zip({{"q.npy", good}, {"k.npy", bad}, {"v.npy", good}}, true)));
+  EXPECT_NE(msg.find("k holds 2 non-finite values"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("[0, 1, 0, 3]"), std::string::npos) << msg;
+}
+
 TEST(CliNpy, ZipReaderListsMembers) {
   const Bytes a = {1, 2, 3}, b(1000, 7);
-  const ZipArchive zip(make_zip({{"a.bin", a}, {"b.bin", b}}, true), "mem.zip");
-  ASSERT_EQ(zip.entries().size(), 2u);
-  EXPECT_EQ(zip.read(*zip.find("a.bin")), a);
-  EXPECT_EQ(zip.read(*zip.find("b.bin")), b);
-  EXPECT_EQ(zip.find("c.bin"), nullptr);
+  const ZipArchive zip(write_temp("members.zip", make_zip({{"a.bin", a}, {"b.bin", b}}, true)));
+  ASSERT_EQ(zip.names().size(), 2u);
+  EXPECT_EQ(zip.read("a.bin"), a);
+  EXPECT_EQ(zip.read("b.bin"), b);
+  EXPECT_FALSE(zip.contains("c.bin"));
+  EXPECT_THROW(zip.read("c.bin"), RunError);
 }
 
 }  // namespace

@@ -6,8 +6,8 @@
 #include <random>
 #include <vector>
 
-#include "projection_fit.h"
-#include "reference_attention.h"
+#include "workload/projection_fit.h"
+#include "workload/reference_attention.h"
 
 namespace sla_cli {
 namespace {
@@ -38,7 +38,8 @@ std::vector<double> probs(const Tiny& t, int64_t h, int64_t r) {
   double mx = -INFINITY, sum = 0;
   for (int64_t c = 0; c < p.lk; ++c) {
     double dot = 0;
-    for (int64_t d = 0; d < p.dim; ++d) dot += double(t.q[(h * p.lq + r) * p.dim + d]) * t.k[(h * p.lk + c) * p.dim + d];
+    for (int64_t d = 0; d < p.dim; ++d)
+      dot += double(t.q[(h * p.lq + r) * p.dim + d]) * t.k[(h * p.lk + c) * p.dim + d];
     s[c] = p.scale * dot;
     mx = std::max(mx, s[c]);
   }

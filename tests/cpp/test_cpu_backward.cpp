@@ -1,4 +1,4 @@
-// CPU backward pass (SPEC.md section 5, invariants 1, 2, 5, 6 and 8): against dense attention, against the sparse
+// CPU backward pass (docs/SPEC.md section 5, invariants 1, 2, 5, 6 and 8): against dense attention, against the sparse
 // branch alone, and against central finite differences of the forward pass with the LUT held fixed, for both
 // variants and all three feature maps.
 #include <gtest/gtest.h>

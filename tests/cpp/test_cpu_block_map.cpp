@@ -1,4 +1,4 @@
-// CPU block map (SPEC.md section 1, invariant 9): exact T per row, ties to the lower index, partial blocks pooled
+// CPU block map (docs/SPEC.md section 1, invariant 9): exact T per row, ties to the lower index, partial blocks pooled
 // over their real row count, brute-force agreement, the T clamp, the negligible set and the inverse tables.
 #include <gtest/gtest.h>
 

@@ -18,7 +18,7 @@ using sla::Config;
 using sla::CriticalRule;
 using sla::Variant;
 
-// Pooled scores S (Nq x Nk) of one head, fp64, from the definitions of SPEC.md section 1.
+// Pooled scores S (Nq x Nk) of one head, fp64, from the definitions of docs/SPEC.md section 1.
 std::vector<double> brute_scores(const std::vector<double>& q, const std::vector<double>& k, const Shape& s,
                                  int64_t b, int64_t h, int bq, int bk) {
   const int64_t nq = (s.lq + bq - 1) / bq, nk = (s.lk + bk - 1) / bk, d = s.d;

@@ -1,4 +1,4 @@
-// CPU forward pass against the dense fp64 references (SPEC.md sections 2-4, invariants 1-4 and 6-8), for both
+// CPU forward pass against the dense fp64 references (docs/SPEC.md sections 2-4, invariants 1-4 and 6-8), for both
 // variants and all three feature maps, plus layouts, shapes, dtypes and caller-supplied LUTs.
 #include <gtest/gtest.h>
 

@@ -1,7 +1,7 @@
 // Shared helpers of the C++ tests: host tensors of any dtype and strides, seeded random inputs, buffers for the
 // block map and the saved forward state, thin wrappers over the public API, and naive dense fp64 references.
 //
-// The references (namespace sla_test::ref) are written from SPEC.md directly, on dense (B, H, L, D) row-major
+// The references (namespace sla_test::ref) are written from docs/SPEC.md directly, on dense (B, H, L, D) row-major
 // double arrays, with token-level masks and whole-matrix formulas: they share no code with src/cpu or src/cuda.
 // (HostTensor does use cpu/half_float.h to store bf16/fp16 values; that header is tested exhaustively against the
 // compiler's _Float16 and a brute-force nearest search in test_cpu_half_float.cpp.)
@@ -405,7 +405,7 @@ inline ::testing::AssertionResult bitwise_equal(const HostTensor& a, const HostT
 }
 
 // ------------------------------------------------------------------------------------------------------------------
-// Naive dense fp64 references (SPEC.md sections 1-5). Arrays are row-major logical (B, H, L, D) doubles.
+// Naive dense fp64 references (docs/SPEC.md sections 1-5). Arrays are row-major logical (B, H, L, D) doubles.
 
 // Every combination of linear-branch variant and feature map, the grid the forward and backward suites both run.
 using VariantCase = std::tuple<sla::Variant, sla::FeatureMap>;

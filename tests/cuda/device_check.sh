@@ -2,6 +2,7 @@
 # One device call: the forward and backward grids of test_backend_ops, the random-configuration fuzz (2000 cases per
 # mainloop, FUZZ_COUNT to change), compute-sanitizer on a small forward and backward, then the W1 timing (inference
 # forward and one training step) against cuDNN on the same card.
+# (cuDNN through bench/bench_sla.py --cudnn-only).
 # Usage: tests/cuda/device_check.sh [filter] ; logs go to $OUT.
 # Environment: BIN (a test_backend_ops built elsewhere, e.g. carried; built here when absent or when it cannot
 # run on this machine), SKIP_TESTS, SKIP_SANITIZER. The forward grid and the W1 timing also run with
@@ -53,5 +54,6 @@ echo "== perf, mma.sync mainloops (SLA_CUDA_MAINLOOP=mma)"
 SLA_CUDA_MAINLOOP=mma $T --mode perf 2>&1 | tail -6
 echo "== perf, default mainloops"
 $T --mode perf 2>&1 | tail -6
-python3 tests/cuda/cudnn_baseline.py 2>&1 | tail -2
+# The dense baseline in the same call on the same card, through the PyTorch-side benchmark (needs only torch).
+python3 bench/bench_sla.py --cudnn-only --shapes W1 2>&1 | grep "^CUDNN_"
 exit $rc

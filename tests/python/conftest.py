@@ -12,10 +12,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import reference  # noqa: E402
-
 import sla  # noqa: E402
 
+import reference  # noqa: E402
 
 # Fresh random inputs on every run; SLA_TEST_SEED=<n> replays a run (the seed is printed in pytest's header).
 SEED = int(os.environ.get("SLA_TEST_SEED", random.SystemRandom().randrange(2**31)))
@@ -30,8 +29,9 @@ def seed_each_test(request):
     torch.manual_seed(SEED + zlib.crc32(request.node.nodeid.encode()))
 
 
-def make_qkv(b, h, lq, lk, d, *, dv=None, dtype=torch.float64, device="cpu", layout="BHLD", requires_grad=False,
-             seed=None):
+def make_qkv(
+    b, h, lq, lk, d, *, dv=None, dtype=torch.float64, device="cpu", layout="BHLD", requires_grad=False, seed=None
+):
     """Random q, k, v (never zeros) in `layout`, leaf tensors; from torch's global RNG unless `seed` is given."""
     gen = None if seed is None else torch.Generator().manual_seed(seed)
     dv = d if dv is None else dv
@@ -65,5 +65,7 @@ def masks_of(bmap: sla.BlockMap):
     return critical, negligible
 
 
-requires_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and sla.cuda_available()),
-                                   reason="needs a CUDA device and the library's CUDA backend")
+requires_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and sla.cuda_available()),
+    reason="needs a CUDA device and the library's CUDA backend",
+)

@@ -1,6 +1,6 @@
-"""A pure-PyTorch reference of SLA written from SPEC.md alone (dense tensors, token-expanded masks), independent of
+"""A pure-PyTorch reference of SLA written from docs/SPEC.md alone (dense tensors, token-expanded masks), independent of
 the library: the oracle of the Python tests. Differentiable through torch.autograd, so its gradients (in float64)
-are the reference gradients of SPEC.md section 5."""
+are the reference gradients of docs/SPEC.md section 5."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class RefBlockMap(NamedTuple):
 
 
 def block_counts(nk: int, topk: float, negligible: float, variant: str) -> tuple[int, int]:
-    """T and Tn of SPEC.md 1.4 and 1.6."""
+    """T and Tn of docs/SPEC.md 1.4 and 1.6."""
     t = min(max(math.floor(topk * nk), 1), nk)
     tn = 0
     if variant == "complement":
@@ -116,14 +116,27 @@ def linear_branch(q, k, v, marginal_tokens: Optional[torch.Tensor], phi: str, ep
     num = a @ v
     den = a.sum(-1, keepdim=True)
     positive = den > 0
-    # Rows with no marginal keys or a zero denominator give 0 (SPEC.md 3); the safe denominator keeps their
+    # Rows with no marginal keys or a zero denominator give 0 (docs/SPEC.md 3); the safe denominator keeps their
     # gradients finite.
     return torch.where(positive, num / torch.where(positive, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
-def sla_attention(q, k, v, critical: torch.Tensor, negligible: Optional[torch.Tensor], *, bq: int, bk: int,
-                  variant: str = "global", phi: str = "softmax", scale: Optional[float] = None,
-                  weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None, eps: float = 1e-5):
+def sla_attention(
+    q,
+    k,
+    v,
+    critical: torch.Tensor,
+    negligible: Optional[torch.Tensor],
+    *,
+    bq: int,
+    bk: int,
+    variant: str = "global",
+    phi: str = "softmax",
+    scale: Optional[float] = None,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-5,
+):
     """O = O_s + O_l W^T + b for (B, H, L, D) inputs and block masks (B, H, Nq, Nk)."""
     lq, lk, d = q.shape[2], k.shape[2], q.shape[3]
     s = 1.0 / math.sqrt(d) if scale is None else scale

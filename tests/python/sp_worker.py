@@ -42,13 +42,18 @@ def cases() -> list[Case]:
         for layout in ("BLHD", "BHLD"):
             for variant in ("global", "complement"):
                 opts = {"negligible": 0.2} if variant == "complement" else {}
-                out.append(Case(f"p{world}-{layout}-{variant}", world, layout=layout, variant=variant,
-                                options=opts))
+                out.append(Case(f"p{world}-{layout}-{variant}", world, layout=layout, variant=variant, options=opts))
     out += [
         # Ragged shards: 101 tokens over 2 and 3 ranks (tensor_split), and arbitrary shards including an empty one.
         Case("p2-ragged-101", 2, length=101, pass_seq_lens=False),
-        Case("p3-ragged-101-BHLD-complement", 3, length=101, layout="BHLD", variant="complement",
-             options={"negligible": 0.1}),
+        Case(
+            "p3-ragged-101-BHLD-complement",
+            3,
+            length=101,
+            layout="BHLD",
+            variant="complement",
+            options={"negligible": 0.1},
+        ),
         Case("p3-shards-60-0-41", 3, length=101, seq_lens=(60, 0, 41)),
         # Heads that do not divide the ranks (7 heads over 2, 3 and 4 ranks) and a balancing head order.
         Case("p2-7-heads", 2, heads=7),
@@ -97,16 +102,31 @@ def _run_single(case: Case, q, k, v, g, w, b):
         o = layer(_layout(ql, case.layout), _layout(kl, case.layout), _layout(vl, case.layout))
         leaves = [ql, kl, vl, layer.proj_l.weight, layer.proj_l.bias]
     else:
-        o = sla.sparse_linear_attention(_layout(ql, case.layout), _layout(kl, case.layout), _layout(vl, case.layout),
-                                        layout=case.layout, proj_weight=wl, proj_bias=bl, **_sla_options(case))
+        o = sla.sparse_linear_attention(
+            _layout(ql, case.layout),
+            _layout(kl, case.layout),
+            _layout(vl, case.layout),
+            layout=case.layout,
+            proj_weight=wl,
+            proj_bias=bl,
+            **_sla_options(case),
+        )
     (o * _layout(g, case.layout)).sum().backward()
     return _layout(o, case.layout).detach(), [t.grad for t in leaves]
 
 
 def _module(cls, case: Case, w, b, **kwargs):
     opts = _sla_options(case)
-    layer = cls(16, opts["topk"], BLKQ=opts["block_q"], BLKK=opts["block_k"], variant=case.variant,
-                layout=case.layout, negligible=opts.get("negligible", 0.0), **kwargs).double()
+    layer = cls(
+        16,
+        opts["topk"],
+        BLKQ=opts["block_q"],
+        BLKK=opts["block_k"],
+        variant=case.variant,
+        layout=case.layout,
+        negligible=opts.get("negligible", 0.0),
+        **kwargs,
+    ).double()
     with torch.no_grad():
         layer.proj_l.weight.copy_(w)
         layer.proj_l.bias.copy_(b)
@@ -124,16 +144,33 @@ def _run_parallel(case: Case, group, lens, q, k, v, g, w, b):
     ql, kl, vl = (_layout(t, case.layout) for t in local)
     seq_lens = list(lens) if case.pass_seq_lens else None
     if case.module:
-        layer = _module(sd.UlyssesSparseLinearAttention, case, w, b, process_group=group,
-                        reduce_proj_grad=case.reduce_proj_grad, head_order=case.head_order)
+        layer = _module(
+            sd.UlyssesSparseLinearAttention,
+            case,
+            w,
+            b,
+            process_group=group,
+            reduce_proj_grad=case.reduce_proj_grad,
+            head_order=case.head_order,
+        )
         o = layer(ql, kl, vl, seq_lens=seq_lens)
         params = [layer.proj_l.weight, layer.proj_l.bias]
     else:
+
         def attention(ql, kl, vl, wl, bl):
             return sd.ulysses_sparse_linear_attention(
-                ql, kl, vl, group=group, seq_lens=seq_lens, head_order=case.head_order,
-                reduce_proj_grad=case.reduce_proj_grad, layout=case.layout, proj_weight=wl, proj_bias=bl,
-                **_sla_options(case))
+                ql,
+                kl,
+                vl,
+                group=group,
+                seq_lens=seq_lens,
+                head_order=case.head_order,
+                reduce_proj_grad=case.reduce_proj_grad,
+                layout=case.layout,
+                proj_weight=wl,
+                proj_bias=bl,
+                **_sla_options(case),
+            )
 
         fn = torch.compile(attention, backend="aot_eager", fullgraph=True) if case.compiled else attention
         o = fn(ql, kl, vl, wl, bl)
@@ -145,8 +182,11 @@ def _run_parallel(case: Case, group, lens, q, k, v, g, w, b):
 
 def _check(case: Case, group) -> None:
     world = dist.get_world_size(group)
-    lens = list(case.seq_lens) if case.seq_lens is not None else [len(c) for c in
-                                                                  torch.arange(case.length).tensor_split(world)]
+    lens = (
+        list(case.seq_lens)
+        if case.seq_lens is not None
+        else [len(c) for c in torch.arange(case.length).tensor_split(world)]
+    )
     q, k, v, g, w, b = _problem(case)
     o_ref, grads_ref = _run_single(case, q, k, v, g, w, b)
     o, grads, shard = _run_parallel(case, group, lens, q, k, v, g, w, b)
@@ -195,8 +235,18 @@ def _check_errors(group) -> None:
 
 
 # A tiny Wan (2 blocks, 4 heads of 16) for diffusers' context parallelism over all ranks of the spawn.
-TINY_WAN = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=4,
-                text_dim=32, freq_dim=16, ffn_dim=64, num_layers=2, rope_max_seq_len=32)
+TINY_WAN = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=4,
+    attention_head_dim=16,
+    in_channels=4,
+    out_channels=4,
+    text_dim=32,
+    freq_dim=16,
+    ffn_dim=64,
+    num_layers=2,
+    rope_max_seq_len=32,
+)
 # 3 x 4 x 4 = 48 tokens: equal shards (diffusers' chunk). Ragged shards (ulysses_anything) need NCCL in diffusers
 # (its output gather all-gathers tensors of different sizes, which gloo refuses): tests/python/test_distributed_gpu.py.
 WAN_CASES = {"wan-ulysses": (8, 8, False)}
@@ -207,8 +257,9 @@ def _check_wan(world: int, height: int, width: int, anything: bool) -> None:
     the output and, summed over the ranks, every parameter gradient equal one process's."""
     import copy
 
-    import sla.diffusers as sdf
     from diffusers import ContextParallelConfig, WanTransformer3DModel
+
+    import sla.diffusers as sdf
 
     if torch.accelerator.device_count() == 0:
         # diffusers picks the device as rank % accelerator count, which divides by zero on a host without one; the
@@ -242,8 +293,9 @@ def _check_wan(world: int, height: int, width: int, anything: bool) -> None:
 
     ref, ref_grads = run(model)
     parallel.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world, ulysses_anything=anything))
-    assert isinstance(parallel.blocks[0].attn1.processor._parallel_config.context_parallel_config,
-                      ContextParallelConfig)
+    assert isinstance(
+        parallel.blocks[0].attn1.processor._parallel_config.context_parallel_config, ContextParallelConfig
+    )
     out, grads = run(parallel)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12, msg=lambda m: f"output: {m}")
     # diffusers' Wan computes its layer norms (FP32LayerNorm) and its timestep modulations in float32, so the
@@ -261,8 +313,9 @@ def run_group(rank: int, world: int, store_path: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     store = dist.FileStore(store_path, world)
     # "cpu:gloo" rather than "gloo": diffusers picks the device of its size exchange by "cpu" in the backend name.
-    dist.init_process_group("cpu:gloo", store=store, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group(
+        "cpu:gloo", store=store, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120)
+    )
     results: dict[str, Optional[str]] = {}
     try:
         groups = {p: dist.new_group(list(range(p))) for p in range(2, world + 1)}

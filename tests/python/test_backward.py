@@ -1,4 +1,4 @@
-"""Gradients of sla.sparse_linear_attention on the CPU in float64 (SPEC.md section 5, invariant 7.5): against
+"""Gradients of sla.sparse_linear_attention on the CPU in float64 (docs/SPEC.md section 5, invariant 7.5): against
 finite differences (torch.autograd.gradcheck) and against autograd through the dense reference, with the block map
 held fixed."""
 
@@ -9,8 +9,9 @@ import math
 import pytest
 import torch
 
-import reference
 import sla
+
+import reference
 from conftest import make_projection, make_qkv, masks_of, to_bhld
 
 TOL = dict(rtol=1e-8, atol=1e-10)
@@ -25,8 +26,9 @@ def test_gradcheck(variant, negligible):
     assert bmap.negl_lut.shape[-1] == (1 if negligible else 0)
 
     def layer(q, k, v, w, b):
-        return sla.sparse_linear_attention(q, k, v, topk=0.25, variant=variant, block_map=bmap, proj_weight=w,
-                                           proj_bias=b)
+        return sla.sparse_linear_attention(
+            q, k, v, topk=0.25, variant=variant, block_map=bmap, proj_weight=w, proj_bias=b
+        )
 
     assert torch.autograd.gradcheck(layer, (q, k, v, w, b), eps=1e-6, atol=1e-7, rtol=1e-5)
 
@@ -38,8 +40,9 @@ def test_gradcheck_feature_maps(phi):
     bmap = sla.block_map(q, k, topk=0.5)
 
     def layer(q, k, v, w, b):
-        return sla.sparse_linear_attention(q, k, v, topk=0.5, feature_map=phi, block_map=bmap, proj_weight=w,
-                                           proj_bias=b)
+        return sla.sparse_linear_attention(
+            q, k, v, topk=0.5, feature_map=phi, block_map=bmap, proj_weight=w, proj_bias=b
+        )
 
     assert torch.autograd.gradcheck(layer, (q, k, v, w, b), eps=1e-6, atol=1e-7, rtol=1e-5)
 
@@ -48,8 +51,20 @@ def reference_grads(q, k, v, w, b, bmap, d_o, *, layout, bq, bk, variant, phi, s
     critical, negligible = masks_of(bmap)
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, w, b)]
     rq, rk, rv = (to_bhld(t, layout) for t in leaves[:3])
-    o, _, _ = reference.sla_attention(rq, rk, rv, critical, negligible, bq=bq, bk=bk, variant=variant, phi=phi,
-                                      scale=scale, weight=leaves[3], bias=leaves[4])
+    o, _, _ = reference.sla_attention(
+        rq,
+        rk,
+        rv,
+        critical,
+        negligible,
+        bq=bq,
+        bk=bk,
+        variant=variant,
+        phi=phi,
+        scale=scale,
+        weight=leaves[3],
+        bias=leaves[4],
+    )
     o = to_bhld(o, layout)
     o.backward(d_o)
     return o.detach(), [t.grad for t in leaves]
@@ -62,13 +77,24 @@ def test_matches_reference_autograd(variant, negligible, phi, layout):
     bq, bk = 64, 128
     q, k, v = make_qkv(2, 2, 190, 420, 16, layout=layout, requires_grad=True)
     w, b = make_projection(16, requires_grad=True)
-    o, bmap = sla.sparse_linear_attention(q, k, v, topk=0.3, block_q=bq, block_k=bk, feature_map=phi,
-                                          variant=variant, negligible=negligible, layout=layout, proj_weight=w,
-                                          proj_bias=b, return_block_map=True)
+    o, bmap = sla.sparse_linear_attention(
+        q,
+        k,
+        v,
+        topk=0.3,
+        block_q=bq,
+        block_k=bk,
+        feature_map=phi,
+        variant=variant,
+        negligible=negligible,
+        layout=layout,
+        proj_weight=w,
+        proj_bias=b,
+        return_block_map=True,
+    )
     d_o = torch.randn_like(o)
     o.backward(d_o)
-    ref_o, ref_grads = reference_grads(q, k, v, w, b, bmap, d_o, layout=layout, bq=bq, bk=bk, variant=variant,
-                                       phi=phi)
+    ref_o, ref_grads = reference_grads(q, k, v, w, b, bmap, d_o, layout=layout, bq=bq, bk=bk, variant=variant, phi=phi)
     torch.testing.assert_close(o.detach(), ref_o, **TOL)
     for name, ours, ref in zip(("dq", "dk", "dv", "dW", "db"), (q.grad, k.grad, v.grad, w.grad, b.grad), ref_grads):
         torch.testing.assert_close(ours, ref, **TOL, msg=lambda m, name=name: f"{name}: {m}")
@@ -79,12 +105,14 @@ def test_matches_reference_autograd(variant, negligible, phi, layout):
 def test_ragged_gradients(lq, lk):
     q, k, v = make_qkv(1, 2, lq, lk, 16, requires_grad=True)
     w, b = make_projection(16, requires_grad=True)
-    o, bmap = sla.sparse_linear_attention(q, k, v, topk=0.3, scale=0.2, proj_weight=w, proj_bias=b,
-                                          return_block_map=True)
+    o, bmap = sla.sparse_linear_attention(
+        q, k, v, topk=0.3, scale=0.2, proj_weight=w, proj_bias=b, return_block_map=True
+    )
     d_o = torch.randn_like(o)
     o.backward(d_o)
-    _, ref_grads = reference_grads(q, k, v, w, b, bmap, d_o, layout="BHLD", bq=64, bk=64, variant="global",
-                                   phi="softmax", scale=0.2)
+    _, ref_grads = reference_grads(
+        q, k, v, w, b, bmap, d_o, layout="BHLD", bq=64, bk=64, variant="global", phi="softmax", scale=0.2
+    )
     for ours, ref in zip((q.grad, k.grad, v.grad, w.grad, b.grad), ref_grads):
         torch.testing.assert_close(ours, ref, **TOL)
 

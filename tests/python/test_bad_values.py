@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import sla
+
 from conftest import make_projection, make_qkv
 
 
@@ -21,11 +22,12 @@ def dense_attention(q, k, v, scale=None):
 
 # ---- non-finite inputs ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("variant", ["global", "complement"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 @pytest.mark.parametrize("where", ["q", "k", "v"])
 def test_non_finite_input_propagates_like_dense_attention(variant, value, where):
-    # topk = 1 and W = b = 0: O equals dense attention (SPEC.md 7.1), so it must be NaN exactly where dense is.
+    # topk = 1 and W = b = 0: O equals dense attention (docs/SPEC.md 7.1), so it must be NaN exactly where dense is.
     q, k, v = make_qkv(1, 2, 150, 150, 16)
     t = {"q": q, "k": k, "v": v}[where]
     t[0, 0, 5, 3] = value
@@ -52,8 +54,9 @@ def test_non_finite_input_reaches_the_linear_branch(variant, feature_map):
     q, k, v = make_qkv(1, 1, 200, 200, 16)
     w, b = make_projection(16)
     q[0, 0, 7, 2] = float("nan")
-    o = sla.sparse_linear_attention(q, k, v, topk=0.5, variant=variant, feature_map=feature_map, proj_weight=w,
-                                    proj_bias=b)
+    o = sla.sparse_linear_attention(
+        q, k, v, topk=0.5, variant=variant, feature_map=feature_map, proj_weight=w, proj_bias=b
+    )
     assert torch.isnan(o[0, 0, 7]).all()
     others = torch.cat([o[0, 0, :7], o[0, 0, 8:]])
     assert torch.isfinite(others).all()
@@ -92,14 +95,15 @@ def test_empty_row_is_still_zero():
 
 
 def test_complement_empty_marginal_is_still_zero_even_with_nan_in_k():
-    # topk = 1 in the complement variant: M_i is empty, O_l is exactly 0 by definition (SPEC.md 3); a NaN key does
+    # topk = 1 in the complement variant: M_i is empty, O_l is exactly 0 by definition (docs/SPEC.md 3); a NaN key does
     # reach O through the sparse branch, but the linear branch adds a true zero, not NaN from an empty sum.
     q, k, v = make_qkv(1, 1, 128, 128, 16)
     w, b = make_projection(16)
     k[0, 0, 3, 1] = float("nan")
     tables = sla.block_map(q, k, topk=1.0, variant="complement").tables()
-    o, _, o_lin, _, _ = torch.ops.sla.forward(q, k, v, w, b, *tables, 64, 64, 1.0, 0.0, "complement", "softmax",
-                                              0.0, 1e-5, True)
+    o, _, o_lin, _, _ = torch.ops.sla.forward(
+        q, k, v, w, b, *tables, 64, 64, 1.0, 0.0, "complement", "softmax", 0.0, 1e-5, True
+    )
     assert torch.equal(o_lin, torch.zeros_like(o_lin))
     assert torch.isnan(o).all()  # every row attends key 3 in the sparse branch
 
@@ -111,12 +115,14 @@ def test_nan_denominator_of_the_complement_variant_is_not_zeroed():
     lut = torch.tensor([[[[0]]]], dtype=torch.int32)  # block 0 critical; blocks 1..3 marginal
     bmap = sla.BlockMap.from_lut(lut, k_blocks=4, block_q=64, block_k=64)
     k[0, 0, 200, 1] = float("nan")  # key block 3
-    o = sla.sparse_linear_attention(q, k, v, topk=0.25, variant="complement", block_map=bmap, proj_weight=w,
-                                    proj_bias=b)
+    o = sla.sparse_linear_attention(
+        q, k, v, topk=0.25, variant="complement", block_map=bmap, proj_weight=w, proj_bias=b
+    )
     assert torch.isnan(o).all()
 
 
 # ---- forward-mode AD and double backward ------------------------------------------------------------------------
+
 
 def test_forward_mode_ad_raises():
     q, k, v = make_qkv(1, 1, 64, 64, 16)
@@ -124,6 +130,7 @@ def test_forward_mode_ad_raises():
     with pytest.raises(NotImplementedError, match="forward-mode AD"):
         torch.func.jvp(lambda x: sla.sparse_linear_attention(x, k, v, topk=0.5), (q,), (tangent,))
     import torch.autograd.forward_ad as fwAD
+
     with fwAD.dual_level():
         dual = fwAD.make_dual(q, tangent)
         with pytest.raises(NotImplementedError, match="q carries a tangent"):
@@ -149,6 +156,7 @@ def test_single_backward_with_create_graph_still_works():
 
 # ---- devices ----------------------------------------------------------------------------------------------------
 
+
 def test_mixed_devices_raise_in_the_public_api():
     q, k, v = make_qkv(1, 1, 64, 64, 16)
     with pytest.raises(ValueError, match=r"k: expected device cpu like q, got meta"):
@@ -166,15 +174,17 @@ def test_mixed_devices_raise_in_the_fake_kernels():
         torch.ops.sla.block_map(q, k.to("meta"), 64, 64, 0.5, 0.0, "global", True)
     bmap = sla.block_map(q, k, topk=0.5)
     with pytest.raises(ValueError, match="v: expected device cpu like q"):
-        torch.ops.sla.forward(q, k, v.to("meta"), None, None, *bmap.tables(), 64, 64, 0.5, 0.0, "global", "softmax",
-                              0.0, 1e-5, False)
+        torch.ops.sla.forward(
+            q, k, v.to("meta"), None, None, *bmap.tables(), 64, 64, 0.5, 0.0, "global", "softmax", 0.0, 1e-5, False
+        )
     tables = list(bmap.tables())
     tables[0] = tables[0].to("meta")
     with pytest.raises(ValueError, match="lut: expected device cpu like q"):
         torch.ops.sla.forward(q, k, v, None, None, *tables, 64, 64, 0.5, 0.0, "global", "softmax", 0.0, 1e-5, False)
     with pytest.raises(ValueError, match="count: expected device meta like lut"):
-        torch.ops.sla.invert_block_map(bmap.lut.to("meta"), bmap.count, bmap.negl_lut.to("meta"),
-                                       bmap.negl_count.to("meta"), bmap.k_blocks)
+        torch.ops.sla.invert_block_map(
+            bmap.lut.to("meta"), bmap.count, bmap.negl_lut.to("meta"), bmap.negl_count.to("meta"), bmap.k_blocks
+        )
 
 
 def test_all_meta_still_traces():
@@ -195,8 +205,16 @@ def lut_map(mutate=None, *, negl=None, negl_count=None, inverse=False):
     count = torch.full((1, 1, NQ), T, dtype=torch.int32)
     if mutate is not None:
         mutate(lut, count)
-    return sla.BlockMap.from_lut(lut, count=count, k_blocks=NK, block_q=64, block_k=64, negl_lut=negl,
-                                 negl_count=negl_count, with_inverse=inverse)
+    return sla.BlockMap.from_lut(
+        lut,
+        count=count,
+        k_blocks=NK,
+        block_q=64,
+        block_k=64,
+        negl_lut=negl,
+        negl_count=negl_count,
+        with_inverse=inverse,
+    )
 
 
 def run_map(bmap, variant="global", grad=False, qkv=None):
@@ -208,16 +226,23 @@ def run_map(bmap, variant="global", grad=False, qkv=None):
 
 
 BAD_LUTS = [
-    ("entry out of range", lambda l, c: l.__setitem__((0, 0, 1, 1), 4),
-     r"map\.lut: row \(b=0, h=0, i=1\) entry 1 is 4; expected a key-block index in \[0, Nk\) = \[0, 4\)"),
-    ("negative entry", lambda l, c: l.__setitem__((0, 0, 2, 0), -1),
-     r"map\.lut: row \(b=0, h=0, i=2\) entry 0 is -1"),
-    ("repeated entry", lambda l, c: l.__setitem__((0, 0, 0, 1), 0),
-     r"map\.lut: row \(b=0, h=0, i=0\) entry 1 repeats key block 0"),
-    ("count above T", lambda l, c: c.__setitem__((0, 0, 1), 3),
-     r"map\.count: row \(b=0, h=0, i=1\) is 3; expected 0 <= count <= T = 2"),
-    ("count below 0", lambda l, c: c.__setitem__((0, 0, 0), -2),
-     r"map\.count: row \(b=0, h=0, i=0\) is -2"),
+    (
+        "entry out of range",
+        lambda l, c: l.__setitem__((0, 0, 1, 1), 4),
+        r"map\.lut: row \(b=0, h=0, i=1\) entry 1 is 4; expected a key-block index in \[0, Nk\) = \[0, 4\)",
+    ),
+    ("negative entry", lambda l, c: l.__setitem__((0, 0, 2, 0), -1), r"map\.lut: row \(b=0, h=0, i=2\) entry 0 is -1"),
+    (
+        "repeated entry",
+        lambda l, c: l.__setitem__((0, 0, 0, 1), 0),
+        r"map\.lut: row \(b=0, h=0, i=0\) entry 1 repeats key block 0",
+    ),
+    (
+        "count above T",
+        lambda l, c: c.__setitem__((0, 0, 1), 3),
+        r"map\.count: row \(b=0, h=0, i=1\) is 3; expected 0 <= count <= T = 2",
+    ),
+    ("count below 0", lambda l, c: c.__setitem__((0, 0, 0), -2), r"map\.count: row \(b=0, h=0, i=0\) is -2"),
 ]
 
 
@@ -233,7 +258,7 @@ def test_bad_lut_is_rejected_with_its_row_and_value(name, mutate, pattern):
 
 
 def test_unsorted_lut_row_is_accepted():
-    # SPEC.md 7.7: permuting a LUT row changes O only by rounding; it is not an error.
+    # docs/SPEC.md 7.7: permuting a LUT row changes O only by rounding; it is not an error.
     good = lut_map()
     perm = lut_map(lambda l, c: l.copy_(l.flip(-1)))
     sla.check_block_map(perm.with_inverse())
@@ -245,21 +270,28 @@ def test_entries_past_the_count_are_not_checked():
     def mutate(lut, count):
         count[0, 0, 1] = 1
         lut[0, 0, 1, 1] = 999  # unused
+
     run_map(lut_map(mutate))
 
 
 def test_negligible_overlapping_critical_is_rejected():
     negl = torch.tensor([[[[3], [1], [0]]]], dtype=torch.int32)  # row 1: block 1 is also critical
     bmap = lut_map(negl=negl)
-    with pytest.raises(ValueError, match=r"map\.negl_lut: row \(b=0, h=0, i=1\) entry 0 is key block 1, which "
-                                         r"map\.lut also holds"):
+    with pytest.raises(
+        ValueError,
+        match=r"map\.negl_lut: row \(b=0, h=0, i=1\) entry 0 is key block 1, which "
+        r"map\.lut also holds",
+    ):
         run_map(bmap, variant="complement")
 
 
 def test_negligible_count_and_entry_ranges():
     negl = torch.tensor([[[[3], [0], [0]]]], dtype=torch.int32)
-    with pytest.raises(ValueError, match=r"map\.negl_count: row \(b=0, h=0, i=2\) is 2; expected 0 <= count <= "
-                                         r"Tn = 1"):
+    with pytest.raises(
+        ValueError,
+        match=r"map\.negl_count: row \(b=0, h=0, i=2\) is 2; expected 0 <= count <= "
+        r"Tn = 1",
+    ):
         run_map(lut_map(negl=negl, negl_count=torch.tensor([[[1, 1, 2]]], dtype=torch.int32)), variant="complement")
     negl = torch.tensor([[[[7], [0], [0]]]], dtype=torch.int32)
     with pytest.raises(ValueError, match=r"map\.negl_lut: row \(b=0, h=0, i=0\) entry 0 is 7"):
@@ -291,33 +323,37 @@ def test_check_block_map_accepts_predicted_maps():
 
 # ---- messages that name the argument ----------------------------------------------------------------------------
 
+
 @pytest.fixture
 def qkv():
     return make_qkv(1, 2, 128, 128, 16)
 
 
-@pytest.mark.parametrize("kwargs,exc,pattern", [
-    (dict(topk=None), TypeError, r"topk: expected a number in \(0, 1\], got None"),
-    (dict(topk="0.5"), TypeError, "topk: expected a number"),
-    (dict(topk=True), TypeError, "topk: expected a number"),
-    (dict(negligible=None), TypeError, "negligible: expected a number"),
-    (dict(eps=None), TypeError, "eps: expected a number > 0"),
-    (dict(eps=-1e-5), ValueError, "eps: expected a finite value > 0"),
-    (dict(scale=float("nan")), ValueError, "scale: expected a finite number > 0"),
-    (dict(scale=-0.5), ValueError, "scale"),
-    (dict(scale=True), ValueError, "scale"),
-    (dict(block_q="64"), TypeError, "block_q: expected an int block size"),
-    (dict(block_k=64.0), TypeError, "block_k: expected an int block size"),
-    (dict(block_q=0), ValueError, "block_q"),
-    (dict(block_k=-64), ValueError, "block_k"),
-    (dict(negligible=-0.1, variant="complement"), ValueError, "negligible: expected a finite value in"),
-    (dict(negligible=0.9, variant="complement"), ValueError, "negligible: expected a finite value in"),
-    (dict(proj_weight=[[0.0]]), TypeError, "proj_weight: expected a torch.Tensor"),
-    (dict(proj_weight=torch.zeros(16, 16, dtype=torch.int64)), TypeError, "proj_weight: expected a floating-point"),
-    (dict(proj_bias=torch.zeros(16, dtype=torch.bool)), TypeError, "proj_bias: expected a floating-point"),
-    (dict(proj_weight=torch.zeros(16, 8)), ValueError, r"proj_weight: expected shape\[1\] \(Dv\) = 16"),
-    (dict(proj_bias=torch.zeros(1, 16)), ValueError, "proj_bias: expected 1 dimensions"),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc,pattern",
+    [
+        (dict(topk=None), TypeError, r"topk: expected a number in \(0, 1\], got None"),
+        (dict(topk="0.5"), TypeError, "topk: expected a number"),
+        (dict(topk=True), TypeError, "topk: expected a number"),
+        (dict(negligible=None), TypeError, "negligible: expected a number"),
+        (dict(eps=None), TypeError, "eps: expected a number > 0"),
+        (dict(eps=-1e-5), ValueError, "eps: expected a finite value > 0"),
+        (dict(scale=float("nan")), ValueError, "scale: expected a finite number > 0"),
+        (dict(scale=-0.5), ValueError, "scale"),
+        (dict(scale=True), ValueError, "scale"),
+        (dict(block_q="64"), TypeError, "block_q: expected an int block size"),
+        (dict(block_k=64.0), TypeError, "block_k: expected an int block size"),
+        (dict(block_q=0), ValueError, "block_q"),
+        (dict(block_k=-64), ValueError, "block_k"),
+        (dict(negligible=-0.1, variant="complement"), ValueError, "negligible: expected a finite value in"),
+        (dict(negligible=0.9, variant="complement"), ValueError, "negligible: expected a finite value in"),
+        (dict(proj_weight=[[0.0]]), TypeError, "proj_weight: expected a torch.Tensor"),
+        (dict(proj_weight=torch.zeros(16, 16, dtype=torch.int64)), TypeError, "proj_weight: expected a floating-point"),
+        (dict(proj_bias=torch.zeros(16, dtype=torch.bool)), TypeError, "proj_bias: expected a floating-point"),
+        (dict(proj_weight=torch.zeros(16, 8)), ValueError, r"proj_weight: expected shape\[1\] \(Dv\) = 16"),
+        (dict(proj_bias=torch.zeros(1, 16)), ValueError, "proj_bias: expected 1 dimensions"),
+    ],
+)
 def test_option_messages_name_the_argument(qkv, kwargs, exc, pattern):
     args = dict(topk=0.5)
     args.update(kwargs)
@@ -358,12 +394,15 @@ def test_op_level_table_dtype(qkv):
         torch.ops.sla.forward(q, k, v, None, None, *tables, 64, 64, 0.5, 0.0, "global", "softmax", 0.0, 1e-5, False)
 
 
-@pytest.mark.parametrize("shape,pattern", [
-    ((1, 2, 128, 0), r"q: expected shape\[3\] \(D\) >= 1, got 0"),
-    ((1, 2, 0, 16), r"q: expected shape\[2\] \(Lq\) >= 1, got 0"),
-    ((0, 2, 128, 16), r"q: expected shape\[0\] \(B\) >= 1, got 0"),
-    ((1, 0, 128, 16), r"q: expected shape\[1\] \(H\) >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "shape,pattern",
+    [
+        ((1, 2, 128, 0), r"q: expected shape\[3\] \(D\) >= 1, got 0"),
+        ((1, 2, 0, 16), r"q: expected shape\[2\] \(Lq\) >= 1, got 0"),
+        ((0, 2, 128, 16), r"q: expected shape\[0\] \(B\) >= 1, got 0"),
+        ((1, 0, 128, 16), r"q: expected shape\[1\] \(H\) >= 1, got 0"),
+    ],
+)
 def test_zero_size_dimensions_name_the_dimension(shape, pattern):
     q = torch.zeros(shape, dtype=torch.float64)
     k = torch.randn(shape[0], shape[1], 128, shape[3], dtype=torch.float64)
@@ -402,5 +441,6 @@ def test_non_contiguous_last_dim_is_accepted(qkv):
     q, k, v = qkv
     qt = q.transpose(-1, -2).contiguous().transpose(-1, -2)
     assert qt.stride(-1) != 1
-    torch.testing.assert_close(sla.sparse_linear_attention(qt, k, v, topk=0.5),
-                               sla.sparse_linear_attention(q, k, v, topk=0.5), rtol=0, atol=0)
+    torch.testing.assert_close(
+        sla.sparse_linear_attention(qt, k, v, topk=0.5), sla.sparse_linear_attention(q, k, v, topk=0.5), rtol=0, atol=0
+    )

@@ -1,19 +1,20 @@
-"""sla.block_map against the reference block map (SPEC.md section 1, invariant 7.9)."""
+"""sla.block_map against the reference block map (docs/SPEC.md section 1, invariant 7.9)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import reference
 import sla
-from conftest import make_qkv
 from sla._shapes import block_map_sizes
+
+import reference
+from conftest import make_qkv
 
 
 def assert_is_topk(bmap: sla.BlockMap, ref: reference.RefBlockMap, t: int, tol: float = 1e-6):
     """Row by row: exactly T sorted, distinct indices, and no unselected block scores above a selected one (up to
-    `tol`, the fp32 pooling of SPEC.md 1.2 may reorder near-ties); where the gap is clear, the sets are equal."""
+    `tol`, the fp32 pooling of docs/SPEC.md 1.2 may reorder near-ties); where the gap is clear, the sets are equal."""
     assert bmap.lut.shape[-1] == t
     assert torch.all(bmap.count == t)
     lut = bmap.lut.long()
@@ -29,8 +30,7 @@ def assert_is_topk(bmap: sla.BlockMap, ref: reference.RefBlockMap, t: int, tol: 
     assert torch.equal(selected[clear], ref.critical[clear])
 
 
-@pytest.mark.parametrize("lq,lk,bq,bk", [(256, 256, 64, 64), (200, 333, 64, 128), (130, 70, 128, 64),
-                                         (50, 40, 64, 64)])
+@pytest.mark.parametrize("lq,lk,bq,bk", [(256, 256, 64, 64), (200, 333, 64, 128), (130, 70, 128, 64), (50, 40, 64, 64)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("layout", ["BHLD", "BLHD"])
 def test_matches_reference(lq, lk, bq, bk, dtype, layout):
@@ -115,7 +115,7 @@ def inverse_of(lut, count, nk):
         for hi in range(h):
             lists = [[] for _ in range(nk)]
             for i in range(nq):
-                for j in lut[bi, hi, i, :count[bi, hi, i]].tolist():
+                for j in lut[bi, hi, i, : count[bi, hi, i]].tolist():
                     lists[j].append(i)
             flat = [i for lst in lists for i in lst]
             offsets[bi, hi, 1:] = torch.tensor([len(lst) for lst in lists]).cumsum(0)

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-import reference
 import sla
+
+import reference
 from conftest import make_qkv, masks_of
 
 
-def brute(q, k, bq, bk, *, topk=None, top_p=None, min_blocks=1, max_blocks=None, threshold=0.0, tn_width=0,
-          scale=None):
+def brute(q, k, bq, bk, *, topk=None, top_p=None, min_blocks=1, max_blocks=None, threshold=0.0, tn_width=0, scale=None):
     """(critical, negligible) masks (B, H, Nq, Nk) from the definitions: fp64 pooled scores, stable order, prefix
     shares recomputed from scratch for every n."""
     scores = reference.pooled_scores(q, k, bq, bk)
@@ -41,7 +41,7 @@ def brute(q, k, bq, bk, *, topk=None, top_p=None, min_blocks=1, max_blocks=None,
                 if threshold > 0:
                     tn = min(tn, int((share < threshold).sum()))
                 if tn > 0:
-                    negl[bi, hi, i, order[nk - tn:]] = True
+                    negl[bi, hi, i, order[nk - tn :]] = True
     return crit, negl
 
 
@@ -94,8 +94,17 @@ def test_per_head_top_p_clamp_and_density():
 
 def test_negligible_threshold_matches_brute_force():
     q, k = structured(1, 2, 256, 330, 16)
-    bmap = sla.block_map(q, k, top_p=0.8, max_blocks=10, variant="complement", negligible_threshold=0.01,
-                         max_negligible=0.5, block_q=32, block_k=16)
+    bmap = sla.block_map(
+        q,
+        k,
+        top_p=0.8,
+        max_blocks=10,
+        variant="complement",
+        negligible_threshold=0.01,
+        max_negligible=0.5,
+        block_q=32,
+        block_k=16,
+    )
     crit, negl = masks_of(bmap)
     nk = bmap.k_blocks
     tn_width = min(math.floor(0.5 * nk), nk - 10)
@@ -111,12 +120,23 @@ def test_forward_on_an_adaptive_map_equals_the_reference():
     q, k = 2 * q, 2 * k
     w = 0.3 * torch.randn(8, 8, dtype=torch.float64)
     bias = 0.3 * torch.randn(8, dtype=torch.float64)
-    o, bmap = sla.sparse_linear_attention(q, k, v, top_p=[0.5, 0.9], max_blocks=5, variant="complement",
-                                          negligible_threshold=0.05, max_negligible=0.5, block_q=32, block_k=32,
-                                          proj_weight=w, proj_bias=bias, return_block_map=True)
+    o, bmap = sla.sparse_linear_attention(
+        q,
+        k,
+        v,
+        top_p=[0.5, 0.9],
+        max_blocks=5,
+        variant="complement",
+        negligible_threshold=0.05,
+        max_negligible=0.5,
+        block_q=32,
+        block_k=32,
+        proj_weight=w,
+        proj_bias=bias,
+        return_block_map=True,
+    )
     crit, negl = masks_of(bmap)
-    ref, _, _ = reference.sla_attention(q, k, v, crit, negl, bq=32, bk=32, variant="complement", weight=w,
-                                        bias=bias)
+    ref, _, _ = reference.sla_attention(q, k, v, crit, negl, bq=32, bk=32, variant="complement", weight=w, bias=bias)
     torch.testing.assert_close(o, ref, rtol=1e-10, atol=1e-10)
 
 
@@ -134,8 +154,9 @@ def test_module_with_rules_and_set_rule():
     assert o.shape == q.shape and 0 < density <= 1
     layer.set_rule(sla.BlockRule.make(topk=[0.5, 1.0]))
     o2 = layer(q, k, v)
-    ref = sla.sparse_linear_attention(q, k, v, topk=[0.5, 1.0], proj_weight=layer.proj_l.weight,
-                                      proj_bias=layer.proj_l.bias)
+    ref = sla.sparse_linear_attention(
+        q, k, v, topk=[0.5, 1.0], proj_weight=layer.proj_l.weight, proj_bias=layer.proj_l.bias
+    )
     assert torch.equal(o2, ref)
     assert "rule=" in repr(layer)
 
@@ -147,24 +168,28 @@ def test_fake_kernel_gives_the_table_widths():
     real = torch.ops.sla.block_map(*args, **kw)
     torch.library.opcheck(torch.ops.sla.block_map.default, args, kw)
     assert real[0].shape[-1] == 6 and real[2].shape[-1] == 4
-    torch.library.opcheck(torch.ops.sla.block_map.default, (q, k, 64, 64, 0.05, 0.0, "global", False),
-                          dict(head_topk=[0.1, 0.45, 0.2]))
+    torch.library.opcheck(
+        torch.ops.sla.block_map.default, (q, k, 64, 64, 0.05, 0.0, "global", False), dict(head_topk=[0.1, 0.45, 0.2])
+    )
 
 
-@pytest.mark.parametrize("kwargs,exc,pattern", [
-    (dict(topk=0.1, top_p=0.9), ValueError, "topk/top_p: expected exactly one"),
-    (dict(), ValueError, "topk/top_p: expected exactly one"),
-    (dict(topk=[0.1, 0.2, 0.3]), ValueError, r"cfg.head_topk: expected H = 2 values"),
-    (dict(topk=[0.1, 1.5]), ValueError, r"cfg.head_topk\[1\]"),
-    (dict(top_p=0.0), ValueError, "top_p: expected a finite value in"),
-    (dict(top_p=[0.9, 0.0]), ValueError, r"cfg.head_top_p\[1\]"),
-    (dict(top_p=0.9, min_blocks=0), ValueError, "cfg.min_blocks"),
-    (dict(top_p=0.9, min_blocks=4, max_blocks=2), ValueError, "cfg.max_blocks"),
-    (dict(topk=0.1, max_blocks=2), ValueError, "min_blocks/max_blocks"),
-    (dict(topk=0.1, negligible_threshold=0.01), ValueError, "cfg.negligible_threshold"),
-    (dict(topk=0.1, variant="complement", negligible_threshold=1.5), ValueError, "cfg.negligible_threshold"),
-    (dict(topk="x"), TypeError, "topk"),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc,pattern",
+    [
+        (dict(topk=0.1, top_p=0.9), ValueError, "topk/top_p: expected exactly one"),
+        (dict(), ValueError, "topk/top_p: expected exactly one"),
+        (dict(topk=[0.1, 0.2, 0.3]), ValueError, r"cfg.head_topk: expected H = 2 values"),
+        (dict(topk=[0.1, 1.5]), ValueError, r"cfg.head_topk\[1\]"),
+        (dict(top_p=0.0), ValueError, "top_p: expected a finite value in"),
+        (dict(top_p=[0.9, 0.0]), ValueError, r"cfg.head_top_p\[1\]"),
+        (dict(top_p=0.9, min_blocks=0), ValueError, "cfg.min_blocks"),
+        (dict(top_p=0.9, min_blocks=4, max_blocks=2), ValueError, "cfg.max_blocks"),
+        (dict(topk=0.1, max_blocks=2), ValueError, "min_blocks/max_blocks"),
+        (dict(topk=0.1, negligible_threshold=0.01), ValueError, "cfg.negligible_threshold"),
+        (dict(topk=0.1, variant="complement", negligible_threshold=1.5), ValueError, "cfg.negligible_threshold"),
+        (dict(topk="x"), TypeError, "topk"),
+    ],
+)
 def test_bad_rule_arguments(kwargs, exc, pattern):
     q, k, _ = make_qkv(1, 2, 128, 128, 16)
     with pytest.raises(exc, match=pattern):
@@ -172,9 +197,13 @@ def test_bad_rule_arguments(kwargs, exc, pattern):
 
 
 def test_rule_dict_round_trip():
-    for rule in (sla.BlockRule.make(topk=0.1), sla.BlockRule.make(topk=[0.1, 0.2]),
-                 sla.BlockRule.make(top_p=[0.9, 0.95], min_blocks=2, max_blocks=8, negligible_threshold=1e-3,
-                                    max_negligible=0.5)):
+    for rule in (
+        sla.BlockRule.make(topk=0.1),
+        sla.BlockRule.make(topk=[0.1, 0.2]),
+        sla.BlockRule.make(
+            top_p=[0.9, 0.95], min_blocks=2, max_blocks=8, negligible_threshold=1e-3, max_negligible=0.5
+        ),
+    ):
         assert sla.BlockRule.from_dict(rule.to_dict()) == rule
     with pytest.raises(ValueError, match="unknown keys"):
         sla.BlockRule.from_dict({"topk": 0.1, "top_k": 0.2})

@@ -23,8 +23,10 @@ def local_and_global(length=512, d=32, seed=0):
     feat = torch.stack([(pos[:, None] * w).cos(), (pos[:, None] * w).sin()], -1).reshape(length, d) * amp
     q0 = feat + 0.2 * amp * torch.randn(length, d, generator=g, dtype=torch.float64)
     k0 = feat + 0.2 * amp * torch.randn(length, d, generator=g, dtype=torch.float64)
-    q1, k1 = torch.randn(length, d, generator=g, dtype=torch.float64), torch.randn(length, d, generator=g,
-                                                                                       dtype=torch.float64)
+    q1, k1 = (
+        torch.randn(length, d, generator=g, dtype=torch.float64),
+        torch.randn(length, d, generator=g, dtype=torch.float64),
+    )
     v = torch.randn(1, 2, length, d, generator=g, dtype=torch.float64)
     return torch.stack([q0, q1])[None], torch.stack([k0, k1])[None], v
 
@@ -87,8 +89,9 @@ def test_file_round_trip_into_a_model(tmp_path, capsys):
     q, k, v = local_and_global()
     with sla.record(model) as rec:
         model(q, k, v)
-    cal = sla.calibrate(rec, quality=0.9, rule="top_p", progress=True, rows_per_head=64,
-                        picture_dir=str(tmp_path / "png"))
+    cal = sla.calibrate(
+        rec, quality=0.9, rule="top_p", progress=True, rows_per_head=64, picture_dir=str(tmp_path / "png")
+    )
     err = capsys.readouterr().err
     assert "calibrate: [1/2] a" in err and "average density" in err
     path = tmp_path / "rules.json"

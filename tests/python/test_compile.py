@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import sla
+
 from conftest import make_projection, make_qkv
 
 
@@ -23,8 +24,7 @@ def test_functional_forward_backward(variant, layout):
     w, b = make_projection(16, dtype=torch.float32, requires_grad=True)
 
     def layer(q, k, v, w, b):
-        o = sla.sparse_linear_attention(q, k, v, topk=0.3, variant=variant, layout=layout, proj_weight=w,
-                                        proj_bias=b)
+        o = sla.sparse_linear_attention(q, k, v, topk=0.3, variant=variant, layout=layout, proj_weight=w, proj_bias=b)
         return (o * o).sum()
 
     compiled = torch.compile(layer, fullgraph=True)

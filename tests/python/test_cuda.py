@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import reference
 import sla
+
+import reference
 from conftest import make_qkv, masks_of, requires_cuda, to_bhld
 
 pytestmark = requires_cuda
@@ -28,8 +29,19 @@ def run_reference(q, k, v, w, b, bmap, d_o, *, layout, variant, phi, dtype):
     critical, negligible = critical.to(q.device), negligible.to(q.device) if negligible is not None else None
     leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v, w, b)]
     rq, rk, rv = (to_bhld(t, layout) for t in leaves[:3])
-    o, _, _ = reference.sla_attention(rq, rk, rv, critical, negligible, bq=bmap.block_q, bk=bmap.block_k,
-                                      variant=variant, phi=phi, weight=leaves[3], bias=leaves[4])
+    o, _, _ = reference.sla_attention(
+        rq,
+        rk,
+        rv,
+        critical,
+        negligible,
+        bq=bmap.block_q,
+        bk=bmap.block_k,
+        variant=variant,
+        phi=phi,
+        weight=leaves[3],
+        bias=leaves[4],
+    )
     o = to_bhld(o, layout)
     o.backward(d_o.to(dtype))
     return o.detach().double(), [t.grad.double() for t in leaves]
@@ -44,9 +56,20 @@ def test_twice_the_error_of_pytorch(dtype, d, variant, negligible, layout, bq, b
     q, k, v = make_qkv(2, 3, lq, lk, d, dtype=dtype, device="cuda", layout=layout, requires_grad=True)
     w = (0.2 * torch.randn(d, d)).cuda().requires_grad_()
     b = (0.2 * torch.randn(d)).cuda().requires_grad_()
-    o, bmap = sla.sparse_linear_attention(q, k, v, topk=0.2, block_q=bq, block_k=bk, variant=variant,
-                                          negligible=negligible, layout=layout, proj_weight=w, proj_bias=b,
-                                          return_block_map=True)
+    o, bmap = sla.sparse_linear_attention(
+        q,
+        k,
+        v,
+        topk=0.2,
+        block_q=bq,
+        block_k=bk,
+        variant=variant,
+        negligible=negligible,
+        layout=layout,
+        proj_weight=w,
+        proj_bias=b,
+        return_block_map=True,
+    )
     d_o = torch.randn_like(o)
     grads = torch.autograd.grad(o, (q, k, v, w, b), d_o)
     kwargs = dict(layout=layout, variant=variant, phi="softmax")
@@ -70,15 +93,17 @@ def test_feature_maps(phi):
     q, k, v = make_qkv(1, 2, 700, 700, 64, dtype=torch.bfloat16, device="cuda", requires_grad=True)
     w = (0.2 * torch.randn(64, 64)).cuda().requires_grad_()
     b = (0.2 * torch.randn(64)).cuda().requires_grad_()
-    o, bmap = sla.sparse_linear_attention(q, k, v, topk=0.3, feature_map=phi, proj_weight=w, proj_bias=b,
-                                          return_block_map=True)
+    o, bmap = sla.sparse_linear_attention(
+        q, k, v, topk=0.3, feature_map=phi, proj_weight=w, proj_bias=b, return_block_map=True
+    )
     d_o = torch.randn_like(o)
     grads = torch.autograd.grad(o, (q, k, v, w, b), d_o)
     kwargs = dict(layout="BHLD", variant="global", phi=phi)
     ref_o, ref_grads = run_reference(q, k, v, w, b, bmap, d_o, dtype=torch.float64, **kwargs)
     low_o, low_grads = run_reference(q, k, v, w, b, bmap, d_o, dtype=torch.bfloat16, **kwargs)
-    for name, ours, ref, low in zip(("o", "dq", "dk", "dv", "dW", "db"), (o, *grads), (ref_o, *ref_grads),
-                                    (low_o, *low_grads)):
+    for name, ours, ref, low in zip(
+        ("o", "dq", "dk", "dv", "dW", "db"), (o, *grads), (ref_o, *ref_grads), (low_o, *low_grads)
+    ):
         err = (ours.double() - ref).abs().max().item()
         bound = 2 * (low - ref).abs().max().item() + rounding_floor(ref, torch.bfloat16)
         assert err <= bound, f"{name}: max error {err:.3e} > bound {bound:.3e}"
@@ -89,6 +114,7 @@ def test_block_map_matches_the_cpu_backend():
     gpu = sla.block_map(q.cuda(), k.cuda(), topk=0.1, block_q=128, block_k=64)
     ref = reference.block_map(q, k, 128, 64, 0.1)
     from test_block_map import assert_is_topk
+
     cpu_like = gpu._replace(lut=gpu.lut.cpu(), count=gpu.count.cpu())
     assert_is_topk(cpu_like, ref, gpu.real_topk, tol=1e-4)
 
@@ -181,12 +207,26 @@ def test_opcheck_on_cuda(variant, negligible):
     torch.library.opcheck(torch.ops.sla.block_map.default, (q, k, 64, 64, 0.3, negligible, variant, True))
     bmap = sla.block_map(q, k, topk=0.3, variant=variant, negligible=negligible)
     options = (64, 64, 0.3, negligible, variant, "softmax", 0.0, 1e-5)
-    torch.library.opcheck(torch.ops.sla.invert_block_map.default,
-                          (bmap.lut, bmap.count, bmap.negl_lut, bmap.negl_count, bmap.k_blocks))
+    torch.library.opcheck(
+        torch.ops.sla.invert_block_map.default, (bmap.lut, bmap.count, bmap.negl_lut, bmap.negl_count, bmap.k_blocks)
+    )
     torch.library.opcheck(torch.ops.sla.forward.default, (q, k, v, w, b, *bmap.tables(), *options, True))
     o, lse, o_lin, lin_h, lin_z = torch.ops.sla.forward(q, k, v, w, b, *bmap.tables(), *options, True)
-    args = (torch.randn_like(o), q.detach(), k.detach(), v.detach(), w.detach(), b.detach(), *bmap.tables(),
-            o.detach(), lse, o_lin, lin_h, lin_z, *options)
+    args = (
+        torch.randn_like(o),
+        q.detach(),
+        k.detach(),
+        v.detach(),
+        w.detach(),
+        b.detach(),
+        *bmap.tables(),
+        o.detach(),
+        lse,
+        o_lin,
+        lin_h,
+        lin_z,
+        *options,
+    )
     torch.library.opcheck(torch.ops.sla.backward.default, args)
 
 
@@ -199,6 +239,7 @@ def test_module_computes_in_the_low_dtype_and_returns_the_input_dtype(use_bf16):
     q, k, v = make_qkv(1, 2, 600, 600, 64, dtype=torch.float32, device="cuda")
     o, density = layer(q, k, v, return_sparsity=True)
     assert o.dtype == torch.float32 and density == 2 / 10
-    expected = sla.sparse_linear_attention(q.to(low), k.to(low), v.to(low), topk=0.25,
-                                           proj_weight=layer.proj_l.weight, proj_bias=layer.proj_l.bias)
+    expected = sla.sparse_linear_attention(
+        q.to(low), k.to(low), v.to(low), topk=0.25, proj_weight=layer.proj_l.weight, proj_bias=layer.proj_l.bias
+    )
     assert torch.equal(o, expected.float())

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import sla
+
 from conftest import make_projection, make_qkv, requires_cuda
 
 pytestmark = requires_cuda
@@ -120,8 +121,9 @@ def test_bad_negligible_set_poisons_only_its_head():
     bad.negl_lut[0, 1, 2, 0] = bad.lut[0, 1, 2, 0]
     with pytest.raises(ValueError, match=r"map\.negl_lut: row \(b=0, h=1, i=2\) entry 0 is key block"):
         sla.check_block_map(bad)
-    o = sla.sparse_linear_attention(q, k, v, topk=0.4, variant="complement", block_map=bad,
-                                    proj_weight=torch.ones(D, D, device="cuda") * 0.01)
+    o = sla.sparse_linear_attention(
+        q, k, v, topk=0.4, variant="complement", block_map=bad, proj_weight=torch.ones(D, D, device="cuda") * 0.01
+    )
     assert torch.isnan(o[0, 1]).all() and torch.isfinite(o[0, 0]).all()
 
 
@@ -141,8 +143,9 @@ def test_garbage_inverse_tables_are_rebuilt_not_read():
     good = sla.block_map(q, k, topk=0.4)
     o = sla.sparse_linear_attention(q, k, v, topk=0.4, block_map=good)
     g_good = torch.autograd.grad(o.float().sum(), (q, k, v))
-    bad = good._replace(inv_offset=torch.full_like(good.inv_offset, 2**31 - 5),
-                        inv_index=torch.full_like(good.inv_index, -(10**9)))
+    bad = good._replace(
+        inv_offset=torch.full_like(good.inv_offset, 2**31 - 5), inv_index=torch.full_like(good.inv_index, -(10**9))
+    )
     with pytest.raises(ValueError, match=r"map\.inv_offset"):
         sla.check_block_map(bad)
     o = sla.sparse_linear_attention(q, k, v, topk=0.4, block_map=bad)
@@ -168,6 +171,7 @@ def test_bad_lut_under_cuda_graph_capture():
 
 
 # ---- autograd modes and devices ---------------------------------------------------------------------------------
+
 
 def test_forward_mode_ad_raises():
     q, k, v = cuda_qkv()

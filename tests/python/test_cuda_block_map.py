@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-import reference
 import sla
+
+import reference
 from conftest import masks_of, requires_cuda
 
 pytestmark = requires_cuda
@@ -33,12 +34,15 @@ def local_qk(h, length, d, seed):
     return out
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(topk=[0.03, 0.1, 0.2, 0.5]),
-    dict(top_p=0.9),
-    dict(top_p=[0.5, 0.8, 0.95, 0.99], min_blocks=2, max_blocks=24),
-    dict(top_p=0.8, max_blocks=32, variant="complement", negligible_threshold=1e-3, max_negligible=0.6),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(topk=[0.03, 0.1, 0.2, 0.5]),
+        dict(top_p=0.9),
+        dict(top_p=[0.5, 0.8, 0.95, 0.99], min_blocks=2, max_blocks=24),
+        dict(top_p=0.8, max_blocks=32, variant="complement", negligible_threshold=1e-3, max_negligible=0.6),
+    ],
+)
 @pytest.mark.parametrize("bq", [64, 128])
 def test_rules_match_the_cpu_backend(kwargs, bq):
     q, k = local_qk(4, 4096, 128, seed=bq)

@@ -18,11 +18,14 @@ import torch
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (pip install 'diffusers>=0.35')")
 
-import sla  # noqa: E402
-import sla.diffusers as sd  # noqa: E402
-from conftest import requires_cuda  # noqa: E402
 from diffusers import WanTransformer3DModel  # noqa: E402
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor  # noqa: E402
+
+import sla  # noqa: E402
+import sla.diffusers as sd  # noqa: E402
+
+from conftest import requires_cuda  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def keep_the_active_attention_backend():
@@ -34,8 +37,18 @@ def keep_the_active_attention_backend():
     _AttentionBackendRegistry._active_backend = active
 
 
-TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
-            text_dim=32, freq_dim=16, ffn_dim=64, num_layers=2, rope_max_seq_len=32)
+TINY = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=16,
+    in_channels=4,
+    out_channels=4,
+    text_dim=32,
+    freq_dim=16,
+    ffn_dim=64,
+    num_layers=2,
+    rope_max_seq_len=32,
+)
 BLOCKS = dict(block_q=16, block_k=16)  # 48 tokens: 3 x 3 blocks, so that topk < 1 is really sparse
 
 
@@ -74,8 +87,9 @@ def grads_of(model, args, seed=7):
     out = model(*args).sample
     d_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
     (out * d_out).sum().backward()
-    return {n.removeprefix("_orig_mod."): p.grad.detach().clone() for n, p in model.named_parameters()
-            if p.grad is not None}
+    return {
+        n.removeprefix("_orig_mod."): p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None
+    }
 
 
 def test_topk_one_with_zero_projections_is_dense_attention():
@@ -141,8 +155,9 @@ def test_state_dict_round_trip_and_fp32_projections(tmp_path):
             assert p.dtype == torch.float32, name
     assert model.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
     saved = load_file(str(path))
-    torch.testing.assert_close(model.blocks[1].attn1.processor.proj_l.weight,
-                               saved["blocks.1.attn1.processor.proj_l.weight"], rtol=0, atol=0)  # no bf16 rounding
+    torch.testing.assert_close(
+        model.blocks[1].attn1.processor.proj_l.weight, saved["blocks.1.attn1.processor.proj_l.weight"], rtol=0, atol=0
+    )  # no bf16 rounding
     model.double()  # upcasts apply
     assert model.blocks[0].attn1.processor.proj_l.weight.dtype == torch.float64
 
@@ -203,8 +218,9 @@ def test_layers_and_per_layer_options():
     assert type(model.blocks[0].attn1.processor) is WanAttnProcessor
     assert model.blocks[1].attn1.processor.topk == 0.5
 
-    model = sd.enable_sla(tiny(), topk=0.5, layer_options={0: {"topk": 1.0, "variant": "complement"},
-                                                           1: {"enabled": False}}, **BLOCKS)
+    model = sd.enable_sla(
+        tiny(), topk=0.5, layer_options={0: {"topk": 1.0, "variant": "complement"}, 1: {"enabled": False}}, **BLOCKS
+    )
     p0 = model.blocks[0].attn1.processor
     assert (p0.topk, p0.variant) == (1.0, "complement") and type(model.blocks[1].attn1.processor) is WanAttnProcessor
 
@@ -236,8 +252,11 @@ def test_vace_blocks_get_sla_too():
 
     dense = WanVACETransformer3DModel(**TINY, vace_layers=[0], vace_in_channels=8).double()
     model = sd.enable_sla(copy.deepcopy(dense), topk=1.0, **BLOCKS)
-    assert sorted(sd.sla_processors(model)) == ["blocks.0.attn1.processor", "blocks.1.attn1.processor",
-                                                "vace_blocks.0.attn1.processor"]
+    assert sorted(sd.sla_processors(model)) == [
+        "blocks.0.attn1.processor",
+        "blocks.1.attn1.processor",
+        "vace_blocks.0.attn1.processor",
+    ]
     latents, timestep, text = inputs()
     control = torch.randn(1, 8, 3, 8, 8, dtype=torch.float64)
     with torch.no_grad():
@@ -251,8 +270,9 @@ def test_vace_blocks_get_sla_too():
 def test_two_experts_of_a_wan22_pipeline():
     pipe = types.SimpleNamespace(transformer=tiny(), transformer_2=tiny())
     assert sd.enable_sla(pipe, topk=0.5, **BLOCKS) is pipe
-    assert sorted(sd.sla_processors(pipe)) == sorted(f"{t}.blocks.{i}.attn1.processor"
-                                                     for t in ("transformer", "transformer_2") for i in range(2))
+    assert sorted(sd.sla_processors(pipe)) == sorted(
+        f"{t}.blocks.{i}.attn1.processor" for t in ("transformer", "transformer_2") for i in range(2)
+    )
     sd.disable_sla(pipe)
     assert not sd.sla_processors(pipe)
 
@@ -280,12 +300,30 @@ def test_block_map_reuse_and_caller_supplied_maps():
     proc.block_map = sla.BlockMap.from_lut(lut, k_blocks=3, block_q=16, block_k=16)
     q, k, v = (torch.randn(1, 48, 2, 16, dtype=torch.float64) for _ in range(3))
     got = proc.attend(q, k, v)
-    want = sla.sparse_linear_attention(q, k, v, topk=0.5, block_q=16, block_k=16, layout="BLHD",
-                                       proj_weight=proc.proj_l.weight, proj_bias=proc.proj_l.bias,
-                                       block_map=proc.block_map)
+    want = sla.sparse_linear_attention(
+        q,
+        k,
+        v,
+        topk=0.5,
+        block_q=16,
+        block_k=16,
+        layout="BLHD",
+        proj_weight=proc.proj_l.weight,
+        proj_bias=proc.proj_l.bias,
+        block_map=proc.block_map,
+    )
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    unmasked = sla.sparse_linear_attention(q, k, v, topk=0.5, block_q=16, block_k=16, layout="BLHD",
-                                           proj_weight=proc.proj_l.weight, proj_bias=proc.proj_l.bias)
+    unmasked = sla.sparse_linear_attention(
+        q,
+        k,
+        v,
+        topk=0.5,
+        block_q=16,
+        block_k=16,
+        layout="BLHD",
+        proj_weight=proc.proj_l.weight,
+        proj_bias=proc.proj_l.bias,
+    )
     assert (got - unmasked).abs().max() > 1e-6
     sd.set_block_maps(model, None)
     assert proc.block_map is None
@@ -302,7 +340,8 @@ def test_ring_attention_is_refused_not_ignored():
     proc = model.blocks[0].attn1.processor
     assert hasattr(proc, "_parallel_config")  # diffusers' enable_parallelism sets it on every processor with it
     proc._parallel_config = types.SimpleNamespace(
-        context_parallel_config=types.SimpleNamespace(ring_degree=2, ulysses_degree=1))
+        context_parallel_config=types.SimpleNamespace(ring_degree=2, ulysses_degree=1)
+    )
     with pytest.raises(NotImplementedError, match="ring attention"):
         with torch.no_grad():
             model(*inputs())
@@ -412,8 +451,17 @@ def test_bench_dit_smoke_runs_on_the_cpu(tmp_path):
 
 # ---- GPU: two blocks of Wan2.1-1.3B ------------------------------------------------------------------------------
 
-WAN13_2BLOCKS = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
-                     out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=2)
+WAN13_2BLOCKS = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=12,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=8960,
+    num_layers=2,
+)
 
 
 def gpu_inputs(dtype, frames=6, height=48, width=64):
@@ -443,8 +491,12 @@ def test_gpu_topk_one_matches_dense_to_bf16_rounding():
         out = m(*args).sample
         g = torch.Generator(device="cuda").manual_seed(1)
         (out.float() * torch.randn(out.shape, generator=g, device="cuda")).sum().backward()
-        names = ["blocks.0.attn1.to_q.weight", "blocks.0.attn1.to_v.weight", "blocks.1.attn1.to_k.weight",
-                 "patch_embedding.weight"]
+        names = [
+            "blocks.0.attn1.to_q.weight",
+            "blocks.0.attn1.to_v.weight",
+            "blocks.1.attn1.to_k.weight",
+            "patch_embedding.weight",
+        ]
         params = dict(m.named_parameters())
         return out.detach(), {n: params[n].grad.detach() for n in names}
 

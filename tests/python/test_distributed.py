@@ -14,26 +14,29 @@ import os
 import time
 
 import pytest
+import sp_worker
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import sla.distributed as sd
-import sp_worker
 
 WORLD = 4
 DEADLINE_S = 240  # the whole spawn; the gloo timeout inside is 120 s per collective
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with the gloo backend is not available in this build")
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="torch.distributed with the gloo backend is not available in this build",
+)
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out_dir = str(tmp_path_factory.mktemp("sp"))
     store = os.path.join(out_dir, "store")
-    ctx = mp.start_processes(sp_worker.run_group, args=(WORLD, store, out_dir), nprocs=WORLD, join=False,
-                             start_method="spawn")
+    ctx = mp.start_processes(
+        sp_worker.run_group, args=(WORLD, store, out_dir), nprocs=WORLD, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + DEADLINE_S
     try:
         while not ctx.join(timeout=1.0):
@@ -68,7 +71,7 @@ def test_diffusers_context_parallel_wan_matches_one_process(results, case):
     for rank in range(WORLD):
         outcome = results[rank].get(case, f"rank {rank} did not run it")
         if isinstance(outcome, str) and outcome.startswith("skip:"):
-            pytest.skip(outcome[len("skip:"):].strip())
+            pytest.skip(outcome[len("skip:") :].strip())
         assert outcome is None, f"rank {rank} of {WORLD}:\n{outcome}"
 
 

@@ -26,11 +26,15 @@ import sla.distributed as sd
 
 _WORLD = int(os.environ.get("WORLD_SIZE", "1"))
 pytestmark = [
-    pytest.mark.skipif("LOCAL_RANK" not in os.environ or _WORLD < 2,
-                       reason="run under torchrun with >= 2 processes: torchrun --standalone --nproc-per-node=N "
-                              "-m pytest tests/python/test_distributed_gpu.py"),
-    pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.device_count() >= 2 and sla.cuda_available()),
-                       reason="needs >= 2 CUDA devices and the library's CUDA backend"),
+    pytest.mark.skipif(
+        "LOCAL_RANK" not in os.environ or _WORLD < 2,
+        reason="run under torchrun with >= 2 processes: torchrun --standalone --nproc-per-node=N "
+        "-m pytest tests/python/test_distributed_gpu.py",
+    ),
+    pytest.mark.skipif(
+        not (torch.cuda.is_available() and torch.cuda.device_count() >= 2 and sla.cuda_available()),
+        reason="needs >= 2 CUDA devices and the library's CUDA backend",
+    ),
 ]
 
 
@@ -39,8 +43,7 @@ def group():
     local = int(os.environ["LOCAL_RANK"])
     torch.cuda.set_device(local)
     if not dist.is_initialized():
-        dist.init_process_group("nccl", device_id=torch.device("cuda", local),
-                                timeout=datetime.timedelta(seconds=300))
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local), timeout=datetime.timedelta(seconds=300))
     yield dist.group.WORLD
     dist.barrier()
     dist.destroy_process_group()
@@ -65,7 +68,7 @@ def _single(q, k, v, g, w, bias, layout, opts):
 
 def _close(name, got, want, run_to_run):
     err = (got.float() - want.float()).abs().max().item()
-    step = want.float().abs().max().item() * 2.0 ** -8  # one bf16 rounding step at the largest value
+    step = want.float().abs().max().item() * 2.0**-8  # one bf16 rounding step at the largest value
     bound = 2 * run_to_run + step
     print(f"  {name}: max |SP - single| = {err:.3g} (single vs single again: {run_to_run:.3g}, bound {bound:.3g})")
     assert err <= bound, f"{name}: sequence-parallel differs from one GPU by {err:.3g} > {bound:.3g}"
@@ -77,8 +80,7 @@ def _close(name, got, want, run_to_run):
 def test_ulysses_matches_one_gpu(group, layout, variant, length):
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     heads = 8 if 8 % world == 0 else world  # H / P heads per rank; 8 divides 2, 4, 8
-    opts = dict(topk=0.1, block_q=128, block_k=64, variant=variant,
-                negligible=0.1 if variant == "complement" else 0.0)
+    opts = dict(topk=0.1, block_q=128, block_k=64, variant=variant, negligible=0.1 if variant == "complement" else 0.0)
     q, k, v, g, w, bias = _problem(1, heads, length, 128, seed=1000 + length)
     o_ref, grads_ref = _single(q, k, v, g, w, bias, layout, opts)
     o_again, grads_again = _single(q, k, v, g, w, bias, layout, opts)
@@ -88,35 +90,58 @@ def test_ulysses_matches_one_gpu(group, layout, variant, length):
     local = [t[:, shard].clone().requires_grad_(True) for t in (q, k, v)]
     wl, bl = w.clone().requires_grad_(True), bias.clone().requires_grad_(True)
     tr = (lambda t: t) if layout == "BLHD" else (lambda t: t.transpose(1, 2))
-    o = sd.ulysses_sparse_linear_attention(tr(local[0]), tr(local[1]), tr(local[2]), group=group, seq_lens=lens,
-                                           reduce_proj_grad=True, layout=layout, proj_weight=wl, proj_bias=bl,
-                                           **opts)
+    o = sd.ulysses_sparse_linear_attention(
+        tr(local[0]),
+        tr(local[1]),
+        tr(local[2]),
+        group=group,
+        seq_lens=lens,
+        reduce_proj_grad=True,
+        layout=layout,
+        proj_weight=wl,
+        proj_bias=bl,
+        **opts,
+    )
     (o.float() * tr(g[:, shard]).float()).sum().backward()
     print(f"rank {rank}/{world} {layout} {variant} L={length}:")
     _close("O", tr(o).detach(), o_ref[:, shard], (o_again - o_ref)[:, shard].abs().max().item())
     for name, got, want, again in zip(("dq", "dk", "dv"), [t.grad for t in local], grads_ref[:3], grads_again[:3]):
         _close(name, got, want[:, shard], (again - want)[:, shard].abs().max().item())
     for name, got, want in zip(("dW", "db"), (wl.grad, bl.grad), grads_ref[3:]):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item(),
-                                   msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item(), msg=lambda m, n=name: f"{n}: {m}"
+        )
 
 
 def test_diffusers_wan_context_parallel_matches_one_gpu(group):
     """Two blocks of the Wan2.1-1.3B configuration (12 heads) in bf16 under diffusers' Ulysses context parallelism
     (ulysses_anything, so that ragged shards are exercised too) against the same model on one GPU."""
-    diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed")
+    pytest.importorskip("diffusers", reason="diffusers is not installed")
     import copy
 
-    import sla.diffusers as sdf
     from diffusers import ContextParallelConfig, WanTransformer3DModel
+
+    import sla.diffusers as sdf
 
     world = dist.get_world_size(group)
     if world > 12:
         pytest.skip(f"12 heads cannot be spread over {world} ranks")
     torch.manual_seed(0)
-    config = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
-                  out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=2, cross_attn_norm=True,
-                  qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+    config = dict(
+        patch_size=(1, 2, 2),
+        num_attention_heads=12,
+        attention_head_dim=128,
+        in_channels=16,
+        out_channels=16,
+        text_dim=4096,
+        freq_dim=256,
+        ffn_dim=8960,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+        rope_max_seq_len=1024,
+    )
     model = WanTransformer3DModel(**config).to("cuda", torch.bfloat16)
     sdf.enable_sla(model, topk=0.1)
     gen = torch.Generator(device="cuda").manual_seed(1)
@@ -135,6 +160,6 @@ def test_diffusers_wan_context_parallel_matches_one_gpu(group):
         parallel.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world, ulysses_anything=True))
         out = parallel(latents, timestep, text, return_dict=False)[0]
     err = (out.float() - ref.float()).abs().max().item()
-    bound = 2 * (again.float() - ref.float()).abs().max().item() + ref.float().abs().max().item() * 2.0 ** -7
+    bound = 2 * (again.float() - ref.float()).abs().max().item() + ref.float().abs().max().item() * 2.0**-7
     print(f"rank {dist.get_rank(group)}/{world} Wan 2 blocks: max |CP - single| = {err:.3g} (bound {bound:.3g})")
     assert err <= bound

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import sla
+
 from conftest import make_qkv
 
 
@@ -14,23 +15,26 @@ def qkv():
     return make_qkv(1, 2, 128, 128, 16)
 
 
-@pytest.mark.parametrize("kwargs,exc,pattern", [
-    (dict(layout="LBHD"), ValueError, "layout"),
-    (dict(variant="paper"), ValueError, "variant"),
-    (dict(feature_map="gelu"), ValueError, "feature_map"),
-    (dict(feature_map="hedgehog"), NotImplementedError, "feature_map"),
-    (dict(scale=0.0), ValueError, "scale"),
-    (dict(scale=-1.0), ValueError, "scale"),
-    (dict(topk=0.0), ValueError, "topk"),
-    (dict(topk=1.5), ValueError, "topk"),
-    (dict(topk=float("nan")), ValueError, "topk"),
-    (dict(block_q=48), (ValueError, NotImplementedError), "block_q"),
-    (dict(block_k=100), (ValueError, NotImplementedError), "block_k"),
-    (dict(negligible=0.2), ValueError, "negligible"),
-    (dict(variant="complement", topk=0.8, negligible=0.5), ValueError, "negligible"),
-    (dict(eps=0.0), ValueError, "eps"),
-    (dict(block_map="not a map"), TypeError, "block_map"),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc,pattern",
+    [
+        (dict(layout="LBHD"), ValueError, "layout"),
+        (dict(variant="paper"), ValueError, "variant"),
+        (dict(feature_map="gelu"), ValueError, "feature_map"),
+        (dict(feature_map="hedgehog"), NotImplementedError, "feature_map"),
+        (dict(scale=0.0), ValueError, "scale"),
+        (dict(scale=-1.0), ValueError, "scale"),
+        (dict(topk=0.0), ValueError, "topk"),
+        (dict(topk=1.5), ValueError, "topk"),
+        (dict(topk=float("nan")), ValueError, "topk"),
+        (dict(block_q=48), (ValueError, NotImplementedError), "block_q"),
+        (dict(block_k=100), (ValueError, NotImplementedError), "block_k"),
+        (dict(negligible=0.2), ValueError, "negligible"),
+        (dict(variant="complement", topk=0.8, negligible=0.5), ValueError, "negligible"),
+        (dict(eps=0.0), ValueError, "eps"),
+        (dict(block_map="not a map"), TypeError, "block_map"),
+    ],
+)
 def test_bad_options(qkv, kwargs, exc, pattern):
     args = dict(topk=0.5)
     args.update(kwargs)
@@ -90,8 +94,9 @@ def test_caller_lut_of_the_wrong_shape(qkv):
 def test_backward_without_saved_state_is_explained(qkv):
     q, k, v = (t.clone().requires_grad_() for t in qkv)
     bmap = sla.block_map(q, k, topk=0.5)
-    o = torch.ops.sla.forward(q, k, v, None, None, *bmap.tables(), 64, 64, 0.5, 0.0, "global", "softmax", 0.0,
-                              1e-5, False)[0]
+    o = torch.ops.sla.forward(
+        q, k, v, None, None, *bmap.tables(), 64, 64, 0.5, 0.0, "global", "softmax", 0.0, 1e-5, False
+    )[0]
     with pytest.raises(RuntimeError, match="save_for_backward"):
         o.sum().backward()
 

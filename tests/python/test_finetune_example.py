@@ -15,8 +15,18 @@ pytest.importorskip("diffusers", reason="diffusers is not installed (pip install
 from safetensors.torch import load_file, save_file  # noqa: E402  (a dependency of diffusers)
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "finetune_wan.py")
-TINY = dict(patch_size=[1, 2, 2], num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
-            text_dim=32, freq_dim=16, ffn_dim=64, num_layers=2, rope_max_seq_len=32)
+TINY = dict(
+    patch_size=[1, 2, 2],
+    num_attention_heads=2,
+    attention_head_dim=16,
+    in_channels=4,
+    out_channels=4,
+    text_dim=32,
+    freq_dim=16,
+    ffn_dim=64,
+    num_layers=2,
+    rope_max_seq_len=32,
+)
 
 
 def load_example():
@@ -31,17 +41,41 @@ def workspace(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     for i in range(3):  # 4 x 3 x 8 x 8 latents = 48 tokens; captions of different lengths
-        save_file({"latents": torch.randn(4, 3, 8, 8), "text_embeds": torch.randn(5 + i, 32)},
-                  str(data / f"{i:06d}.safetensors"))
+        save_file(
+            {"latents": torch.randn(4, 3, 8, 8), "text_embeds": torch.randn(5 + i, 32)},
+            str(data / f"{i:06d}.safetensors"),
+        )
     config = tmp_path / "config.json"
     config.write_text(json.dumps(TINY))
     return tmp_path, data, config
 
 
 def run(example, data, config, out, *extra):
-    return example.main(["--data", str(data), "--config", str(config), "--output-dir", str(out), "--device", "cpu",
-                         "--block-q", "16", "--block-k", "16", "--topk", "0.5", "--text-len", "8",
-                         "--lr", "1e-3", "--seed", "3", *extra])
+    return example.main(
+        [
+            "--data",
+            str(data),
+            "--config",
+            str(config),
+            "--output-dir",
+            str(out),
+            "--device",
+            "cpu",
+            "--block-q",
+            "16",
+            "--block-k",
+            "16",
+            "--topk",
+            "0.5",
+            "--text-len",
+            "8",
+            "--lr",
+            "1e-3",
+            "--seed",
+            "3",
+            *extra,
+        ]
+    )
 
 
 def test_finetune_saves_resumes_and_matches_an_uninterrupted_run(workspace):

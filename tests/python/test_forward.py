@@ -1,5 +1,5 @@
 """Forward numerics of sla.sparse_linear_attention on the CPU in float64 against the dense reference
-(SPEC.md sections 2-4 and invariants 7.1-7.4, 7.6-7.8)."""
+(docs/SPEC.md sections 2-4 and invariants 7.1-7.4, 7.6-7.8)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,61 @@ import math
 import pytest
 import torch
 
-import reference
 import sla
+
+import reference
 from conftest import make_projection, make_qkv, masks_of, to_bhld
 
 TOL = dict(rtol=1e-9, atol=1e-10)  # float64 end to end: only summation order differs
 
 
-def run_both(q, k, v, *, layout="BHLD", bq=64, bk=64, topk=0.3, variant="global", phi="softmax", negligible=0.0,
-             weight=None, bias=None, scale=None):
+def run_both(
+    q,
+    k,
+    v,
+    *,
+    layout="BHLD",
+    bq=64,
+    bk=64,
+    topk=0.3,
+    variant="global",
+    phi="softmax",
+    negligible=0.0,
+    weight=None,
+    bias=None,
+    scale=None,
+):
     o, bmap = sla.sparse_linear_attention(
-        q, k, v, topk=topk, block_q=bq, block_k=bk, feature_map=phi, variant=variant, negligible=negligible,
-        layout=layout, scale=scale, proj_weight=weight, proj_bias=bias, return_block_map=True)
+        q,
+        k,
+        v,
+        topk=topk,
+        block_q=bq,
+        block_k=bk,
+        feature_map=phi,
+        variant=variant,
+        negligible=negligible,
+        layout=layout,
+        scale=scale,
+        proj_weight=weight,
+        proj_bias=bias,
+        return_block_map=True,
+    )
     critical, negligible_mask = masks_of(bmap)
     ref, _, _ = reference.sla_attention(
-        to_bhld(q, layout), to_bhld(k, layout), to_bhld(v, layout), critical, negligible_mask, bq=bq, bk=bk,
-        variant=variant, phi=phi, scale=scale, weight=weight, bias=bias)
+        to_bhld(q, layout),
+        to_bhld(k, layout),
+        to_bhld(v, layout),
+        critical,
+        negligible_mask,
+        bq=bq,
+        bk=bk,
+        variant=variant,
+        phi=phi,
+        scale=scale,
+        weight=weight,
+        bias=bias,
+    )
     return to_bhld(o, layout), ref, bmap
 
 
@@ -37,8 +76,9 @@ def test_matches_reference(variant, phi, layout):
     torch.testing.assert_close(o, ref, **TOL)
 
 
-@pytest.mark.parametrize("lq,lk,bq,bk", [(1000, 1000, 64, 64), (37, 300, 64, 64), (300, 37, 128, 64),
-                                         (129, 255, 128, 128), (64, 64, 64, 64)])
+@pytest.mark.parametrize(
+    "lq,lk,bq,bk", [(1000, 1000, 64, 64), (37, 300, 64, 64), (300, 37, 128, 64), (129, 255, 128, 128), (64, 64, 64, 64)]
+)
 @pytest.mark.parametrize("variant", ["global", "complement"])
 def test_ragged_lengths(lq, lk, bq, bk, variant):
     q, k, v = make_qkv(1, 2, lq, lk, 16, dv=24)
@@ -90,8 +130,9 @@ def test_zero_projection_gives_the_sparse_branch():
     # Invariant 7.2.
     q, k, v = make_qkv(1, 2, 250, 250, 16)
     zero_w, zero_b = torch.zeros(16, 16, dtype=torch.float64), torch.zeros(16, dtype=torch.float64)
-    o, bmap = sla.sparse_linear_attention(q, k, v, topk=0.3, proj_weight=zero_w, proj_bias=zero_b,
-                                          return_block_map=True)
+    o, bmap = sla.sparse_linear_attention(
+        q, k, v, topk=0.3, proj_weight=zero_w, proj_bias=zero_b, return_block_map=True
+    )
     critical, _ = masks_of(bmap)
     o_s = reference.sparse_branch(q, k, v, reference.expand_blocks(critical, 250, 250, 64, 64), 1 / 4)
     torch.testing.assert_close(o, o_s, **TOL)
@@ -111,8 +152,9 @@ def test_float32_inputs():
     o, bmap = sla.sparse_linear_attention(q, k, v, topk=0.3, proj_weight=w, proj_bias=b, return_block_map=True)
     assert o.dtype == torch.float32
     critical, _ = masks_of(bmap)
-    ref, _, _ = reference.sla_attention(q.double(), k.double(), v.double(), critical, None, bq=64, bk=64,
-                                        weight=w.double(), bias=b.double())
+    ref, _, _ = reference.sla_attention(
+        q.double(), k.double(), v.double(), critical, None, bq=64, bk=64, weight=w.double(), bias=b.double()
+    )
     torch.testing.assert_close(o.double(), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -168,8 +210,7 @@ def test_transposed_last_dim_is_accepted():
     q, k, v = make_qkv(1, 2, 128, 128, 16)
     qt = q.transpose(2, 3).contiguous().transpose(2, 3)  # same values, last dim not contiguous
     assert qt.stride(-1) != 1
-    assert torch.equal(sla.sparse_linear_attention(qt, k, v, topk=0.5),
-                       sla.sparse_linear_attention(q, k, v, topk=0.5))
+    assert torch.equal(sla.sparse_linear_attention(qt, k, v, topk=0.5), sla.sparse_linear_attention(q, k, v, topk=0.5))
 
 
 def test_blhd_output_is_contiguous_in_blhd():

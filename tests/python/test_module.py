@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import reference
 import sla
+
+import reference
 from conftest import make_qkv, masks_of
 
 
@@ -43,8 +44,19 @@ def test_forward_uses_the_projection():
     o = layer(q, k, v)
     bmap = sla.block_map(q, k, topk=0.3, block_q=128, block_k=64)
     critical, _ = masks_of(bmap)
-    ref, _, _ = reference.sla_attention(q, k, v, critical, None, bq=128, bk=64, variant="complement", phi="elu",
-                                        weight=layer.proj_l.weight.double(), bias=layer.proj_l.bias.double())
+    ref, _, _ = reference.sla_attention(
+        q,
+        k,
+        v,
+        critical,
+        None,
+        bq=128,
+        bk=64,
+        variant="complement",
+        phi="elu",
+        weight=layer.proj_l.weight.double(),
+        bias=layer.proj_l.bias.double(),
+    )
     torch.testing.assert_close(o, ref, rtol=1e-9, atol=1e-10)
 
 

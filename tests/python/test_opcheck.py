@@ -6,27 +6,43 @@ import pytest
 import torch
 
 import sla
+
 from conftest import make_projection, make_qkv
 
 
 def forward_args(q, k, v, w, b, bmap, *, variant="global", negligible=0.0, save=True):
-    return (q, k, v, w, b, *bmap.tables(), bmap.block_q, bmap.block_k, 0.3, negligible, variant, "softmax", 0.0,
-            1e-5, save)
+    return (
+        q,
+        k,
+        v,
+        w,
+        b,
+        *bmap.tables(),
+        bmap.block_q,
+        bmap.block_k,
+        0.3,
+        negligible,
+        variant,
+        "softmax",
+        0.0,
+        1e-5,
+        save,
+    )
 
 
 @pytest.mark.parametrize("variant,negligible", [("global", 0.0), ("complement", 0.3)])
 @pytest.mark.parametrize("with_inverse", [True, False])
 def test_block_map(variant, negligible, with_inverse):
     q, k, _ = make_qkv(2, 2, 200, 300, 16, dtype=torch.float32)
-    torch.library.opcheck(torch.ops.sla.block_map.default,
-                          (q, k, 64, 64, 0.3, negligible, variant, with_inverse))
+    torch.library.opcheck(torch.ops.sla.block_map.default, (q, k, 64, 64, 0.3, negligible, variant, with_inverse))
 
 
 def test_invert_block_map():
     q, k, _ = make_qkv(2, 2, 200, 300, 16, dtype=torch.float32)
     bmap = sla.block_map(q, k, topk=0.3, variant="complement", negligible=0.3, with_inverse=False)
-    torch.library.opcheck(torch.ops.sla.invert_block_map.default,
-                          (bmap.lut, bmap.count, bmap.negl_lut, bmap.negl_count, bmap.k_blocks))
+    torch.library.opcheck(
+        torch.ops.sla.invert_block_map.default, (bmap.lut, bmap.count, bmap.negl_lut, bmap.negl_count, bmap.k_blocks)
+    )
 
 
 @pytest.mark.parametrize("variant,negligible", [("global", 0.0), ("complement", 0.3)])
@@ -55,6 +71,26 @@ def test_backward(with_projection):
     bmap = sla.block_map(q, k, topk=0.3)
     o, lse, o_lin, lin_h, lin_z = torch.ops.sla.forward(*forward_args(q, k, v, w, b, bmap))
     grad_o = torch.randn_like(o)
-    args = (grad_o, q, k, v, w, b, *bmap.tables(), o, lse, o_lin, lin_h, lin_z, 64, 64, 0.3, 0.0, "global",
-            "softmax", 0.0, 1e-5)
+    args = (
+        grad_o,
+        q,
+        k,
+        v,
+        w,
+        b,
+        *bmap.tables(),
+        o,
+        lse,
+        o_lin,
+        lin_h,
+        lin_z,
+        64,
+        64,
+        0.3,
+        0.0,
+        "global",
+        "softmax",
+        0.0,
+        1e-5,
+    )
     torch.library.opcheck(torch.ops.sla.backward.default, args)

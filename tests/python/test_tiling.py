@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import sla
+
 from conftest import make_qkv
 
 
@@ -57,6 +58,7 @@ def test_module_option_equals_tiling_by_hand(layout):
     o = layer(q, k, v)
     dim = 2 if layout == "BHLD" else 1
     qt, kt, vt = (sla.tiling.to_tiles(t, grid, dim=dim) for t in (q, k, v))
-    ref = sla.sparse_linear_attention(qt, kt, vt, topk=0.5, layout=layout, proj_weight=layer.proj_l.weight,
-                                      proj_bias=layer.proj_l.bias)
+    ref = sla.sparse_linear_attention(
+        qt, kt, vt, topk=0.5, layout=layout, proj_weight=layer.proj_l.weight, proj_bias=layer.proj_l.bias
+    )
     assert torch.equal(o, sla.tiling.from_tiles(ref, grid, dim=dim))

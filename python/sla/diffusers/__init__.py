@@ -12,13 +12,13 @@ does not need diffusers. See docs/PYTHON.md, section "diffusers".
 try:
     import diffusers  # noqa: F401
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("sla.diffusers needs diffusers >= 0.35: pip install 'sla-attention[diffusers]' "
-                      "(or pip install diffusers)") from exc
+    raise ImportError(
+        "sla.diffusers needs diffusers >= 0.35: pip install 'sla-attention[diffusers]' (or pip install diffusers)"
+    ) from exc
 
 from .processor import Float32Linear, SLAWanAttnProcessor
 from .turbodiffusion import convert_turbodiffusion_state_dict, load_turbodiffusion, read_checkpoint
-from .wan import (disable_sla, enable_sla, recorded_block_maps, self_attention_layers, set_block_maps,
-                  sla_processors)
+from .wan import disable_sla, enable_sla, recorded_block_maps, self_attention_layers, set_block_maps, sla_processors
 
 __all__ = [
     "Float32Linear",

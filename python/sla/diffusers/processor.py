@@ -48,16 +48,22 @@ def _apply_rotary_emb(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch
 
 
 class Float32Linear(nn.Linear):
-    """An ``nn.Linear`` whose parameters never go below float32: ``model.to(torch.bfloat16)``, ``.half()`` and
-    ``.bfloat16()`` move it (device changes apply) but leave it in float32; a cast to float64 applies. The SLA
-    projection is trained and kept in float32 (as the public recipe does: it is excluded from low-precision casts
-    and quantisation), and the kernels compute it in float32 whatever its storage dtype."""
+    """An ``nn.Linear`` whose parameters never go below float32: ``model.to(torch.bfloat16)``, ``.half()``,
+    ``.bfloat16()`` and fp8 casts move it (device changes apply) but leave it in float32; a cast to float64 applies.
+    The SLA projection is trained and kept in float32 (as the public recipe does: it is excluded from low-precision
+    casts and quantisation), and the kernels compute it in float32 whatever its storage dtype."""
 
     def _apply(self, fn, recurse=True):
         def keep_fp32(t: torch.Tensor) -> torch.Tensor:
             out = fn(t)
-            if (isinstance(out, torch.Tensor) and t.dtype == torch.float32 and out.dtype in _CUDA_DTYPES):
-                out = t.to(device=out.device)
+            if (
+                isinstance(out, torch.Tensor)
+                and out.is_floating_point()
+                and out.element_size() < 4
+                and t.is_floating_point()
+                and t.element_size() >= 4
+            ):  # bf16, fp16, fp8 (layerwise casting)
+                out = t.to(device=out.device, dtype=torch.float32)
             return out
 
         return super()._apply(keep_fp32, recurse)
@@ -67,7 +73,8 @@ class SLAWanAttnProcessor(nn.Module):
     """Sparse-linear self-attention for a diffusers ``WanAttention`` (``attn1``).
 
     Attributes that may be changed between calls:
-        topk, block_q, block_k, variant, feature_map, negligible, scale, eps: the SLA options (sla.sparse_linear_attention).
+        topk, block_q, block_k, variant, feature_map, negligible, scale, eps: the SLA options
+            (sla.sparse_linear_attention).
         block_map: an ``sla.BlockMap`` used instead of predicting one (None: predict every call).
         reuse_block_map_steps: N > 1 predicts a map on one call and reuses it for the next N - 1 calls of this
             layer (without gradients only; a call with gradients always predicts its own). A call counts once:
@@ -89,25 +96,58 @@ class SLAWanAttnProcessor(nn.Module):
     # rank's tokens) by a data-parallel reduction that spans the context-parallel ranks.
     reduce_proj_grad = False
 
-    def __init__(self, head_dim: int, *, topk: float = 0.1, block_q: int = 128, block_k: int = 64,
-                 variant: str = "global", feature_map: str = "softmax", negligible: float = 0.0,
-                 scale: Optional[float] = None, eps: float = 1e-5, reuse_block_map_steps: int = 0,
-                 record_block_map: bool = False, cuda_dtype: torch.dtype = torch.bfloat16,
-                 device: Optional[torch.device] = None):
+    def __init__(
+        self,
+        head_dim: int,
+        *,
+        topk: float = 0.1,
+        block_q: int = 128,
+        block_k: int = 64,
+        variant: str = "global",
+        feature_map: str = "softmax",
+        negligible: float = 0.0,
+        scale: Optional[float] = None,
+        eps: float = 1e-5,
+        reuse_block_map_steps: int = 0,
+        record_block_map: bool = False,
+        cuda_dtype: torch.dtype = torch.bfloat16,
+        device: Optional[torch.device] = None,
+    ):
         super().__init__()
         self.proj_l = Float32Linear(head_dim, head_dim, device=device, dtype=torch.float32)
-        with torch.no_grad():  # zero projection: an untrained layer is sparse attention alone (SPEC.md section 4)
+        with torch.no_grad():  # zero projection: an untrained layer is sparse attention alone (docs/SPEC.md section 4)
             nn.init.zeros_(self.proj_l.weight)
             nn.init.zeros_(self.proj_l.bias)
         self.block_map: Optional[BlockMap] = None
         self.last_block_map: Optional[BlockMap] = None
         self._reuse_left = 0
-        self.configure(topk=topk, block_q=block_q, block_k=block_k, variant=variant, feature_map=feature_map,
-                       negligible=negligible, scale=scale, eps=eps, reuse_block_map_steps=reuse_block_map_steps,
-                       record_block_map=record_block_map, cuda_dtype=cuda_dtype)
+        self.configure(
+            topk=topk,
+            block_q=block_q,
+            block_k=block_k,
+            variant=variant,
+            feature_map=feature_map,
+            negligible=negligible,
+            scale=scale,
+            eps=eps,
+            reuse_block_map_steps=reuse_block_map_steps,
+            record_block_map=record_block_map,
+            cuda_dtype=cuda_dtype,
+        )
 
-    OPTIONS = ("topk", "block_q", "block_k", "variant", "feature_map", "negligible", "scale", "eps",
-               "reuse_block_map_steps", "record_block_map", "cuda_dtype")
+    OPTIONS = (
+        "topk",
+        "block_q",
+        "block_k",
+        "variant",
+        "feature_map",
+        "negligible",
+        "scale",
+        "eps",
+        "reuse_block_map_steps",
+        "record_block_map",
+        "cuda_dtype",
+    )
 
     def configure(self, **options) -> "SLAWanAttnProcessor":
         """Sets SLA options (names in ``OPTIONS``); checks the ones the library does not see. Returns self."""
@@ -134,9 +174,14 @@ class SLAWanAttnProcessor(nn.Module):
     def options(self) -> dict:
         return {name: getattr(self, name) for name in self.OPTIONS}
 
-    def forward(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None,
-                rotary_emb: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+    def forward(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        rotary_emb: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    ) -> torch.Tensor:
         if encoder_hidden_states is not None or getattr(attn, "add_k_proj", None) is not None:
             raise ValueError("SLAWanAttnProcessor: self-attention only (attn1); cross-attention stays dense")
         if attention_mask is not None:
@@ -170,11 +215,13 @@ class SLAWanAttnProcessor(nn.Module):
             raise NotImplementedError(
                 f"SLAWanAttnProcessor: ring attention (ring_degree = {cp.ring_degree}) cannot run SLA (its partial "
                 "outputs are merged by log-sum-exp, which SLA's linear branch does not have); use "
-                "ContextParallelConfig(ulysses_degree=...) with ring_degree = 1")
+                "ContextParallelConfig(ulysses_degree=...) with ring_degree = 1"
+            )
         return self.sequence_parallel_attention(query, key, value, cp)
 
-    def sequence_parallel_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                                    cp) -> torch.Tensor:
+    def sequence_parallel_attention(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cp
+    ) -> torch.Tensor:
         """Ulysses SLA over diffusers' ulysses mesh: this rank's (B, L_rank, H, D) shard in and out."""
         from ..distributed import head_counts, ulysses_sparse_linear_attention
 
@@ -193,11 +240,26 @@ class SLAWanAttnProcessor(nn.Module):
         else:
             bmap = self.block_map  # maps recorded with ragged shards are not reused (their length is not known here)
         out, used = ulysses_sparse_linear_attention(
-            query, key, value, topk=self.topk, group=group, seq_lens=seq_lens,
-            reduce_proj_grad=self.reduce_proj_grad, block_q=self.block_q, block_k=self.block_k,
-            feature_map=self.feature_map, variant=self.variant, negligible=self.negligible, layout="BLHD",
-            scale=self.scale, eps=self.eps, proj_weight=self.proj_l.weight, proj_bias=self.proj_l.bias,
-            block_map=bmap, return_block_map=True)
+            query,
+            key,
+            value,
+            topk=self.topk,
+            group=group,
+            seq_lens=seq_lens,
+            reduce_proj_grad=self.reduce_proj_grad,
+            block_q=self.block_q,
+            block_k=self.block_k,
+            feature_map=self.feature_map,
+            variant=self.variant,
+            negligible=self.negligible,
+            layout="BLHD",
+            scale=self.scale,
+            eps=self.eps,
+            proj_weight=self.proj_l.weight,
+            proj_bias=self.proj_l.bias,
+            block_map=bmap,
+            return_block_map=True,
+        )
         self._remember(used)
         return out.to(dtype)
 
@@ -209,10 +271,23 @@ class SLAWanAttnProcessor(nn.Module):
         b, lq, h, _ = query.shape
         bmap = self._map_for_call(b, h, lq, key.shape[1])
         out, used = sparse_linear_attention(
-            query, key, value, topk=self.topk, block_q=self.block_q, block_k=self.block_k,
-            feature_map=self.feature_map, variant=self.variant, negligible=self.negligible, layout="BLHD",
-            scale=self.scale, eps=self.eps, proj_weight=self.proj_l.weight, proj_bias=self.proj_l.bias,
-            block_map=bmap, return_block_map=True)
+            query,
+            key,
+            value,
+            topk=self.topk,
+            block_q=self.block_q,
+            block_k=self.block_k,
+            feature_map=self.feature_map,
+            variant=self.variant,
+            negligible=self.negligible,
+            layout="BLHD",
+            scale=self.scale,
+            eps=self.eps,
+            proj_weight=self.proj_l.weight,
+            proj_bias=self.proj_l.bias,
+            block_map=bmap,
+            return_block_map=True,
+        )
         self._remember(used)
         return out.to(dtype)
 
@@ -224,9 +299,14 @@ class SLAWanAttnProcessor(nn.Module):
             return self.block_map
         if self.reuse_block_map_steps > 1 and self._reuse_left > 0 and not torch.is_grad_enabled():
             last = self.last_block_map
-            if (last is not None and tuple(last.lut.shape[:2]) == (b, h) and last.block_q == self.block_q
-                    and last.block_k == self.block_k and last.q_blocks == -(-lq // self.block_q)
-                    and last.k_blocks == -(-lk // self.block_k)):
+            if (
+                last is not None
+                and tuple(last.lut.shape[:2]) == (b, h)
+                and last.block_q == self.block_q
+                and last.block_k == self.block_k
+                and last.q_blocks == -(-lq // self.block_q)
+                and last.k_blocks == -(-lk // self.block_k)
+            ):
                 self._reuse_left -= 1
                 return last
             self._reuse_left = 0  # another shape (batch, resolution, options): predict afresh
@@ -245,8 +325,10 @@ class SLAWanAttnProcessor(nn.Module):
         self._reuse_left = 0
 
     def extra_repr(self) -> str:
-        return (f"topk={self.topk}, block_q={self.block_q}, block_k={self.block_k}, variant={self.variant!r}, "
-                f"feature_map={self.feature_map!r}, reuse_block_map_steps={self.reuse_block_map_steps}")
+        return (
+            f"topk={self.topk}, block_q={self.block_q}, block_k={self.block_k}, variant={self.variant!r}, "
+            f"feature_map={self.feature_map!r}, reuse_block_map_steps={self.reuse_block_map_steps}"
+        )
 
 
 __all__ = ["Float32Linear", "SLAWanAttnProcessor"]

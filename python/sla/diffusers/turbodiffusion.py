@@ -18,8 +18,10 @@ import torch
 
 from .wan import enable_sla, self_attention_layers
 
-_SLA_KEY = re.compile(r"^(?P<blocks>blocks|vace_blocks)\.(?P<index>\d+)\.self_attn\.attn_op\.local_attn\."
-                      r"proj_l\.(?P<param>weight|bias)$")
+_SLA_KEY = re.compile(
+    r"^(?P<blocks>blocks|vace_blocks)\.(?P<index>\d+)\.self_attn\.attn_op\.local_attn\."
+    r"proj_l\.(?P<param>weight|bias)$"
+)
 _PREFIXES = ("net.", "model.diffusion_model.", "_orig_mod.", "module.")
 
 
@@ -51,7 +53,7 @@ def _unwrap(state_dict: Mapping) -> dict[str, torch.Tensor]:
             raise ValueError(f"state_dict_or_path: {key!r} is a {type(value).__name__}, expected a tensor")
         for prefix in _PREFIXES:
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         out[key] = value
     return out
 
@@ -64,8 +66,10 @@ def convert_turbodiffusion_state_dict(state_dict: Mapping) -> dict[str, torch.Te
     weights = _unwrap(state_dict)
     quantised = [k for k, v in weights.items() if v.dtype in (torch.int8, torch.uint8)]
     if quantised:
-        raise ValueError(f"state_dict_or_path: int8-quantised weights (e.g. {quantised[0]!r}) are not supported; "
-                         "use TurboDiffusion's unquantised checkpoint")
+        raise ValueError(
+            f"state_dict_or_path: int8-quantised weights (e.g. {quantised[0]!r}) are not supported; "
+            "use TurboDiffusion's unquantised checkpoint"
+        )
     sla_weights, wan_weights = {}, {}
     for key, value in weights.items():
         match = _SLA_KEY.match(key)
@@ -78,8 +82,16 @@ def convert_turbodiffusion_state_dict(state_dict: Mapping) -> dict[str, torch.Te
     return converted
 
 
-def load_turbodiffusion(transformer: torch.nn.Module, state_dict_or_path, *, topk: float = 0.1,
-                        block_q: int = 128, block_k: int = 64, strict: bool = True, **sla_options):
+def load_turbodiffusion(
+    transformer: torch.nn.Module,
+    state_dict_or_path,
+    *,
+    topk: float = 0.1,
+    block_q: int = 128,
+    block_k: int = 64,
+    strict: bool = True,
+    **sla_options,
+):
     """Loads a TurboDiffusion checkpoint into a diffusers Wan transformer, enabling SLA on the layers that have
     projections in it, and returns the transformer.
 
@@ -97,23 +109,32 @@ def load_turbodiffusion(transformer: torch.nn.Module, state_dict_or_path, *, top
     elif isinstance(state_dict_or_path, Mapping):
         state_dict = state_dict_or_path
     else:
-        raise TypeError(f"state_dict_or_path: expected a state dict or a file path, got "
-                        f"{type(state_dict_or_path).__name__}")
+        raise TypeError(
+            f"state_dict_or_path: expected a state dict or a file path, got {type(state_dict_or_path).__name__}"
+        )
     converted = convert_turbodiffusion_state_dict(state_dict)
 
-    layers = {int(i) if b == "blocks" else f"vace_blocks.{i}"
-              for b, i in (re.match(r"^(blocks|vace_blocks)\.(\d+)\.attn1\.processor\.", k).groups()
-                           for k in converted if ".attn1.processor.proj_l." in k)}
+    layers = {
+        int(i) if b == "blocks" else f"vace_blocks.{i}"
+        for b, i in (
+            re.match(r"^(blocks|vace_blocks)\.(\d+)\.attn1\.processor\.", k).groups()
+            for k in converted
+            if ".attn1.processor.proj_l." in k
+        )
+    }
     if layers:
         known = dict(self_attention_layers(transformer))
         extra = sorted((k for k in layers if k not in known), key=str)
         if extra:
-            raise ValueError(f"state_dict_or_path: SLA projections for layers {extra} that the model does not have "
-                             f"(it has {len(known)} self-attention layers): wrong configuration?")
+            raise ValueError(
+                f"state_dict_or_path: SLA projections for layers {extra} that the model does not have "
+                f"(it has {len(known)} self-attention layers): wrong configuration?"
+            )
         fresh = [k for k in layers if not hasattr(known[k].processor, "proj_l")]
         if fresh:
-            enable_sla(transformer, topk=topk, block_q=block_q, block_k=block_k, layers=sorted(fresh, key=str),
-                       **sla_options)
+            enable_sla(
+                transformer, topk=topk, block_q=block_q, block_k=block_k, layers=sorted(fresh, key=str), **sla_options
+            )
 
     own = transformer.state_dict()
     for key in [k for k in converted if k.endswith("patch_embedding.weight")]:
@@ -128,7 +149,8 @@ def load_turbodiffusion(transformer: torch.nn.Module, state_dict_or_path, *, top
             raise ValueError(
                 f"state_dict_or_path: does not match the model: {len(missing)} model keys missing "
                 f"{missing[:6]}{' ...' if len(missing) > 6 else ''}, {len(unexpected)} checkpoint keys unexpected "
-                f"{unexpected[:6]}{' ...' if len(unexpected) > 6 else ''} (pass strict=False to load what fits)")
+                f"{unexpected[:6]}{' ...' if len(unexpected) > 6 else ''} (pass strict=False to load what fits)"
+            )
     transformer.load_state_dict(converted, strict=False)
     return transformer
 

@@ -49,11 +49,16 @@ def _named_transformers(model) -> list[tuple[str, torch.nn.Module]]:
     `transformer_2`."""
     if isinstance(model, torch.nn.Module) and hasattr(model, "blocks"):
         return [("", model)]
-    found = [(name + ".", getattr(model, name)) for name in ("transformer", "transformer_2")
-             if isinstance(getattr(model, name, None), torch.nn.Module)]
+    found = [
+        (name + ".", getattr(model, name))
+        for name in ("transformer", "transformer_2")
+        if isinstance(getattr(model, name, None), torch.nn.Module)
+    ]
     if not found:
-        raise TypeError(f"expected a diffusers Wan transformer (WanTransformer3DModel, WanVACETransformer3DModel) "
-                        f"or a pipeline with `transformer` / `transformer_2`, got {type(model).__name__}")
+        raise TypeError(
+            f"expected a diffusers Wan transformer (WanTransformer3DModel, WanVACETransformer3DModel) "
+            f"or a pipeline with `transformer` / `transformer_2`, got {type(model).__name__}"
+        )
     return found
 
 
@@ -68,11 +73,23 @@ def _options_for(key: LayerKey, layer_options: LayerOptions) -> Optional[dict]:
     return None if extra is None else dict(extra)
 
 
-def enable_sla(model, *, topk: float = 0.1, block_q: int = 128, block_k: int = 64, variant: str = "global",
-               feature_map: str = "softmax", negligible: float = 0.0, scale: Optional[float] = None,
-               eps: float = 1e-5, layers: Optional[Iterable[LayerKey]] = None, layer_options: LayerOptions = None,
-               reuse_block_map_steps: int = 0, record_block_map: bool = False,
-               cuda_dtype: torch.dtype = torch.bfloat16):
+def enable_sla(
+    model,
+    *,
+    topk: float = 0.1,
+    block_q: int = 128,
+    block_k: int = 64,
+    variant: str = "global",
+    feature_map: str = "softmax",
+    negligible: float = 0.0,
+    scale: Optional[float] = None,
+    eps: float = 1e-5,
+    layers: Optional[Iterable[LayerKey]] = None,
+    layer_options: LayerOptions = None,
+    reuse_block_map_steps: int = 0,
+    record_block_map: bool = False,
+    cuda_dtype: torch.dtype = torch.bfloat16,
+):
     """Replaces the self-attention of a diffusers Wan transformer by SLA, in place, and returns `model`.
 
     Args:
@@ -90,9 +107,19 @@ def enable_sla(model, *, topk: float = 0.1, block_q: int = 128, block_k: int = 6
     are float32 parameters of the model, ``blocks.{i}.attn1.processor.proj_l.weight`` and ``.bias``, created on
     the device of the layer's weights and zero-initialised (an untrained SLA layer is sparse attention alone).
     """
-    base = dict(topk=topk, block_q=block_q, block_k=block_k, variant=variant, feature_map=feature_map,
-                negligible=negligible, scale=scale, eps=eps, reuse_block_map_steps=reuse_block_map_steps,
-                record_block_map=record_block_map, cuda_dtype=cuda_dtype)
+    base = dict(
+        topk=topk,
+        block_q=block_q,
+        block_k=block_k,
+        variant=variant,
+        feature_map=feature_map,
+        negligible=negligible,
+        scale=scale,
+        eps=eps,
+        reuse_block_map_steps=reuse_block_map_steps,
+        record_block_map=record_block_map,
+        cuda_dtype=cuda_dtype,
+    )
     for transformer in _transformers(model):
         available = dict(self_attention_layers(transformer))
         if not available:
@@ -100,9 +127,11 @@ def enable_sla(model, *, topk: float = 0.1, block_q: int = 128, block_k: int = 6
         chosen = list(available) if layers is None else list(layers)
         missing = [key for key in chosen if key not in available]
         if missing:
-            raise ValueError(f"layers: {missing} are not self-attention layers of {type(transformer).__name__}; "
-                             f"expected block indices 0..{sum(isinstance(k, int) for k in available) - 1}"
-                             f"{' or vace_blocks.{j}' if any(isinstance(k, str) for k in available) else ''}")
+            raise ValueError(
+                f"layers: {missing} are not self-attention layers of {type(transformer).__name__}; "
+                f"expected block indices 0..{sum(isinstance(k, int) for k in available) - 1}"
+                f"{' or vace_blocks.{j}' if any(isinstance(k, str) for k in available) else ''}"
+            )
         for key in chosen:
             extra = _options_for(key, layer_options)
             if extra is None or not extra.pop("enabled", True):
@@ -160,5 +189,11 @@ def recorded_block_maps(model) -> dict[str, object]:
     return {name: p.last_block_map for name, p in sla_processors(model).items() if p.last_block_map is not None}
 
 
-__all__ = ["disable_sla", "enable_sla", "recorded_block_maps", "self_attention_layers", "set_block_maps",
-           "sla_processors"]
+__all__ = [
+    "disable_sla",
+    "enable_sla",
+    "recorded_block_maps",
+    "self_attention_layers",
+    "set_block_maps",
+    "sla_processors",
+]
