@@ -23,8 +23,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import sla  # noqa: E402
 from video_workload import video_workload  # noqa: E402
+
+import sla  # noqa: E402
 
 
 def masks(bmap: sla.BlockMap, lq: int, lk: int) -> torch.Tensor:
@@ -80,18 +81,23 @@ def main() -> int:
     levels = [float(x) for x in args.levels.split(",")]
     data = {s: video_workload(grid, args.heads, args.dim, s) for s in (args.seed, args.calib_seed)}
     kinds = data[args.seed][3]
-    print(f"eval_rules: grid {args.grid}, {args.heads} heads ({', '.join(kinds)}), D {args.dim}, blocks {bq}/{bk}; "
-          f"calibration seed {args.calib_seed}, evaluation seed {args.seed}", file=sys.stderr)
+    print(
+        f"eval_rules: grid {args.grid}, {args.heads} heads ({', '.join(kinds)}), D {args.dim}, blocks {bq}/{bk}; "
+        f"calibration seed {args.calib_seed}, evaluation seed {args.seed}",
+        file=sys.stderr,
+    )
 
     rows = []
     orders = ["raster"] + [f"tiles {t}" for t in args.tiles.split(",") if t]
     for order in orders:
-        def prep(s):
+
+        def prep(s, order=order):
             q, k, v, _ = data[s]
             if order != "raster":
                 tile = tuple(int(x) for x in order.split()[1].split("x"))
                 q, k, v = (sla.tiling.to_tiles(t, grid, tile) for t in (q, k, v))
             return q, k, v
+
         q, k, v = prep(args.seed)
         qc, kc, vc = prep(args.calib_seed)
         for topk in levels:
@@ -100,10 +106,20 @@ def main() -> int:
             results = {"fixed topk": measure(q, k, v, fixed)}
             r = top_p_at_density(q, k, d0, bq, bk)
             results[f"top_p {r.top_p:.3f} (all heads)"] = measure(
-                q, k, v, sla.block_map(q, k, rule=r, block_q=bq, block_k=bk, with_inverse=False))
+                q, k, v, sla.block_map(q, k, rule=r, block_q=bq, block_k=bk, with_inverse=False)
+            )
             for fam in ("topk", "top_p"):
-                cal = sla.calibrate((qc, kc, vc), target="error", quality=1e-6, rule=fam, budget=d0, block_q=bq,
-                                    block_k=bk, progress=False, rows_per_head=512)
+                cal = sla.calibrate(
+                    (qc, kc, vc),
+                    target="error",
+                    quality=1e-6,
+                    rule=fam,
+                    budget=d0,
+                    block_q=bq,
+                    block_k=bk,
+                    progress=False,
+                    rows_per_head=512,
+                )
                 rule = cal.rules()[""]
                 bm = sla.block_map(q, k, rule=rule, block_q=bq, block_k=bk, with_inverse=False)
                 results[f"calibrated per-head {fam}"] = measure(q, k, v, bm)
@@ -111,12 +127,17 @@ def main() -> int:
                 rows.append((order, topk, name, d, mass, err))
             base = results["fixed topk"]
             for name, (d, mass, err) in results.items():
-                print(f"  {order} topk {topk}: {name}: density {d:.4f} mass {mass:.4f} error {err:.4f}"
-                      f" (fixed: {base[1]:.4f} / {base[2]:.4f})", file=sys.stderr)
+                print(
+                    f"  {order} topk {topk}: {name}: density {d:.4f} mass {mass:.4f} error {err:.4f}"
+                    f" (fixed: {base[1]:.4f} / {base[2]:.4f})",
+                    file=sys.stderr,
+                )
 
-    print(f"Block-map rules on the synthetic video workload (grid {args.grid}, {args.heads} heads, D {args.dim}, "
-          f"blocks {bq}/{bk}; calibrated on seed {args.calib_seed}, evaluated on seed {args.seed}): "
-          "`python3 bench/eval_rules.py " + " ".join(sys.argv[1:]) + "`")
+    print(
+        f"Block-map rules on the synthetic video workload (grid {args.grid}, {args.heads} heads, D {args.dim}, "
+        f"blocks {bq}/{bk}; calibrated on seed {args.calib_seed}, evaluated on seed {args.seed}): "
+        "`python3 bench/eval_rules.py " + " ".join(sys.argv[1:]) + "`"
+    )
     print()
     print("| order | level (fixed topk) | rule | mean density | mass in critical blocks | O_s error (RMS rel.) |")
     print("|---|---|---|---|---|---|")

@@ -9,13 +9,17 @@ import math
 import torch
 
 PEAK_LOGIT = 14.0  # scaled logit of a query with the key at its own position
-QK_NOISE = 0.2     # per-component noise of the structured Q and K, relative to the feature amplitude
+QK_NOISE = 0.2  # per-component noise of the structured Q and K, relative to the feature amplitude
 
 
 def head_spec(h: int) -> tuple[str, float, float]:
     widen = 1.0 + 0.5 * (h // 4)
-    return [("local", 0.6 * widen, 1.5 * widen), ("spatial", 0.6 * widen, 0.0), ("temporal", 0.0, 1.0 * widen),
-            ("global", 0.0, 0.0)][h % 4]
+    return [
+        ("local", 0.6 * widen, 1.5 * widen),
+        ("spatial", 0.6 * widen, 0.0),
+        ("temporal", 0.0, 1.0 * widen),
+        ("global", 0.0, 0.0),
+    ][h % 4]
 
 
 def video_workload(grid: tuple[int, int, int], heads: int, dim: int, seed: int = 0):
@@ -44,11 +48,11 @@ def video_workload(grid: tuple[int, int, int], heads: int, dim: int, seed: int =
             feat = torch.stack([comp * phase.cos(), comp * phase.sin()], -1).reshape(n, 2 * m)
             q = torch.zeros(n, dim, dtype=torch.float64)
             k = torch.zeros(n, dim, dtype=torch.float64)
-            q[:, :2 * m] = feat + noise * torch.randn(n, 2 * m, generator=g, dtype=torch.float64)
-            k[:, :2 * m] = feat + noise * torch.randn(n, 2 * m, generator=g, dtype=torch.float64)
+            q[:, : 2 * m] = feat + noise * torch.randn(n, 2 * m, generator=g, dtype=torch.float64)
+            k[:, : 2 * m] = feat + noise * torch.randn(n, 2 * m, generator=g, dtype=torch.float64)
             if dim > 2 * m:
-                q[:, 2 * m:] = noise * torch.randn(n, dim - 2 * m, generator=g, dtype=torch.float64)
-                k[:, 2 * m:] = noise * torch.randn(n, dim - 2 * m, generator=g, dtype=torch.float64)
+                q[:, 2 * m :] = noise * torch.randn(n, dim - 2 * m, generator=g, dtype=torch.float64)
+                k[:, 2 * m :] = noise * torch.randn(n, dim - 2 * m, generator=g, dtype=torch.float64)
         offset = 0.3 * torch.randn(dim, generator=g, dtype=torch.float64)
         phase0 = 2 * math.pi * torch.rand(dim, generator=g, dtype=torch.float64)
         wv = torch.randn(dim, 3, generator=g, dtype=torch.float64) / 4.0
