@@ -35,35 +35,34 @@ from .rules import BlockRule
 
 FORMAT = "sla-calibration"
 VERSION = 1
-DEFAULT_P_GRID = tuple(
-    sorted(
-        {
-            round(x, 4)
-            for x in [
-                0.3,
-                0.4,
-                0.5,
-                0.6,
-                0.7,
-                0.75,
-                0.8,
-                0.85,
-                0.9,
-                0.92,
-                0.94,
-                0.95,
-                0.96,
-                0.97,
-                0.98,
-                0.985,
-                0.99,
-                0.995,
-                0.998,
-                0.999,
-                1.0,
-            ]
-        }
-    )
+DEFAULT_P_GRID = (
+    0.02,
+    0.05,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.7,
+    0.75,
+    0.8,
+    0.85,
+    0.9,
+    0.92,
+    0.94,
+    0.95,
+    0.96,
+    0.97,
+    0.98,
+    0.985,
+    0.99,
+    0.995,
+    0.998,
+    0.999,
+    1.0,
 )
 
 Sample = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (B, H, L, D) q, k, v

@@ -19,8 +19,8 @@ using sla::CriticalRule;
 using sla::Variant;
 
 // Pooled scores S (Nq x Nk) of one head, fp64, from the definitions of docs/SPEC.md section 1.
-std::vector<double> brute_scores(const std::vector<double>& q, const std::vector<double>& k, const Shape& s,
-                                 int64_t b, int64_t h, int bq, int bk) {
+std::vector<double> brute_scores(const std::vector<double>& q, const std::vector<double>& k, const Shape& s, int64_t b,
+                                 int64_t h, int bq, int bk) {
   const int64_t nq = (s.lq + bq - 1) / bq, nk = (s.lk + bk - 1) / bk, d = s.d;
   auto at = [&](const std::vector<double>& x, int64_t len, int64_t r, int64_t c) {
     return x[((b * s.h + h) * len + r) * d + c];
@@ -49,11 +49,13 @@ struct Expected {
 
 // One row by brute force: the stable descending order, shares softmax(scale * S), the top_p count as the smallest
 // n whose prefix sum reaches p (each prefix summed from scratch), the threshold set as every block below it.
-Expected brute_row(const double* row, int64_t nk, double scale, const Config& cfg, int64_t head,
-                   int64_t lut_width, int64_t negl_width) {
+Expected brute_row(const double* row, int64_t nk, double scale, const Config& cfg, int64_t head, int64_t lut_width,
+                   int64_t negl_width) {
   std::vector<int32_t> order(nk);
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t c) { return row[a] > row[c]; });
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t c) {
+    return row[a] > row[c];
+  });
   const double top = row[order[0]];
   std::vector<double> share(nk);
   double z = 0.0;
@@ -118,8 +120,8 @@ void check_brute_force(const RuleCase& rc, int64_t heads, double* mean) {
       for (int64_t i = 0; i < ms.q_blocks; ++i) {
         const Expected e = brute_row(&sc[i * ms.k_blocks], ms.k_blocks, scale, rc.cfg, h, ms.critical, ms.negligible);
         const int64_t n = static_cast<int64_t>(map.count.get({b, h, i}));
-        ASSERT_EQ(n, static_cast<int64_t>(e.critical.size())) << rc.name << ": count of row " << b << "," << h << ","
-                                                              << i;
+        ASSERT_EQ(n, static_cast<int64_t>(e.critical.size()))
+            << rc.name << ": count of row " << b << "," << h << "," << i;
         for (int64_t t = 0; t < ms.critical; ++t) {
           const double got = map.lut.get({b, h, i, t});
           if (t < n) {

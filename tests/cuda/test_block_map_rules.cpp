@@ -34,13 +34,13 @@ using sla::CriticalRule;
 using sla::Variant;
 
 int g_failures = 0;
-#define CHECK(cond, ...)                      \
-  do {                                        \
-    if (!(cond)) {                            \
-      std::printf("  FAIL: " __VA_ARGS__);    \
-      std::printf("\n");                      \
-      ++g_failures;                           \
-    }                                         \
+#define CHECK(cond, ...)                   \
+  do {                                     \
+    if (!(cond)) {                         \
+      std::printf("  FAIL: " __VA_ARGS__); \
+      std::printf("\n");                   \
+      ++g_failures;                        \
+    }                                      \
   } while (0)
 
 uint16_t to_bf16(float f) {
@@ -78,7 +78,8 @@ Problem make_problem(int64_t b, int64_t h, int64_t lq, int64_t lk, int64_t d, ui
     auto fill = [&](std::vector<uint16_t>& x, int64_t len) {
       for (int64_t r = 0; r < len; ++r)
         for (int64_t j = 0; j < m; ++j) {
-          x[(bh * len + r) * d + 2 * j] = to_bf16(static_cast<float>(amp * std::cos(w[j] * r) + 0.3 * amp * normal(gen)));
+          x[(bh * len + r) * d + 2 * j] =
+              to_bf16(static_cast<float>(amp * std::cos(w[j] * r) + 0.3 * amp * normal(gen)));
           x[(bh * len + r) * d + 2 * j + 1] =
               to_bf16(static_cast<float>(amp * std::sin(w[j] * r) + 0.3 * amp * normal(gen)));
         }
@@ -240,7 +241,8 @@ void check_case(const char* name, const Problem& p, const Config& cfg) {
         continue;
       }
       bool same = gc == cpu.count[r] && row_equal(gpu.lut, cpu.lut, r * T, T);
-      if (Tn > 0) same = same && gpu.negl_count[r] == cpu.negl_count[r] && row_equal(gpu.negl_lut, cpu.negl_lut, r * Tn, Tn);
+      if (Tn > 0)
+        same = same && gpu.negl_count[r] == cpu.negl_count[r] && row_equal(gpu.negl_lut, cpu.negl_lut, r * Tn, Tn);
       if (same) {
         ++exact;
         continue;
@@ -306,8 +308,10 @@ int perf() {
   struct Run {
     const char* name;
     Config cfg;
-  } runs[4] = {{"topk 0.05", rule_cfg(128, 64)}, {"per-head topk", rule_cfg(128, 64)},
-               {"top_p 0.9", rule_cfg(128, 64)}, {"top_p 0.9 + threshold", rule_cfg(128, 64)}};
+  } runs[4] = {{"topk 0.05", rule_cfg(128, 64)},
+               {"per-head topk", rule_cfg(128, 64)},
+               {"top_p 0.9", rule_cfg(128, 64)},
+               {"top_p 0.9 + threshold", rule_cfg(128, 64)}};
   runs[0].cfg.topk = 0.05;
   runs[1].cfg.head_topk = {0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.05, 0.05, 0.05};
   runs[2].cfg.rule = CriticalRule::top_p;
