@@ -5,10 +5,16 @@ from __future__ import annotations
 import os
 import random
 import sys
+import tempfile
 import zlib
 
-import pytest
-import torch
+# torch.compile's on-disk caches (inductor, FX graphs) are keyed without the sla ops' schemas: a cache written by an
+# older build of the package calls its ops with the old arguments. Every test run compiles into a fresh directory
+# of its own unless the caller chose one (set before torch is imported, which reads it at import).
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="sla-test-inductor-"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 
