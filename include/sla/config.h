@@ -39,15 +39,15 @@ struct Config {
   // Adaptive block map (docs/BLOCK_MAP.md). The defaults give the fixed rule above, so existing callers are
   // unchanged. Per-head vectors must hold exactly H values (one per head of the call) when not empty.
   CriticalRule rule = CriticalRule::topk;
-  std::vector<double> head_topk;            // topk rule: topk of each head, in (0, 1]; empty: `topk` for all
-  double top_p = 0.0;                       // top_p rule: share of the pooled attention to cover, in (0, 1]
-  std::vector<double> head_top_p;           // top_p rule: p of each head, in (0, 1]; empty: `top_p` for all
-  int64_t min_blocks = 1;                   // top_p rule: fewest critical blocks per row, >= 1 (clamped to Nk)
-  int64_t max_blocks = 0;                   // top_p rule: most critical blocks per row (LUT width); 0 means Nk
-  double negligible_threshold = 0.0;        // complement variant: blocks with pooled share below this are skipped
-                                            // (0 = off; excludes `negligible`), in [0, 1)
-  double max_negligible = 0.0;              // threshold rule: at most floor(max_negligible * Nk) skipped per row,
-                                            // in (0, 1] when the threshold is on
+  std::vector<double> head_topk;      // topk rule: topk of each head, in (0, 1]; empty: `topk` for all
+  double top_p = 0.0;                 // top_p rule: share of the pooled attention to cover, in (0, 1]
+  std::vector<double> head_top_p;     // top_p rule: p of each head, in (0, 1]; empty: `top_p` for all
+  int64_t min_blocks = 1;             // top_p rule: fewest critical blocks per row, >= 1 (clamped to Nk)
+  int64_t max_blocks = 0;             // top_p rule: most critical blocks per row (LUT width); 0 means Nk
+  double negligible_threshold = 0.0;  // complement variant: blocks with pooled share below this are skipped
+                                      // (0 = off; excludes `negligible`), in [0, 1)
+  double max_negligible = 0.0;        // threshold rule: at most floor(max_negligible * Nk) skipped per row,
+                                      // in (0, 1] when the threshold is on
 };
 
 }  // namespace sla

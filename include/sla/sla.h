@@ -25,7 +25,7 @@ struct BlockMapShape {
   int64_t k_blocks = 0;    // Nk = ceil(Lk / bk)
   // Table widths (docs/BLOCK_MAP.md). Fixed rule: T = clamp(floor(topk * Nk), 1, Nk); per-head topk: the largest
   // T_h; top_p rule: max_blocks (Nk when 0) clamped to [1, Nk]. A row's own count may be smaller.
-  int64_t critical = 0;    // T: LUT entries per query block
+  int64_t critical = 0;  // T: LUT entries per query block
   // Tn = min(floor(k_l * Nk), Nk - T), or with the threshold rule min(floor(max_negligible * Nk), Nk - T); 0 for
   // the global variant.
   int64_t negligible = 0;

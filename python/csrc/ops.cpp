@@ -89,10 +89,14 @@ struct ExecHolder {
 sla::BlockMap map_views(const at::Tensor& lut, const at::Tensor& count, const at::Tensor& negl_lut,
                         const at::Tensor& negl_count, const at::Tensor& inv_offset, const at::Tensor& inv_index,
                         const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index) {
-  const std::pair<const at::Tensor*, const char*> tables[] = {
-      {&lut, "lut"},           {&count, "count"},         {&negl_lut, "negl_lut"},
-      {&negl_count, "negl_count"}, {&inv_offset, "inv_offset"}, {&inv_index, "inv_index"},
-      {&negl_inv_offset, "negl_inv_offset"}, {&negl_inv_index, "negl_inv_index"}};
+  const std::pair<const at::Tensor*, const char*> tables[] = {{&lut, "lut"},
+                                                              {&count, "count"},
+                                                              {&negl_lut, "negl_lut"},
+                                                              {&negl_count, "negl_count"},
+                                                              {&inv_offset, "inv_offset"},
+                                                              {&inv_index, "inv_index"},
+                                                              {&negl_inv_offset, "negl_inv_offset"},
+                                                              {&negl_inv_index, "negl_inv_index"}};
   for (const auto& [t, name] : tables) check_int32(*t, name);
   sla::BlockMap map;
   map.lut = optional_view_of(lut, "lut");
@@ -110,8 +114,9 @@ sla::BlockMap map_views(const at::Tensor& lut, const at::Tensor& count, const at
 
 BlockMapTensors block_map(const at::Tensor& q, const at::Tensor& k, int64_t block_q, int64_t block_k, double topk,
                           double negligible, c10::string_view variant, bool with_inverse,
-                          c10::ArrayRef<double> head_topk, double top_p, c10::ArrayRef<double> head_top_p, int64_t min_blocks,
-                          int64_t max_blocks, double negligible_threshold, double max_negligible, double scale, void* stream) {
+                          c10::ArrayRef<double> head_topk, double top_p, c10::ArrayRef<double> head_top_p,
+                          int64_t min_blocks, int64_t max_blocks, double negligible_threshold, double max_negligible,
+                          double scale, void* stream) {
   check_rank(q, 4, "q", "(B, H, Lq, D)");
   check_rank(k, 4, "k", "(B, H, Lk, D)");
   check_floating(q, "q");
@@ -240,9 +245,8 @@ BackwardTensors backward(const at::Tensor& grad_o, const at::Tensor& q, const at
                          const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index, const at::Tensor& o,
                          const at::Tensor& lse, const at::Tensor& o_lin, const at::Tensor& lin_h,
                          const at::Tensor& lin_z, const at::Tensor& o_sparse, int64_t block_q, int64_t block_k,
-                         double topk, double negligible,
-                         c10::string_view variant, c10::string_view feature_map, double scale, double eps,
-                         void* stream) {
+                         double topk, double negligible, c10::string_view variant, c10::string_view feature_map,
+                         double scale, double eps, void* stream) {
   check_rank(grad_o, 4, "grad_o", "(B, H, Lq, Dv)");
   check_rank(q, 4, "q", "(B, H, Lq, D)");
   check_rank(k, 4, "k", "(B, H, Lk, D)");

@@ -25,8 +25,9 @@ using BackwardTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tenso
 // The adaptive-rule arguments follow ops_schema.cpp (docs/BLOCK_MAP.md).
 BlockMapTensors block_map(const at::Tensor& q, const at::Tensor& k, int64_t block_q, int64_t block_k, double topk,
                           double negligible, c10::string_view variant, bool with_inverse,
-                          c10::ArrayRef<double> head_topk, double top_p, c10::ArrayRef<double> head_top_p, int64_t min_blocks,
-                          int64_t max_blocks, double negligible_threshold, double max_negligible, double scale, void* stream);
+                          c10::ArrayRef<double> head_topk, double top_p, c10::ArrayRef<double> head_top_p,
+                          int64_t min_blocks, int64_t max_blocks, double negligible_threshold, double max_negligible,
+                          double scale, void* stream);
 
 InverseTensors invert_block_map(const at::Tensor& lut, const at::Tensor& count, const at::Tensor& negl_lut,
                                 const at::Tensor& negl_count, int64_t k_blocks, void* stream);
@@ -50,8 +51,7 @@ BackwardTensors backward(const at::Tensor& grad_o, const at::Tensor& q, const at
                          const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index, const at::Tensor& o,
                          const at::Tensor& lse, const at::Tensor& o_lin, const at::Tensor& lin_h,
                          const at::Tensor& lin_z, const at::Tensor& o_sparse, int64_t block_q, int64_t block_k,
-                         double topk, double negligible,
-                         c10::string_view variant, c10::string_view feature_map, double scale, double eps,
-                         void* stream);
+                         double topk, double negligible, c10::string_view variant, c10::string_view feature_map,
+                         double scale, double eps, void* stream);
 
 }  // namespace sla_torch

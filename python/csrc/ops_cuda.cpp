@@ -42,16 +42,15 @@ class CudaLaunch {
   c10::cuda::CUDAGuard guard_;
 };
 
-BlockMapTensors block_map_cuda(const at::Tensor& q, const at::Tensor& k, int64_t block_q, int64_t block_k,
-                               double topk, double negligible, c10::string_view variant, bool with_inverse,
+BlockMapTensors block_map_cuda(const at::Tensor& q, const at::Tensor& k, int64_t block_q, int64_t block_k, double topk,
+                               double negligible, c10::string_view variant, bool with_inverse,
                                c10::ArrayRef<double> head_topk, double top_p, c10::ArrayRef<double> head_top_p,
                                int64_t min_blocks, int64_t max_blocks, double negligible_threshold,
                                double max_negligible, double scale) {
   check_same_device({{"q", &q}, {"k", &k}});
   CudaLaunch launch(q);
-  return block_map(q, k, block_q, block_k, topk, negligible, variant, with_inverse,
-                   head_topk, top_p, head_top_p, min_blocks, max_blocks, negligible_threshold, max_negligible, scale,
-                   launch.stream());
+  return block_map(q, k, block_q, block_k, topk, negligible, variant, with_inverse, head_topk, top_p, head_top_p,
+                   min_blocks, max_blocks, negligible_threshold, max_negligible, scale, launch.stream());
 }
 
 InverseTensors invert_block_map_cuda(const at::Tensor& lut, const at::Tensor& count, const at::Tensor& negl_lut,
@@ -87,17 +86,15 @@ ForwardTensors forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::
                  eps, save_for_backward, launch.stream());
 }
 
-BackwardTensors backward_cuda(const at::Tensor& grad_o, const at::Tensor& q, const at::Tensor& k,
-                              const at::Tensor& v, const c10::optional<at::Tensor>& proj_weight,
-                              const c10::optional<at::Tensor>& proj_bias, const at::Tensor& lut,
-                              const at::Tensor& count, const at::Tensor& negl_lut, const at::Tensor& negl_count,
-                              const at::Tensor& inv_offset, const at::Tensor& inv_index,
-                              const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index,
-                              const at::Tensor& o, const at::Tensor& lse, const at::Tensor& o_lin,
-                              const at::Tensor& lin_h, const at::Tensor& lin_z, const at::Tensor& o_sparse,
-                              int64_t block_q, int64_t block_k,
-                              double topk, double negligible, c10::string_view variant,
-                              c10::string_view feature_map, double scale, double eps) {
+BackwardTensors backward_cuda(const at::Tensor& grad_o, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const c10::optional<at::Tensor>& proj_weight, const c10::optional<at::Tensor>& proj_bias,
+                              const at::Tensor& lut, const at::Tensor& count, const at::Tensor& negl_lut,
+                              const at::Tensor& negl_count, const at::Tensor& inv_offset, const at::Tensor& inv_index,
+                              const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index, const at::Tensor& o,
+                              const at::Tensor& lse, const at::Tensor& o_lin, const at::Tensor& lin_h,
+                              const at::Tensor& lin_z, const at::Tensor& o_sparse, int64_t block_q, int64_t block_k,
+                              double topk, double negligible, c10::string_view variant, c10::string_view feature_map,
+                              double scale, double eps) {
   check_same_device({{"q", &q},
                      {"grad_o", &grad_o},
                      {"k", &k},

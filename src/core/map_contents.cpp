@@ -44,8 +44,8 @@ Status check_rows(const Table& t, const Table* other, int64_t batch, int64_t hea
       for (int64_t i = 0; i < nq; ++i) {
         const int64_t n = t.n(bh, nq, i);
         if (n < 0 || n > t.cap) {
-          return Status::Invalid(cat(t.count_name, ": ", row_str(b, h, i), " is ", n, "; expected 0 <= count <= ",
-                                     t.cap_label, " = ", t.cap));
+          return Status::Invalid(cat(t.count_name, ": ", row_str(b, h, i), " is ", n,
+                                     "; expected 0 <= count <= ", t.cap_label, " = ", t.cap));
         }
         const int64_t own = 2 * ++stamp, theirs = own + 1;
         if (other != nullptr) {
@@ -64,8 +64,9 @@ Status check_rows(const Table& t, const Table* other, int64_t batch, int64_t hea
                                        "; expected distinct key blocks in each row"));
           }
           if (mark[j] == theirs) {
-            return Status::Invalid(cat(t.name, ": ", row_str(b, h, i), " entry ", e, " is key block ", j,
-                                       ", which ", other->name, " also holds; expected the negligible set disjoint "
+            return Status::Invalid(cat(t.name, ": ", row_str(b, h, i), " entry ", e, " is key block ", j, ", which ",
+                                       other->name,
+                                       " also holds; expected the negligible set disjoint "
                                        "from the critical set"));
           }
           mark[j] = own;
@@ -104,14 +105,14 @@ Status check_inverse(const Table& t, const TensorView& offset_view, const Tensor
       const int32_t* idx = index + bh * len;
       for (int64_t j = 0; j <= nk; ++j) {
         if (off[j] != start[j]) {
-          return Status::Invalid(cat(off_name, ": (b=", b, ", h=", h, ") entry ", j, " is ", off[j], "; expected ",
-                                     start[j], fix));
+          return Status::Invalid(
+              cat(off_name, ": (b=", b, ", h=", h, ") entry ", j, " is ", off[j], "; expected ", start[j], fix));
         }
       }
       for (int64_t e = 0; e < start[nk]; ++e) {
         if (idx[e] != expect[e]) {
-          return Status::Invalid(cat(idx_name, ": (b=", b, ", h=", h, ") entry ", e, " is ", idx[e], "; expected ",
-                                     expect[e], fix));
+          return Status::Invalid(
+              cat(idx_name, ": (b=", b, ", h=", h, ") entry ", e, " is ", idx[e], "; expected ", expect[e], fix));
         }
       }
     }
@@ -124,14 +125,22 @@ Status check_inverse(const Table& t, const TensorView& offset_view, const Tensor
 Status check_map_contents(const BlockMap& m, int64_t nk, MapInverse inverse) {
   const int64_t batch = m.lut.shape[0], heads = m.lut.shape[1], nq = m.lut.shape[2];
   std::vector<int64_t> mark(nk, 0);
-  const Table crit{static_cast<const int32_t*>(m.lut.data), static_cast<const int32_t*>(m.count.data),
-                   m.lut.shape[3], "map.lut", "map.count", "T"};
+  const Table crit{static_cast<const int32_t*>(m.lut.data),
+                   static_cast<const int32_t*>(m.count.data),
+                   m.lut.shape[3],
+                   "map.lut",
+                   "map.count",
+                   "T"};
   SLA_RETURN_IF_ERROR(check_rows(crit, nullptr, batch, heads, nq, nk, mark));
   const bool has_negl = m.negl_lut.present() && m.negl_lut.shape[3] > 0;
   Table negl;
   if (has_negl) {
-    negl = {static_cast<const int32_t*>(m.negl_lut.data), static_cast<const int32_t*>(m.negl_count.data),
-            m.negl_lut.shape[3], "map.negl_lut", "map.negl_count", "Tn"};
+    negl = {static_cast<const int32_t*>(m.negl_lut.data),
+            static_cast<const int32_t*>(m.negl_count.data),
+            m.negl_lut.shape[3],
+            "map.negl_lut",
+            "map.negl_count",
+            "Tn"};
     std::fill(mark.begin(), mark.end(), int64_t(0));
     SLA_RETURN_IF_ERROR(check_rows(negl, &crit, batch, heads, nq, nk, mark));
   }

@@ -380,25 +380,26 @@ Status validate_rule(const Config& cfg) {
   SLA_RETURN_IF_ERROR(check_head_values("cfg.head_top_p", cfg.head_top_p));
   if (cfg.rule == CriticalRule::topk) {
     if (cfg.top_p != 0.0 || !cfg.head_top_p.empty()) {
-      return Status::Invalid("cfg.top_p: expected 0 and cfg.head_top_p empty with cfg.rule = topk (set cfg.rule = "
-                             "top_p to use them)");
+      return Status::Invalid(
+          "cfg.top_p: expected 0 and cfg.head_top_p empty with cfg.rule = topk (set cfg.rule = "
+          "top_p to use them)");
     }
     if (cfg.min_blocks != 1 || cfg.max_blocks != 0) {
-      return Status::Invalid(cat("cfg.min_blocks/max_blocks: expected the defaults 1 and 0 with cfg.rule = topk "
-                                 "(only the top_p rule clamps counts), got ",
-                                 cfg.min_blocks, " and ", cfg.max_blocks));
+      return Status::Invalid(
+          cat("cfg.min_blocks/max_blocks: expected the defaults 1 and 0 with cfg.rule = topk "
+              "(only the top_p rule clamps counts), got ",
+              cfg.min_blocks, " and ", cfg.max_blocks));
     }
   } else {
     if (!cfg.head_topk.empty()) {
       return Status::Invalid("cfg.head_topk: expected empty with cfg.rule = top_p (per-head p goes in head_top_p)");
     }
     if (cfg.head_top_p.empty() && !is_unit_fraction(cfg.top_p)) {
-      return Status::Invalid(cat("cfg.top_p: expected a finite value in (0, 1] with cfg.rule = top_p, got ",
-                                 cfg.top_p));
+      return Status::Invalid(
+          cat("cfg.top_p: expected a finite value in (0, 1] with cfg.rule = top_p, got ", cfg.top_p));
     }
     if (!cfg.head_top_p.empty() && !(cfg.top_p == 0.0 || is_unit_fraction(cfg.top_p))) {
-      return Status::Invalid(cat("cfg.top_p: expected 0 or a value in (0, 1] (head_top_p is given), got ",
-                                 cfg.top_p));
+      return Status::Invalid(cat("cfg.top_p: expected 0 or a value in (0, 1] (head_top_p is given), got ", cfg.top_p));
     }
     if (cfg.min_blocks < 1) {
       return Status::Invalid(cat("cfg.min_blocks: expected >= 1, got ", cfg.min_blocks));
@@ -414,26 +415,30 @@ Status validate_rule(const Config& cfg) {
   }
   if (thr == 0.0) {
     if (cfg.max_negligible != 0.0) {
-      return Status::Invalid(cat("cfg.max_negligible: expected 0 when cfg.negligible_threshold is 0 (only the "
-                                 "threshold rule uses it), got ",
-                                 cfg.max_negligible));
+      return Status::Invalid(
+          cat("cfg.max_negligible: expected 0 when cfg.negligible_threshold is 0 (only the "
+              "threshold rule uses it), got ",
+              cfg.max_negligible));
     }
     return Status::Ok();
   }
   if (cfg.variant != Variant::complement) {
-    return Status::Invalid(cat("cfg.negligible_threshold: expected 0 for the global variant (only the complement "
-                               "variant skips blocks), got ",
-                               thr));
+    return Status::Invalid(
+        cat("cfg.negligible_threshold: expected 0 for the global variant (only the complement "
+            "variant skips blocks), got ",
+            thr));
   }
   if (cfg.negligible != 0.0) {
-    return Status::Invalid(cat("cfg.negligible: expected 0 when cfg.negligible_threshold is set (one negligible "
-                               "rule at a time), got ",
-                               cfg.negligible));
+    return Status::Invalid(
+        cat("cfg.negligible: expected 0 when cfg.negligible_threshold is set (one negligible "
+            "rule at a time), got ",
+            cfg.negligible));
   }
   if (!is_unit_fraction(cfg.max_negligible)) {
-    return Status::Invalid(cat("cfg.max_negligible: expected a finite value in (0, 1] with a negligible threshold, "
-                               "got ",
-                               cfg.max_negligible));
+    return Status::Invalid(
+        cat("cfg.max_negligible: expected a finite value in (0, 1] with a negligible threshold, "
+            "got ",
+            cfg.max_negligible));
   }
   return Status::Ok();
 }

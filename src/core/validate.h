@@ -46,9 +46,9 @@ int64_t topk_block_count(double topk, int64_t k_blocks);
 
 // The selection rule of every row of one head, resolved for a problem's sizes (docs/BLOCK_MAP.md).
 struct RowRule {
-  bool top_p = false;         // false: every row has exactly min_count (== max_count) critical blocks
-  double p = 0.0;             // top_p: the share of the pooled softmax to reach
-  int64_t min_count = 1;      // count clamp, 1 <= min_count <= max_count <= T (the LUT width)
+  bool top_p = false;     // false: every row has exactly min_count (== max_count) critical blocks
+  double p = 0.0;         // top_p: the share of the pooled softmax to reach
+  int64_t min_count = 1;  // count clamp, 1 <= min_count <= max_count <= T (the LUT width)
   int64_t max_count = 1;
   double threshold = 0.0;     // > 0: negligible = pooled share < threshold (complement), at most negl_capacity
   int64_t negl_capacity = 0;  // Tn, the negligible table width (fixed k_l rule: every row has exactly Tn)

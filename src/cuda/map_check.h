@@ -28,9 +28,9 @@ struct CheckedMap {
   int32_t* inv_index = nullptr;
   int32_t* negl_inv_offset = nullptr;
   int32_t* negl_inv_index = nullptr;
-  int64_t heads = 0;              // H, for poison_heads
-  int64_t any_slot = 0;           // B * H: the index of any_bad in flags
-  BlockMap map;                   // set by launch_map_check: the caller's LUTs with the pieces above
+  int64_t heads = 0;     // H, for poison_heads
+  int64_t any_slot = 0;  // B * H: the index of any_bad in flags
+  BlockMap map;          // set by launch_map_check: the caller's LUTs with the pieces above
 };
 
 // Takes the check's workspace from `ws` (sizing and carving run the same sequence; see WorkspaceCarver). With

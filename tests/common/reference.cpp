@@ -169,8 +169,7 @@ void reference_forward(const RefProblem& p, const Rounding& rnd, RefOutputs* out
   }
 }
 
-void reference_backward(const RefProblem& p, const std::vector<double>& d_o, const Rounding& rnd,
-                        RefGradients* out) {
+void reference_backward(const RefProblem& p, const std::vector<double>& d_o, const Rounding& rnd, RefGradients* out) {
   const int64_t d = p.d, dv = p.value_dim(), nq = (p.lq + p.bq - 1) / p.bq, nk = (p.lk + p.bk - 1) / p.bk;
   const bool complement = p.variant == sla::Variant::complement;
   out->dq.assign(p.batch * p.heads * p.lq * d, 0);
@@ -188,7 +187,9 @@ void reference_backward(const RefProblem& p, const std::vector<double>& d_o, con
     double* dk = &out->dk[bh * p.lk * d];
     double* dvv = &out->dv[bh * p.lk * dv];
     block_classes(p, bh, nq, nk, &crit, &negl);
-    auto marginal = [&](int64_t i, int64_t j) { return !crit[i * nk + j] && !negl[i * nk + j]; };
+    auto marginal = [&](int64_t i, int64_t j) {
+      return !crit[i * nk + j] && !negl[i * nk + j];
+    };
     std::vector<double> phik(p.lk * d), phiq(p.lq * d);
     for (int64_t c = 0; c < p.lk; ++c) phi_row(p.feature_map, k + c * d, d, rnd, &phik[c * d]);
     for (int64_t r = 0; r < p.lq; ++r) phi_row(p.feature_map, q + r * d, d, rnd, &phiq[r * d]);

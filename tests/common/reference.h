@@ -56,8 +56,7 @@ struct RefGradients {
 
 // Gradients of docs/SPEC.md section 5 for the output gradient d_o ((B, H, Lq, Dv) contiguous), recomputing the forward
 // with the same rounding hook. Without W the linear branch sends no gradient to q, k, v (only to dW, db).
-void reference_backward(const RefProblem& p, const std::vector<double>& d_o, const Rounding& rnd,
-                        RefGradients* out);
+void reference_backward(const RefProblem& p, const std::vector<double>& d_o, const Rounding& rnd, RefGradients* out);
 
 // The scale at which dK can cancel, for the test rule's floor: dK_c = s sum_r P_rc (dP_rc - Delta_r) q_r, and
 // dP_rc - Delta_r cancels completely where P is one-hot (one key: P = 1, so the exact dK is 0). The backend forms dP

@@ -141,7 +141,11 @@ TEST(NonFiniteGuards, EmptyRowStaysZero) {
   r.map.count.set_raw(1, 0);  // head 0, query block 1: no critical key
   ASSERT_TRUE(run_forward(r.in, r.cfg, r.map, r.fwd).ok());
   for (int64_t l = 32; l < 64; ++l) {
-    EXPECT_TRUE(row_is(r.fwd.o, 0, 0, l, [](double x) { return x == 0.0; })) << "row " << l;
+    EXPECT_TRUE(row_is(r.fwd.o, 0, 0, l,
+                       [](double x) {
+                         return x == 0.0;
+                       }))
+        << "row " << l;
     EXPECT_EQ(r.fwd.lse.get_raw(l), -kInf);
   }
 }
@@ -237,7 +241,8 @@ TEST_F(BadMap, InverseTablesMustMatchTheLut) {
 
 TEST_F(BadMap, InvertRejectsABadLut) {
   r_.map.lut.set_raw(kRow, 7);
-  EXPECT_TRUE(IsInvalid(sla::invert_block_map(r_.map.view(), sla::Exec{}), "map.lut: row (b=0, h=1, i=2) entry 0 is 7"));
+  EXPECT_TRUE(
+      IsInvalid(sla::invert_block_map(r_.map.view(), sla::Exec{}), "map.lut: row (b=0, h=1, i=2) entry 0 is 7"));
 }
 
 TEST(BadMapRows, RepeatedEntryAndPermutedRow) {
@@ -251,7 +256,8 @@ TEST(BadMapRows, RepeatedEntryAndPermutedRow) {
   EXPECT_TRUE(sla::check_block_map(r.map.view(), 3).ok());
   EXPECT_TRUE(run_forward(r.in, r.cfg, r.map, r.fwd).ok());
   r.map.lut.set_raw(1, b);
-  EXPECT_TRUE(IsInvalid(run_forward(r.in, r.cfg, r.map, r.fwd), "map.lut: row (b=0, h=0, i=0) entry 1 repeats key block"));
+  EXPECT_TRUE(
+      IsInvalid(run_forward(r.in, r.cfg, r.map, r.fwd), "map.lut: row (b=0, h=0, i=0) entry 1 repeats key block"));
   // Entries past the count are never read, so never checked.
   r.map.count.set_raw(0, 1);
   EXPECT_TRUE(run_forward(r.in, r.cfg, r.map, r.fwd).ok());
@@ -278,9 +284,11 @@ TEST(ZeroSize, NamesTheDimensionNotTheNullPointer) {
   std::vector<float> kd(1 * 2 * 64 * 8);
   const sla::TensorView k = sla::make_view(kd.data(), DType::f32, {1, 2, 64, 8});
   size_t bytes = 0;
-  EXPECT_TRUE(IsInvalid(sla::predict_block_map_workspace_size(q, k, c, &bytes), "q: expected shape[3] (D) >= 1, got 0"));
+  EXPECT_TRUE(
+      IsInvalid(sla::predict_block_map_workspace_size(q, k, c, &bytes), "q: expected shape[3] (D) >= 1, got 0"));
   const sla::TensorView q2 = sla::make_view(nullptr, DType::f32, {1, 2, 0, 8});
-  EXPECT_TRUE(IsInvalid(sla::predict_block_map_workspace_size(q2, k, c, &bytes), "q: expected shape[2] (Lq) >= 1, got 0"));
+  EXPECT_TRUE(
+      IsInvalid(sla::predict_block_map_workspace_size(q2, k, c, &bytes), "q: expected shape[2] (Lq) >= 1, got 0"));
 }
 
 }  // namespace

@@ -431,7 +431,9 @@ struct Dims {
 
 inline Dims dims_of(const Shape& s) { return {s.b, s.h, s.lq, s.lk, s.d, s.dv}; }
 
-inline std::vector<double> phi(sla::FeatureMap f, const double* x, int64_t d) { return sla_ref::reference_phi(f, x, d); }
+inline std::vector<double> phi(sla::FeatureMap f, const double* x, int64_t d) {
+  return sla_ref::reference_phi(f, x, d);
+}
 
 inline sla_ref::RefProblem problem(const Dims& s, const std::vector<double>& q, const std::vector<double>& k,
                                    const std::vector<double>* v, int64_t bq, int64_t bk) {

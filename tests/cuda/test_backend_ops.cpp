@@ -72,20 +72,20 @@ struct Case {
   Layout layout;
   double topk = 0.25, negligible = 0.0;
   bool weight = true, bias = true, save = true;
-  double scale = 0.0;           // softmax scale; 0: 1/sqrt(D)
-  double eps = 1e-5;            // global variant's epsilon
-  double weight_gain = 1.0;     // W ~ N(0, 1/D) * weight_gain: large gains make the linear part dominate O
-  double bias_sd = 0.1;         // b ~ N(0, bias_sd^2)
+  double scale = 0.0;        // softmax scale; 0: 1/sqrt(D)
+  double eps = 1e-5;         // global variant's epsilon
+  double weight_gain = 1.0;  // W ~ N(0, 1/D) * weight_gain: large gains make the linear part dominate O
+  double bias_sd = 0.1;      // b ~ N(0, bias_sd^2)
   std::string shape_name = "ragged";
 
   std::string name() const {
     char buf[256];
-    std::snprintf(buf, sizeof buf, "fwd/%s/d%" PRId64 "/bq%d/bk%d/%s/%s/%s/%s/B%" PRId64 "H%" PRId64 "Lq%" PRId64
-                  "Lk%" PRId64 "/topk%.2f/kl%.2f%s%s%s%s",
+    std::snprintf(buf, sizeof buf,
+                  "fwd/%s/d%" PRId64 "/bq%d/bk%d/%s/%s/%s/%s/B%" PRId64 "H%" PRId64 "Lq%" PRId64 "Lk%" PRId64
+                  "/topk%.2f/kl%.2f%s%s%s%s",
                   sla::dtype_name(dtype), d, bq, bk, sla::variant_name(variant), sla::feature_map_name(fmap),
-                  shape_name.c_str(), layout.name(), batch, heads,
-                  lq, lk, topk, negligible, weight ? "/W" : "", bias ? "/b" : "", save ? "/save" : "",
-                  layout.head_gap > (int64_t{1} << 30) ? "/int64" : "");
+                  shape_name.c_str(), layout.name(), batch, heads, lq, lk, topk, negligible, weight ? "/W" : "",
+                  bias ? "/b" : "", save ? "/save" : "", layout.head_gap > (int64_t{1} << 30) ? "/int64" : "");
     std::string n = buf;
     char extra[128];
     if (scale > 0) n += (std::snprintf(extra, sizeof extra, "/scale%.4g", scale), extra);
@@ -869,8 +869,7 @@ std::mutex& device_mutex() {
 // Forward (saving state and O_s) and backward on the backend under test against the fp64 oracle: O, dq, dk, dv,
 // dW, db under FlashAttention's 2x rule against the emulated-precision reference, poisoned outputs, optionally two
 // runs bitwise equal. A backend answering StatusCode::unsupported makes the case a skip, not a failure.
-int run_training_case(const Case& c, uint64_t seed, const TrainingOptions& opt, TrainingResult* res,
-                      std::string* log) {
+int run_training_case(const Case& c, uint64_t seed, const TrainingOptions& opt, TrainingResult* res, std::string* log) {
   HostProblem hp;
   CpuGrads g;
   if (!make_host_problem(c, seed, &hp, log) || !cpu_oracle(c, hp, &g, log)) return 1;
@@ -895,7 +894,9 @@ int run_training_case(const Case& c, uint64_t seed, const TrainingOptions& opt, 
     upload(dv_in, hp.v);
     upload(d_do, hp.d_o);
     DeviceMap dm = make_device_map(hp.map.shape);
-    auto put = [](const DeviceBuffer& d, const std::vector<int32_t>& h) { dut_copy(d.ptr, h.data(), d.bytes, true); };
+    auto put = [](const DeviceBuffer& d, const std::vector<int32_t>& h) {
+      dut_copy(d.ptr, h.data(), d.bytes, true);
+    };
     put(dm.lut, hp.map.lut);
     put(dm.count, hp.map.count);
     put(dm.negl_lut, hp.map.negl_lut);
@@ -958,8 +959,8 @@ int run_training_case(const Case& c, uint64_t seed, const TrainingOptions& opt, 
     exec.workspace_bytes = ws.bytes;
     exec.num_threads = oracle_threads();
     for (int run = 0; run < runs; ++run) {
-      for (const DeviceBuffer* b : {&d_out.buf, &d_os, &d_lse, &d_olin, &d_h, &d_z, &d_dq.buf, &d_dk.buf,
-                                    &d_dv.buf, &d_dw, &d_db})
+      for (const DeviceBuffer* b :
+           {&d_out.buf, &d_os, &d_lse, &d_olin, &d_h, &d_z, &d_dq.buf, &d_dk.buf, &d_dv.buf, &d_dw, &d_db})
         b->poison();
       st = sla::forward(fa, cfg, exec);
       if (st.ok()) st = sla::backward(ba, cfg, exec);
@@ -984,8 +985,7 @@ int run_training_case(const Case& c, uint64_t seed, const TrainingOptions& opt, 
   if (runs == 2) {
     res->determinism_checked = true;
     bool same = dw_run[0] == dw_run[1] && db_run[0] == db_run[1];
-    for (int e = 0; e < 4; ++e)
-      same &= std::memcmp(outs[0][e].data(), outs[1][e].data(), outs[0][e].size() * 8) == 0;
+    for (int e = 0; e < 4; ++e) same &= std::memcmp(outs[0][e].data(), outs[1][e].data(), outs[0][e].size() * 8) == 0;
     if (!same) {
       *log += " not-deterministic(FAIL)";
       ok = false;
@@ -1118,9 +1118,15 @@ uint64_t mix_seed(uint64_t seed, uint64_t index) {
 // One configuration over the whole option space the API accepts (SPEC.md section 6), from its own seed.
 Case draw_case(uint64_t case_seed, const FuzzLimits& lim) {
   std::mt19937_64 rng(case_seed);
-  auto uni = [&](double lo, double hi) { return std::uniform_real_distribution<double>(lo, hi)(rng); };
-  auto pick = [&](int n) { return static_cast<int>(std::uniform_int_distribution<int>(0, n - 1)(rng)); };
-  auto chance = [&](double p) { return uni(0, 1) < p; };
+  auto uni = [&](double lo, double hi) {
+    return std::uniform_real_distribution<double>(lo, hi)(rng);
+  };
+  auto pick = [&](int n) {
+    return static_cast<int>(std::uniform_int_distribution<int>(0, n - 1)(rng));
+  };
+  auto chance = [&](double p) {
+    return uni(0, 1) < p;
+  };
   // Lengths log-uniform in [1, max_len]: most cases small, some long, L = 1 and L < block often.
   auto length = [&]() {
     if (chance(0.06)) return int64_t{1};
@@ -1424,7 +1430,9 @@ struct CaseListOptions {
 
 std::vector<std::unique_ptr<TestCase>> make_cases(Mode m, const CaseListOptions& o) {
   std::vector<std::unique_ptr<TestCase>> out;
-  auto grid_seed = [&](size_t n) { return o.seed + 7919 * static_cast<uint64_t>(n); };
+  auto grid_seed = [&](size_t n) {
+    return o.seed + 7919 * static_cast<uint64_t>(n);
+  };
   switch (m) {
     case Mode::fwd:
       for (const Case& c : forward_cases())
@@ -1632,7 +1640,8 @@ int main(int argc, char** argv) {
     // In parallel runs each oracle call is single-threaded (the cases are the parallelism).
     oracle_threads() = parallel && jobs > 1 ? 1 : 0;
     if (m == Mode::fuzz) {
-      std::printf("fuzz: seed %" PRIu64 ", %zu configurations, %d host threads; replay one with: %s --backend %s "
+      std::printf("fuzz: seed %" PRIu64
+                  ", %zu configurations, %d host threads; replay one with: %s --backend %s "
                   "--mode fuzz --seed %" PRIu64 " --case K%s\n",
                   lo.seed, cases.size(), jobs, argv[0], backend.c_str(), lo.seed,
                   lo.limits.max_len != 1600 ? (" --max-len " + std::to_string(lo.limits.max_len)).c_str() : "");

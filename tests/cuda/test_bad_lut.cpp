@@ -96,10 +96,16 @@ struct Inputs {
   Buffer q, k, v, w, b;
   Buffer lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index;
   Inputs(const Setup& st)
-      : q(kB * kH * kLq * st.d * 2), k(kB * kH * kLk * st.d * 2), v(kB * kH * kLk * st.d * 2),
-        w(st.d * st.d * 4), b(st.d * 4), lut(kB * kH * st.s.q_blocks * st.s.critical * 4),
-        count(kB * kH * st.s.q_blocks * 4), negl_lut(kB * kH * st.s.q_blocks * st.s.negligible * 4),
-        negl_count(st.s.negligible ? kB * kH * st.s.q_blocks * 4 : 0), inv_offset(kB * kH * (st.s.k_blocks + 1) * 4),
+      : q(kB * kH * kLq * st.d * 2),
+        k(kB * kH * kLk * st.d * 2),
+        v(kB * kH * kLk * st.d * 2),
+        w(st.d * st.d * 4),
+        b(st.d * 4),
+        lut(kB * kH * st.s.q_blocks * st.s.critical * 4),
+        count(kB * kH * st.s.q_blocks * 4),
+        negl_lut(kB * kH * st.s.q_blocks * st.s.negligible * 4),
+        negl_count(st.s.negligible ? kB * kH * st.s.q_blocks * 4 : 0),
+        inv_offset(kB * kH * (st.s.k_blocks + 1) * 4),
         inv_index(kB * kH * st.s.q_blocks * st.s.critical * 4),
         negl_inv_offset(st.s.negligible ? kB * kH * (st.s.k_blocks + 1) * 4 : 0),
         negl_inv_index(kB * kH * st.s.q_blocks * st.s.negligible * 4) {}
@@ -204,15 +210,18 @@ std::vector<T> head_of(const std::vector<T>& v, int64_t head) {
 }
 
 bool all_nan16(const std::vector<uint16_t>& v, DType dt) {
-  for (uint16_t x : v) if (!std::isnan(to_float(x, dt))) return false;
+  for (uint16_t x : v)
+    if (!std::isnan(to_float(x, dt))) return false;
   return true;
 }
 bool all_finite16(const std::vector<uint16_t>& v, DType dt) {
-  for (uint16_t x : v) if (!std::isfinite(to_float(x, dt))) return false;
+  for (uint16_t x : v)
+    if (!std::isfinite(to_float(x, dt))) return false;
   return true;
 }
 bool all_nan32(const std::vector<float>& v) {
-  for (float x : v) if (!std::isnan(x)) return false;
+  for (float x : v)
+    if (!std::isnan(x)) return false;
   return true;
 }
 
@@ -240,8 +249,8 @@ struct HostMap {
 };
 
 HostMap download(const Inputs& in) {
-  return {in.lut.get<int32_t>(), in.count.get<int32_t>(), in.negl_lut.get<int32_t>(), in.negl_count.get<int32_t>(),
-          in.inv_offset.get<int32_t>(), in.inv_index.get<int32_t>()};
+  return {in.lut.get<int32_t>(),        in.count.get<int32_t>(),      in.negl_lut.get<int32_t>(),
+          in.negl_count.get<int32_t>(), in.inv_offset.get<int32_t>(), in.inv_index.get<int32_t>()};
 }
 void upload(const Inputs& in, const HostMap& m) {
   in.lut.put(m.lut);
@@ -328,19 +337,48 @@ void run_variant(Setup st, bool complement) {
     std::function<void(HostMap&)> apply;
   };
   std::vector<Mutation> bad = {
-      {"count above T", [&](HostMap& m) { m.count[row1] = static_cast<int32_t>(t + 1); }},
-      {"count below 0", [&](HostMap& m) { m.count[row1] = -1; }},
-      {"entry = Nk", [&](HostMap& m) { m.lut[row1 * t + 0] = static_cast<int32_t>(nk); }},
-      {"entry negative", [&](HostMap& m) { m.lut[row1 * t + 1] = -7; }},
-      {"entry INT32_MAX", [&](HostMap& m) { m.lut[row1 * t + 0] = INT32_MAX; }},
-      {"entry INT32_MIN", [&](HostMap& m) { m.lut[row1 * t + 0] = INT32_MIN; }},
-      {"repeated entry", [&](HostMap& m) { m.lut[row1 * t + 1] = m.lut[row1 * t + 0]; }},
+      {"count above T",
+       [&](HostMap& m) {
+         m.count[row1] = static_cast<int32_t>(t + 1);
+       }},
+      {"count below 0",
+       [&](HostMap& m) {
+         m.count[row1] = -1;
+       }},
+      {"entry = Nk",
+       [&](HostMap& m) {
+         m.lut[row1 * t + 0] = static_cast<int32_t>(nk);
+       }},
+      {"entry negative",
+       [&](HostMap& m) {
+         m.lut[row1 * t + 1] = -7;
+       }},
+      {"entry INT32_MAX",
+       [&](HostMap& m) {
+         m.lut[row1 * t + 0] = INT32_MAX;
+       }},
+      {"entry INT32_MIN",
+       [&](HostMap& m) {
+         m.lut[row1 * t + 0] = INT32_MIN;
+       }},
+      {"repeated entry",
+       [&](HostMap& m) {
+         m.lut[row1 * t + 1] = m.lut[row1 * t + 0];
+       }},
   };
   if (tn > 0) {
-    bad.push_back({"negligible also critical", [&](HostMap& m) { m.negl_lut[row1 * tn] = m.lut[row1 * t]; }});
-    bad.push_back({"negligible count above Tn", [&](HostMap& m) { m.negl_count[row1] = static_cast<int32_t>(tn + 1); }});
-    bad.push_back({"negligible count below 0", [&](HostMap& m) { m.negl_count[row1] = -3; }});
-    bad.push_back({"negligible entry out of range", [&](HostMap& m) { m.negl_lut[row1 * tn] = 1 << 20; }});
+    bad.push_back({"negligible also critical", [&](HostMap& m) {
+                     m.negl_lut[row1 * tn] = m.lut[row1 * t];
+                   }});
+    bad.push_back({"negligible count above Tn", [&](HostMap& m) {
+                     m.negl_count[row1] = static_cast<int32_t>(tn + 1);
+                   }});
+    bad.push_back({"negligible count below 0", [&](HostMap& m) {
+                     m.negl_count[row1] = -3;
+                   }});
+    bad.push_back({"negligible entry out of range", [&](HostMap& m) {
+                     m.negl_lut[row1 * tn] = 1 << 20;
+                   }});
   }
   for (const Mutation& mu : bad) {
     HostMap m = good_map;
@@ -364,7 +402,8 @@ void run_variant(Setup st, bool complement) {
     upload(in, m);
     Outputs r;
     std::string problem;
-    if (!run(st, in, &r, &err)) problem = err;
+    if (!run(st, in, &r, &err))
+      problem = err;
     else if (!all_finite16(r.o, st.dt) || !all_finite16(r.dq, st.dt) || !all_finite16(r.dk, st.dt))
       problem = "non-finite output for a permuted (valid) row";
     report(tag + "permuted row accepted", problem);
@@ -376,7 +415,8 @@ void run_variant(Setup st, bool complement) {
     upload(in, m);
     Outputs r;
     std::string problem;
-    if (!run(st, in, &r, &err)) problem = err;
+    if (!run(st, in, &r, &err))
+      problem = err;
     else if (r.dq != good.dq || r.dk != good.dk || r.dv != good.dv || r.dw != good.dw)
       problem = "gradients differ from those with the right inverse tables";
     report(tag + "garbage inverse tables are rebuilt", problem);
@@ -447,7 +487,8 @@ void run_variant(Setup st, bool complement) {
         for (int64_t row = 0; row < kLq && problem.empty(); ++row) {
           if (!std::isnan(bad_value) && !(to_float(q0[row * d + 3], st.dt) > 0.f)) continue;
           for (int64_t c = 0; c < d && problem.empty(); ++c) {
-            if (!std::isnan(to_float(r.o[row * d + c], st.dt))) problem = "o[0,0," + std::to_string(row) + ",:] not NaN";
+            if (!std::isnan(to_float(r.o[row * d + c], st.dt)))
+              problem = "o[0,0," + std::to_string(row) + ",:] not NaN";
             if (!std::isnan(to_float(r.dq[row * d + c], st.dt)))
               problem = "dq[0,0," + std::to_string(row) + ",:] not NaN";
           }
@@ -467,8 +508,10 @@ int main(int argc, char** argv) {
   Setup st;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
-    if (a == "--dtype") st.dt = v == "f16" ? DType::f16 : DType::bf16;
-    else if (a == "--hdim") st.d = std::atoll(v.c_str());
+    if (a == "--dtype")
+      st.dt = v == "f16" ? DType::f16 : DType::bf16;
+    else if (a == "--hdim")
+      st.d = std::atoll(v.c_str());
     else {
       std::fprintf(stderr, "usage: test_bad_lut [--dtype bf16|f16] [--hdim 64|128]\n");
       return 2;
@@ -479,8 +522,8 @@ int main(int argc, char** argv) {
     return kSkip;
   }
   const char* mainloop = std::getenv("SLA_CUDA_MAINLOOP");
-  std::printf("%s; dtype %s, head dim %lld, SLA_CUDA_MAINLOOP=%s\n", sla::build_info().c_str(),
-              sla::dtype_name(st.dt), static_cast<long long>(st.d), mainloop ? mainloop : "(default)");
+  std::printf("%s; dtype %s, head dim %lld, SLA_CUDA_MAINLOOP=%s\n", sla::build_info().c_str(), sla::dtype_name(st.dt),
+              static_cast<long long>(st.d), mainloop ? mainloop : "(default)");
   run_variant(st, false);
   run_variant(st, true);
   std::printf("test_bad_lut: %d passed, %d failed\n", passes, failures);
