@@ -27,7 +27,8 @@ build: deps $(BUILD)/build.ninja
 	cmake --build $(BUILD) -j $(JOBS)
 
 # The demo's own build: scripts/demo_cmake_args.sh picks the CUDA architecture of the GPU present, or none.
-demo: deps
+demo:
+	@scripts/install_deps.sh demo
 	@args=$$(scripts/demo_cmake_args.sh) && cmake -S . -B $(BUILD_DEMO) -G Ninja $$args $(CMAKE_ARGS) >/dev/null
 	cmake --build $(BUILD_DEMO) -j $(JOBS)
 	./$(BUILD_DEMO)/src/cli/sla demo
