@@ -629,6 +629,7 @@ __global__ void __launch_bounds__(kInvertThreads) invert_kernel(InvertParams p) 
   __shared__ int warp_count[kWarps][kInvertKeys];  // per chunk: entries of each key in each warp
   __shared__ int warp_pos[kWarps][kInvertKeys];    // per chunk: first write position of each key in each warp
   __shared__ int before_part[kWarps];
+  __shared__ int total;  // entries of the whole head (set by the CTA of the last keys)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t bh = static_cast<int64_t>(blockIdx.z) * p.heads + blockIdx.y;
   const int j0 = blockIdx.x * kInvertKeys, keys = min(p.nk - j0, kInvertKeys);
@@ -673,9 +674,17 @@ __global__ void __launch_bounds__(kInvertThreads) invert_kernel(InvertParams p) 
     }
     cursor[lane] = base + incl - c;
     if (lane < keys) offset[j0 + lane] = base + incl - c;
-    if (j0 + keys == p.nk && lane == 31) offset[p.nk] = base + incl;  // lane 31: every key of the last CTA
+    if (j0 + keys == p.nk && lane == 31) {  // lane 31: every key of the last CTA
+      offset[p.nk] = base + incl;
+      total = base + incl;
+    }
   }
   __syncthreads();
+  // Rows with fewer than cap entries leave the end of the index unused: the last CTA writes -1 there, so the table
+  // is the same bytes run after run (and as the CPU's). Valid entries go below `total`: no other CTA writes here.
+  if (j0 + keys == p.nk) {
+    for (int64_t e = total + threadIdx.x; e < entries; e += kInvertThreads) index[e] = -1;
+  }
 
   const unsigned lanes_below = (1u << lane) - 1u;
   for (int64_t e0 = 0; e0 < entries; e0 += kInvertThreads) {
