@@ -1172,7 +1172,7 @@ double median(std::vector<double> x) {
   return x[x.size() / 2];
 }
 
-int run_perf(uint64_t seed) {
+int run_perf(uint64_t seed, bool o_sparse) {
   const int64_t B = 1, H = 12, L = 32760, D = 128;
   sla::Config cfg;
   cfg.block_q = 128;
@@ -1217,7 +1217,8 @@ int run_perf(uint64_t seed) {
   a_save.o_lin = sla::make_view(d_olin.ptr, DType::f32, {B, H, L, D}, dut_device());
   a_save.lin_h = sla::make_view(d_h.ptr, DType::f32, {B, H, D, D}, dut_device());
   a_save.lin_z = sla::make_view(d_z.ptr, DType::f32, {B, H, D}, dut_device());
-  a_save.o_sparse = sla::make_view(d_os.ptr, DType::f32, {B, H, L, D}, dut_device());  // training saves O_s too
+  // Training saves O_s too (--no-o-sparse: without it, to time what the fp32 O_s costs).
+  if (o_sparse) a_save.o_sparse = sla::make_view(d_os.ptr, DType::f32, {B, H, L, D}, dut_device());
   sla::forward_workspace_size(a_save, cfg, &fws);
   // Training: the block map with inverse tables, the forward saving state, then the backward with dW and db.
   DeviceTensor d_do = make_device_tensor(DType::bf16, B, H, L, D, lay), dq = make_device_tensor(DType::bf16, B, H, L, D, lay),
@@ -1408,7 +1409,9 @@ struct ReferenceTest : TestCase {
 #ifdef SLA_TEST_WITH_CUDA
 struct PerfTest : TestCase {
   std::string name() const override { return "perf/W1/bf16/d128/bq128/bk64/global/B1H12L32760/topk0.05/W/b"; }
-  int eval(const RunOptions& opt, TrainingResult*, std::string*) const override { return run_perf(opt.seed); }
+  int eval(const RunOptions& opt, TrainingResult*, std::string*) const override {
+    return run_perf(opt.seed, opt.training.o_sparse);
+  }
 };
 #endif
 
