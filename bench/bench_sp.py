@@ -12,8 +12,9 @@ group. Per step, for P ranks each holding L / P tokens of all heads:
 and with --backward the forward+backward step of both (dq, dk, dv, dW, db; the backward's four all-to-alls).
 Method (docs/PERF.md): CUDA events, a group barrier before every timed call, warm-up first, the median of --iters.
 
-DiT mode (--dit 14B|1.3B): one denoising forward of the Wan2.1 transformer (random weights from the published
-configuration, bf16, 720p x 81 frames for 14B) under diffusers' context parallelism with
+DiT mode (--dit 14B|1.3B): one denoising forward of bench/bench_dit.py's Wan2.1 transformer (random weights from
+the published configuration, bf16 with diffusers' fp32 modules, 720p x 81 frames for 14B) under diffusers' context
+parallelism with
 ContextParallelConfig(ulysses_degree=world) (none for one GPU), dense (diffusers' "_native_cudnn" backend, its own
 Ulysses) against SLA (sla.diffusers.enable_sla, topk 0.1; sla.distributed's Ulysses). diffusers' mesh spans the
 whole world, so run it once per GPU count.
@@ -191,69 +192,22 @@ def layer_table(rows: list[dict], device_name: str) -> str:
     return "\n".join(out)
 
 
-DIT_CONFIGS = {  # published Wan2.1 configurations (transformer/config.json) and latents (C, F, H, W)
-    "1.3B": (
-        dict(
-            patch_size=(1, 2, 2),
-            num_attention_heads=12,
-            attention_head_dim=128,
-            in_channels=16,
-            out_channels=16,
-            text_dim=4096,
-            freq_dim=256,
-            ffn_dim=8960,
-            num_layers=30,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            eps=1e-6,
-            rope_max_seq_len=1024,
-        ),
-        (16, 21, 60, 104),
-        0.05,
-    ),
-    "14B": (
-        dict(
-            patch_size=(1, 2, 2),
-            num_attention_heads=40,
-            attention_head_dim=128,
-            in_channels=16,
-            out_channels=16,
-            text_dim=4096,
-            freq_dim=256,
-            ffn_dim=13824,
-            num_layers=40,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            eps=1e-6,
-            rope_max_seq_len=1024,
-        ),
-        (16, 21, 90, 160),
-        0.1,
-    ),
-}
-
-
 def bench_dit(args, device) -> str:
-    from diffusers import ContextParallelConfig, WanTransformer3DModel
+    """One denoising forward of bench_dit.py's Wan2.1 model (same configuration, inputs and fp32 modules) under
+    diffusers' context parallelism over the whole world: dense cuDNN, then SLA."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_dit
+    from diffusers import ContextParallelConfig
 
     import sla.diffusers as sdf
 
-    config, latent_shape, topk = DIT_CONFIGS[args.dit]
+    bench_dit.DEVICE = device.type
     world = dist.get_world_size()
-    with torch.device(device):
-        torch.manual_seed(0)
-        model = WanTransformer3DModel(**config).to(torch.bfloat16).eval()
-    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
-    for name, module in model.named_modules():  # as from_pretrained(torch_dtype=bf16) keeps them
-        if name and keep.intersection(name.split(".")):
-            module.float()
-    model.set_attention_backend("_native_cudnn")  # dense self- and cross-attention; cross stays dense with SLA
+    model = bench_dit.build_model(args.dit, torch.bfloat16)
+    model.set_attention_backend(bench_dit.DENSE_BACKEND if device.type == "cuda" else "native")
     if world > 1:
         model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
-    gen = torch.Generator(device=device).manual_seed(1)
-    latents = torch.randn(1, *latent_shape, generator=gen, device=device).to(torch.bfloat16)
-    text = torch.randn(1, 512, 4096, generator=gen, device=device).to(torch.bfloat16)
-    timestep = torch.tensor([500.0], device=device)
+    latents, timestep, text = bench_dit.make_inputs(args.dit, torch.bfloat16)
     timer = Timer(device, None, args.iters, args.warmup)
 
     def step():
@@ -262,10 +216,11 @@ def bench_dit(args, device) -> str:
 
     log(f"DiT {args.dit}: dense forward on {world} GPU(s)")
     dense_ms = timer(step)
-    sdf.enable_sla(model, topk=topk)  # keeps the parallel configuration diffusers set on the dense processors
+    # enable_sla keeps the parallel configuration diffusers set on the dense processors.
+    sdf.enable_sla(model, topk=bench_dit.MODELS[args.dit]["topk"], block_q=bench_dit.BLOCK_Q, block_k=bench_dit.BLOCK_K)
     log(f"DiT {args.dit}: SLA forward on {world} GPU(s)")
     sla_ms = timer(step)
-    tokens = latent_shape[1] * (latent_shape[2] // 2) * (latent_shape[3] // 2)
+    tokens = bench_dit.tokens_of(bench_dit.MODELS[args.dit]["latents"])
     return (
         f"| Wan2.1-{args.dit} forward, {tokens} tokens | {world} | {dense_ms:.0f} | {sla_ms:.0f} | "
         f"{dense_ms / sla_ms:.2f}x |"
@@ -280,7 +235,7 @@ def main() -> None:
     parser.add_argument("--backward", action="store_true", help="also time forward+backward")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--dit", choices=sorted(DIT_CONFIGS), help="time the Wan transformer forward instead")
+    parser.add_argument("--dit", choices=("1.3B", "14B"), help="time bench_dit.py's Wan transformer forward instead")
     parser.add_argument("--smoke", action="store_true", help="CPU, gloo, tiny shape: checks that the script runs")
     parser.add_argument("--json", help="write the rows (layer mode) to this file (rank 0)")
     args = parser.parse_args()

@@ -128,12 +128,16 @@ def _seq_to_heads(
     # Send buffer: for each destination p, this rank's tokens of p's heads as one contiguous (L_rank, B, H_p, D)
     # block; one copy.
     send_sizes = [l_local * b * n * d for n in heads]
-    send = x.new_empty(sum(send_sizes))
-    offset = 0
-    for (start, stop), size in zip(slices, send_sizes):
-        block = send[offset : offset + size].view(l_local, b, stop - start, d)
-        block.copy_(_select_heads(x, order, start, stop).permute(1, 0, 2, 3))
-        offset += size
+    if order is None and len(set(heads)) == 1:  # equal head groups: the P blocks in one copy, (P, L_rank, B, H/P, D)
+        p = len(heads)
+        send = x.reshape(b, l_local, p, heads[0], d).permute(2, 1, 0, 3, 4).contiguous().view(-1)
+    else:
+        send = x.new_empty(sum(send_sizes))
+        offset = 0
+        for (start, stop), size in zip(slices, send_sizes):
+            block = send[offset : offset + size].view(l_local, b, stop - start, d)
+            block.copy_(_select_heads(x, order, start, stop).permute(1, 0, 2, 3))
+            offset += size
     h_mine = heads[rank]
     recv_sizes = [n * b * h_mine * d for n in seq_lens]
     recv = x.new_empty(sum(recv_sizes))
@@ -145,7 +149,7 @@ def _seq_to_heads(
 def _heads_to_seq(
     y: torch.Tensor, group, rank: int, seq_lens: Sequence[int], heads: Sequence[int], order: Optional[torch.Tensor]
 ) -> torch.Tensor:
-    """(B, L, H_rank, D) head shard -> (B, L_rank, H, D) sequence shard, contiguous."""
+    """(B, L, H_rank, D) head shard -> (B, L_rank, H, D) sequence shard (contiguous for more than one rank)."""
     b, _, h_mine, d = y.shape
     # (L, B, H_rank, D): each destination's tokens are one contiguous block; one copy (none if y is such a view).
     send = y.permute(1, 0, 2, 3).contiguous().view(-1)
@@ -154,6 +158,9 @@ def _heads_to_seq(
     recv_sizes = [l_local * b * n * d for n in heads]
     recv = y.new_empty(sum(recv_sizes))
     dist.all_to_all_single(recv, send, recv_sizes, send_sizes, group=group)
+    if order is None and len(set(heads)) == 1:  # equal head groups: (P, L_rank, B, H/P, D) to (B, L_rank, H, D)
+        p = len(heads)
+        return recv.view(p, l_local, b, heads[0], d).permute(2, 1, 0, 3, 4).reshape(b, l_local, p * heads[0], d)
     out = y.new_empty(b, l_local, sum(heads), d)
     offset = 0
     for (start, stop), size in zip(_head_slices(heads), recv_sizes):
@@ -299,7 +306,8 @@ def ulysses_sparse_linear_attention(
             (q, k, v share the shard).
         group: the sequence-parallel process group (None: the default group).
         seq_lens: every rank's shard length, in rank order (e.g. `shard_lengths(L, P)` for `torch.tensor_split`).
-            None gathers them (one small collective that also checks that B, H, D agree across ranks).
+            None gathers them (one small collective that also checks that B, H, D agree across ranks; it reads
+            them on the host, a synchronisation on GPUs). With `seq_lens` the caller vouches for matching shapes.
         head_order: a permutation of the heads; rank p runs the p-th contiguous group of it (`head_counts` sizes).
             `balanced_head_order` makes one that balances per-head costs. None: heads in order.
         reduce_proj_grad: sum the gradients of proj_weight and proj_bias over the group in the backward pass (each

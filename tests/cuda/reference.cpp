@@ -359,4 +359,52 @@ std::vector<double> reference_block_scores(const RefProblem& p) {
   return scores;
 }
 
+double reference_dk_cancellation_scale(const RefProblem& p, const std::vector<double>& d_o) {
+  const int64_t d = p.d, nq = (p.lq + p.bq - 1) / p.bq, nk = (p.lk + p.bk - 1) / p.bk;
+  double worst = 0;
+  std::vector<double> mass(p.lk), srow;
+  for (int64_t bh = 0; bh < p.batch * p.heads; ++bh) {
+    const double* q = p.q + bh * p.lq * d;
+    const double* k = p.k + bh * p.lk * d;
+    const double* v = p.v + bh * p.lk * d;
+    const double* g = d_o.data() + bh * p.lq * d;
+    std::fill(mass.begin(), mass.end(), 0.0);
+    for (int64_t i = 0; i < nq; ++i) {
+      std::vector<int64_t> keys;
+      const int64_t n = std::clamp<int64_t>(p.count[bh * nq + i], 0, p.t);
+      for (int64_t e = 0; e < n; ++e) {
+        const int64_t j = p.lut[(bh * nq + i) * p.t + e];
+        if (j < 0 || j >= nk) continue;
+        for (int64_t c = j * p.bk; c < std::min(p.lk, (j + 1) * p.bk); ++c) keys.push_back(c);
+      }
+      if (keys.empty()) continue;
+      for (int64_t r = i * p.bq; r < std::min(p.lq, (i + 1) * p.bq); ++r) {
+        const double* qr = q + r * d;
+        double g_norm = 0, q_max = 0;
+        for (int64_t c = 0; c < d; ++c) {
+          g_norm += g[r * d + c] * g[r * d + c];
+          q_max = std::max(q_max, std::fabs(qr[c]));
+        }
+        g_norm = std::sqrt(g_norm);
+        srow.assign(keys.size(), 0);
+        double mx = -std::numeric_limits<double>::infinity(), sum = 0;
+        for (size_t e = 0; e < keys.size(); ++e) {
+          double x = 0;
+          for (int64_t c = 0; c < d; ++c) x += qr[c] * k[keys[e] * d + c];
+          srow[e] = x * p.scale;
+          mx = std::max(mx, srow[e]);
+        }
+        for (double x : srow) sum += std::exp(x - mx);
+        for (size_t e = 0; e < keys.size(); ++e) mass[keys[e]] += std::exp(srow[e] - mx) / sum * g_norm * q_max;
+      }
+    }
+    for (int64_t c = 0; c < p.lk; ++c) {
+      double v_norm = 0;
+      for (int64_t e = 0; e < d; ++e) v_norm += v[c * d + e] * v[c * d + e];
+      worst = std::max(worst, p.scale * std::sqrt(v_norm) * mass[c]);
+    }
+  }
+  return std::isfinite(worst) ? worst : 0.0;
+}
+
 }  // namespace sla_cuda_test

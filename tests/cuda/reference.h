@@ -49,6 +49,13 @@ struct RefGradients {
 void reference_backward(const RefProblem& p, const std::vector<double>& d_o, const Rounding& rnd,
                         RefGradients* out);
 
+// The scale at which dK can cancel, for the test rule's floor: dK_c = s sum_r P_rc (dP_rc - Delta_r) q_r, and
+// dP_rc - Delta_r cancels completely where P is one-hot (one key: P = 1, so the exact dK is 0). The backend forms dP
+// and Delta as fp32 dot products, each within a few u of |dO_r| |v_c| (Cauchy-Schwarz), so its dK_c is within a few
+// u of s |v_c| sum_r P_rc |dO_r| max|q_r|. Returns the largest of these over every key of every (b, h), with the
+// exact P of the sparse branch (critical blocks only; d_o as in reference_backward).
+double reference_dk_cancellation_scale(const RefProblem& p, const std::vector<double>& d_o);
+
 // Block scores S_ij of SPEC.md section 1 in double (smooth-K, pooling), for judging near-ties: (B, H, Nq, Nk).
 std::vector<double> reference_block_scores(const RefProblem& p);
 

@@ -333,18 +333,32 @@ def test_block_map_reuse_and_caller_supplied_maps():
     assert list(sd.recorded_block_maps(model)) == ["blocks.1.attn1.processor"]
 
 
-def test_ring_attention_is_refused_not_ignored():
+def test_ring_attention_is_refused_and_the_context_parallel_seam_is_used():
     # Ulysses context parallelism runs through sla.distributed (tests/python/test_distributed.py runs it on a tiny
-    # Wan over gloo); ring attention merges partial outputs by LSE, which SLA cannot.
+    # Wan under diffusers' enable_parallelism over gloo); ring attention merges partial outputs by LSE, which SLA
+    # cannot.
     model = sd.enable_sla(tiny(), topk=0.5, **BLOCKS)
     proc = model.blocks[0].attn1.processor
     assert hasattr(proc, "_parallel_config")  # diffusers' enable_parallelism sets it on every processor with it
-    proc._parallel_config = types.SimpleNamespace(
-        context_parallel_config=types.SimpleNamespace(ring_degree=2, ulysses_degree=1)
-    )
+    args = inputs()
+    with torch.no_grad():
+        ref = model(*args).sample
+    config = types.SimpleNamespace(context_parallel_config=types.SimpleNamespace(ring_degree=2, ulysses_degree=1))
+    proc._parallel_config = config
     with pytest.raises(NotImplementedError, match="ring attention"):
         with torch.no_grad():
-            model(*inputs())
+            model(*args)
+    # The seam: with a context-parallel configuration, attention goes through context_parallel_attention.
+    calls = []
+
+    def plugged(q, k, v, parallel_config):
+        calls.append(parallel_config)
+        return proc.local_attention(q, k, v)
+
+    proc.context_parallel_attention = plugged
+    with torch.no_grad():
+        torch.testing.assert_close(model(*args).sample, ref, rtol=0, atol=0)
+    assert calls == [config]
 
 
 # ---- TurboDiffusion checkpoints ----------------------------------------------------------------------------------

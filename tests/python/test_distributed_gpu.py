@@ -115,7 +115,9 @@ def test_ulysses_matches_one_gpu(group, layout, variant, length):
 
 def test_diffusers_wan_context_parallel_matches_one_gpu(group):
     """Two blocks of the Wan2.1-1.3B configuration (12 heads) in bf16 under diffusers' Ulysses context parallelism
-    (ulysses_anything, so that ragged shards are exercised too) against the same model on one GPU."""
+    (ulysses_anything, so that ragged shards are exercised too) against the same model on one GPU, under
+    FlashAttention's rule: the error of either against the float32 model (SLA in bf16 there too: the processor
+    computes CUDA float32 inputs in bf16) is compared, the context-parallel one may be at most twice the other."""
     pytest.importorskip("diffusers", reason="diffusers is not installed")
     import copy
 
@@ -142,24 +144,29 @@ def test_diffusers_wan_context_parallel_matches_one_gpu(group):
         eps=1e-6,
         rope_max_seq_len=1024,
     )
-    model = WanTransformer3DModel(**config).to("cuda", torch.bfloat16)
-    sdf.enable_sla(model, topk=0.1)
+    reference = WanTransformer3DModel(**config).to("cuda")
+    sdf.enable_sla(reference, topk=0.1)
     gen = torch.Generator(device="cuda").manual_seed(1)
     with torch.no_grad():
-        for proc in sdf.sla_processors(model).values():
+        for proc in sdf.sla_processors(reference).values():
             proc.proj_l.weight.copy_(0.05 * torch.randn(128, 128, generator=gen, device="cuda"))
             proc.proj_l.bias.copy_(0.05 * torch.randn(128, generator=gen, device="cuda"))
+    single = copy.deepcopy(reference).to(torch.bfloat16)  # proj_l stays float32 (Float32Linear)
+    parallel = copy.deepcopy(single)
     # 5 x 30 x 52 latents -> 5 x 15 x 26 = 1950 tokens: not divisible by 4 or 8.
-    latents = torch.randn(1, 16, 5, 30, 52, generator=gen, device="cuda").to(torch.bfloat16)
-    text = torch.randn(1, 512, 4096, generator=gen, device="cuda").to(torch.bfloat16)
+    latents = torch.randn(1, 16, 5, 30, 52, generator=gen, device="cuda")
+    text = torch.randn(1, 512, 4096, generator=gen, device="cuda")
     timestep = torch.tensor([500.0], device="cuda")
-    parallel = copy.deepcopy(model)
     with torch.no_grad():
-        ref = model(latents, timestep, text, return_dict=False)[0]
-        again = model(latents, timestep, text, return_dict=False)[0]
+        ref = reference(latents, timestep, text, return_dict=False)[0].float()
+        lat16, text16 = latents.to(torch.bfloat16), text.to(torch.bfloat16)
+        one = single(lat16, timestep, text16, return_dict=False)[0].float()
         parallel.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world, ulysses_anything=True))
-        out = parallel(latents, timestep, text, return_dict=False)[0]
-    err = (out.float() - ref.float()).abs().max().item()
-    bound = 2 * (again.float() - ref.float()).abs().max().item() + ref.float().abs().max().item() * 2.0**-7
-    print(f"rank {dist.get_rank(group)}/{world} Wan 2 blocks: max |CP - single| = {err:.3g} (bound {bound:.3g})")
-    assert err <= bound
+        out = parallel(lat16, timestep, text16, return_dict=False)[0].float()
+    err_one = (one - ref).abs().max().item()
+    err_cp = (out - ref).abs().max().item()
+    print(
+        f"rank {dist.get_rank(group)}/{world} Wan 2 blocks bf16: max error vs float32, one GPU {err_one:.3g}, "
+        f"context parallel {err_cp:.3g}; max |CP - one GPU| {(out - one).abs().max().item():.3g}"
+    )
+    assert err_cp <= 2 * err_one, f"context-parallel error {err_cp:.3g} > 2 x one GPU's {err_one:.3g}"

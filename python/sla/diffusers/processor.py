@@ -83,8 +83,10 @@ class SLAWanAttnProcessor(nn.Module):
         last_block_map: the map of the latest call, when ``record_block_map`` is True (or reuse is on).
 
     Context parallelism: diffusers' ``enable_parallelism`` sets ``_parallel_config`` on every processor that has
-    the attribute; ``attend`` then runs SLA through the Ulysses all-to-all of ``sla.distributed`` (docs/PYTHON.md,
-    "Sequence parallel"). ``reduce_proj_grad`` (default False) sums proj_l's gradients over the ulysses group.
+    the attribute; ``attend`` is the one method that runs the attention, and with a context-parallel configuration
+    it hands over to ``context_parallel_attention``, which runs SLA through the Ulysses all-to-all of
+    ``sla.distributed`` (docs/PYTHON.md, "Sequence parallel"). ``reduce_proj_grad`` (default False) sums proj_l's
+    gradients over the ulysses group.
     """
 
     # Read and written by diffusers: set_attention_backend (ignored by the SLA call; disable_sla hands it back to
@@ -115,7 +117,7 @@ class SLAWanAttnProcessor(nn.Module):
     ):
         super().__init__()
         self.proj_l = Float32Linear(head_dim, head_dim, device=device, dtype=torch.float32)
-        with torch.no_grad():  # zero projection: an untrained layer is sparse attention alone (docs/SPEC.md section 4)
+        with torch.no_grad():  # zero projection: an untrained layer is sparse attention alone (SPEC.md section 4)
             nn.init.zeros_(self.proj_l.weight)
             nn.init.zeros_(self.proj_l.bias)
         self.block_map: Optional[BlockMap] = None
@@ -201,30 +203,31 @@ class SLAWanAttnProcessor(nn.Module):
         return attn.to_out[1](out)
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """The attention of this layer: (B, L, H, D) q, k, v (after RoPE) to (B, L, H, D), in q's dtype.
+        """The attention of this layer: (B, L, H, D) q, k, v (after RoPE) to (B, L, H, D), in q's dtype. The one
+        place the processor runs attention: on the full sequence (``local_attention``) or, when diffusers'
+        ``enable_parallelism`` has set a context-parallel configuration, through ``context_parallel_attention``."""
+        parallel = self._parallel_config
+        if getattr(parallel, "context_parallel_config", None) is not None:
+            return self.context_parallel_attention(query, key, value, parallel)
+        return self.local_attention(query, key, value)
 
-        With diffusers' context parallelism (``enable_parallelism`` with ``ContextParallelConfig(ulysses_degree=P)``)
-        each rank holds its shard of the sequence; SLA then runs through the Ulysses path of ``sla.distributed``
-        (all-to-all to H / P heads of the full sequence, the same SLA as one process, all-to-all back), so the block
-        map and the linear branch see every token. Ring attention is refused: it merges partial outputs by their
-        log-sum-exp, which the sum of SLA's sparse and linear branches does not allow."""
-        cp = getattr(self._parallel_config, "context_parallel_config", None)
-        if cp is None:
-            return self.local_attention(query, key, value)
+    def context_parallel_attention(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, parallel_config
+    ) -> torch.Tensor:
+        """Attention when each rank holds its shard of the sequence (diffusers' ``_cp_plan`` splits the hidden
+        states and the RoPE tables on dim 1): Ulysses SLA over diffusers' ulysses mesh (``sla.distributed``:
+        all-to-all to H / P heads of the full sequence, the same SLA as one process, all-to-all back), so the block
+        map and the linear branch see every token. (B, L_rank, H, D) in and out. Ring attention is refused: it
+        merges partial outputs by their log-sum-exp, which the sum of SLA's sparse and linear branches lacks."""
+        from ..distributed import head_counts, ulysses_sparse_linear_attention
+
+        cp = parallel_config.context_parallel_config
         if cp.ring_degree > 1:
             raise NotImplementedError(
                 f"SLAWanAttnProcessor: ring attention (ring_degree = {cp.ring_degree}) cannot run SLA (its partial "
                 "outputs are merged by log-sum-exp, which SLA's linear branch does not have); use "
                 "ContextParallelConfig(ulysses_degree=...) with ring_degree = 1"
             )
-        return self.sequence_parallel_attention(query, key, value, cp)
-
-    def sequence_parallel_attention(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cp
-    ) -> torch.Tensor:
-        """Ulysses SLA over diffusers' ulysses mesh: this rank's (B, L_rank, H, D) shard in and out."""
-        from ..distributed import head_counts, ulysses_sparse_linear_attention
-
         group = cp._ulysses_mesh.get_group()
         world = dist.get_world_size(group)
         # diffusers shards with chunk() into equal parts unless ulysses_anything is set (then tensor_split, whose
