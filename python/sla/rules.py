@@ -32,7 +32,10 @@ def _per_head(name: str, value: PerHead) -> tuple[float, ...] | float:
             if isinstance(x, bool) or not isinstance(x, (int, float)):
                 raise TypeError(f"{name}: expected numbers in the per-head sequence, got {x!r}")
         return tuple(float(x) for x in value)
-    raise TypeError(f"{name}: expected a float, a sequence of floats or a 1-D tensor, got {type(value).__name__}")
+    raise TypeError(
+        f"{name}: expected a number in (0, 1] (or one per head: a sequence or a 1-D tensor), got {value!r} "
+        f"({type(value).__name__})"
+    )
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,12 @@ class BlockRule:
         negligible_threshold: float = 0.0,
         max_negligible: Optional[float] = None,
     ) -> "BlockRule":
-        if (topk is None) == (top_p is None):
+        if topk is None and top_p is None:
+            # The fixed rule's message (and type), as for any missing number; top_p is the alternative.
+            raise TypeError(
+                "topk: expected a number in (0, 1], got None (NoneType); or give top_p= for the cumulative-mass rule"
+            )
+        if topk is not None and top_p is not None:
             raise ValueError(
                 "topk/top_p: expected exactly one of them (topk: fraction of key blocks; top_p: share "
                 f"of the pooled attention), got topk={topk!r} and top_p={top_p!r}"

@@ -23,6 +23,7 @@ int dispatch(const std::vector<std::string>& args) {
     case CommandLine::Command::demo: return run_demo(cl.demo);
     case CommandLine::Command::bench: return run_bench(cl.bench);
     case CommandLine::Command::info: return run_info();
+    case CommandLine::Command::calibrate: return run_calibrate(cl.calibrate);
   }
   return kExitFailure;
 }

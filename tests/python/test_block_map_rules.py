@@ -177,7 +177,7 @@ def test_fake_kernel_gives_the_table_widths():
     "kwargs,exc,pattern",
     [
         (dict(topk=0.1, top_p=0.9), ValueError, "topk/top_p: expected exactly one"),
-        (dict(), ValueError, "topk/top_p: expected exactly one"),
+        (dict(), TypeError, r"topk: expected a number in \(0, 1\], got None"),
         (dict(topk=[0.1, 0.2, 0.3]), ValueError, r"cfg.head_topk: expected H = 2 values"),
         (dict(topk=[0.1, 1.5]), ValueError, r"cfg.head_topk\[1\]"),
         (dict(top_p=0.0), ValueError, "top_p: expected a finite value in"),

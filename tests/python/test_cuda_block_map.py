@@ -83,7 +83,7 @@ def test_rules_match_the_cpu_backend(kwargs, bq):
     assert torch.all(gpu.lut[t.expand_as(gpu.lut) >= gpu.count[..., None]] == -1)
 
 
-def test_tiled_module_on_cuda_matches_the_cpu_math():
+def test_tiled_module_on_cuda_equals_tiling_by_hand():
     grid = (4, 8, 8)
     q, k, v = (torch.randn(1, 2, 256, 64, dtype=torch.float32) for _ in range(3))
     layer = sla.SparseLinearAttention(64, top_p=0.9, max_blocks=3, video_shape=grid).cuda()

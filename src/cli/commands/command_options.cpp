@@ -49,6 +49,11 @@ struct DemoText {
   ConfigText cfg;
 };
 
+struct CalibrateText {
+  std::string block_q = "64", block_k = "64";
+  CalibrateOptions o;
+};
+
 struct BenchText {
   std::string shape = "1,4,4096,64", backend = "auto";
   int64_t b = 0, h = 0, l = 0, d = 0, lk = 0;
@@ -131,6 +136,9 @@ void demo_flags(CLI::App& app, DemoText* t) {
                  "budget",
                  integer_in(0, kMaxInt));
   add_value_flag(app, "--threads", "N", &o.threads, "0", "CPU threads; 0: all", integer_in(0, 4096));
+  add_switch(app, "--compare-rules", &o.compare_rules,
+             "also compare fixed topk with calibrated per-head topk and top_p at the same average density "
+             "(docs/BLOCK_MAP.md; CPU, calibrated on these inputs)");
   config_flags(app, &t->cfg, 0.1, "64");
   app.footer(
       "Builds a synthetic video-token workload (or loads captured Q/K/V with --qkv), predicts the SLA block map,\n"
@@ -140,7 +148,8 @@ void demo_flags(CLI::App& app, DemoText* t) {
       "Examples:\n"
       "  sla demo\n"
       "  sla demo --topk 0.05 --variant complement --negligible 0.5 --png map.png\n"
-      "  sla demo --qkv captured_layer10.npz --block-q 128\n");
+      "  sla demo --qkv captured_layer10.npz --block-q 128\n"
+      "  sla demo --compare-rules\n");
 }
 
 DemoOptions finish_demo(const CLI::App& app, DemoText& t) {
@@ -215,6 +224,55 @@ BenchOptions finish_bench(const CLI::App& app, BenchText& t) {
   return o;
 }
 
+void calibrate_flags(CLI::App& app, CalibrateText* t) {
+  CalibrateOptions& o = t->o;
+  add_value_flag(app, "--qkv", "FILE", &o.qkv_path, "",
+                 "captured Q/K/V of one layer: .npy of shape (3,B,H,L,D) or (3,H,L,D), or .npz with arrays q, k, v "
+                 "(docs/CAPTURE_QKV.md); required")
+      ->required();
+  add_value_flag(app, "--out", "PATH", &o.out_path, "sla_rules.json",
+                 "the calibration file (JSON; python's sla.apply_rules loads it)");
+  add_value_flag(app, "--png", "PATH", &o.png_path, "sla_calibration.png",
+                 "block-map picture of the chosen per-head rules");
+  add_value_flag(app, "--layer", "NAME", &o.layer, "", "the layer's name in the file (module name in the model)");
+  add_value_flag(app, "--target", "mass|error", &o.target, "mass",
+                 "mass: mean attention mass in the critical blocks >= quality; error: RMS over sampled rows of "
+                 "|O_s - O| / |O| <= quality",
+                 one_of({"mass", "error"}));
+  add_value_flag(app, "--quality", "X", &o.quality, "0.9 for mass, 0.1 for error", "the target's level",
+                 number_in(Range{0.0, 1e9, true, false}));
+  add_value_flag(app, "--rule", "topk|top_p|auto", &o.rule, "top_p",
+                 "per-head topk, per-head top_p, or the cheaper of the two", one_of({"topk", "top_p", "auto"}));
+  add_value_flag(app, "--budget", "DENSITY", &o.budget, "0",
+                 "the most average density (critical blocks / Nk over heads); 0: no budget",
+                 number_in(Range{0.0, 1.0}));
+  add_value_flag(app, "--block-q", "64|128", &t->block_q, "64", "query rows per block", one_of({"64", "128"}));
+  add_value_flag(app, "--block-k", "64|128", &t->block_k, "64", "key rows per block", one_of({"64", "128"}));
+  add_value_flag(app, "--rows", "N", &o.rows, "256", "sampled query rows per head", integer_in(1, kMaxInt));
+  add_value_flag(app, "--threads", "N", &o.threads, "0", "CPU threads; 0: all", integer_in(0, 4096));
+  app.footer(
+      "Chooses per head the cheapest block-map rule parameter (topk fraction or top_p) that meets the quality\n"
+      "target on sampled query rows against dense attention, under an optional average-density budget, and\n"
+      "writes it as a calibration file (docs/BLOCK_MAP.md). Runs on the CPU.\n\n"
+      "Examples:\n"
+      "  sla calibrate --qkv layer10.npz --layer blocks.10.attn1 --out rules.json\n"
+      "  sla calibrate --qkv layer10.npz --rule topk --target error --quality 0.05 --budget 0.1\n");
+}
+
+CalibrateOptions finish_calibrate(const CLI::App& app, CalibrateText& t) {
+  CalibrateOptions o = t.o;
+  if (o.target == "mass" && app.count("--quality") > 0 && o.quality > 1.0) {
+    std::ostringstream os;
+    os << "--quality: expected a mass share in (0, 1] with --target mass, got " << o.quality;
+    throw UsageError(os.str());
+  }
+  if (o.png_path.empty()) throw UsageError("--png: expected a file path, got ''");
+  if (o.out_path.empty()) throw UsageError("--out: expected a file path, got ''");
+  o.cfg.block_q = std::stoi(t.block_q);
+  o.cfg.block_k = std::stoi(t.block_k);
+  return o;
+}
+
 // The App with its subcommands, and the values the flags are bound to (CLI11 keeps pointers into them, so the
 // whole object stays in one place).
 class SlaApp {
@@ -229,9 +287,12 @@ class SlaApp {
         "demo", "run SLA and dense attention on a video-token workload; print a report and write a block-map PNG");
     bench_ = app_.add_subcommand("bench", "time block map, forward and backward");
     info_ = app_.add_subcommand("info", "build information and GPU availability");
-    for (CLI::App* sub : {demo_, bench_, info_}) sub->get_formatter()->column_width(kHelpColumn);
+    calibrate_ = app_.add_subcommand(
+        "calibrate", "per-head block-map rules from captured Q/K/V: a calibration file and a block-map PNG");
+    for (CLI::App* sub : {demo_, bench_, info_, calibrate_}) sub->get_formatter()->column_width(kHelpColumn);
     demo_flags(*demo_, &demo_text_);
     bench_flags(*bench_, &bench_text_);
+    calibrate_flags(*calibrate_, &calibrate_text_);
     info_->footer(
         "Prints the library's build information (version, backends, CUDA archs, head dims, dtypes) and whether a\n"
         "GPU is usable.");
@@ -274,6 +335,9 @@ class SlaApp {
     } else if (bench_->parsed()) {
       cl.command = CommandLine::Command::bench;
       cl.bench = finish_bench(*bench_, bench_text_);
+    } else if (calibrate_->parsed()) {
+      cl.command = CommandLine::Command::calibrate;
+      cl.calibrate = finish_calibrate(*calibrate_, calibrate_text_);
     } else {
       cl.command = CommandLine::Command::info;
     }
@@ -288,7 +352,7 @@ class SlaApp {
  private:
   // An argument no flag or command takes: an unknown command, an unknown flag or a stray value.
   std::string describe_extras() const {
-    for (const CLI::App* sub : {demo_, bench_, info_}) {
+    for (const CLI::App* sub : {demo_, bench_, info_, calibrate_}) {
       if (!sub->parsed() || sub->remaining().empty()) continue;
       const std::string first = sub->remaining().front();
       const std::string command = sub->get_name();
@@ -300,15 +364,17 @@ class SlaApp {
     }
     const std::vector<std::string> rest = app_.remaining();
     return "unknown command '" + (rest.empty() ? std::string() : rest.front()) +
-           "'; expected demo, bench or info (see sla --help)";
+           "'; expected demo, bench, info or calibrate (see sla --help)";
   }
 
   CLI::App app_;
   CLI::App* demo_ = nullptr;
   CLI::App* bench_ = nullptr;
   CLI::App* info_ = nullptr;
+  CLI::App* calibrate_ = nullptr;
   DemoText demo_text_;
   BenchText bench_text_;
+  CalibrateText calibrate_text_;
 };
 
 }  // namespace
@@ -339,6 +405,7 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args) {
 std::string demo_help() { return SlaApp().help("demo"); }
 std::string bench_help() { return SlaApp().help("bench"); }
 std::string info_help() { return SlaApp().help("info"); }
+std::string calibrate_help() { return SlaApp().help("calibrate"); }
 std::string main_help() { return SlaApp().help(""); }
 
 std::string version_text() { return std::string("sla ") + SLA_VERSION + "\n" + sla::build_info(); }

@@ -26,6 +26,7 @@ struct DemoOptions {
   BackendChoice backend = BackendChoice::automatic;
   int64_t ref_rows = 0;  // query rows per (batch, head) for the dense reference; 0: as many as a budget allows
   int threads = 0;       // CPU threads; 0: all
+  bool compare_rules = false;  // also compare fixed topk with calibrated per-head rules at equal density
 };
 
 struct BenchOptions {
@@ -41,12 +42,28 @@ struct BenchOptions {
   int threads = 0;
 };
 
+struct CalibrateOptions {
+  bool help = false;
+  std::string qkv_path;                          // captured Q/K/V (.npy / .npz), required
+  std::string out_path = "sla_rules.json";       // the calibration file (JSON)
+  std::string png_path = "sla_calibration.png";  // block-map picture of the chosen rules
+  std::string layer;                             // the layer's name in the file (sla.apply_rules matches it)
+  std::string target = "mass";                   // mass | error
+  double quality = 0;                            // 0: 0.9 for mass, 0.1 for error
+  std::string rule = "top_p";                    // topk | top_p | auto
+  double budget = 0;                             // average density bound; 0: none
+  sla::Config cfg;                               // block sizes (the rule fields are chosen)
+  int64_t rows = 256;                            // sampled query rows per head
+  int threads = 0;
+};
+
 // What the command line asks for. `text` holds the help or version text for those two.
 struct CommandLine {
-  enum class Command { demo, bench, info, help, version };
+  enum class Command { demo, bench, info, calibrate, help, version };
   Command command = Command::demo;
   DemoOptions demo;
   BenchOptions bench;
+  CalibrateOptions calibrate;
   std::string text;
 };
 
@@ -62,6 +79,7 @@ BenchOptions parse_bench_options(const std::vector<std::string>& args);
 std::string demo_help();
 std::string bench_help();
 std::string info_help();
+std::string calibrate_help();
 std::string main_help();
 std::string version_text();  // "sla 0.1.0 (...build information...)"
 

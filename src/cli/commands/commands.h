@@ -13,5 +13,6 @@ namespace sla_cli {
 int run_demo(const DemoOptions& options);
 int run_bench(const BenchOptions& options);
 int run_info();
+int run_calibrate(const CalibrateOptions& options);
 
 }  // namespace sla_cli

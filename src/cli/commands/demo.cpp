@@ -18,6 +18,7 @@
 #include "report/report.h"
 #include "workload/projection_fit.h"
 #include "workload/reference_attention.h"
+#include "workload/rule_calibration.h"
 #include "workload/sla_runner.h"
 #include "workload/synthetic_video.h"
 
@@ -243,6 +244,47 @@ HeadStats head_stats(int64_t h, const std::string& label, const BlockClasses& cl
   return s;
 }
 
+// --compare-rules: fixed topk against per-head topk and per-head top_p calibrated on these inputs with the fixed
+// rule's density as the budget (docs/BLOCK_MAP.md), all measured the same way on the CPU.
+void print_rule_comparison(const AttentionProblem& ap, const DemoOptions& o, int64_t rows,
+                           const std::vector<std::string>& labels) {
+  CalibrationSettings s;
+  s.rows = rows;
+  s.threads = o.threads;
+  s.target = "error";
+  s.quality = 1e-6;  // unreachable: the budget decides
+  sla::Config fixed = o.cfg;
+  const RuleQuality base = evaluate_rule(ap, fixed, s);
+  s.budget = base.mean_density;
+  struct Column {
+    std::string name;
+    RuleQuality q;
+  };
+  std::vector<Column> cols = {{"fixed topk", base}};
+  for (const char* fam : {"topk", "top_p"}) {
+    s.rule = fam;
+    std::fprintf(stderr, "calibrating per-head %s at average density %.4f...\n", fam, s.budget);
+    const LayerCalibration cal = calibrate_layer(ap, o.cfg, s, {});
+    cols.push_back({std::string("per-head ") + fam, evaluate_rule(ap, cal.config, s)});
+  }
+  std::printf("\nBlock-map rules at the same average density (calibrated on these inputs; CPU, %lld rows per head)\n",
+              static_cast<long long>(rows));
+  std::printf("%-16s", "head");
+  for (const Column& c : cols) std::printf(" | %-26s", c.name.c_str());
+  std::printf("\n%-16s", "");
+  for (std::size_t i = 0; i < cols.size(); ++i) std::printf(" | %-8s %-9s %-8s", "density", "crit.mass", "O_s err");
+  std::printf("\n");
+  for (int64_t h = 0; h < ap.heads; ++h) {
+    std::printf("%-16s",
+                h < static_cast<int64_t>(labels.size()) ? labels[h].c_str() : ("h" + std::to_string(h)).c_str());
+    for (const Column& c : cols) std::printf(" | %-8.4f %-9.4f %-8.4f", c.q.density[h], c.q.mass[h], c.q.error[h]);
+    std::printf("\n");
+  }
+  std::printf("%-16s", "mean");
+  for (const Column& c : cols) std::printf(" | %-8.4f %-9.4f %-8.4f", c.q.mean_density, c.q.mean_mass, c.q.mean_error);
+  std::printf("\n");
+}
+
 }  // namespace
 
 int run_demo(const DemoOptions& o) {
@@ -339,6 +381,10 @@ int run_demo(const DemoOptions& o) {
   progress.finish_step();
 
   print_demo_report(report, std::cout);
+  if (o.compare_rules) {
+    std::cout.flush();
+    print_rule_comparison(ap, o, std::min<int64_t>(nrows, 256), in.labels);
+  }
   // Finite inputs (load_qkv checks them) should give finite numbers; a NaN here is not a result to pass on.
   for (const HeadStats& h : report.heads) {
     if (!std::isfinite(h.err_sparse) || !std::isfinite(h.critical_mass)) {
