@@ -11,6 +11,7 @@
 #include "core/cuda_arch.h"
 #include "core/validate.h"
 #include "cuda/block_map.h"
+#include "cuda/build_switch.h"
 #include "cuda/bwd/backward.h"
 #include "cuda/common/cuda_status.h"
 #include "cuda/common/params.h"
@@ -302,37 +303,20 @@ Status forward_checked(const Problem& p, const ForwardArgs& args, const Config& 
   fp.complement = cfg.variant == Variant::complement;
 
   const int bq = cfg.block_q, bk = cfg.block_k;
-#if defined(SLA_CUDA_DTYPE_BF16) && defined(SLA_CUDA_HDIM_128)
-  if (p.dtype == DType::bf16 && p.d == 128) return fwd::launch_forward_main<__nv_bfloat16, 128>(fp, bq, bk, stream);
-#endif
-#if defined(SLA_CUDA_DTYPE_BF16) && defined(SLA_CUDA_HDIM_64)
-  if (p.dtype == DType::bf16 && p.d == 64) return fwd::launch_forward_main<__nv_bfloat16, 64>(fp, bq, bk, stream);
-#endif
-#if defined(SLA_CUDA_DTYPE_F16) && defined(SLA_CUDA_HDIM_128)
-  if (p.dtype == DType::f16 && p.d == 128) return fwd::launch_forward_main<__half, 128>(fp, bq, bk, stream);
-#endif
-#if defined(SLA_CUDA_DTYPE_F16) && defined(SLA_CUDA_HDIM_64)
-  if (p.dtype == DType::f16 && p.d == 64) return fwd::launch_forward_main<__half, 64>(fp, bq, bk, stream);
-#endif
-  (void)bq;
-  (void)bk;
-  return Status::Unsupported(std::string("forward: dtype ") + dtype_name(p.dtype) + " with head dim " +
-                             std::to_string(p.d) + " is not built for the CUDA backend");
+  return SLA_CUDA_DTYPE_SWITCH(p.dtype, Elem, "forward", [&] {
+    return SLA_CUDA_HEADDIM_SWITCH(p.d, kHeadDim, "forward", [&] {
+      return fwd::launch_forward_main<Elem, kHeadDim>(fp, bq, bk, stream);
+    });
+  });
 }
 
 }  // namespace
 
 // Backward workspace: the block-map check (with the rebuilt inverse tables) first, then the backward kernels' own.
 std::size_t backward_workspace(const Problem& p, const Config& cfg) {
-#ifdef SLA_CUDA_HAS_BWD
   WorkspaceCarver ws;
   carve_map_check(p, /*rebuild_inverse=*/true, ws);
   return ws.bytes() + bwd::workspace_bytes(p, cfg);
-#else
-  (void)p;
-  (void)cfg;
-  return 0;
-#endif
 }
 
 Status backward(const Problem& p, const BackwardArgs& caller_args, const Config& cfg, const Exec& exec) {
@@ -346,7 +330,6 @@ Status backward(const Problem& p, const BackwardArgs& caller_args, const Config&
   SLA_RETURN_IF_ERROR(check_rows_aligned("dq", args.dq));
   SLA_RETURN_IF_ERROR(check_rows_aligned("dk", args.dk));
   SLA_RETURN_IF_ERROR(check_rows_aligned("dv", args.dv));
-#ifdef SLA_CUDA_HAS_BWD
   // As in forward: check the caller's map on the device; the inverse tables are rebuilt from the checked LUT (the
   // caller's are never read), so no table can send a kernel out of bounds; a bad head's gradients become NaN.
   const cudaStream_t stream = stream_of(exec);
@@ -365,12 +348,6 @@ Status backward(const Problem& p, const BackwardArgs& caller_args, const Config&
   }
   SLA_RETURN_IF_ERROR(launch_poison_if_any(checked, checked_args.d_proj_weight, stream));
   return launch_poison_if_any(checked, checked_args.d_proj_bias, stream);
-#else
-  (void)p;
-  (void)cfg;
-  (void)exec;
-  return Status::Unsupported("backward: the CUDA backward kernels are not part of this build yet");
-#endif
 }
 
 }  // namespace sla::cuda

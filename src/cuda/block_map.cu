@@ -1,4 +1,4 @@
-// GPU block map (SPEC.md section 1). Two launches (three or four with the inverse tables), all deterministic: no
+// GPU block map (docs/SPEC.md section 1). Two launches (three or four with the inverse tables), all deterministic: no
 // float atomics, every sum in a fixed order, so two runs give the same bits.
 //   1. pool_kernel: fp32 mean of every query block, sum of every key block, and the sum of each group of key blocks
 //      (one group per CTA), reading Q and K once. This pass is bound by DRAM bandwidth; everything after it reads

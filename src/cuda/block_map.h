@@ -1,4 +1,4 @@
-// Launchers of the GPU block map (SPEC.md section 1), called by api_cuda.cu after validation.
+// Launchers of the GPU block map (docs/SPEC.md section 1), called by api_cuda.cu after validation.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -1,4 +1,4 @@
-// The SLA forward main kernel (SPEC.md sections 2-4) for sm_80+: one CTA per (query block, head, batch).
+// The SLA forward main kernel (docs/SPEC.md sections 2-4) for sm_80+: one CTA per (query block, head, batch).
 //
 // Layers:
 //   ForwardTraits      tile sizes and the shared-memory plan (kWgmma: the Hopper plan)

@@ -1,4 +1,4 @@
-// The linear-branch state pass (SPEC.md section 3), three launches:
+// The linear-branch state pass (docs/SPEC.md section 3), three launches:
 //   key_state_kernel      per (key group, h, b): partial H_g = phi(K_g)^T V_g and z_g = colsum phi(K_g), fp32
 //   head_state_kernel     per (16 rows of H, h, b): H = sum of the partials in group order (deterministic),
 //                         z likewise; writes lin_h / lin_z when saved, and for the global variant the epilogue

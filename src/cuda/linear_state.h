@@ -1,4 +1,4 @@
-// Launchers of the linear-branch state pass (SPEC.md section 3): H = phi(K)^T V and z = colsum phi(K) in fp32,
+// Launchers of the linear-branch state pass (docs/SPEC.md section 3): H = phi(K)^T V and z = colsum phi(K) in fp32,
 // reduced in a fixed order, and the epilogue operands of the forward kernel (LinearOperandLayout).
 #pragma once
 

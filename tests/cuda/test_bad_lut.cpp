@@ -395,7 +395,7 @@ void run_variant(Setup st, bool complement) {
       report(tag + mu.name, run(st, in, &r, &err) ? expect_head1_nan(st, good, r) : err);
   }
 
-  // Accepted: a permuted row (SPEC.md 7.7), and caller inverse tables full of garbage (rebuilt, never read).
+  // Accepted: a permuted row (docs/SPEC.md 7.7), and caller inverse tables full of garbage (rebuilt, never read).
   {
     HostMap m = good_map;
     std::swap(m.lut[row1 * t + 0], m.lut[row1 * t + 1]);

@@ -1,4 +1,4 @@
-// Entry points of the CUDA backward pass (SPEC.md section 5), called by src/cuda/api_cuda.cu after validation.
+// Entry points of the CUDA backward pass (docs/SPEC.md section 5), called by src/cuda/api_cuda.cu after validation.
 // Arguments are already validated by src/core/validate.cpp and cuda::check_supported.
 #pragma once
 

@@ -1,4 +1,4 @@
-// The backward pass's linear branch and projection (SPEC.md section 5), everything except the per-row epilogues
+// The backward pass's linear branch and projection (docs/SPEC.md section 5), everything except the per-row epilogues
 // that the sparse kernels apply to dq, dk, dv. With A_r = a_r / n_r (a_r = phi(q_r)) and G = W H^T:
 //   - D_r = dO_l[r] . O_l[r] = A_r . (dO_r G), so no per-row O_l W^T product is needed;
 //   - Delta_r = dO . O_s with the forward's fp32 O_s (o_sparse): no 16-bit rounding in it. A caller without
@@ -43,7 +43,7 @@ __device__ __forceinline__ RowRange row_range(const BwdParams& p, int64_t bh, in
   return r;
 }
 
-// Grid (Nq, H, B). H_i = H_all - sum over j in C_i and N_i of phi(K_j)^T V_j (SPEC.md section 3), likewise z_i;
+// Grid (Nq, H, B). H_i = H_all - sum over j in C_i and N_i of phi(K_j)^T V_j (docs/SPEC.md section 3), likewise z_i;
 // both exactly 0 when M_i is empty, which makes every n_r of the block 0 and so O_l = 0 there.
 template <class T, int D, FeatureMap F>
 __global__ void __launch_bounds__(kGemmThreads) complement_states_kernel(BwdParams p) {
@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(kRowPrepThreads) row_prep_kernel(BwdParams p, 
         const int64_t row = row0 + r;
         const WarpRow<D> a = feature_map_row<F, D>(tile_row(Smem::q, r));
         const float n = row_dot(a, load_row_f32<D>(z, lane)) + p.eps;
-        // Global: n >= eps > 0 always. Complement: a denominator <= 0 defines O_l = 0 (SPEC.md 3); a NaN one
+        // Global: n >= eps > 0 always. Complement: a denominator <= 0 defines O_l = 0 (docs/SPEC.md 3); a NaN one
         // (non-finite q or k) is no zero row and keeps the gradients NaN.
         const float inv_n = (!p.complement || !(n <= 0.f)) ? 1.f / n : 0.f;
         const WarpRow<D> d_o = tile_row(do_off, r);

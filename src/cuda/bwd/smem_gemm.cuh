@@ -1,6 +1,6 @@
 // fp32 tile products on the CUDA cores over shared-memory operands, for the linear branch of the backward pass
 // (dO W, dO G, V dH^T, phi(K) dH, and the reductions A^T dO_l, dO^T O_l). These carry fp32 states whose digits
-// matter (SPEC.md section 3), and they are a few percent of the work, so they stay in fp32.
+// matter (docs/SPEC.md section 3), and they are a few percent of the work, so they stay in fp32.
 //
 // kThreads threads (128 or 256) as a (kThreads / 16) x 16 grid; thread (tr, tc) owns rows tr + RL i (RL = kThreads /
 // 16) and columns tc + 16 c of the output. The interleaved ownership makes a half-warp read 16 consecutive words of a

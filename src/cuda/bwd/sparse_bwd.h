@@ -1,4 +1,4 @@
-// Launchers of the sparse-branch kernels (SPEC.md section 5): the dQ pass over each query block's LUT and the
+// Launchers of the sparse-branch kernels (docs/SPEC.md section 5): the dQ pass over each query block's LUT and the
 // dK/dV pass over each key block's inverse LUT. Both finish with the linear branch's share of the gradients, in
 // registers, and write dq, dk, dv once, in the input dtype. They need the outputs of linear_bwd.h's stages.
 #pragma once

@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(BQ * 2) dq_mma_kernel(BwdParams p) {
   cp_async_wait<0>();
   __syncthreads();
 
-  // Epilogue in registers: dq = s * (sum dS K) + phi-backward of da, da = (dO G - D_r z) / n_r (SPEC.md 5), with
+  // Epilogue in registers: dq = s * (sum dS K) + phi-backward of da, da = (dO G - D_r z) / n_r (docs/SPEC.md 5), with
   // u = dO G on the tensor cores (G split, staged over the K/V buffers; Q and dO tiles are still in place).
 #pragma unroll
   for (int n = 0; n < kNt; ++n)
@@ -212,7 +212,7 @@ Status launch_dq_mma(const BwdParams& p, DType dtype, FeatureMap fm, cudaStream_
       constexpr int D = decltype(dim_tag)::value;
       constexpr FeatureMap F = decltype(fm_tag)::value;
       // 64-row CTAs for both block sizes: 4 warps, two CTAs per SM, so that one CTA's prologue and epilogue
-      // overlap another's main loop (measured faster than one 8-warp CTA per 128-row block, see NOTES.md).
+      // overlap another's main loop (measured faster than one 8-warp CTA per 128-row block, see docs/PERF.md).
       if (p.bq == 64 || p.bq == 128) return launch<T, D, 64, F>(p, stream);
       return Status::Unsupported("block_q: the CUDA backward supports 64 and 128, got " + std::to_string(p.bq));
     });

@@ -181,7 +181,7 @@ __global__ void __launch_bounds__(BQ * 2, 1)
   __syncthreads();  // every warp is done with the stages: G may be staged over them
 
   // Epilogue in registers, as dq_mma_kernel: dq = s * (sum dS K) + phi-backward of da, da = (dO G - D_r z) / n_r
-  // (SPEC.md 5), with u = dO G on the tensor cores.
+  // (docs/SPEC.md 5), with u = dO G on the tensor cores.
 #pragma unroll
   for (int n = 0; n < kNt; ++n)
 #pragma unroll

@@ -1,4 +1,4 @@
-// The linear branch's feature map phi (SPEC.md sections 3 and 5) for device code, element by element.
+// The linear branch's feature map phi (docs/SPEC.md sections 3 and 5) for device code, element by element.
 // softmax needs two statistics of its row (max and 1/sum of exp(x - max)); elu+1 and relu need none, so every
 // caller computes RowStats only for softmax and passes a default-constructed one otherwise.
 #pragma once

@@ -44,7 +44,7 @@ struct ElementTraits<__half> {
 
 // fp32 state operands (H, z, W) enter the tensor cores as an unevaluated sum hi + lo of two bf16 values:
 // 16 significant bits instead of 8, and bf16's fp32 exponent range, so fp32 states neither lose most of their
-// digits nor overflow (SPEC.md section 3). hi * hi' + hi * lo' + lo * hi' then carries ~16 bits through an mma.
+// digits nor overflow (docs/SPEC.md section 3). hi * hi' + hi * lo' + lo * hi' then carries ~16 bits through an mma.
 struct SplitBf16 {
   uint32_t hi, lo;
 };

@@ -53,11 +53,6 @@ template <int kChunks>
 __device__ __forceinline__ void ldsm_a_trans(uint32_t (&r)[4], uint32_t tile, int m0, int k0, int lane) {
   ldmatrix_x4_trans(r, tile + swizzle<kChunks>(k0 + (lane & 7) + ((lane >> 4) << 3), (m0 >> 3) + ((lane >> 3) & 1)));
 }
-// B for two n-tiles (n0, n0 + 8) x k16 from an [n][k] tile (e.g. K for Q K^T): r[0..1] = tile n0, r[2..3] = n0 + 8.
-template <int kChunks>
-__device__ __forceinline__ void ldsm_b_nk(uint32_t (&r)[4], uint32_t tile, int n0, int k0, int lane) {
-  ldmatrix_x4(r, tile + swizzle<kChunks>(n0 + (lane & 7) + ((lane >> 4) << 3), (k0 >> 3) + ((lane >> 3) & 1)));
-}
 // B for two n-tiles (n0, n0 + 8) x k16 from a [k][n] tile (e.g. V for P V): r[0..1] = tile n0, r[2..3] = n0 + 8.
 template <int kChunks>
 __device__ __forceinline__ void ldsm_b_kn(uint32_t (&r)[4], uint32_t tile, int n0, int k0, int lane) {
@@ -79,7 +74,9 @@ struct LdsmLane {
     const int row = lane & 15;
     return static_cast<uint32_t>(row * kRowBytes + (((lane >> 4) ^ (row & 7)) << 4));
   }
-  static __device__ __forceinline__ uint32_t b_nk(int lane) {  // as ldsm_b_nk
+  // B for two n-tiles x k16 from an [n][k] tile (e.g. K for Q K^T): rows n0 + (lane & 7) + 8 (lane >> 4), chunk
+  // (k0 >> 3) + ((lane >> 3) & 1).
+  static __device__ __forceinline__ uint32_t b_nk(int lane) {
     const int row = (lane & 7) + ((lane >> 4) << 3);
     return static_cast<uint32_t>(row * kRowBytes + ((((lane >> 3) & 1) ^ (lane & 7)) << 4));
   }
