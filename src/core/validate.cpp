@@ -443,6 +443,32 @@ Status validate_rule(const Config& cfg) {
   return Status::Ok();
 }
 
+// The negligible tables of a caller's map: absent together with their inverse pair, or shaped like the critical
+// table (B, H, Nq as b, h, dq) with Tn <= Nk - T; `nk1` says where Nk + 1 comes from. Sets s->negligible.
+Status check_negligible_tables(const BlockMap& m, const Dim& b, const Dim& h, const Dim& dq, int64_t nk, int64_t t,
+                               const Dim& nk1, const TensorView& ref, BlockMapShape* s) {
+  if (!m.negl_lut.present()) {
+    const std::string why = "because map.negl_lut is absent";
+    SLA_RETURN_IF_ERROR(check_absent("map.negl_count", m.negl_count, why));
+    SLA_RETURN_IF_ERROR(check_absent("map.negl_inv_offset", m.negl_inv_offset, why));
+    return check_absent("map.negl_inv_index", m.negl_inv_index, why);
+  }
+  SLA_RETURN_IF_ERROR(check_structure("map.negl_lut", m.negl_lut, {"B", "H", "Nq", "Tn"}));
+  const int64_t tn = m.negl_lut.shape[3];
+  if (tn > nk - t) {
+    return Status::Invalid(cat("map.negl_lut: expected shape[3] (Tn) <= Nk - T = ", nk - t, ", got ", tn));
+  }
+  s->negligible = tn;
+  SLA_RETURN_IF_ERROR(check_table("map.negl_lut", m.negl_lut, {b, h, dq, {tn, "Tn", nullptr}}, ref, "map.lut"));
+  SLA_RETURN_IF_ERROR(check_table("map.negl_count", m.negl_count, {b, h, dq}, ref, "map.lut"));
+  if (!m.negl_inv_offset.present() && !m.negl_inv_index.present()) return Status::Ok();
+  SLA_RETURN_IF_ERROR(check_pair("map.negl_inv_offset", m.negl_inv_offset, "map.negl_inv_index", m.negl_inv_index));
+  SLA_RETURN_IF_ERROR(check_int32_range(*s, false, true));
+  SLA_RETURN_IF_ERROR(check_table("map.negl_inv_offset", m.negl_inv_offset, {b, h, nk1}, ref, "map.lut"));
+  return check_table("map.negl_inv_index", m.negl_inv_index, {b, h, {dq.size * tn, "Nq * Tn", nullptr}}, ref,
+                     "map.lut");
+}
+
 }  // namespace
 
 int64_t topk_block_count(double topk, int64_t k_blocks) {
@@ -603,29 +629,7 @@ Status validate_invert(const BlockMap& m, Problem* p) {
   SLA_RETURN_IF_ERROR(check_int32_range(s, true, false));
   SLA_RETURN_IF_ERROR(check_table("map.inv_index", m.inv_index, {b, h, {nq * t, "Nq * T", nullptr}}, ref, "map.lut"));
 
-  if (!m.negl_lut.present()) {
-    const std::string why = "because map.negl_lut is absent";
-    SLA_RETURN_IF_ERROR(check_absent("map.negl_count", m.negl_count, why));
-    SLA_RETURN_IF_ERROR(check_absent("map.negl_inv_offset", m.negl_inv_offset, why));
-    SLA_RETURN_IF_ERROR(check_absent("map.negl_inv_index", m.negl_inv_index, why));
-  } else {
-    SLA_RETURN_IF_ERROR(check_structure("map.negl_lut", m.negl_lut, {"B", "H", "Nq", "Tn"}));
-    const int64_t tn = m.negl_lut.shape[3];
-    if (tn > nk - t) {
-      return Status::Invalid(cat("map.negl_lut: expected shape[3] (Tn) <= Nk - T = ", nk - t, ", got ", tn));
-    }
-    s.negligible = tn;
-    SLA_RETURN_IF_ERROR(check_table("map.negl_lut", m.negl_lut, {b, h, dq, {tn, "Tn", nullptr}}, ref, "map.lut"));
-    SLA_RETURN_IF_ERROR(check_table("map.negl_count", m.negl_count, {b, h, dq}, ref, "map.lut"));
-    if (m.negl_inv_offset.present() || m.negl_inv_index.present()) {
-      SLA_RETURN_IF_ERROR(check_pair("map.negl_inv_offset", m.negl_inv_offset, "map.negl_inv_index", m.negl_inv_index));
-      SLA_RETURN_IF_ERROR(check_int32_range(s, false, true));
-      SLA_RETURN_IF_ERROR(check_table("map.negl_inv_offset", m.negl_inv_offset,
-                                      {b, h, {nk + 1, "Nk + 1", "map.inv_offset"}}, ref, "map.lut"));
-      SLA_RETURN_IF_ERROR(
-          check_table("map.negl_inv_index", m.negl_inv_index, {b, h, {nq * tn, "Nq * Tn", nullptr}}, ref, "map.lut"));
-    }
-  }
+  SLA_RETURN_IF_ERROR(check_negligible_tables(m, b, h, dq, nk, t, {nk + 1, "Nk + 1", "map.inv_offset"}, ref, &s));
   Problem r;
   r.batch = batch;
   r.heads = heads;
@@ -666,28 +670,7 @@ Status validate_check_map(const BlockMap& m, int64_t k_blocks, Problem* p) {
     SLA_RETURN_IF_ERROR(check_table("map.inv_offset", m.inv_offset, {b, h, nk1}, ref, "map.lut"));
     SLA_RETURN_IF_ERROR(check_table("map.inv_index", m.inv_index, {b, h, {nq * t, "Nq * T", nullptr}}, ref, "map.lut"));
   }
-  if (!m.negl_lut.present()) {
-    const std::string why = "because map.negl_lut is absent";
-    SLA_RETURN_IF_ERROR(check_absent("map.negl_count", m.negl_count, why));
-    SLA_RETURN_IF_ERROR(check_absent("map.negl_inv_offset", m.negl_inv_offset, why));
-    SLA_RETURN_IF_ERROR(check_absent("map.negl_inv_index", m.negl_inv_index, why));
-  } else {
-    SLA_RETURN_IF_ERROR(check_structure("map.negl_lut", m.negl_lut, {"B", "H", "Nq", "Tn"}));
-    const int64_t tn = m.negl_lut.shape[3];
-    if (tn > k_blocks - t) {
-      return Status::Invalid(cat("map.negl_lut: expected shape[3] (Tn) <= Nk - T = ", k_blocks - t, ", got ", tn));
-    }
-    s.negligible = tn;
-    SLA_RETURN_IF_ERROR(check_table("map.negl_lut", m.negl_lut, {b, h, dq, {tn, "Tn", nullptr}}, ref, "map.lut"));
-    SLA_RETURN_IF_ERROR(check_table("map.negl_count", m.negl_count, {b, h, dq}, ref, "map.lut"));
-    if (m.negl_inv_offset.present() || m.negl_inv_index.present()) {
-      SLA_RETURN_IF_ERROR(check_pair("map.negl_inv_offset", m.negl_inv_offset, "map.negl_inv_index", m.negl_inv_index));
-      SLA_RETURN_IF_ERROR(check_int32_range(s, false, true));
-      SLA_RETURN_IF_ERROR(check_table("map.negl_inv_offset", m.negl_inv_offset, {b, h, nk1}, ref, "map.lut"));
-      SLA_RETURN_IF_ERROR(
-          check_table("map.negl_inv_index", m.negl_inv_index, {b, h, {nq * tn, "Nq * Tn", nullptr}}, ref, "map.lut"));
-    }
-  }
+  SLA_RETURN_IF_ERROR(check_negligible_tables(m, b, h, dq, k_blocks, t, nk1, ref, &s));
   Problem r;
   r.batch = batch;
   r.heads = heads;
