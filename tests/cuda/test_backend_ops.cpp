@@ -1115,7 +1115,7 @@ uint64_t mix_seed(uint64_t seed, uint64_t index) {
   return z ^ (z >> 31);
 }
 
-// One configuration over the whole option space the API accepts (SPEC.md section 6), from its own seed.
+// One configuration over the whole option space the API accepts (docs/SPEC.md section 6), from its own seed.
 Case draw_case(uint64_t case_seed, const FuzzLimits& lim) {
   std::mt19937_64 rng(case_seed);
   auto uni = [&](double lo, double hi) {

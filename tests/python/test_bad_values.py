@@ -27,7 +27,7 @@ def dense_attention(q, k, v, scale=None):
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 @pytest.mark.parametrize("where", ["q", "k", "v"])
 def test_non_finite_input_propagates_like_dense_attention(variant, value, where):
-    # topk = 1 and W = b = 0: O equals dense attention (SPEC.md 7.1), so it must be NaN exactly where dense is.
+    # topk = 1 and W = b = 0: O equals dense attention (docs/SPEC.md 7.1), so it must be NaN exactly where dense is.
     q, k, v = make_qkv(1, 2, 150, 150, 16)
     t = {"q": q, "k": k, "v": v}[where]
     t[0, 0, 5, 3] = value
@@ -95,7 +95,7 @@ def test_empty_row_is_still_zero():
 
 
 def test_complement_empty_marginal_is_still_zero_even_with_nan_in_k():
-    # topk = 1 in the complement variant: M_i is empty, O_l is exactly 0 by definition (SPEC.md 3); a NaN key does
+    # topk = 1 in the complement variant: M_i is empty, O_l is exactly 0 by definition (docs/SPEC.md 3); a NaN key does
     # reach O through the sparse branch, but the linear branch adds a true zero, not NaN from an empty sum.
     q, k, v = make_qkv(1, 1, 128, 128, 16)
     w, b = make_projection(16)
@@ -258,7 +258,7 @@ def test_bad_lut_is_rejected_with_its_row_and_value(name, mutate, pattern):
 
 
 def test_unsorted_lut_row_is_accepted():
-    # SPEC.md 7.7: permuting a LUT row changes O only by rounding; it is not an error.
+    # docs/SPEC.md 7.7: permuting a LUT row changes O only by rounding; it is not an error.
     good = lut_map()
     perm = lut_map(lambda l, c: l.copy_(l.flip(-1)))
     sla.check_block_map(perm.with_inverse())
