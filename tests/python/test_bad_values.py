@@ -332,9 +332,9 @@ def qkv():
 @pytest.mark.parametrize(
     "kwargs,exc,pattern",
     [
-        (dict(topk=None), ValueError, r"topk/top_p: expected exactly one of them"),
-        (dict(topk="0.5"), TypeError, "topk: expected a float"),
-        (dict(topk=True), TypeError, "topk: expected a float"),
+        (dict(topk=None), TypeError, r"topk: expected a number in \(0, 1\], got None .*or give top_p="),
+        (dict(topk="0.5"), TypeError, r"topk: expected a number in \(0, 1\] .*got '0.5' \(str\)"),
+        (dict(topk=True), TypeError, r"topk: expected a number in \(0, 1\] .*got True \(bool\)"),
         (dict(topk=[0.5, None]), TypeError, "topk: expected numbers in the per-head sequence, got None"),
         (dict(negligible_threshold=None), TypeError, "negligible_threshold: expected a number"),
         (dict(max_negligible="all"), TypeError, "max_negligible: expected a number"),
@@ -366,7 +366,7 @@ def test_option_messages_name_the_argument(qkv, kwargs, exc, pattern):
 
 def test_block_map_option_messages(qkv):
     q, k, _ = qkv
-    with pytest.raises(ValueError, match=r"topk/top_p: expected exactly one of them"):
+    with pytest.raises(TypeError, match=r"topk: expected a number in \(0, 1\], got None .*or give top_p="):
         sla.block_map(q, k, topk=None)
     with pytest.raises(TypeError, match="negligible: expected a number"):
         sla.block_map(q, k, topk=0.5, negligible=None)
