@@ -37,18 +37,7 @@ def keep_the_active_attention_backend():
     _AttentionBackendRegistry._active_backend = active
 
 
-TINY = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=16,
-    in_channels=4,
-    out_channels=4,
-    text_dim=32,
-    freq_dim=16,
-    ffn_dim=64,
-    num_layers=2,
-    rope_max_seq_len=32,
-)
+TINY = sd.wan_config("tiny")
 BLOCKS = dict(block_q=16, block_k=16)  # 48 tokens: 3 x 3 blocks, so that topk < 1 is really sparse
 
 
@@ -465,17 +454,7 @@ def test_bench_dit_smoke_runs_on_the_cpu(tmp_path):
 
 # ---- GPU: two blocks of Wan2.1-1.3B ------------------------------------------------------------------------------
 
-WAN13_2BLOCKS = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=12,
-    attention_head_dim=128,
-    in_channels=16,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    ffn_dim=8960,
-    num_layers=2,
-)
+WAN13_2BLOCKS = sd.wan_config("1.3B", num_layers=2)
 
 
 def gpu_inputs(dtype, frames=6, height=48, width=64):
