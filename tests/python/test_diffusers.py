@@ -45,6 +45,15 @@ def tiny(dtype=torch.float64, **overrides):
     return WanTransformer3DModel(**{**TINY, **overrides}).to(dtype)
 
 
+def test_wan_config_names_and_overrides():
+    assert sd.wan_config("1.3B")["num_layers"] == 30 and sd.wan_config("14B")["num_attention_heads"] == 40
+    two = sd.wan_config("1.3B", num_layers=2)
+    two["ffn_dim"] = 1
+    assert two["num_layers"] == 2 and sd.wan_config("1.3B")["ffn_dim"] == 8960  # a fresh dict on every call
+    with pytest.raises(ValueError, match="wan_config: name must be one of '1.3B', '14B', 'tiny', got '7B'"):
+        sd.wan_config("7B")
+
+
 def inputs(dtype=torch.float64, batch=1, device="cpu"):
     latents = torch.randn(batch, 4, 3, 8, 8, dtype=dtype, device=device)  # 3 x 4 x 4 = 48 tokens
     timestep = torch.tensor([500.0] * batch, device=device)
