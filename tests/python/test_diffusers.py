@@ -298,30 +298,12 @@ def test_block_map_reuse_and_caller_supplied_maps():
     proc.block_map = sla.BlockMap.from_lut(lut, k_blocks=3, block_q=16, block_k=16)
     q, k, v = (torch.randn(1, 48, 2, 16, dtype=torch.float64) for _ in range(3))
     got = proc.attend(q, k, v)
-    want = sla.sparse_linear_attention(
-        q,
-        k,
-        v,
-        topk=0.5,
-        block_q=16,
-        block_k=16,
-        layout="BLHD",
-        proj_weight=proc.proj_l.weight,
-        proj_bias=proc.proj_l.bias,
-        block_map=proc.block_map,
+    options = dict(
+        topk=0.5, block_q=16, block_k=16, layout="BLHD", proj_weight=proc.proj_l.weight, proj_bias=proc.proj_l.bias
     )
+    want = sla.sparse_linear_attention(q, k, v, **options, block_map=proc.block_map)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    unmasked = sla.sparse_linear_attention(
-        q,
-        k,
-        v,
-        topk=0.5,
-        block_q=16,
-        block_k=16,
-        layout="BLHD",
-        proj_weight=proc.proj_l.weight,
-        proj_bias=proc.proj_l.bias,
-    )
+    unmasked = sla.sparse_linear_attention(q, k, v, **options)
     assert (got - unmasked).abs().max() > 1e-6
     sd.set_block_maps(model, None)
     assert proc.block_map is None
