@@ -35,69 +35,14 @@ import time
 
 import torch
 
-# Published Wan2.1 configurations (Wan-AI/Wan2.1-T2V-{1.3B,14B}-Diffusers transformer/config.json) and the
-# benchmark shapes: latent (C, F, H, W) after the VAE (8x spatial, 4x temporal), SLA topk.
+# The benchmark shapes of the published Wan2.1 configurations (sla.diffusers.wan_config): latent (C, F, H, W) after
+# the VAE (8x spatial, 4x temporal), SLA topk.
 MODELS = {
-    "1.3B": dict(
-        config=dict(
-            patch_size=(1, 2, 2),
-            num_attention_heads=12,
-            attention_head_dim=128,
-            in_channels=16,
-            out_channels=16,
-            text_dim=4096,
-            freq_dim=256,
-            ffn_dim=8960,
-            num_layers=30,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            eps=1e-6,
-            rope_max_seq_len=1024,
-        ),
-        latents=(16, 21, 60, 104),
-        what="480p x 81 frames",
-        topk=0.05,
-    ),
-    "14B": dict(
-        config=dict(
-            patch_size=(1, 2, 2),
-            num_attention_heads=40,
-            attention_head_dim=128,
-            in_channels=16,
-            out_channels=16,
-            text_dim=4096,
-            freq_dim=256,
-            ffn_dim=13824,
-            num_layers=40,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            eps=1e-6,
-            rope_max_seq_len=1024,
-        ),
-        latents=(16, 21, 90, 160),
-        what="720p x 81 frames",
-        topk=0.1,
-    ),
+    "1.3B": dict(latents=(16, 21, 60, 104), what="480p x 81 frames", topk=0.05),
+    "14B": dict(latents=(16, 21, 90, 160), what="720p x 81 frames", topk=0.1),
+    # --smoke: the tiny configuration with the same code paths, runnable on the CPU (what the CPU test runs).
+    "smoke": dict(config="tiny", latents=(4, 3, 16, 16), what="tiny", topk=0.5, text=(8, 32)),
 }
-# --smoke: a tiny configuration with the same code paths, runnable on the CPU (what the CPU test runs).
-MODELS["smoke"] = dict(
-    config=dict(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=4,
-        out_channels=4,
-        text_dim=32,
-        freq_dim=16,
-        ffn_dim=64,
-        num_layers=2,
-        rope_max_seq_len=64,
-    ),
-    latents=(4, 3, 16, 16),
-    what="tiny",
-    topk=0.5,
-    text=(8, 32),
-)
 TEXT_TOKENS, TEXT_DIM = 512, 4096  # umT5 context of Wan2.1
 BLOCK_Q, BLOCK_K = 128, 64
 DEVICE = "cuda"
@@ -118,7 +63,9 @@ def tokens_of(latents, patch=(1, 2, 2)):
 def build_model(name: str, dtype: torch.dtype):
     from diffusers import WanTransformer3DModel
 
-    cfg = MODELS[name]["config"]
+    from sla.diffusers import wan_config
+
+    cfg = wan_config(MODELS[name].get("config", name))
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # random init directly in the target dtype, on the GPU: no 2x fp32 copy
     try:

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import torch
 
+from ._options import check_same_device
 from ._shapes import block_map_sizes
 from .rules import table_widths
+
+# Every fake checks its tensors' devices (check_same_device) as the real ops do: a meta tensor among real ones would
+# otherwise route the call here and hand back uninitialised memory.
 
 
 def _check_rank(name: str, t: torch.Tensor, rank: int, dims: str) -> None:
@@ -25,19 +29,6 @@ _TABLE_NAMES = (
     "negl_inv_offset",
     "negl_inv_index",
 )
-
-
-def _check_devices(*named) -> None:
-    """Every (name, tensor or None) on one device, as the real ops require: a meta tensor among real ones would
-    otherwise route the call here and hand back uninitialised memory."""
-    ref_name, ref = None, None
-    for name, t in named:
-        if t is None:
-            continue
-        if ref is None:
-            ref_name, ref = name, t
-        elif t.device != ref.device:
-            raise ValueError(f"{name}: expected device {ref.device} like {ref_name}, got {t.device}")
 
 
 def _with_attention_strides(t: torch.Tensor) -> torch.Tensor:
@@ -88,7 +79,7 @@ def _block_map_fake(
 ):
     _check_rank("q", q, 4, "(B, H, Lq, D)")
     _check_rank("k", k, 4, "(B, H, Lk, D)")
-    _check_devices(("q", q), ("k", k))
+    check_same_device(("q", q), ("k", k))
     b, h, lq, lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     nq, nk, _, _ = block_map_sizes(lq, lk, block_q, block_k, topk, negligible, variant)
     # The widths of the adaptive rules (docs/BLOCK_MAP.md); with the defaults they are the fixed rule's T and Tn.
@@ -122,7 +113,7 @@ def _block_map_fake(
 def _invert_block_map_fake(lut, count, negl_lut, negl_count, k_blocks):
     _check_rank("lut", lut, 4, "(B, H, Nq, T)")
     _check_rank("negl_lut", negl_lut, 4, "(B, H, Nq, Tn)")
-    _check_devices(("lut", lut), ("count", count), ("negl_lut", negl_lut), ("negl_count", negl_count))
+    check_same_device(("lut", lut), ("count", count), ("negl_lut", negl_lut), ("negl_count", negl_count))
     if k_blocks < 1:
         raise ValueError(f"k_blocks: expected Nk >= 1, got {k_blocks}")
     b, h, nq, t = lut.shape
@@ -141,7 +132,7 @@ def _check_block_map_fake(
     lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index, k_blocks
 ):
     # The contents are data: nothing to check at trace time but the devices.
-    _check_devices(
+    check_same_device(
         *zip(_TABLE_NAMES, (lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index))
     )
 
@@ -175,7 +166,7 @@ def _forward_fake(
     _check_rank("k", k, 4, "(B, H, Lk, D)")
     _check_rank("v", v, 4, "(B, H, Lk, Dv)")
     tables = (lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index)
-    _check_devices(
+    check_same_device(
         ("q", q), ("k", k), ("v", v), ("proj_weight", proj_weight), ("proj_bias", proj_bias), *zip(_TABLE_NAMES, tables)
     )
     b, h, lq, d = q.shape
@@ -231,7 +222,7 @@ def _backward_fake(
     _check_rank("k", k, 4, "(B, H, Lk, D)")
     _check_rank("v", v, 4, "(B, H, Lk, Dv)")
     tables = (lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index)
-    _check_devices(
+    check_same_device(
         ("grad_o", grad_o),
         ("q", q),
         ("k", k),

@@ -64,6 +64,15 @@ def check_rule_numbers(negligible: object, negligible_threshold: object, max_neg
         check_number("max_negligible", max_negligible, "in [0, 1] or None")
 
 
+def check_scale(scale: object) -> None:
+    """The softmax scale: None (1/sqrt(D)) or a finite number > 0 (bool excluded). The library reads 0 as
+    "1/sqrt(D)"; in Python that meaning belongs to None alone."""
+    if scale is not None and (
+        isinstance(scale, bool) or not (isinstance(scale, (int, float)) and 0 < scale < float("inf"))
+    ):
+        raise ValueError(f"scale: expected a finite number > 0 or None, got {scale!r}")
+
+
 def check_block_size(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name}: expected an int block size (64 or 128), got {value!r} ({type(value).__name__})")

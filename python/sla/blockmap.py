@@ -188,8 +188,7 @@ def block_map(
         )
     elif not isinstance(rule, BlockRule):
         raise TypeError(f"rule: expected an sla.BlockRule, got {type(rule).__name__}")
-    if scale is not None and not (isinstance(scale, (int, float)) and 0 < scale < float("inf")):
-        raise ValueError(f"scale: expected a finite number > 0 or None, got {scale!r}")
+    _options.check_scale(scale)
     qh = _options.to_bhld(q.detach(), layout)
     kh = _options.to_bhld(k.detach(), layout)
     a = rule.op_args()

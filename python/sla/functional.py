@@ -89,11 +89,7 @@ def sparse_linear_attention(
     check_no_forward_ad("sla.sparse_linear_attention", q=q, k=k, v=v, proj_weight=proj_weight, proj_bias=proj_bias)
     _options.check_choice("variant", variant, _options.VARIANTS)
     _options.check_feature_map(feature_map)
-    if scale is not None and (
-        isinstance(scale, bool) or not (isinstance(scale, (int, float)) and 0 < scale < float("inf"))
-    ):
-        # The library reads scale == 0 as "1/sqrt(D)"; here that meaning belongs to None alone.
-        raise ValueError(f"scale: expected a finite number > 0 or None, got {scale!r}")
+    _options.check_scale(scale)
     if block_map is not None and not isinstance(block_map, BlockMap):
         raise TypeError(f"block_map: expected an sla.BlockMap, got {type(block_map).__name__}")
     if block_map is not None:

@@ -234,19 +234,6 @@ def _check_errors(group) -> None:
         raise AssertionError("no error for seq_lens of the wrong length")
 
 
-# A tiny Wan (2 blocks, 4 heads of 16) for diffusers' context parallelism over all ranks of the spawn.
-TINY_WAN = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=4,
-    attention_head_dim=16,
-    in_channels=4,
-    out_channels=4,
-    text_dim=32,
-    freq_dim=16,
-    ffn_dim=64,
-    num_layers=2,
-    rope_max_seq_len=32,
-)
 # 3 x 4 x 4 = 48 tokens: equal shards (diffusers' chunk). Ragged shards (ulysses_anything) need NCCL in diffusers
 # (its output gather all-gathers tensors of different sizes, which gloo refuses): tests/python/test_distributed_gpu.py.
 WAN_CASES = {"wan-ulysses": (8, 8, False)}
@@ -272,7 +259,8 @@ def _check_wan(world: int, height: int, width: int, anything: bool) -> None:
         # imported (every Wan pipeline imports it for the text encoder); this test imports only diffusers.
         logging.Logger.warning_once = logging.Logger.warning
     torch.manual_seed(0)
-    model = sdf.enable_sla(WanTransformer3DModel(**TINY_WAN).double(), topk=0.5, block_q=16, block_k=16)
+    tiny = WanTransformer3DModel(**sdf.wan_config("tiny", num_attention_heads=4))  # 4 heads: one per rank of 4
+    model = sdf.enable_sla(tiny.double(), topk=0.5, block_q=16, block_k=16)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for proc in sdf.sla_processors(model).values():

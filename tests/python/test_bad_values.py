@@ -372,6 +372,8 @@ def test_block_map_option_messages(qkv):
         sla.block_map(q, k, topk=0.5, negligible=None)
     with pytest.raises(TypeError, match="block_k: expected an int"):
         sla.block_map(q, k, topk=0.5, block_k=None)
+    with pytest.raises(ValueError, match="scale: expected a finite number > 0"):
+        sla.block_map(q, k, topk=0.5, scale=True)  # the same check as sla.sparse_linear_attention's
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])

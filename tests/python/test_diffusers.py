@@ -37,23 +37,21 @@ def keep_the_active_attention_backend():
     _AttentionBackendRegistry._active_backend = active
 
 
-TINY = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=16,
-    in_channels=4,
-    out_channels=4,
-    text_dim=32,
-    freq_dim=16,
-    ffn_dim=64,
-    num_layers=2,
-    rope_max_seq_len=32,
-)
+TINY = sd.wan_config("tiny")
 BLOCKS = dict(block_q=16, block_k=16)  # 48 tokens: 3 x 3 blocks, so that topk < 1 is really sparse
 
 
 def tiny(dtype=torch.float64, **overrides):
     return WanTransformer3DModel(**{**TINY, **overrides}).to(dtype)
+
+
+def test_wan_config_names_and_overrides():
+    assert sd.wan_config("1.3B")["num_layers"] == 30 and sd.wan_config("14B")["num_attention_heads"] == 40
+    two = sd.wan_config("1.3B", num_layers=2)
+    two["ffn_dim"] = 1
+    assert two["num_layers"] == 2 and sd.wan_config("1.3B")["ffn_dim"] == 8960  # a fresh dict on every call
+    with pytest.raises(ValueError, match="wan_config: name must be one of '1.3B', '14B', 'tiny', got '7B'"):
+        sd.wan_config("7B")
 
 
 def inputs(dtype=torch.float64, batch=1, device="cpu"):
@@ -300,30 +298,12 @@ def test_block_map_reuse_and_caller_supplied_maps():
     proc.block_map = sla.BlockMap.from_lut(lut, k_blocks=3, block_q=16, block_k=16)
     q, k, v = (torch.randn(1, 48, 2, 16, dtype=torch.float64) for _ in range(3))
     got = proc.attend(q, k, v)
-    want = sla.sparse_linear_attention(
-        q,
-        k,
-        v,
-        topk=0.5,
-        block_q=16,
-        block_k=16,
-        layout="BLHD",
-        proj_weight=proc.proj_l.weight,
-        proj_bias=proc.proj_l.bias,
-        block_map=proc.block_map,
+    options = dict(
+        topk=0.5, block_q=16, block_k=16, layout="BLHD", proj_weight=proc.proj_l.weight, proj_bias=proc.proj_l.bias
     )
+    want = sla.sparse_linear_attention(q, k, v, **options, block_map=proc.block_map)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    unmasked = sla.sparse_linear_attention(
-        q,
-        k,
-        v,
-        topk=0.5,
-        block_q=16,
-        block_k=16,
-        layout="BLHD",
-        proj_weight=proc.proj_l.weight,
-        proj_bias=proc.proj_l.bias,
-    )
+    unmasked = sla.sparse_linear_attention(q, k, v, **options)
     assert (got - unmasked).abs().max() > 1e-6
     sd.set_block_maps(model, None)
     assert proc.block_map is None
@@ -465,17 +445,7 @@ def test_bench_dit_smoke_runs_on_the_cpu(tmp_path):
 
 # ---- GPU: two blocks of Wan2.1-1.3B ------------------------------------------------------------------------------
 
-WAN13_2BLOCKS = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=12,
-    attention_head_dim=128,
-    in_channels=16,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    ffn_dim=8960,
-    num_layers=2,
-)
+WAN13_2BLOCKS = sd.wan_config("1.3B", num_layers=2)
 
 
 def gpu_inputs(dtype, frames=6, height=48, width=64):

@@ -129,22 +129,7 @@ def test_diffusers_wan_context_parallel_matches_one_gpu(group):
     if world > 12:
         pytest.skip(f"12 heads cannot be spread over {world} ranks")
     torch.manual_seed(0)
-    config = dict(
-        patch_size=(1, 2, 2),
-        num_attention_heads=12,
-        attention_head_dim=128,
-        in_channels=16,
-        out_channels=16,
-        text_dim=4096,
-        freq_dim=256,
-        ffn_dim=8960,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-        rope_max_seq_len=1024,
-    )
-    reference = WanTransformer3DModel(**config).to("cuda")
+    reference = WanTransformer3DModel(**sdf.wan_config("1.3B", num_layers=2)).to("cuda")
     sdf.enable_sla(reference, topk=0.1)
     gen = torch.Generator(device="cuda").manual_seed(1)
     with torch.no_grad():

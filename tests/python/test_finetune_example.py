@@ -14,19 +14,9 @@ import torch
 pytest.importorskip("diffusers", reason="diffusers is not installed (pip install 'diffusers>=0.35')")
 from safetensors.torch import load_file, save_file  # noqa: E402  (a dependency of diffusers)
 
+from sla.diffusers import wan_config  # noqa: E402
+
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "finetune_wan.py")
-TINY = dict(
-    patch_size=[1, 2, 2],
-    num_attention_heads=2,
-    attention_head_dim=16,
-    in_channels=4,
-    out_channels=4,
-    text_dim=32,
-    freq_dim=16,
-    ffn_dim=64,
-    num_layers=2,
-    rope_max_seq_len=32,
-)
 
 
 def load_example():
@@ -46,7 +36,7 @@ def workspace(tmp_path):
             str(data / f"{i:06d}.safetensors"),
         )
     config = tmp_path / "config.json"
-    config.write_text(json.dumps(TINY))
+    config.write_text(json.dumps(wan_config("tiny")))
     return tmp_path, data, config
 
 

@@ -16,6 +16,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "sla.diffusers needs diffusers >= 0.35: pip install 'sla-attention[diffusers]' (or pip install diffusers)"
     ) from exc
 
+from .configs import wan_config
 from .processor import Float32Linear, SLAWanAttnProcessor
 from .turbodiffusion import convert_turbodiffusion_state_dict, load_turbodiffusion, read_checkpoint
 from .wan import disable_sla, enable_sla, recorded_block_maps, self_attention_layers, set_block_maps, sla_processors
@@ -32,4 +33,5 @@ __all__ = [
     "self_attention_layers",
     "set_block_maps",
     "sla_processors",
+    "wan_config",
 ]

@@ -234,8 +234,7 @@ class SLAWanAttnProcessor(nn.Module):
         # shard lengths are gathered by the SLA call).
         seq_lens = None if cp.ulysses_anything else [query.shape[1]] * world
         dtype = query.dtype
-        if query.is_cuda and dtype not in _CUDA_DTYPES:
-            query, key, value = (t.to(self.cuda_dtype) for t in (query, key, value))
+        query, key, value = self._kernel_inputs(query, key, value)
         b, l_local, h, _ = query.shape
         if seq_lens is not None:
             h_mine = head_counts(h, world)[dist.get_rank(group)]
@@ -246,22 +245,10 @@ class SLAWanAttnProcessor(nn.Module):
             query,
             key,
             value,
-            topk=self.topk,
             group=group,
             seq_lens=seq_lens,
             reduce_proj_grad=self.reduce_proj_grad,
-            block_q=self.block_q,
-            block_k=self.block_k,
-            feature_map=self.feature_map,
-            variant=self.variant,
-            negligible=self.negligible,
-            layout="BLHD",
-            scale=self.scale,
-            eps=self.eps,
-            proj_weight=self.proj_l.weight,
-            proj_bias=self.proj_l.bias,
-            block_map=bmap,
-            return_block_map=True,
+            **self._sla_options(bmap),
         )
         self._remember(used)
         return out.to(dtype)
@@ -269,14 +256,22 @@ class SLAWanAttnProcessor(nn.Module):
     def local_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """SLA over the full sequence held by this process: (B, L, H, D) in and out."""
         dtype = query.dtype
-        if query.is_cuda and dtype not in _CUDA_DTYPES:
-            query, key, value = (t.to(self.cuda_dtype) for t in (query, key, value))
+        query, key, value = self._kernel_inputs(query, key, value)
         b, lq, h, _ = query.shape
         bmap = self._map_for_call(b, h, lq, key.shape[1])
-        out, used = sparse_linear_attention(
-            query,
-            key,
-            value,
+        out, used = sparse_linear_attention(query, key, value, **self._sla_options(bmap))
+        self._remember(used)
+        return out.to(dtype)
+
+    def _kernel_inputs(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+        """q, k, v in a dtype the CUDA kernels run (``cuda_dtype`` unless bf16 / fp16 already); CPU ones as given."""
+        if query.is_cuda and query.dtype not in _CUDA_DTYPES:
+            return tuple(t.to(self.cuda_dtype) for t in (query, key, value))
+        return query, key, value
+
+    def _sla_options(self, block_map: Optional[BlockMap]) -> dict:
+        """The keyword arguments of this layer's SLA call that the local and the context-parallel path share."""
+        return dict(
             topk=self.topk,
             block_q=self.block_q,
             block_k=self.block_k,
@@ -288,11 +283,9 @@ class SLAWanAttnProcessor(nn.Module):
             eps=self.eps,
             proj_weight=self.proj_l.weight,
             proj_bias=self.proj_l.bias,
-            block_map=bmap,
+            block_map=block_map,
             return_block_map=True,
         )
-        self._remember(used)
-        return out.to(dtype)
 
     # Block-map reuse is plain Python state: eager mode. Under torch.compile keep reuse off (the default) or pass
     # maps through `block_map`; changing the state between calls would recompile.
