@@ -117,7 +117,7 @@ class SLAWanAttnProcessor(nn.Module):
     ):
         super().__init__()
         self.proj_l = Float32Linear(head_dim, head_dim, device=device, dtype=torch.float32)
-        with torch.no_grad():  # zero projection: an untrained layer is sparse attention alone (SPEC.md section 4)
+        with torch.no_grad():  # zero projection: an untrained layer is sparse attention alone (docs/SPEC.md section 4)
             nn.init.zeros_(self.proj_l.weight)
             nn.init.zeros_(self.proj_l.bias)
         self.block_map: Optional[BlockMap] = None
