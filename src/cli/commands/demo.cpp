@@ -122,23 +122,6 @@ DeviceProblem place(const DemoInputs& in, const sla::Config& cfg, sla::Device de
   return p;
 }
 
-BlockClasses download_classes(const OwnedBlockMap& m, const sla::Config& cfg) {
-  BlockClasses c;
-  c.q_blocks = m.shape.q_blocks;
-  c.k_blocks = m.shape.k_blocks;
-  c.block_q = cfg.block_q;
-  c.block_k = cfg.block_k;
-  c.critical = m.shape.critical;
-  c.negligible = m.shape.negligible;
-  c.lut = m.lut.to_int32();
-  c.count = m.count.to_int32();
-  if (c.negligible > 0) {
-    c.negl_lut = m.negl_lut.to_int32();
-    c.negl_count = m.negl_count.to_int32();
-  }
-  return c;
-}
-
 // Rows `rows` of every (b,h) of a (BH, L, Dv) tensor.
 std::vector<double> gather_rows(const std::vector<double>& all, int64_t bh, int64_t l, int64_t dv,
                                 const std::vector<int64_t>& rows) {
@@ -331,7 +314,7 @@ int run_demo(const DemoOptions& o) {
   }
 
   // The independent reference on evenly spaced rows: dense output and the attention mass per block class.
-  const BlockClasses classes = download_classes(dp.sla->block_map(), o.cfg);
+  const BlockClasses classes = classes_of(dp.sla->block_map(), o.cfg);
   int64_t max_rows = o.ref_rows;
   if (max_rows == 0) {
     const double per_row = static_cast<double>(bh) * in.lk * (in.dim + in.dv);

@@ -65,23 +65,6 @@ Inputs place_cpu(const AttentionProblem& p) {
   return in;
 }
 
-BlockClasses classes_of(const OwnedBlockMap& m, const sla::Config& cfg) {
-  BlockClasses c;
-  c.q_blocks = m.shape.q_blocks;
-  c.k_blocks = m.shape.k_blocks;
-  c.block_q = cfg.block_q;
-  c.block_k = cfg.block_k;
-  c.critical = m.shape.critical;
-  c.negligible = m.shape.negligible;
-  c.lut = m.lut.to_int32();
-  c.count = m.count.to_int32();
-  if (c.negligible > 0) {
-    c.negl_lut = m.negl_lut.to_int32();
-    c.negl_count = m.negl_count.to_int32();
-  }
-  return c;
-}
-
 // Density, mass and O_s error of every head under `cfg`.
 Candidate evaluate(const AttentionProblem& p, const Inputs& in, const sla::Config& cfg, double param,
                    const CalibrationSettings& s) {

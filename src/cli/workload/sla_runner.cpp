@@ -137,4 +137,21 @@ void SlaRunner::backward() {
   check_status(sla::backward(backward_args(), cfg_, exec(backward_ws_)), "sla::backward");
 }
 
+BlockClasses classes_of(const OwnedBlockMap& m, const sla::Config& cfg) {
+  BlockClasses c;
+  c.q_blocks = m.shape.q_blocks;
+  c.k_blocks = m.shape.k_blocks;
+  c.block_q = cfg.block_q;
+  c.block_k = cfg.block_k;
+  c.critical = m.shape.critical;
+  c.negligible = m.shape.negligible;
+  c.lut = m.lut.to_int32();
+  c.count = m.count.to_int32();
+  if (c.negligible > 0) {
+    c.negl_lut = m.negl_lut.to_int32();
+    c.negl_count = m.negl_count.to_int32();
+  }
+  return c;
+}
+
 }  // namespace sla_cli

@@ -6,6 +6,7 @@
 
 #include "device/owned_tensor.h"
 #include "sla/sla.h"
+#include "workload/reference_attention.h"
 
 namespace sla_cli {
 
@@ -17,6 +18,9 @@ struct OwnedBlockMap {
 
   sla::BlockMap view() const;
 };
+
+// The map's tables copied to the host as the reports read them (block sizes from cfg).
+BlockClasses classes_of(const OwnedBlockMap& m, const sla::Config& cfg);
 
 class SlaRunner {
  public:
