@@ -12,7 +12,7 @@ fp32 as from_pretrained(torch_dtype=bf16) does. The 14B runs forward only under 
 Method (docs/PERF.md): CUDA events, warm-up first, the median of the timed runs; peak memory is
 torch.cuda.max_memory_allocated over the timed runs. The attention share is the time of the self-attention calls
 (CUDA events around every attention call: diffusers' dispatch_attention_fn for dense, the processor's
-local_attention for SLA; measured in a separate eager pass) over the time of the whole forward.
+local_attention for SLA) over the time of the same eager forward pass; the median over a few such passes.
 
 Usage and device time on one H200 (estimates; compile times dominate):
     python3 bench/bench_dit.py --models 1.3B --modes eager,compile --train    # ~4 min
@@ -181,11 +181,17 @@ def attention_timer(model, sla_mode: bool):
             transformer_wan.dispatch_attention_fn = original
 
 
-def attention_ms(model, run, sla_mode: bool) -> float:
+def attention_pass(model, run, sla_mode: bool):
+    """One timed forward pass with the attention calls timed inside it: (attention ms, pass ms). The share is taken
+    from the same pass, not from time_runs' median of other passes, so that it stays a fraction when one pass is
+    slower than another (a busy CPU, a GPU clock change)."""
     with attention_timer(model, sla_mode) as events:
+        start, end = Event(), Event()
+        start.record()
         run()
+        end.record()
         synchronize()
-    return sum(s.elapsed_time(e) for s, e in events)
+    return sum(s.elapsed_time(e) for s, e in events), start.elapsed_time(end)
 
 
 def set_attention(model, variant: str, topk: float):
@@ -245,9 +251,9 @@ def bench_forward(name: str, modes, args, results):
             ms, peak = time_runs(run, warmup, iters)
             row[f"{variant}_ms"], row[f"{variant}_peak_gib"] = ms, peak
             if mode == "eager":
-                attn = statistics.median(attention_ms(model, run, variant == "sla") for _ in range(attn_passes))
-                row[f"{variant}_attention_ms"] = attn
-                row[f"{variant}_attention_share"] = attn / ms
+                passes = [attention_pass(model, run, variant == "sla") for _ in range(attn_passes)]
+                row[f"{variant}_attention_ms"] = statistics.median(attn for attn, _ in passes)
+                row[f"{variant}_attention_share"] = statistics.median(attn / total for attn, total in passes)
             log(f"[{name} {mode} {variant}] {ms:.1f} ms, peak {peak:.1f} GiB")
             if mode == "compile":
                 uncompile(model)
