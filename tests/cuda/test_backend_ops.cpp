@@ -71,6 +71,14 @@ struct Case {
   int64_t batch = 1, heads = 2, lq = 300, lk = 300;
   Layout layout;
   double topk = 0.25, negligible = 0.0;
+  // Adaptive block map (docs/BLOCK_MAP.md), as in sla::Config: per-head topk, the top_p rule with its count clamp,
+  // and the complement variant's negligible threshold (which replaces the fixed fraction `negligible`).
+  std::vector<double> head_topk;
+  sla::CriticalRule rule = sla::CriticalRule::topk;
+  double top_p = 0.0;
+  std::vector<double> head_top_p;
+  int64_t min_blocks = 1, max_blocks = 0;
+  double negligible_threshold = 0.0, max_negligible = 0.0;
   bool weight = true, bias = true, save = true;
   double scale = 0.0;        // softmax scale; 0: 1/sqrt(D)
   double eps = 1e-5;         // global variant's epsilon
@@ -78,13 +86,35 @@ struct Case {
   double bias_sd = 0.1;      // b ~ N(0, bias_sd^2)
   std::string shape_name = "ragged";
 
+  bool top_p_rule() const { return rule == sla::CriticalRule::top_p; }
+  // The block-map rule, compactly: "/topk0.25/kl0.10" (the fixed rule), "/topk0.10,0.60" (per head),
+  // "/top_p0.90" or "/top_p0.50,0.95" (per head; "+0.30" when top_p is also set) with "/min2/max8" where not the
+  // defaults, then "/thr1.0e-03/maxkl0.50" for the negligible threshold.
+  std::string rule_name() const {
+    char buf[64];
+    auto list = [&](const char* what, const std::vector<double>& v, double one) {
+      std::string r = std::string("/") + what;
+      if (v.empty()) return r + (std::snprintf(buf, sizeof buf, "%.2f", one), buf);
+      for (size_t h = 0; h < v.size(); ++h) r += (std::snprintf(buf, sizeof buf, "%s%.2f", h ? "," : "", v[h]), buf);
+      if (one != 0) r += (std::snprintf(buf, sizeof buf, "+%.2f", one), buf);
+      return r;
+    };
+    std::string n = top_p_rule() ? list("top_p", head_top_p, top_p) : list("topk", head_topk, head_topk.empty() ? topk : 0);
+    if (top_p_rule() && min_blocks != 1) n += (std::snprintf(buf, sizeof buf, "/min%" PRId64, min_blocks), buf);
+    if (top_p_rule() && max_blocks != 0) n += (std::snprintf(buf, sizeof buf, "/max%" PRId64, max_blocks), buf);
+    if (negligible_threshold > 0) {
+      n += (std::snprintf(buf, sizeof buf, "/thr%.1e/maxkl%.2f", negligible_threshold, max_negligible), buf);
+    } else {
+      n += (std::snprintf(buf, sizeof buf, "/kl%.2f", negligible), buf);
+    }
+    return n;
+  }
   std::string name() const {
     char buf[256];
     std::snprintf(buf, sizeof buf,
-                  "fwd/%s/d%" PRId64 "/bq%d/bk%d/%s/%s/%s/%s/B%" PRId64 "H%" PRId64 "Lq%" PRId64 "Lk%" PRId64
-                  "/topk%.2f/kl%.2f%s%s%s%s",
+                  "fwd/%s/d%" PRId64 "/bq%d/bk%d/%s/%s/%s/%s/B%" PRId64 "H%" PRId64 "Lq%" PRId64 "Lk%" PRId64 "%s%s%s%s%s",
                   sla::dtype_name(dtype), d, bq, bk, sla::variant_name(variant), sla::feature_map_name(fmap),
-                  shape_name.c_str(), layout.name(), batch, heads, lq, lk, topk, negligible, weight ? "/W" : "",
+                  shape_name.c_str(), layout.name(), batch, heads, lq, lk, rule_name().c_str(), weight ? "/W" : "",
                   bias ? "/b" : "", save ? "/save" : "", layout.head_gap > (int64_t{1} << 30) ? "/int64" : "");
     std::string n = buf;
     char extra[128];
@@ -94,12 +124,30 @@ struct Case {
     if (bias && bias_sd != 0.1) n += (std::snprintf(extra, sizeof extra, "/bsd%.3g", bias_sd), extra);
     return n;
   }
+  // Critical blocks per row, averaged over the heads: T_h of each head for the topk rules, the LUT width (the most
+  // a row can hold) for top_p, whose counts depend on the inputs.
+  double critical_blocks_bound(int64_t nk) const {
+    auto fixed = [&](double t) { return std::clamp(std::floor(t * static_cast<double>(nk)), 1.0, static_cast<double>(nk)); };
+    if (top_p_rule()) return static_cast<double>(max_blocks == 0 ? nk : std::min(max_blocks, nk));
+    if (head_topk.empty()) return fixed(topk);
+    double sum = 0;
+    for (double t : head_topk) sum += fixed(t);
+    return sum / static_cast<double>(head_topk.size());
+  }
   sla::Config config() const {
     sla::Config c;
     c.block_q = bq;
     c.block_k = bk;
     c.topk = topk;
     c.negligible = negligible;
+    c.head_topk = head_topk;
+    c.rule = rule;
+    c.top_p = top_p;
+    c.head_top_p = head_top_p;
+    c.min_blocks = min_blocks;
+    c.max_blocks = max_blocks;
+    c.negligible_threshold = negligible_threshold;
+    c.max_negligible = max_negligible;
     c.variant = variant;
     c.feature_map = fmap;
     c.scale = scale;
@@ -381,46 +429,194 @@ sla::BlockMap host_views(HostMap& h) {
   return m;
 }
 
-// GPU and CPU sets of one table must agree, except for swaps between entries whose fp64 scores are within fp32
-// rounding of the row's selection threshold. Rows must be sorted, distinct and full.
-bool compare_table(const char* what, const std::vector<int32_t>& g_lut, const std::vector<int32_t>& g_cnt,
-                   const std::vector<int32_t>& c_lut, const std::vector<int32_t>& c_cnt, int64_t rows, int64_t cap,
-                   int64_t nk, const std::vector<double>& scores, std::string* log, int* near_ties) {
-  int bad = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    if (g_cnt[r] != cap || c_cnt[r] != cap) {
-      ++bad;
-      continue;
+// ---- the block map's rules, from their definitions ------------------------------------------------------------------
+//
+// docs/BLOCK_MAP.md written out independently of the library: each row's count, its critical set (a prefix of the
+// total order: score descending, index ascending) and its negligible set (a suffix), judged on the fp64 pooled
+// scores of reference_block_scores. A row of a table passes when it is a valid map of its rule within `MapTolerance`:
+// the CPU backend's fp64 map against these fp64 scores up to summation-order rounding (kExactMap), another
+// backend's fp32 map within the documented cross-backend tolerance (kCrossBackendMap, as test_block_map_rules).
+
+// One head's rule: the topk rules fix the count (T), top_p bounds it to [lo, hi] by the mass p.
+struct HeadRule {
+  bool top_p = false;
+  int64_t t = 1;             // topk: the count of every row
+  double p = 0;              // top_p: the share to cover
+  int64_t lo = 1, hi = 1;    // top_p: the clamp, min(min_blocks, Tmax) and Tmax
+  double tau = 0;            // negligible threshold (0: the fixed fraction)
+};
+
+int64_t topk_count(double topk, int64_t nk) {
+  return std::clamp<int64_t>(static_cast<int64_t>(std::floor(topk * static_cast<double>(nk))), 1, nk);
+}
+
+HeadRule head_rule(const Case& c, int64_t nk, int64_t h) {
+  HeadRule r;
+  r.top_p = c.top_p_rule();
+  if (r.top_p) {
+    r.p = c.head_top_p.empty() ? c.top_p : c.head_top_p[h];
+    r.hi = std::clamp<int64_t>(c.max_blocks == 0 ? nk : c.max_blocks, 1, nk);
+    r.lo = std::min(c.min_blocks, r.hi);
+  } else {
+    r.t = topk_count(c.head_topk.empty() ? c.topk : c.head_topk[h], nk);
+  }
+  r.tau = c.variant == Variant::complement ? c.negligible_threshold : 0.0;
+  return r;
+}
+
+// The table widths: T the largest count a row can have, Tn = min(floor(fraction * Nk), Nk - T) (complement only).
+void expected_widths(const Case& c, int64_t nk, int64_t* t, int64_t* tn) {
+  *t = 0;
+  for (int64_t h = 0; h < c.heads; ++h) {
+    const HeadRule r = head_rule(c, nk, h);
+    *t = std::max(*t, r.top_p ? r.hi : r.t);
+  }
+  *tn = 0;
+  if (c.variant == Variant::complement) {
+    const double frac = c.negligible_threshold > 0 ? c.max_negligible : c.negligible;
+    *tn = std::clamp<int64_t>(static_cast<int64_t>(std::floor(frac * static_cast<double>(nk))), 0, nk - *t);
+  }
+}
+
+struct MapTolerance {
+  double score;  // relative to the row's largest |score|: ties within it may fall either way
+  double share;  // absolute, on the top_p mass
+  double tau;    // relative, on the threshold
+};
+constexpr MapTolerance kExactMap{1e-9, 1e-9, 1e-9};
+constexpr MapTolerance kCrossBackendMap{1e-5, 1e-4, 1e-3};
+
+// Whether one row (count `cnt` of width `t` in `lut`; `ncnt` of width `tn` in `nlut` when tn > 0) is a valid map of
+// rule `r` on the scores `s` (nk of them) at softmax scale `scale`; `why` names the first violated condition.
+bool valid_row(const double* s, int64_t nk, double scale, const HeadRule& r, int64_t t, int64_t tn, const int32_t* lut,
+               int32_t cnt, const int32_t* nlut, int32_t ncnt, const MapTolerance& tol, const char** why) {
+  // Table form: ascending distinct block indices below the count, -1 past it.
+  auto well_formed = [&](const int32_t* row, int64_t n, int64_t width) {
+    for (int64_t e = 0; e < width; ++e) {
+      if (e >= n ? row[e] != -1 : (row[e] < 0 || row[e] >= nk || (e > 0 && row[e] <= row[e - 1]))) return false;
     }
-    const int32_t* g = &g_lut[r * cap];
-    const int32_t* c = &c_lut[r * cap];
-    bool sorted = true;
-    for (int64_t e = 0; e < cap; ++e) {
-      if (g[e] < 0 || g[e] >= nk || (e > 0 && g[e] <= g[e - 1])) sorted = false;
+    return true;
+  };
+  if (cnt < 1 || cnt > t || !well_formed(lut, cnt, t)) return *why = "lut-form", false;
+  double top = -std::numeric_limits<double>::infinity(), amax = 0;
+  for (int64_t j = 0; j < nk; ++j) top = std::max(top, s[j]), amax = std::max(amax, std::fabs(s[j]));
+  std::vector<double> share(nk);
+  double z = 0;
+  for (int64_t j = 0; j < nk; ++j) z += share[j] = s[j] == top ? 1.0 : std::exp(scale * (s[j] - top));
+  for (double& x : share) x /= z;
+  std::vector<char> cls(nk, 0);  // 1 critical, 2 negligible
+  double mass = 0, weakest = 2;
+  for (int32_t e = 0; e < cnt; ++e) cls[lut[e]] = 1, mass += share[lut[e]], weakest = std::min(weakest, share[lut[e]]);
+  if (r.top_p) {
+    if (cnt < r.lo || cnt > r.hi) return *why = "top_p-count-outside-clamp", false;
+    // The fewest blocks reaching p: this many reach it (or the count sits at the upper clamp) and one fewer does
+    // not (or it sits at the lower clamp).
+    if (!(mass >= r.p - tol.share || cnt == r.hi)) return *why = "top_p-mass-short", false;
+    if (!(mass - weakest < r.p + tol.share || cnt == r.lo)) return *why = "top_p-count-too-large", false;
+  } else if (cnt != r.t) {
+    return *why = "topk-count", false;
+  }
+  if (tn > 0) {
+    if (ncnt < 0 || ncnt > std::min<int64_t>(tn, nk - cnt) || !well_formed(nlut, ncnt, tn)) {
+      return *why = "negl-form", false;
     }
-    if (!sorted) {
-      ++bad;
-      continue;
+    for (int32_t e = 0; e < ncnt; ++e) {
+      if (cls[nlut[e]] != 0) return *why = "negl-overlaps-critical", false;
+      cls[nlut[e]] = 2;
     }
-    if (std::equal(g, g + cap, c)) continue;
-    // Scores of the differing entries must tie (within fp32 rounding) with the boundary.
-    const double* s = &scores[r * nk];
-    double smax = 0;
-    for (int64_t j = 0; j < nk; ++j) smax = std::max(smax, std::fabs(s[j]));
-    std::vector<int32_t> only_g, only_c;
-    std::set_difference(g, g + cap, c, c + cap, std::back_inserter(only_g));
-    std::set_difference(c, c + cap, g, g + cap, std::back_inserter(only_c));
-    double lo = 1e300, hi = -1e300;
-    for (int32_t j : only_g) lo = std::min(lo, s[j]), hi = std::max(hi, s[j]);
-    for (int32_t j : only_c) lo = std::min(lo, s[j]), hi = std::max(hi, s[j]);
-    if (hi - lo <= 1e-5 * smax + 1e-9) {
-      ++*near_ties;
+  } else if (ncnt != 0) {
+    return *why = "negl-form", false;
+  }
+  // The critical set is a prefix of the total order and the negligible set a suffix, up to near-ties.
+  const double slack = tol.score * amax + 1e-300;
+  double min_crit = std::numeric_limits<double>::infinity(), max_rest = -min_crit;
+  double max_negl = -min_crit, min_marg = min_crit, weakest_marg_share = 2;
+  for (int64_t j = 0; j < nk; ++j) {
+    if (cls[j] == 1) {
+      min_crit = std::min(min_crit, s[j]);
     } else {
-      ++bad;
+      max_rest = std::max(max_rest, s[j]);
+      if (cls[j] == 2) max_negl = std::max(max_negl, s[j]);
+      if (cls[j] == 0) min_marg = std::min(min_marg, s[j]), weakest_marg_share = std::min(weakest_marg_share, share[j]);
+    }
+  }
+  if (min_crit < max_rest - slack) return *why = "critical-not-the-top-scores", false;
+  if (max_negl > min_marg + slack) return *why = "negligible-not-the-bottom-scores", false;
+  if (tn > 0) {
+    const int64_t cap = std::min<int64_t>(tn, nk - cnt);
+    if (r.tau == 0) {
+      if (ncnt != cap) return *why = "negl-count", false;
+    } else {
+      for (int32_t e = 0; e < ncnt; ++e)
+        if (share[nlut[e]] >= r.tau * (1 + tol.tau)) return *why = "negl-above-threshold", false;
+      if (ncnt < cap && weakest_marg_share < r.tau * (1 - tol.tau)) return *why = "negl-misses-a-block-below-threshold", false;
+    }
+  }
+  return true;
+}
+
+// Every row of a map against its rule (and the table widths against the configuration). Returns the number of
+// invalid rows; the first one is described in `log`.
+int64_t check_map_rules(const Case& c, const sla::BlockMapShape& shape, double scale, const std::vector<double>& scores,
+                        const std::vector<int32_t>& lut, const std::vector<int32_t>& count,
+                        const std::vector<int32_t>& negl_lut, const std::vector<int32_t>& negl_count,
+                        const MapTolerance& tol, const char* what, std::string* log) {
+  const int64_t nq = shape.q_blocks, nk = shape.k_blocks, t = shape.critical, tn = shape.negligible;
+  int64_t want_t = 0, want_tn = 0;
+  expected_widths(c, nk, &want_t, &want_tn);
+  if (t != want_t || tn != want_tn) {
+    char buf[128];
+    std::snprintf(buf, sizeof buf, " %s-widths T=%" PRId64 ",Tn=%" PRId64 "-expected-%" PRId64 ",%" PRId64 "(FAIL)",
+                  what, t, tn, want_t, want_tn);
+    *log += buf;
+    return 1;
+  }
+  int64_t bad = 0;
+  for (int64_t bh = 0; bh < shape.batch * shape.heads; ++bh) {
+    const HeadRule r = head_rule(c, nk, bh % shape.heads);
+    for (int64_t i = 0; i < nq; ++i) {
+      const int64_t row = bh * nq + i;
+      const char* why = "";
+      if (valid_row(&scores[row * nk], nk, scale, r, t, tn, &lut[row * t], count[row],
+                    tn > 0 ? &negl_lut[row * tn] : nullptr, tn > 0 ? negl_count[row] : 0, tol, &why))
+        continue;
+      if (bad++ == 0) *log += std::string(" ") + what + "-row" + std::to_string(row) + ":" + why + "(FAIL)";
+    }
+  }
+  return bad;
+}
+
+// The backend's map against the CPU backend's fp64 map of the same inputs: every row identical (count, entries,
+// -1 padding), except rows where the two differ within rounding (their scores in fp32 against fp64): there the
+// backend's row must still be a valid map of its rule within kCrossBackendMap. Counts those in `near_ties`.
+bool compare_maps(const Case& c, const HostMap& g, const HostMap& cpu, double scale, const std::vector<double>& scores,
+                  std::string* log, int* near_ties) {
+  const sla::BlockMapShape& s = g.shape;
+  const int64_t nq = s.q_blocks, nk = s.k_blocks, t = s.critical, tn = s.negligible;
+  int64_t bad = 0;
+  for (int64_t bh = 0; bh < s.batch * s.heads; ++bh) {
+    const HeadRule r = head_rule(c, nk, bh % s.heads);
+    for (int64_t i = 0; i < nq; ++i) {
+      const int64_t row = bh * nq + i;
+      bool same = g.count[row] == cpu.count[row] &&
+                  std::equal(&g.lut[row * t], &g.lut[row * t] + t, &cpu.lut[row * t]);
+      if (tn > 0) {
+        same = same && g.negl_count[row] == cpu.negl_count[row] &&
+               std::equal(&g.negl_lut[row * tn], &g.negl_lut[row * tn] + tn, &cpu.negl_lut[row * tn]);
+      }
+      if (same) continue;
+      const char* why = "";
+      if (valid_row(&scores[row * nk], nk, scale, r, t, tn, &g.lut[row * t], g.count[row],
+                    tn > 0 ? &g.negl_lut[row * tn] : nullptr, tn > 0 ? g.negl_count[row] : 0, kCrossBackendMap,
+                    &why)) {
+        ++*near_ties;
+      } else if (bad++ == 0) {
+        *log += " map-row" + std::to_string(row) + ":" + why;
+      }
     }
   }
   if (bad) {
-    *log += std::string(" ") + what + ":" + std::to_string(bad) + "-rows-differ(FAIL)";
+    *log += " map:" + std::to_string(bad) + "-rows-differ(FAIL)";
     return false;
   }
   return true;
@@ -534,13 +730,11 @@ bool run_forward_case(const Case& c, uint64_t seed, std::string* log) {
   const std::vector<double> scores = reference_block_scores(rp);
   const int64_t rows = B * H * shape.q_blocks, nk = shape.k_blocks;
   int near_ties = 0;
-  bool map_ok = compare_table("lut", gm.lut, gm.count, cm.lut, cm.count, rows, shape.critical, nk, scores, log,
-                              &near_ties);
-  if (shape.negligible > 0) {
-    map_ok &= compare_table("negl", gm.negl_lut, gm.negl_count, cm.negl_lut, cm.negl_count, rows, shape.negligible,
-                            nk, scores, log, &near_ties);
-  }
-  if (near_ties) *log += " near-ties:" + std::to_string(near_ties);
+  // The CPU's fp64 map follows the rule's definition; the backend's map equals it up to near-boundary rows.
+  bool map_ok = check_map_rules(c, shape, rp.scale, scores, cm.lut, cm.count, cm.negl_lut, cm.negl_count, kExactMap,
+                                "cpu-map", log) == 0;
+  map_ok &= compare_maps(c, gm, cm, rp.scale, scores, log, &near_ties);
+  if (near_ties) *log += " near-ties:" + std::to_string(near_ties) + "/" + std::to_string(rows);
   // Inverse tables: the CPU's inversion of the GPU's own tables.
   HostMap im = gm;
   sla::BlockMap imap = host_views(im);
@@ -657,7 +851,7 @@ bool run_forward_case(const Case& c, uint64_t seed, std::string* log) {
     fwd_ok &= check_rule("H", to_double(h1), h_ref, rounded(emu.lin_h), log);
     fwd_ok &= check_rule("z", to_double(z1), z_ref, rounded(emu.lin_z), log);
   }
-  if (c.topk == 1.0 && c.variant == Variant::complement && c.save) {
+  if (!c.top_p_rule() && c.head_topk.empty() && c.topk == 1.0 && c.variant == Variant::complement && c.save) {
     // Invariant 1: no marginal block, so O_l is exactly 0.
     for (float x : olin1)
       if (x != 0.f) {
@@ -730,6 +924,11 @@ bool make_host_problem(const Case& c, uint64_t seed, HostProblem* hp, std::strin
     return false;
   }
   hp->ref = make_ref_problem(c, cfg, hp->q, hp->k, hp->v, hp->w, hp->bias, hp->map);
+  // The map every check below differentiates: each row as its rule defines it (docs/BLOCK_MAP.md).
+  const HostMap& hm = hp->map;
+  if (check_map_rules(c, shape, hp->ref.scale, reference_block_scores(hp->ref), hm.lut, hm.count, hm.negl_lut,
+                      hm.negl_count, kExactMap, "cpu-map", log) != 0)
+    return false;
   return true;
 }
 
@@ -1161,6 +1360,50 @@ Case draw_case(uint64_t case_seed, const FuzzLimits& lim) {
   if (c.bias && chance(0.3)) c.bias_sd = std::exp(uni(std::log(0.01), std::log(30.0)));
   c.scale = chance(0.5) ? 0.0 : uni(0.02, 0.5);
   c.eps = chance(0.6) ? 1e-5 : std::exp(uni(std::log(1e-7), std::log(1.0)));
+  // The adaptive block map (docs/BLOCK_MAP.md), drawn after everything above so that a seed's other parameters
+  // stay what they were before these rules were drawn. About 35% per-head topk, 35% top_p, 30% the fixed topk;
+  // the complement variant's negligible set by threshold in 40% of its cases, else the fixed fraction as drawn
+  // above (rescaled to the room the rule leaves: 1 - the largest topk, or all of [0, 1] under top_p).
+  const int64_t nk = (c.lk + c.bk - 1) / c.bk;
+  const double negl_share = c.topk < 1.0 ? c.negligible / (1.0 - c.topk) : 0.0;  // where in [0, 1 - topk] it fell
+  auto fraction = [&]() {
+    return chance(0.12) ? 1.0 : uni(0.01, 1.0);
+  };
+  const double which = uni(0, 1);
+  if (which < 0.35) {
+    for (int64_t h = 0; h < c.heads; ++h) c.head_topk.push_back(fraction());
+    const double top = *std::max_element(c.head_topk.begin(), c.head_topk.end());
+    c.negligible = negl_share * (1.0 - top);
+  } else if (which < 0.70) {
+    c.rule = sla::CriticalRule::top_p;
+    auto share = [&]() {  // p: all of the mass sometimes, a tiny share (count 1 or the minimum) sometimes
+      const double u = uni(0, 1);
+      return u < 0.1 ? 1.0 : (u < 0.2 ? uni(0.001, 0.1) : uni(0.1, 1.0));
+    };
+    if (chance(0.5)) {
+      for (int64_t h = 0; h < c.heads; ++h) c.head_top_p.push_back(share());
+      c.top_p = chance(0.3) ? share() : 0.0;  // with per-head values top_p may be 0 or any valid p (unused)
+    } else {
+      c.top_p = share();
+    }
+    // Clamp: min_blocks >= 1 (past Nk sometimes: clamped to the LUT width), max_blocks 0 (meaning Nk), below Nk,
+    // equal to min_blocks, or past Nk.
+    c.min_blocks = chance(0.5) ? 1 : 1 + pick(static_cast<int>(std::min<int64_t>(nk + 1, 12)));
+    const double m = uni(0, 1);
+    if (m < 0.3) {
+      c.max_blocks = 0;
+    } else if (m < 0.45) {
+      c.max_blocks = c.min_blocks;
+    } else {
+      c.max_blocks = c.min_blocks + pick(static_cast<int>(std::min<int64_t>(std::max<int64_t>(nk - c.min_blocks, 0) + 2, 16)));
+    }
+    c.negligible = c.variant == Variant::complement && c.negligible > 0 ? negl_share : 0.0;
+  }
+  if (c.variant == Variant::complement && chance(0.4)) {
+    c.negligible = 0.0;
+    c.negligible_threshold = chance(0.1) ? uni(0.3, 0.99) : std::exp(uni(std::log(1e-6), std::log(0.3)));
+    c.max_negligible = chance(0.25) ? 1.0 : uni(0.01, 1.0);
+  }
   return c;
 }
 
@@ -1382,7 +1625,7 @@ struct TestCase {
   virtual double flops() const {
     const double bh = static_cast<double>(vars.batch * vars.heads), d = static_cast<double>(vars.d);
     const double nk = std::ceil(static_cast<double>(vars.lk) / vars.bk);
-    const double keys = std::min<double>(vars.lk, std::clamp(std::floor(vars.topk * nk), 1.0, nk) * vars.bk);
+    const double keys = std::min<double>(vars.lk, vars.critical_blocks_bound(static_cast<int64_t>(nk)) * vars.bk);
     const double fwd = bh * (4.0 * vars.lq * keys * d + 2.0 * (vars.lq + vars.lk) * d * d * 2);
     return mode == Mode::fwd ? fwd : 3.5 * fwd;  // backward: 5 products per pair instead of 2 (dq 3, dk/dv 4)
   }
