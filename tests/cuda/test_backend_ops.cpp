@@ -82,6 +82,8 @@ struct Case {
   bool weight = true, bias = true, save = true;
   double scale = 0.0;        // softmax scale; 0: 1/sqrt(D)
   double eps = 1e-5;         // global variant's epsilon
+  double block_structure = 0.0;  // sd of an offset shared by the rows of each block of Q and K (0: none), so that
+                                 // pooled scores differ between blocks and adaptive counts differ between rows
   double weight_gain = 1.0;  // W ~ N(0, 1/D) * weight_gain: large gains make the linear part dominate O
   double bias_sd = 0.1;      // b ~ N(0, bias_sd^2)
   std::string shape_name = "ragged";
@@ -120,6 +122,7 @@ struct Case {
     char extra[128];
     if (scale > 0) n += (std::snprintf(extra, sizeof extra, "/scale%.4g", scale), extra);
     if (eps != 1e-5) n += (std::snprintf(extra, sizeof extra, "/eps%.3g", eps), extra);
+    if (block_structure > 0) n += (std::snprintf(extra, sizeof extra, "/blk%.2f", block_structure), extra);
     if (weight && weight_gain != 1.0) n += (std::snprintf(extra, sizeof extra, "/Wx%.3g", weight_gain), extra);
     if (bias && bias_sd != 0.1) n += (std::snprintf(extra, sizeof extra, "/bsd%.3g", bias_sd), extra);
     return n;
@@ -655,17 +658,36 @@ struct Status {
   }
 };
 
+// With c.block_structure > 0: adds to every row of Q (block size bq) or K (bk) an offset drawn per (b, h, block) with
+// that sd, from its own stream (so the inputs of a case without structure are unchanged). Pooled block means then
+// differ by about that much, and the pooled-softmax shares of a row are far from uniform.
+void add_block_structure(const Case& c, uint64_t seed, int64_t len, int block, std::vector<double>* x) {
+  if (!(c.block_structure > 0)) return;
+  std::mt19937_64 rng(seed ^ 0x5851F42D4C957F2Dull);
+  std::normal_distribution<double> normal(0.0, c.block_structure);
+  const int64_t d = c.d, nb = (len + block - 1) / block;
+  std::vector<double> off(nb * d);
+  for (int64_t bh = 0; bh < c.batch * c.heads; ++bh) {
+    for (double& e : off) e = normal(rng);
+    for (int64_t r = 0; r < len; ++r)
+      for (int64_t e = 0; e < d; ++e) (*x)[(bh * len + r) * d + e] += off[(r / block) * d + e];
+  }
+}
+
 bool run_forward_case(const Case& c, uint64_t seed, std::string* log) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> normal(0.0, 1.0);
   const int64_t B = c.batch, H = c.heads, D = c.d;
   const Rounding rnd = rounding_of(c.dtype);
-  auto random_tensor = [&](int64_t L, double sd) {
+  auto random_tensor = [&](int64_t L, double sd, int block, uint64_t stream) {
     std::vector<double> x(B * H * L * D);
-    for (double& e : x) e = rnd(sd * normal(rng));
+    for (double& e : x) e = sd * normal(rng);
+    if (block > 0) add_block_structure(c, seed + stream, L, block, &x);
+    for (double& e : x) e = rnd(e);
     return x;
   };
-  std::vector<double> q = random_tensor(c.lq, 1.0), k = random_tensor(c.lk, 1.0), v = random_tensor(c.lk, 1.0);
+  std::vector<double> q = random_tensor(c.lq, 1.0, c.bq, 1), k = random_tensor(c.lk, 1.0, c.bk, 2),
+                      v = random_tensor(c.lk, 1.0, 0, 0);
   std::vector<double> w, bias;
   if (c.weight) {
     w.resize(D * D);
@@ -887,15 +909,17 @@ bool make_host_problem(const Case& c, uint64_t seed, HostProblem* hp, std::strin
   std::normal_distribution<double> normal(0.0, 1.0);
   const int64_t B = c.batch, H = c.heads, D = c.d;
   const Rounding rnd = rounding_of(c.dtype);
-  auto random_tensor = [&](int64_t L) {
+  auto random_tensor = [&](int64_t L, int block, uint64_t stream) {
     std::vector<double> x(B * H * L * D);
-    for (double& e : x) e = rnd(normal(rng));
+    for (double& e : x) e = normal(rng);
+    if (block > 0) add_block_structure(c, seed + stream, L, block, &x);
+    for (double& e : x) e = rnd(e);
     return x;
   };
-  hp->q = random_tensor(c.lq);
-  hp->k = random_tensor(c.lk);
-  hp->v = random_tensor(c.lk);
-  hp->d_o = random_tensor(c.lq);
+  hp->q = random_tensor(c.lq, c.bq, 1);
+  hp->k = random_tensor(c.lk, c.bk, 2);
+  hp->v = random_tensor(c.lk, 0, 0);
+  hp->d_o = random_tensor(c.lq, 0, 0);
   if (c.weight) {
     hp->w.resize(D * D);
     for (double& e : hp->w) e = static_cast<float>(c.weight_gain * normal(rng) / std::sqrt(static_cast<double>(D)));
@@ -1036,6 +1060,9 @@ const char* const kTensorNames[kTensors] = {"O", "dq", "dk", "dv", "dW", "db"};
 struct TrainingResult {
   double ratio[kTensors] = {-1, -1, -1, -1, -1, -1};
   bool determinism_checked = false;
+  bool cross_checked = false;  // the exact reference matched the oracle
+  bool partial_rows = false;   // some row of the map has fewer critical blocks than the LUT width
+  bool threshold_cut = false;  // the negligible threshold left some row's negligible set below its table's room
 };
 
 // Largest Euclidean row norm of canonical (rows x d) data, and the largest absolute element.
@@ -1058,6 +1085,10 @@ double max_abs(const std::vector<double>& x) {
 struct TrainingOptions {
   bool determinism = true;  // run the forward and backward twice and compare every output bitwise
   bool o_sparse = true;     // pass the forward's o_sparse to the backward (false: the formulation without it)
+  // Check the oracle itself: the test's exact fp64 reference (independent code) against the CPU backend in fp64,
+  // to 1e-9. The 2x rule alone cannot see an oracle that is wrong the same way at every precision (an error in
+  // code the CPU backend shares between its fp64 and 16-bit paths): the emulated error would grow with it.
+  bool cross_check = false;
 };
 
 std::mutex& device_mutex() {
@@ -1074,6 +1105,15 @@ int run_training_case(const Case& c, uint64_t seed, const TrainingOptions& opt, 
   if (!make_host_problem(c, seed, &hp, log) || !cpu_oracle(c, hp, &g, log)) return 1;
   const int64_t B = c.batch, H = c.heads, D = c.d;
   const sla::Config cfg = c.config();
+  {
+    const HostMap& m = hp.map;
+    const int64_t t = m.shape.critical, tn = m.shape.negligible, nk = m.shape.k_blocks;
+    for (size_t r = 0; r < m.count.size(); ++r) {
+      res->partial_rows |= m.count[r] < t;
+      if (tn > 0 && c.negligible_threshold > 0)
+        res->threshold_cut |= m.negl_count[r] < std::min<int64_t>(tn, nk - m.count[r]);
+    }
+  }
   std::vector<double> outs[2][4];  // per run: O, dq, dk, dv
   std::vector<float> dw_run[2], db_run[2];
   const int runs = opt.determinism ? 2 : 1;
@@ -1200,6 +1240,23 @@ int run_training_case(const Case& c, uint64_t seed, const TrainingOptions& opt, 
   const double nat_dq = s * max_row_norm(hp.d_o, D) * max_row_norm(hp.v, D) * max_abs(hp.k);
   const double nat_dk = reference_dk_cancellation_scale(hp.ref, hp.d_o);
   const int bits = c.dtype == DType::bf16 ? 8 : 11;  // O, dq, dk, dv are stored in the input dtype
+  if (opt.cross_check) {
+    const Rounding exact = [](double x) { return x; };
+    RefOutputs fo;
+    reference_forward(hp.ref, exact, &fo);
+    RefGradients go;
+    reference_backward(hp.ref, hp.d_o, exact, &go);
+    std::string xlog;
+    bool same = close_exact("O", fo.o, g.o, &xlog);
+    same &= close_exact("dq", go.dq, g.dq, &xlog);
+    same &= close_exact("dk", go.dk, g.dk, &xlog);
+    same &= close_exact("dv", go.dv, g.dv, &xlog);
+    if (c.weight) same &= close_exact("dW", go.dw, g.dw, &xlog);
+    if (c.bias) same &= close_exact("db", go.db, g.db, &xlog);
+    if (!same) *log += " reference-vs-cpu-oracle:" + xlog;
+    res->cross_checked = same;
+    ok &= same;
+  }
   ok &= check_rule("O", outs[0][0], g.o, emu_f.o, log, 0, &res->ratio[kO], bits);
   ok &= check_rule("dq", outs[0][1], g.dq, emu.dq, log, nat_dq, &res->ratio[kDq], bits);
   ok &= check_rule("dk", outs[0][2], g.dk, emu.dk, log, nat_dk, &res->ratio[kDk], bits);
@@ -1304,7 +1361,8 @@ std::vector<Case> regression_cases() {
 // Bounds of the drawn configurations (the CPU slice for CI uses smaller lengths).
 struct FuzzLimits {
   int64_t max_len = 1600;
-  bool cpu = false;  // the backend under test is the CPU backend: head dims beyond the CUDA build's 64 / 128 too
+  bool cpu = false;  // the backend under test is the CPU backend: head dims beyond the CUDA build's 64 / 128 and
+                     // blocks of 16 and 32 rows too
 };
 
 uint64_t mix_seed(uint64_t seed, uint64_t index) {
@@ -1364,12 +1422,25 @@ Case draw_case(uint64_t case_seed, const FuzzLimits& lim) {
   // stay what they were before these rules were drawn. About 35% per-head topk, 35% top_p, 30% the fixed topk;
   // the complement variant's negligible set by threshold in 40% of its cases, else the fixed fraction as drawn
   // above (rescaled to the room the rule leaves: 1 - the largest topk, or all of [0, 1] under top_p).
+  // The CPU backend also takes blocks of 16 and 32 rows (the CUDA backend only 64 and 128): more blocks per row at
+  // the CPU slice's short lengths, where the adaptive rules have something to choose from.
+  if (lim.cpu && chance(0.3)) c.bq = chance(0.5) ? 16 : 32;
+  if (lim.cpu && chance(0.3)) c.bk = chance(0.5) ? 16 : 32;
+  const double which = uni(0, 1);
+  const bool threshold = c.variant == Variant::complement && chance(0.4);
+  // With one key block a rule has nothing to choose; the lengths above give one in most short cases. So 3/4 of the
+  // adaptive cases with one get Lk log-uniform over (bk, max_len] instead (and Lq with it where they were equal).
+  if ((which < 0.70 || threshold) && c.lk <= c.bk && lim.max_len > c.bk && chance(0.75)) {
+    const bool same = c.lq == c.lk;
+    c.lk = std::clamp<int64_t>(static_cast<int64_t>(std::exp(uni(std::log(c.bk + 1.0), std::log(static_cast<double>(lim.max_len))))),
+                               c.bk + 1, lim.max_len);
+    if (same) c.lq = c.lk;
+  }
   const int64_t nk = (c.lk + c.bk - 1) / c.bk;
   const double negl_share = c.topk < 1.0 ? c.negligible / (1.0 - c.topk) : 0.0;  // where in [0, 1 - topk] it fell
   auto fraction = [&]() {
     return chance(0.12) ? 1.0 : uni(0.01, 1.0);
   };
-  const double which = uni(0, 1);
   if (which < 0.35) {
     for (int64_t h = 0; h < c.heads; ++h) c.head_topk.push_back(fraction());
     const double top = *std::max_element(c.head_topk.begin(), c.head_topk.end());
@@ -1399,11 +1470,16 @@ Case draw_case(uint64_t case_seed, const FuzzLimits& lim) {
     }
     c.negligible = c.variant == Variant::complement && c.negligible > 0 ? negl_share : 0.0;
   }
-  if (c.variant == Variant::complement && chance(0.4)) {
+  if (threshold) {
     c.negligible = 0.0;
-    c.negligible_threshold = chance(0.1) ? uni(0.3, 0.99) : std::exp(uni(std::log(1e-6), std::log(0.3)));
+    // Near the uniform share 1/Nk half the time (where it splits a row), else log-uniform over (1e-6, 0.99).
+    c.negligible_threshold = chance(0.5) ? std::min(0.99, std::exp(uni(std::log(0.05), std::log(1.5))) / nk)
+                                         : std::exp(uni(std::log(1e-6), std::log(0.99)));
     c.max_negligible = chance(0.25) ? 1.0 : uni(0.01, 1.0);
   }
+  // Pooled scores of unstructured random inputs are nearly equal (shares within a few % of 1/Nk): give 40% of the
+  // cases blocks that differ, so that the rules pick different counts and sets per row.
+  if (chance(0.4)) c.block_structure = uni(0.2, 1.5);
   return c;
 }
 
@@ -1641,6 +1717,7 @@ struct TrainingTest : TestCase {  // bwd grid, regressions and fuzz: O and every
   int eval(const RunOptions& opt, TrainingResult* res, std::string* log) const override {
     TrainingOptions t = opt.training;
     if (mode == Mode::fuzz && index % 8 != 0) t.determinism = false;  // bitwise reruns on every 8th case
+    if (mode == Mode::fuzz && index % 4 == 1) t.cross_check = true;   // the oracle checked on every 4th
     return run_training_case(vars, seed, t, res, log);
   }
 };
@@ -1723,7 +1800,10 @@ struct Worst {
 };
 
 struct ModeSummary {
-  int passed = 0, failed = 0, skipped = 0, determinism = 0;
+  int passed = 0, failed = 0, skipped = 0, determinism = 0, cross_checked = 0;
+  // Passed cases per block-map rule: fixed topk, per-head topk, top_p (and those with rows below the LUT width),
+  // negligible threshold (and those where it cut a row's set).
+  int fixed = 0, head_topk = 0, top_p = 0, partial = 0, threshold = 0, cut = 0;
   double flops = 0;
   Worst worst;
   std::vector<int64_t> failures;
@@ -1759,6 +1839,12 @@ ModeSummary run_mode(const std::vector<std::unique_ptr<TestCase>>& cases, const 
         sum.worst.add(res, tc.index);
         sum.flops += tc.flops();
         if (res.determinism_checked) ++sum.determinism;
+        if (res.cross_checked) ++sum.cross_checked;
+        const Case& v = tc.vars;
+        ++(v.top_p_rule() ? sum.top_p : (v.head_topk.empty() ? sum.fixed : sum.head_topk));
+        sum.partial += res.partial_rows;
+        sum.threshold += v.negligible_threshold > 0;
+        sum.cut += res.threshold_cut;
       }
     }
   };
@@ -1908,6 +1994,11 @@ int main(int argc, char** argv) {
       std::printf("; %.1f GFLOP checked", s.flops / 1e9);
     }
     std::printf("\n");
+    if (m == Mode::bwd || m == Mode::fuzz) {
+      std::printf("%s: block maps of the passed cases: fixed topk %d, per-head topk %d, top_p %d, negligible threshold "
+                  "%d (cutting a row's set in %d); rows below the LUT width in %d; exact reference = oracle on %d\n",
+                  mode_name(m), s.fixed, s.head_topk, s.top_p, s.threshold, s.cut, s.partial, s.cross_checked);
+    }
     if (m == Mode::fuzz && !s.failures.empty()) {
       std::printf("fuzz: %zu failing configurations; replay:", s.failures.size());
       for (size_t f = 0; f < s.failures.size() && f < 20; ++f)
