@@ -256,6 +256,81 @@ std::vector<Case> forward_cases() {
     c.shape_name = "map-Nk>512";
     cases.push_back(c);
   }
+  // The adaptive block map (docs/BLOCK_MAP.md): LUT rows with fewer entries than the table's width, per-head widths
+  // and negligible sets chosen by threshold, on both query-block sizes (both mainloops' tiles). Blocks with
+  // different pooled scores (block_structure), so that counts and sets differ from row to row. These stay within
+  // gradient_cases' size bound, so the bwd and ref grids run them too.
+  {
+    Case c;  // per-head topk with the fixed negligible fraction (at most 1 - the largest topk)
+    c.variant = Variant::complement;
+    c.heads = 3;
+    c.lq = c.lk = 600;
+    c.head_topk = {0.1, 0.35, 0.6};
+    c.negligible = 0.2;
+    c.block_structure = 0.8;
+    c.shape_name = "rule-head-topk";
+    cases.push_back(c);
+  }
+  {
+    Case c;  // per-head top_p with a count clamp below Nk = 15 (rows of 2 to 8 blocks)
+    c.dtype = DType::f16;
+    c.d = 64;
+    c.bq = 128;
+    c.layout.blhd = true;
+    c.lq = 400;
+    c.lk = 900;
+    c.rule = sla::CriticalRule::top_p;
+    c.head_top_p = {0.5, 0.9};
+    c.min_blocks = 2;
+    c.max_blocks = 8;
+    c.block_structure = 1.5;
+    c.shape_name = "rule-top_p";
+    cases.push_back(c);
+  }
+  {
+    Case c;  // top_p with min_blocks = max_blocks (every row 3 blocks) and the fixed negligible fraction
+    c.variant = Variant::complement;
+    c.fmap = FeatureMap::elu;
+    c.bk = 128;
+    c.lq = c.lk = 600;
+    c.rule = sla::CriticalRule::top_p;
+    c.top_p = 0.8;
+    c.min_blocks = c.max_blocks = 3;
+    c.negligible = 0.3;
+    c.block_structure = 0.8;
+    c.shape_name = "rule-top_p-min=max";
+    cases.push_back(c);
+  }
+  {
+    Case c;  // top_p (at most 5 of Nk = 10) with the negligible threshold at a tenth of the uniform share 1/Nk
+    c.variant = Variant::complement;
+    c.bq = c.bk = 128;
+    c.lq = 300;
+    c.lk = 1280;
+    c.rule = sla::CriticalRule::top_p;
+    c.top_p = 0.7;
+    c.max_blocks = 5;
+    c.negligible_threshold = 0.01;
+    c.max_negligible = 0.5;
+    c.block_structure = 1.5;
+    c.shape_name = "rule-threshold";
+    cases.push_back(c);
+  }
+  {
+    Case c;  // the fixed topk with the negligible threshold, ragged lengths (Nk = 13)
+    c.variant = Variant::complement;
+    c.dtype = DType::f16;
+    c.d = 64;
+    c.fmap = FeatureMap::relu;
+    c.lq = 333;
+    c.lk = 777;
+    c.topk = 0.2;
+    c.negligible_threshold = 0.04;
+    c.max_negligible = 0.6;
+    c.block_structure = 1.0;
+    c.shape_name = "rule-threshold-topk";
+    cases.push_back(c);
+  }
   return cases;
 }
 
@@ -589,6 +664,14 @@ int64_t check_map_rules(const Case& c, const sla::BlockMapShape& shape, double s
   return bad;
 }
 
+// " counts 2..6/6": the range of a table's row counts over its width, for the logs of the adaptive rules.
+std::string count_range(const char* what, const std::vector<int32_t>& count, int64_t width) {
+  if (count.empty()) return "";
+  const auto mm = std::minmax_element(count.begin(), count.end());
+  return std::string(" ") + what + " " + std::to_string(*mm.first) + ".." + std::to_string(*mm.second) + "/" +
+         std::to_string(width);
+}
+
 // The backend's map against the CPU backend's fp64 map of the same inputs: every row identical (count, entries,
 // -1 padding), except rows where the two differ within rounding (their scores in fp32 against fp64): there the
 // backend's row must still be a valid map of its rule within kCrossBackendMap. Counts those in `near_ties`.
@@ -757,6 +840,8 @@ bool run_forward_case(const Case& c, uint64_t seed, std::string* log) {
                                 "cpu-map", log) == 0;
   map_ok &= compare_maps(c, gm, cm, rp.scale, scores, log, &near_ties);
   if (near_ties) *log += " near-ties:" + std::to_string(near_ties) + "/" + std::to_string(rows);
+  if (c.top_p_rule() || !c.head_topk.empty()) *log += count_range("counts", gm.count, shape.critical);
+  if (c.negligible_threshold > 0 && shape.negligible > 0) *log += count_range("negl", gm.negl_count, shape.negligible);
   // Inverse tables: the CPU's inversion of the GPU's own tables.
   HostMap im = gm;
   sla::BlockMap imap = host_views(im);
@@ -1108,6 +1193,8 @@ int run_training_case(const Case& c, uint64_t seed, const TrainingOptions& opt, 
   {
     const HostMap& m = hp.map;
     const int64_t t = m.shape.critical, tn = m.shape.negligible, nk = m.shape.k_blocks;
+    if (c.top_p_rule() || !c.head_topk.empty()) *log += count_range("counts", m.count, t);
+    if (c.negligible_threshold > 0 && tn > 0) *log += count_range("negl", m.negl_count, tn);
     for (size_t r = 0; r < m.count.size(); ++r) {
       res->partial_rows |= m.count[r] < t;
       if (tn > 0 && c.negligible_threshold > 0)
@@ -1479,7 +1566,7 @@ Case draw_case(uint64_t case_seed, const FuzzLimits& lim) {
   }
   // Pooled scores of unstructured random inputs are nearly equal (shares within a few % of 1/Nk): give 40% of the
   // cases blocks that differ, so that the rules pick different counts and sets per row.
-  if (chance(0.4)) c.block_structure = uni(0.2, 1.5);
+  if (chance(0.4)) c.block_structure = uni(0.2, 2.0);
   return c;
 }
 
