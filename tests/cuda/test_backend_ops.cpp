@@ -8,16 +8,29 @@
 //       the same fp64 oracle (the only backend of a build without CUDA; CI runs it).
 // fwd:  a grid of forward cases (dtype x head dim x block sizes x variant, with feature map, shape and layout
 //       rotating through all their values) plus special cases (topk = 1, negligible set, no saved state, int64
-//       offsets). Each case: random inputs; the backend's block map against the CPU backend's (exact up to fp32
-//       near-ties); inverse tables exact; the forward against the CPU backend in fp64 (the oracle) under
-//       FlashAttention's rule: the error must be at most 2x that of the same math done at the input precision
-//       (tests/common/reference.cpp with rounding) plus a small floor (check_rule). Outputs are poisoned with NaN
-//       before each run, and two runs must match bitwise.
+//       offsets, and the adaptive block map of docs/BLOCK_MAP.md: per-head topk, top_p with a count clamp and with
+//       min = max, the negligible threshold under top_p and under topk, on both query-block sizes). Each case:
+//       random inputs; the CPU backend's fp64 map checked row by row against the rule's definition (count, a prefix
+//       of the score order, the negligible suffix, -1 padding; valid_row); the backend's map against it (rows
+//       identical except near-boundary rows that must still be valid within the cross-backend tolerance of
+//       docs/BLOCK_MAP.md section 2); inverse tables exact; the forward against the CPU backend in fp64 (the
+//       oracle) under FlashAttention's rule: the error must be at most 2x that of the same math done at the input
+//       precision (tests/common/reference.cpp with rounding) plus a small floor (check_rule). Outputs are poisoned
+//       with NaN before each run, and two runs must match bitwise.
 // bwd:  forward + backward against the oracle's O, dQ, dK, dV, dW, db under the same rule, on the forward grid and
-//       on the precision regressions (regress-*); two runs bitwise equal.
+//       on the precision regressions (regress-*); two runs bitwise equal. The map (the CPU backend's in fp64) is
+//       checked against its rule first, in every training case (bwd, fuzz, ref).
 // fuzz: --count (2000; 300 with --backend cpu) configurations drawn from --seed (fresh and printed when not given)
-//       over every option the API accepts, checked like bwd; bitwise reruns on every 8th. Prints the worst error /
-//       limit per tensor and the replay command of each failure (--seed N --case K).
+//       over every option the API accepts, checked like bwd: dtype, head dim (16/32 too on the CPU), block sizes
+//       (16/32 too on the CPU), lengths from 1, layouts, variant, feature map, W, b and their scales, softmax scale,
+//       eps, and the block map: fixed topk, per-head topk (~35%), top_p (~35%; one p or one per head, min_blocks and
+//       max_blocks: 0 = Nk, below Nk, equal, past Nk), and for the complement variant the fixed negligible fraction
+//       or (40%) a negligible threshold with max_negligible. Inputs of most adaptive cases get per-block offsets
+//       (/blkX), so that the pooled shares differ and the rules choose different counts per row. Bitwise reruns on
+//       every 8th case; on every 2nd the oracle itself against the exact fp64 reference (to 1e-9: the 2x rule cannot
+//       see an oracle that is wrong at every precision). Prints the worst error / limit per tensor, how many cases
+//       had each rule (and rows below the LUT width, thresholds that cut a row) and the replay command of each
+//       failure (--seed N --case K).
 // ref:  host only: the fp64 reference (exact) against the CPU backend, forward and backward, to 1e-9.
 // perf: W1 (B=1, H=12, L=32760, D=128, bf16, topk 0.05, 128/64, global), median of 20: block map and forward
 //       (inference), and one training step (map with inverse tables + forward saving state, then backward). CUDA.
@@ -101,7 +114,8 @@ struct Case {
       if (one != 0) r += (std::snprintf(buf, sizeof buf, "+%.2f", one), buf);
       return r;
     };
-    std::string n = top_p_rule() ? list("top_p", head_top_p, top_p) : list("topk", head_topk, head_topk.empty() ? topk : 0);
+    std::string n =
+        top_p_rule() ? list("top_p", head_top_p, top_p) : list("topk", head_topk, head_topk.empty() ? topk : 0);
     if (top_p_rule() && min_blocks != 1) n += (std::snprintf(buf, sizeof buf, "/min%" PRId64, min_blocks), buf);
     if (top_p_rule() && max_blocks != 0) n += (std::snprintf(buf, sizeof buf, "/max%" PRId64, max_blocks), buf);
     if (negligible_threshold > 0) {
@@ -114,7 +128,8 @@ struct Case {
   std::string name() const {
     char buf[256];
     std::snprintf(buf, sizeof buf,
-                  "fwd/%s/d%" PRId64 "/bq%d/bk%d/%s/%s/%s/%s/B%" PRId64 "H%" PRId64 "Lq%" PRId64 "Lk%" PRId64 "%s%s%s%s%s",
+                  "fwd/%s/d%" PRId64 "/bq%d/bk%d/%s/%s/%s/%s/B%" PRId64 "H%" PRId64 "Lq%" PRId64 "Lk%" PRId64
+                  "%s%s%s%s%s",
                   sla::dtype_name(dtype), d, bq, bk, sla::variant_name(variant), sla::feature_map_name(fmap),
                   shape_name.c_str(), layout.name(), batch, heads, lq, lk, rule_name().c_str(), weight ? "/W" : "",
                   bias ? "/b" : "", save ? "/save" : "", layout.head_gap > (int64_t{1} << 30) ? "/int64" : "");
@@ -130,7 +145,9 @@ struct Case {
   // Critical blocks per row, averaged over the heads: T_h of each head for the topk rules, the LUT width (the most
   // a row can hold) for top_p, whose counts depend on the inputs.
   double critical_blocks_bound(int64_t nk) const {
-    auto fixed = [&](double t) { return std::clamp(std::floor(t * static_cast<double>(nk)), 1.0, static_cast<double>(nk)); };
+    auto fixed = [&](double t) {
+      return std::clamp(std::floor(t * static_cast<double>(nk)), 1.0, static_cast<double>(nk));
+    };
     if (top_p_rule()) return static_cast<double>(max_blocks == 0 ? nk : std::min(max_blocks, nk));
     if (head_topk.empty()) return fixed(topk);
     double sum = 0;
@@ -518,10 +535,10 @@ sla::BlockMap host_views(HostMap& h) {
 // One head's rule: the topk rules fix the count (T), top_p bounds it to [lo, hi] by the mass p.
 struct HeadRule {
   bool top_p = false;
-  int64_t t = 1;             // topk: the count of every row
-  double p = 0;              // top_p: the share to cover
-  int64_t lo = 1, hi = 1;    // top_p: the clamp, min(min_blocks, Tmax) and Tmax
-  double tau = 0;            // negligible threshold (0: the fixed fraction)
+  int64_t t = 1;           // topk: the count of every row
+  double p = 0;            // top_p: the share to cover
+  int64_t lo = 1, hi = 1;  // top_p: the clamp, min(min_blocks, Tmax) and Tmax
+  double tau = 0;          // negligible threshold (0: the fixed fraction)
 };
 
 int64_t topk_count(double topk, int64_t nk) {
@@ -627,7 +644,8 @@ bool valid_row(const double* s, int64_t nk, double scale, const HeadRule& r, int
     } else {
       for (int32_t e = 0; e < ncnt; ++e)
         if (share[nlut[e]] >= r.tau * (1 + tol.tau)) return *why = "negl-above-threshold", false;
-      if (ncnt < cap && weakest_marg_share < r.tau * (1 - tol.tau)) return *why = "negl-misses-a-block-below-threshold", false;
+      if (ncnt < cap && weakest_marg_share < r.tau * (1 - tol.tau))
+        return *why = "negl-misses-a-block-below-threshold", false;
     }
   }
   return true;
@@ -684,8 +702,7 @@ bool compare_maps(const Case& c, const HostMap& g, const HostMap& cpu, double sc
     const HeadRule r = head_rule(c, nk, bh % s.heads);
     for (int64_t i = 0; i < nq; ++i) {
       const int64_t row = bh * nq + i;
-      bool same = g.count[row] == cpu.count[row] &&
-                  std::equal(&g.lut[row * t], &g.lut[row * t] + t, &cpu.lut[row * t]);
+      bool same = g.count[row] == cpu.count[row] && std::equal(&g.lut[row * t], &g.lut[row * t] + t, &cpu.lut[row * t]);
       if (tn > 0) {
         same = same && g.negl_count[row] == cpu.negl_count[row] &&
                std::equal(&g.negl_lut[row * tn], &g.negl_lut[row * tn] + tn, &cpu.negl_lut[row * tn]);
@@ -693,8 +710,7 @@ bool compare_maps(const Case& c, const HostMap& g, const HostMap& cpu, double sc
       if (same) continue;
       const char* why = "";
       if (valid_row(&scores[row * nk], nk, scale, r, t, tn, &g.lut[row * t], g.count[row],
-                    tn > 0 ? &g.negl_lut[row * tn] : nullptr, tn > 0 ? g.negl_count[row] : 0, kCrossBackendMap,
-                    &why)) {
+                    tn > 0 ? &g.negl_lut[row * tn] : nullptr, tn > 0 ? g.negl_count[row] : 0, kCrossBackendMap, &why)) {
         ++*near_ties;
       } else if (bad++ == 0) {
         *log += " map-row" + std::to_string(row) + ":" + why;
@@ -1328,7 +1344,9 @@ int run_training_case(const Case& c, uint64_t seed, const TrainingOptions& opt, 
   const double nat_dk = reference_dk_cancellation_scale(hp.ref, hp.d_o);
   const int bits = c.dtype == DType::bf16 ? 8 : 11;  // O, dq, dk, dv are stored in the input dtype
   if (opt.cross_check) {
-    const Rounding exact = [](double x) { return x; };
+    const Rounding exact = [](double x) {
+      return x;
+    };
     RefOutputs fo;
     reference_forward(hp.ref, exact, &fo);
     RefGradients go;
@@ -1519,8 +1537,9 @@ Case draw_case(uint64_t case_seed, const FuzzLimits& lim) {
   // adaptive cases with one get Lk log-uniform over (bk, max_len] instead (and Lq with it where they were equal).
   if ((which < 0.70 || threshold) && c.lk <= c.bk && lim.max_len > c.bk && chance(0.75)) {
     const bool same = c.lq == c.lk;
-    c.lk = std::clamp<int64_t>(static_cast<int64_t>(std::exp(uni(std::log(c.bk + 1.0), std::log(static_cast<double>(lim.max_len))))),
-                               c.bk + 1, lim.max_len);
+    c.lk = std::clamp<int64_t>(
+        static_cast<int64_t>(std::exp(uni(std::log(c.bk + 1.0), std::log(static_cast<double>(lim.max_len))))), c.bk + 1,
+        lim.max_len);
     if (same) c.lq = c.lk;
   }
   const int64_t nk = (c.lk + c.bk - 1) / c.bk;
@@ -1553,7 +1572,8 @@ Case draw_case(uint64_t case_seed, const FuzzLimits& lim) {
     } else if (m < 0.45) {
       c.max_blocks = c.min_blocks;
     } else {
-      c.max_blocks = c.min_blocks + pick(static_cast<int>(std::min<int64_t>(std::max<int64_t>(nk - c.min_blocks, 0) + 2, 16)));
+      c.max_blocks =
+          c.min_blocks + pick(static_cast<int>(std::min<int64_t>(std::max<int64_t>(nk - c.min_blocks, 0) + 2, 16)));
     }
     c.negligible = c.variant == Variant::complement && c.negligible > 0 ? negl_share : 0.0;
   }
@@ -2083,9 +2103,10 @@ int main(int argc, char** argv) {
     }
     std::printf("\n");
     if (m == Mode::bwd || m == Mode::fuzz) {
-      std::printf("%s: block maps of the passed cases: fixed topk %d, per-head topk %d, top_p %d, negligible threshold "
-                  "%d (cutting a row's set in %d); rows below the LUT width in %d; exact reference = oracle on %d\n",
-                  mode_name(m), s.fixed, s.head_topk, s.top_p, s.threshold, s.cut, s.partial, s.cross_checked);
+      std::printf(
+          "%s: block maps of the passed cases: fixed topk %d, per-head topk %d, top_p %d, negligible threshold "
+          "%d (cutting a row's set in %d); rows below the LUT width in %d; exact reference = oracle on %d\n",
+          mode_name(m), s.fixed, s.head_topk, s.top_p, s.threshold, s.cut, s.partial, s.cross_checked);
     }
     if (m == Mode::fuzz && !s.failures.empty()) {
       std::printf("fuzz: %zu failing configurations; replay:", s.failures.size());
