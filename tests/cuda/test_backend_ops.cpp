@@ -1523,14 +1523,15 @@ Case draw_case(uint64_t case_seed, const FuzzLimits& lim) {
   if (c.bias && chance(0.3)) c.bias_sd = std::exp(uni(std::log(0.01), std::log(30.0)));
   c.scale = chance(0.5) ? 0.0 : uni(0.02, 0.5);
   c.eps = chance(0.6) ? 1e-5 : std::exp(uni(std::log(1e-7), std::log(1.0)));
-  // The adaptive block map (docs/BLOCK_MAP.md), drawn after everything above so that a seed's other parameters
-  // stay what they were before these rules were drawn. About 35% per-head topk, 35% top_p, 30% the fixed topk;
-  // the complement variant's negligible set by threshold in 40% of its cases, else the fixed fraction as drawn
-  // above (rescaled to the room the rule leaves: 1 - the largest topk, or all of [0, 1] under top_p).
+  // Everything below was added with the adaptive block map and is drawn after the parameters above, so that those
+  // are drawn as they were before (a seed's configuration still changes: most cases now get a new rule).
   // The CPU backend also takes blocks of 16 and 32 rows (the CUDA backend only 64 and 128): more blocks per row at
   // the CPU slice's short lengths, where the adaptive rules have something to choose from.
   if (lim.cpu && chance(0.3)) c.bq = chance(0.5) ? 16 : 32;
   if (lim.cpu && chance(0.3)) c.bk = chance(0.5) ? 16 : 32;
+  // The block map (docs/BLOCK_MAP.md): about 35% per-head topk, 35% top_p, 30% the fixed topk; the complement
+  // variant's negligible set by threshold in 40% of its cases, else the fixed fraction as drawn above (rescaled to
+  // the room the rule leaves: 1 - the largest topk, or all of [0, 1] under top_p).
   const double which = uni(0, 1);
   const bool threshold = c.variant == Variant::complement && chance(0.4);
   // With one key block a rule has nothing to choose; the lengths above give one in most short cases. So 3/4 of the
@@ -1912,8 +1913,8 @@ struct Worst {
 
 struct ModeSummary {
   int passed = 0, failed = 0, skipped = 0, determinism = 0, cross_checked = 0;
-  // Passed cases per block-map rule: fixed topk, per-head topk, top_p (and those with rows below the LUT width),
-  // negligible threshold (and those where it cut a row's set).
+  // Passed cases per block-map rule: fixed topk, per-head topk, top_p, negligible threshold (and those where it cut
+  // a row's set); and those whose map has rows below the LUT width (any rule).
   int fixed = 0, head_topk = 0, top_p = 0, partial = 0, threshold = 0, cut = 0;
   double flops = 0;
   Worst worst;
