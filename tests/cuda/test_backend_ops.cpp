@@ -574,12 +574,13 @@ void expected_widths(const Case& c, int64_t nk, int64_t* t, int64_t* tn) {
 }
 
 struct MapTolerance {
-  double score;  // relative to the row's largest |score|: ties within it may fall either way
-  double share;  // absolute, on the top_p mass
-  double tau;    // relative, on the threshold
+  double score;      // relative to the row's largest |score|: ties within it (plus score_abs) may fall either way
+  double score_abs;  // absolute, for rows whose scores are all near 0
+  double share;      // absolute, on the top_p mass
+  double tau;        // relative, on the threshold
 };
-constexpr MapTolerance kExactMap{1e-9, 1e-9, 1e-9};
-constexpr MapTolerance kCrossBackendMap{1e-5, 1e-4, 1e-3};
+constexpr MapTolerance kExactMap{1e-9, 1e-12, 1e-9, 1e-9};
+constexpr MapTolerance kCrossBackendMap{1e-5, 1e-9, 1e-4, 1e-3};
 
 // Whether one row (count `cnt` of width `t` in `lut`; `ncnt` of width `tn` in `nlut` when tn > 0) is a valid map of
 // rule `r` on the scores `s` (nk of them) at softmax scale `scale`; `why` names the first violated condition.
@@ -623,7 +624,7 @@ bool valid_row(const double* s, int64_t nk, double scale, const HeadRule& r, int
     return *why = "negl-form", false;
   }
   // The critical set is a prefix of the total order and the negligible set a suffix, up to near-ties.
-  const double slack = tol.score * amax + 1e-300;
+  const double slack = tol.score * amax + tol.score_abs;
   double min_crit = std::numeric_limits<double>::infinity(), max_rest = -min_crit;
   double max_negl = -min_crit, min_marg = min_crit, weakest_marg_share = 2;
   for (int64_t j = 0; j < nk; ++j) {
