@@ -8,15 +8,15 @@
 //       the same fp64 oracle (the only backend of a build without CUDA; CI runs it).
 // fwd:  a grid of forward cases (dtype x head dim x block sizes x variant, with feature map, shape and layout
 //       rotating through all their values) plus special cases (topk = 1, negligible set, no saved state, int64
-//       offsets, and the adaptive block map of docs/BLOCK_MAP.md: per-head topk, top_p with a count clamp and with
-//       min = max, the negligible threshold under top_p and under topk, on both query-block sizes). Each case:
-//       random inputs; the CPU backend's fp64 map checked row by row against the rule's definition (count, a prefix
-//       of the score order, the negligible suffix, -1 padding; valid_row); the backend's map against it (rows
-//       identical except near-boundary rows that must still be valid within the cross-backend tolerance of
-//       docs/BLOCK_MAP.md section 2); inverse tables exact; the forward against the CPU backend in fp64 (the
-//       oracle) under FlashAttention's rule: the error must be at most 2x that of the same math done at the input
-//       precision (tests/common/reference.cpp with rounding) plus a small floor (check_rule). Outputs are poisoned
-//       with NaN before each run, and two runs must match bitwise.
+//       offsets, one marginal block of 2048 with V of one sign (the complement state's cancellation), and the adaptive
+//       block map of docs/BLOCK_MAP.md: per-head topk, top_p with a count clamp and with min = max, the negligible
+//       threshold under top_p and under topk, on both query-block sizes). Each case: random inputs; the CPU backend's
+//       fp64 map checked row by row against the rule's definition (count, a prefix of the score order, the negligible
+//       suffix, -1 padding; valid_row); the backend's map against it (rows identical except near-boundary rows that
+//       must still be valid within the cross-backend tolerance of docs/BLOCK_MAP.md section 2); inverse tables exact;
+//       the forward against the CPU backend in fp64 (the oracle) under FlashAttention's rule: the error must be at most
+//       2x that of the same math done at the input precision (tests/common/reference.cpp with rounding) plus a small
+//       floor (check_rule). Outputs are poisoned with NaN before each run, and two runs must match bitwise.
 // bwd:  forward + backward against the oracle's O, dQ, dK, dV, dW, db under the same rule, on the forward grid and
 //       on the precision regressions (regress-*); two runs bitwise equal. The map (the CPU backend's in fp64) is
 //       checked against its rule first, in every training case (bwd, fuzz, ref).
@@ -97,6 +97,9 @@ struct Case {
   double eps = 1e-5;         // global variant's epsilon
   double block_structure = 0.0;  // sd of an offset shared by the rows of each block of Q and K (0: none), so that
                                  // pooled scores differ between blocks and adaptive counts differ between rows
+  // Added to every element of V: channels of one sign, so that the linear states of all key blocks add up without
+  // cancelling (a large total against a small marginal sum).
+  double v_mean = 0.0;
   double weight_gain = 1.0;  // W ~ N(0, 1/D) * weight_gain: large gains make the linear part dominate O
   double bias_sd = 0.1;      // b ~ N(0, bias_sd^2)
   std::string shape_name = "ragged";
@@ -138,6 +141,7 @@ struct Case {
     if (scale > 0) n += (std::snprintf(extra, sizeof extra, "/scale%.4g", scale), extra);
     if (eps != 1e-5) n += (std::snprintf(extra, sizeof extra, "/eps%.3g", eps), extra);
     if (block_structure > 0) n += (std::snprintf(extra, sizeof extra, "/blk%.2f", block_structure), extra);
+    if (v_mean != 0) n += (std::snprintf(extra, sizeof extra, "/vmean%.3g", v_mean), extra);
     if (weight && weight_gain != 1.0) n += (std::snprintf(extra, sizeof extra, "/Wx%.3g", weight_gain), extra);
     if (bias && bias_sd != 0.1) n += (std::snprintf(extra, sizeof extra, "/bsd%.3g", bias_sd), extra);
     return n;
@@ -271,6 +275,25 @@ std::vector<Case> forward_cases() {
     c.negligible = 0.1;
     c.weight = c.bias = c.save = false;
     c.shape_name = "map-Nk>512";
+    cases.push_back(c);
+  }
+  {
+    // One marginal block per row out of Nk = 2048, V of one sign: the complement's linear state of a query block is
+    // one block's state, while the sum over all key blocks is 2048 times larger. A kernel that forms it as that
+    // total minus the critical and negligible blocks cancels about 11 bits of fp32 (docs/KERNELS_NEXT.md 1.5);
+    // the direct sum does not.
+    Case c;
+    c.variant = Variant::complement;
+    c.d = 64;
+    c.bq = 128;
+    c.heads = 1;
+    c.lq = 128;
+    c.lk = 131072;
+    c.topk = 0.5;                  // T = 1024
+    c.negligible = 1023.5 / 2048;  // Tn = floor(k_l Nk) = 1023: Nk - T - Tn = 1 marginal block
+    c.v_mean = 4.0;
+    c.save = false;
+    c.shape_name = "cancel-one-marginal";
     cases.push_back(c);
   }
   // The adaptive block map (docs/BLOCK_MAP.md): LUT rows with fewer entries than the table's width, per-head widths
@@ -788,6 +811,7 @@ bool run_forward_case(const Case& c, uint64_t seed, std::string* log) {
   };
   std::vector<double> q = random_tensor(c.lq, 1.0, c.bq, 1), k = random_tensor(c.lk, 1.0, c.bk, 2),
                       v = random_tensor(c.lk, 1.0, 0, 0);
+  for (double& e : v) e = rnd(e + c.v_mean);
   std::vector<double> w, bias;
   if (c.weight) {
     w.resize(D * D);
@@ -1021,6 +1045,7 @@ bool make_host_problem(const Case& c, uint64_t seed, HostProblem* hp, std::strin
   hp->q = random_tensor(c.lq, c.bq, 1);
   hp->k = random_tensor(c.lk, c.bk, 2);
   hp->v = random_tensor(c.lk, 0, 0);
+  for (double& e : hp->v) e = rnd(e + c.v_mean);
   hp->d_o = random_tensor(c.lq, 0, 0);
   if (c.weight) {
     hp->w.resize(D * D);
