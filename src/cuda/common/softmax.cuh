@@ -107,11 +107,11 @@ __device__ __forceinline__ float recompute_p(float s, float scale_log2, float ls
 }
 
 // The dQ pass (rows = queries): dS = P (dP - Delta) into s, with LSE (log2 units) and Delta per row g, g + 8 and
-// P = 0 at masked key columns.
+// P = 0 at key columns at or past `limit` (t = lane % 4).
 template <int kN, class Index>
 __device__ __forceinline__ void ds_by_rows(float (&s)[kN][4], const float (&dp)[kN][4], float scale_log2,
-                                           const float (&lse2)[2], const float (&delta)[2],
-                                           const ColumnLimit<Index>& keys) {
+                                           const float (&lse2)[2], const float (&delta)[2], Index limit, int t) {
+  const ColumnLimit<Index> keys{limit, t};
 #pragma unroll
   for (int n = 0; n < kN; ++n)
 #pragma unroll
