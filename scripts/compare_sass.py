@@ -2,7 +2,7 @@
 """Compares the SASS of every kernel in two CUDA builds: a refactor that should not change the generated code
 must leave each function's instruction sequence identical, per architecture.
 
-Usage: scripts/compare_sass.py BUILD_A BUILD_B [--cuobjdump PATH] [--show N]
+Usage: scripts/compare_sass.py BUILD_A BUILD_B [--cuobjdump PATH] [--show N] [--rename]
 
 Both builds must use the same flags (archs, head dims, dtypes). Every object compiled from a .cu file (*.cu.o under
 the build folder) is disassembled with `cuobjdump -sass`; addresses and encodings are dropped, function names,
@@ -10,6 +10,9 @@ instruction text (operands, branch offsets within the function, predicates) are 
 of anonymous namespaces (_GLOBAL__N__<hash>_<file>_...) depends on where the source tree lies, so it is masked: two
 checkouts in different folders compare equal. Objects are paired by their path relative to the build folder,
 functions by (arch, name). Exit status 0 when everything matches.
+--rename also reports, for each function that differs, whether it is the same instruction sequence under one
+consistent one-to-one renaming of its registers (R, UR, P, UP): the same operations on the same data flow, with
+other physical registers (such functions still count as differing).
 cuobjdump: --cuobjdump, else $CUOBJDUMP, else on PATH, else $CUDA_HOME/bin (some toolkits ship without it; the
 nvidia-cuda-cuobjdump wheel on PyPI has it).
 """
@@ -29,6 +32,23 @@ ANON_NS = re.compile(r"_GLOBAL__N__[0-9a-f]{8}_")
 
 def unhash(text):
     return ANON_NS.sub("_GLOBAL__N__#_", text)
+
+
+REG = re.compile(r"\b(U?[RP]\d+)\b")
+
+
+def same_up_to_renaming(a, b):
+    """Whether instruction lists a and b are equal under one bijection of register names."""
+    if len(a) != len(b):
+        return False
+    fwd, back = {}, {}
+    for x, y in zip(a, b):
+        if REG.sub("%", x) != REG.sub("%", y):
+            return False
+        for ra, rb in zip(REG.findall(x), REG.findall(y)):
+            if fwd.setdefault(ra, rb) != rb or back.setdefault(rb, ra) != ra:
+                return False
+    return True
 
 
 def find_cuobjdump(explicit):
@@ -75,6 +95,7 @@ def main():
     ap.add_argument("build_b")
     ap.add_argument("--cuobjdump")
     ap.add_argument("--show", type=int, default=3, help="differing functions to print in full context")
+    ap.add_argument("--rename", action="store_true", help="test differing functions for a register renaming")
     args = ap.parse_args()
     tool = find_cuobjdump(args.cuobjdump)
     objs_a, objs_b = objects(args.build_a), objects(args.build_b)
@@ -101,7 +122,10 @@ def main():
                 continue
             ok = False
             first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-            print(f"{rel}: {arch} {name}: DIFFERS ({len(a)} vs {len(b)} instructions, first at {first})")
+            note = ""
+            if args.rename:
+                note = ", register renaming only" if same_up_to_renaming(a, b) else ", not a renaming"
+            print(f"{rel}: {arch} {name}: DIFFERS ({len(a)} vs {len(b)} instructions, first at {first}{note})")
             if shown < args.show:
                 shown += 1
                 for i in range(max(0, first - 3), min(max(len(a), len(b)), first + 8)):
