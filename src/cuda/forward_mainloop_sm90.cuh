@@ -35,17 +35,6 @@ struct WgmmaMainloop {
   float o[kM][Traits::kNTilesO][4];
   OnlineSoftmax<kM> softmax;
 
-  template <int kN>
-  static __device__ __forceinline__ void fence_acc(float (&acc)[kN][4]) {
-#pragma unroll
-    for (int i = 0; i < kN; ++i) {
-      reg_fence(acc[i][0]);
-      reg_fence(acc[i][1]);
-      reg_fence(acc[i][2]);
-      reg_fence(acc[i][3]);
-    }
-  }
-
   // ---- the pieces of one LUT block ----
 
   // Issues S = Q K^T (64 x kBK per warpgroup) and commits it. K-major B: k16 step ks is +32 bytes in panel ks / 4.
@@ -120,7 +109,7 @@ struct WgmmaMainloop {
       wgmma_fence();
       issue_scores(s, qa, k_tile);
       wgmma_wait<0>();
-      fence_acc(s);
+      fence_regs(s);
       KeyTailMask<kBK>::apply(s, key0, p.lk, lane);  // keys past Lk exist only in the last block
       softmax.update(s, 0, p.scale_log2, corr, sum);
       softmax.rescale(o[0], 0, corr, sum);
@@ -137,12 +126,12 @@ struct WgmmaMainloop {
         wgmma_fence();
         issue_pv(pa, v_prev);
         wgmma_wait<1>();  // groups retire in order: S is done, P V may still run
-        fence_acc(s);
+        fence_regs(s);
         KeyTailMask<kBK>::apply(s, key0, p.lk, lane);
         // s becomes P, m moves to the new max; O and l are rescaled once P_{t-1} V_{t-1} is done.
         softmax.update(s, 0, p.scale_log2, corr, sum);
         wgmma_wait<0>();
-        fence_acc(o[0]);
+        fence_regs(o[0]);
         gather.release(seq - 1, lane);
         softmax.rescale(o[0], 0, corr, sum);
         pack_p(s, pa);
@@ -152,7 +141,7 @@ struct WgmmaMainloop {
       wgmma_fence();
       issue_pv(pa, v_prev);
       wgmma_wait<0>();
-      fence_acc(o[0]);
+      fence_regs(o[0]);
     }
     __syncthreads();  // every warp is done with the stages: the epilogue may reuse them
   }

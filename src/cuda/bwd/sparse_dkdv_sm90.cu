@@ -38,17 +38,6 @@ struct DkdvSm90Plan {
   static_assert(epi_dh + 2 * D * D * 2 <= bars, "the epilogue's K, V and dH do not fit");
 };
 
-template <int kN>
-__device__ __forceinline__ void fence_regs(float (&acc)[kN][4]) {
-#pragma unroll
-  for (int i = 0; i < kN; ++i) {
-    reg_fence(acc[i][0]);
-    reg_fence(acc[i][1]);
-    reg_fence(acc[i][2]);
-    reg_fence(acc[i][3]);
-  }
-}
-
 template <class T, int D, int BK, FeatureMap F>
 __global__ void __launch_bounds__(BK * 2, BK == 64 ? 2 : 1)
     dkdv_wgmma_kernel(const __grid_constant__ BwdParams p, const __grid_constant__ QdoTensorMaps maps) {

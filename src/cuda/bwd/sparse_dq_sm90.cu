@@ -37,17 +37,6 @@ struct DqSm90Plan {
   static_assert(stages % 1024 == 0, "the stages must be 1024-byte aligned for the 128-byte swizzle");
 };
 
-template <int kN>
-__device__ __forceinline__ void fence_regs(float (&acc)[kN][4]) {
-#pragma unroll
-  for (int i = 0; i < kN; ++i) {
-    reg_fence(acc[i][0]);
-    reg_fence(acc[i][1]);
-    reg_fence(acc[i][2]);
-    reg_fence(acc[i][3]);
-  }
-}
-
 // S = Q K^T and dP = dO V^T for one tile (64 x 64 per warpgroup), one commit group. K and V are K-major B operands:
 // k16 step ks is +32 bytes in panel ks / 4.
 template <class T, int D>
