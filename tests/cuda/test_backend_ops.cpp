@@ -93,8 +93,8 @@ struct Case {
   int64_t min_blocks = 1, max_blocks = 0;
   double negligible_threshold = 0.0, max_negligible = 0.0;
   bool weight = true, bias = true, save = true;
-  double scale = 0.0;        // softmax scale; 0: 1/sqrt(D)
-  double eps = 1e-5;         // global variant's epsilon
+  double scale = 0.0;            // softmax scale; 0: 1/sqrt(D)
+  double eps = 1e-5;             // global variant's epsilon
   double block_structure = 0.0;  // sd of an offset shared by the rows of each block of Q and K (0: none), so that
                                  // pooled scores differ between blocks and adaptive counts differ between rows
   // Added to every element of V: channels of one sign, so that the linear states of all key blocks add up without

@@ -157,8 +157,8 @@ __global__ void __launch_bounds__(BK * 2) dkdv_mma_kernel(BwdParams p) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) dk[n][e] *= p.scale;
 
-  // Linear branch in registers (docs/SPEC.md 5): dv += phi(K) dH, dk += phi-backward of (V dH^T + dz), with dH split and
-  // staged over the Q/dO buffers (K and V are still in place). dv goes first and is stored before dk's product, so
+  // Linear branch in registers (docs/SPEC.md 5): dv += phi(K) dH, dk += phi-backward of (V dH^T + dz), with dH split
+  // and staged over the Q/dO buffers (K and V are still in place). dv goes first and is stored before dk's product, so
   // that at most two accumulator sets are live at a time.
   const int64_t group = p.complement ? bh * p.nk + j : bh;
   const uint32_t dh_hi = base + Smem::q, dh_lo = dh_hi + D * D * 2;
