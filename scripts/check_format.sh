@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Formatting check of what a change touches, for CI and before a commit:
-#   C++ / CUDA (.h .cpp .cu .cuh): the changed LINES must be as clang-format (.clang-format) writes them, so a change
+#   C++ / CUDA (.h .cpp .cu .cuh .inc): the changed LINES must be as clang-format (.clang-format) writes them, so a change
 #     never has to reformat a whole file that others are editing;
 #   Python under python/, tests/python, bench/: the changed FILES must pass `ruff check` and `ruff format --check`
 #     (configured in pyproject.toml [tool.ruff]).
@@ -33,7 +33,9 @@ missing() {
   fi
 }
 
-is_cxx() { case "$1" in *.h | *.cpp | *.cu | *.cuh) return 0 ;; esac; return 1; }
+is_cxx() { case "$1" in *.h | *.cpp | *.cu | *.cuh | *.inc) return 0 ;; esac; return 1; }
+# clang-format-diff's own default pattern leaves out .cu and .cuh: name the C++/CUDA suffixes explicitly.
+cxx_regex='.*\.(h|cpp|cu|cuh|inc)'
 is_py() { case "$1" in python/*.py | tests/python/*.py | bench/*.py) return 0 ;; esac; return 1; }
 
 if [ "${1:-}" = "--" ]; then
@@ -63,10 +65,10 @@ else
   for f in "${files[@]}"; do is_cxx "$f" && cxx+=("$f"); done
   if [ ${#cxx[@]} -gt 0 ]; then
     if [ -n "$clang_format_diff" ]; then
-      out=$(git diff -U0 --no-color "$base" -- "${cxx[@]}" | "$clang_format_diff" -p1 || true)
+      out=$(git diff -U0 --no-color "$base" -- "${cxx[@]}" | "$clang_format_diff" -p1 -iregex "$cxx_regex" || true)
       if [ -n "$out" ]; then
         echo "$out"
-        echo "[format] changed C++/CUDA lines differ from clang-format (above; fix with: git diff -U0 $base | $clang_format_diff -p1 -i)" >&2
+        echo "[format] changed C++/CUDA lines differ from clang-format (above; fix with: git diff -U0 $base | $clang_format_diff -p1 -iregex '$cxx_regex' -i)" >&2
         status=1
       fi
     else

@@ -23,11 +23,11 @@
 #include <string>
 #include <type_traits>
 
+#include "core/validate.h"
 #include "cuda/block_map.h"
 #include "cuda/common/cuda_status.h"
 #include "cuda/common/numeric.cuh"
 #include "cuda/common/params.h"
-#include "core/validate.h"
 #include "sla/config.h"
 
 namespace sla::cuda {
@@ -571,8 +571,7 @@ __global__ void __launch_bounds__(kSelectThreads, TM <= 6 ? 2 : 1) select_kernel
       const float top = key_score(top_key);
       const float total = mass_ge(keys, nk, 1u, top_key, top, p.scale);
       if (p.top_p != 0) {
-        t_row = min(max(top_p_count(keys, nk, top_key, top, p.scale, total, head_p), p.min_count),
-                    p.max_count);
+        t_row = min(max(top_p_count(keys, nk, top_key, top, p.scale, total, head_p), p.min_count), p.max_count);
       }
       if (p.threshold > 0.f) {
         const float bound = p.threshold * total;

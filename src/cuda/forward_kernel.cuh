@@ -16,12 +16,13 @@
 #include <type_traits>
 
 #include "cuda/common/feature_map.cuh"
+#include "cuda/common/mask.cuh"
 #include "cuda/common/numeric.cuh"
 #include "cuda/common/params.h"
 #include "cuda/common/ptx.cuh"
+#include "cuda/common/softmax.cuh"
 #include "cuda/common/tile_io.cuh"
 #include "cuda/forward_mainloop_sm90.cuh"
-#include "cuda/forward_row_stats.cuh"
 
 namespace sla::cuda::fwd {
 
@@ -72,8 +73,7 @@ struct SparseMainloop {
   static constexpr int kM = Traits::kMTiles;
 
   float o[kM][Traits::kNTilesO][4];  // O_s accumulator (unnormalised)
-  RowPair m[kM];                     // running max of the scaled scores, log2 units
-  RowPair l[kM];                     // running sum of exp2(x - m), this thread's columns only
+  OnlineSoftmax<kM> softmax;         // running max and sum of each row
 
   // Index of the first valid LUT entry at or after e (entries outside [0, Nk) are skipped), or n.
   static __device__ __forceinline__ int next_valid(const int32_t* lut, int e, int n, int nk) {
@@ -107,9 +107,8 @@ struct SparseMainloop {
     for (int mt = 0; mt < kM; ++mt) {
 #pragma unroll
       for (int nt = 0; nt < Traits::kNTilesO; ++nt) o[mt][nt][0] = o[mt][nt][1] = o[mt][nt][2] = o[mt][nt][3] = 0.f;
-      m[mt].v[0] = m[mt].v[1] = -INFINITY;
-      l[mt].v[0] = l[mt].v[1] = 0.f;
     }
+    softmax.init();
     const int row0 = warp * 16 * kM;
     using Lane = LdsmLane<kChunks>;
     constexpr int kRowBytes = Lane::kRowBytes;
@@ -154,46 +153,9 @@ struct SparseMainloop {
         }
       }
       // Keys past Lk exist only in the last block: mask them before the max.
-      const int64_t key0 = static_cast<int64_t>(j) * kBK;
-      if (key0 + kBK > p.lk) {
-        const int limit = static_cast<int>(p.lk - key0);
-#pragma unroll
-        for (int mt = 0; mt < kM; ++mt)
-#pragma unroll
-          for (int nt = 0; nt < Traits::kNTilesS; ++nt) {
-            const int c = nt * 8 + (lane & 3) * 2;
-            if (c >= limit) s[mt][nt][0] = s[mt][nt][2] = -INFINITY;
-            if (c + 1 >= limit) s[mt][nt][1] = s[mt][nt][3] = -INFINITY;
-          }
-      }
-      // Online softmax in the exp2 domain.
-#pragma unroll
-      for (int mt = 0; mt < kM; ++mt) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          float mx = m[mt].v[r];
-#pragma unroll
-          for (int nt = 0; nt < Traits::kNTilesS; ++nt) {
-            mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]) * p.scale_log2);
-          }
-          mx = quad_max(mx);  // finite: every key block holds at least one real key
-          const float corr = fast_exp2(m[mt].v[r] - mx);
-          m[mt].v[r] = mx;
-          float sum = 0.f;
-#pragma unroll
-          for (int nt = 0; nt < Traits::kNTilesS; ++nt) {
-            s[mt][nt][2 * r] = fast_exp2(fmaf(s[mt][nt][2 * r], p.scale_log2, -mx));
-            s[mt][nt][2 * r + 1] = fast_exp2(fmaf(s[mt][nt][2 * r + 1], p.scale_log2, -mx));
-            sum += s[mt][nt][2 * r] + s[mt][nt][2 * r + 1];
-          }
-          l[mt].v[r] = l[mt].v[r] * corr + sum;
-#pragma unroll
-          for (int nt = 0; nt < Traits::kNTilesO; ++nt) {
-            o[mt][nt][2 * r] *= corr;
-            o[mt][nt][2 * r + 1] *= corr;
-          }
-        }
-      }
+      KeyTailMask<kBK>::apply(s, static_cast<int64_t>(j) * kBK, p.lk, lane);
+      // Online softmax in the exp2 domain; O is not in flight, so each row is rescaled as soon as it is updated.
+      softmax.step(s, o, p.scale_log2);
       // O_s += P V_j; two S n-tiles form one A fragment.
 #pragma unroll
       for (int kk = 0; kk < kBK / 16; ++kk) {
@@ -452,14 +414,14 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     float inv_l[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const float l = quad_sum(ml.l[mt].v[r]);
+      const float l = ml.softmax.row_sum(mt, r);
       // l is exactly 0 only for a row that visited no key (a LUT row of count 0): O_s = 0, LSE = -inf. Every
       // visited block adds exp2(0) = 1 at its maximum. NaN or Inf in q or k makes l NaN, which must reach O and
       // the LSE as in dense attention: hence l == 0, not l > 0 (a NaN fails both comparisons).
       inv_l[r] = l == 0.f ? 0.f : 1.f / l;
       const int64_t row = row0 + warp_row0 + mt * 16 + g + 8 * r;
       if (p.lse != nullptr && t == 0 && row < p.lq) {
-        p.lse[bh * p.lq + row] = l == 0.f ? -INFINITY : (ml.m[mt].v[r] + __log2f(l)) * kLn2;
+        p.lse[bh * p.lq + row] = l == 0.f ? -INFINITY : ml.softmax.lse(mt, r, l);
       }
     }
 #pragma unroll

@@ -11,13 +11,14 @@
 
 #include <cstdint>
 
+#include "cuda/common/lut_gather.cuh"
+#include "cuda/common/mask.cuh"
 #include "cuda/common/numeric.cuh"
 #include "cuda/common/params.h"
 #include "cuda/common/ptx.cuh"
-#include "cuda/common/lut_gather.cuh"
+#include "cuda/common/softmax.cuh"
 #include "cuda/common/tile_io.cuh"
 #include "cuda/common/wgmma.cuh"
-#include "cuda/forward_row_stats.cuh"
 
 namespace sla::cuda::fwd {
 
@@ -32,19 +33,7 @@ struct WgmmaMainloop {
   static constexpr uint32_t kKBytes = Traits::kKBytes;  // one K (or V) block in the panel layout
 
   float o[kM][Traits::kNTilesO][4];
-  RowPair m[kM];
-  RowPair l[kM];
-
-  template <int kN>
-  static __device__ __forceinline__ void fence_acc(float (&acc)[kN][4]) {
-#pragma unroll
-    for (int i = 0; i < kN; ++i) {
-      reg_fence(acc[i][0]);
-      reg_fence(acc[i][1]);
-      reg_fence(acc[i][2]);
-      reg_fence(acc[i][3]);
-    }
-  }
+  OnlineSoftmax<kM> softmax;
 
   // ---- the pieces of one LUT block ----
 
@@ -67,52 +56,6 @@ struct WgmmaMainloop {
       wgmma_rs<true>(o[0], pa[kk], desc_advance(desc, kk * 16 * kPanelRowBytes), true, Tag{});
     }
     wgmma_commit();
-  }
-  // Keys past Lk exist only in the last block: mask them before the max.
-  static __device__ __forceinline__ void mask_tail(float (&s)[Traits::kNTilesS][4], const ForwardParams& p, int key0,
-                                                   int lane) {
-    if (key0 + kBK > p.lk) {
-      const int limit = static_cast<int>(p.lk - key0);
-#pragma unroll
-      for (int nt = 0; nt < Traits::kNTilesS; ++nt) {
-        const int c = nt * 8 + (lane & 3) * 2;
-        if (c >= limit) s[nt][0] = s[nt][2] = -INFINITY;
-        if (c + 1 >= limit) s[nt][1] = s[nt][3] = -INFINITY;
-      }
-    }
-  }
-  // Online softmax in the exp2 domain (as SparseMainloop): s becomes P (relative to the new running max), m moves
-  // to the new max; corr is the factor for what O and l hold so far, sum this block's row sums.
-  __device__ __forceinline__ void softmax(float (&s)[Traits::kNTilesS][4], float scale_log2, float (&corr)[2],
-                                          float (&sum)[2]) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = m[0].v[r];
-#pragma unroll
-      for (int nt = 0; nt < Traits::kNTilesS; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]) * scale_log2);
-      mx = quad_max(mx);  // finite: every key block holds at least one real key
-      corr[r] = fast_exp2(m[0].v[r] - mx);
-      m[0].v[r] = mx;
-      float acc = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < Traits::kNTilesS; ++nt) {
-        s[nt][2 * r] = fast_exp2(fmaf(s[nt][2 * r], scale_log2, -mx));
-        s[nt][2 * r + 1] = fast_exp2(fmaf(s[nt][2 * r + 1], scale_log2, -mx));
-        acc += s[nt][2 * r] + s[nt][2 * r + 1];
-      }
-      sum[r] = acc;
-    }
-  }
-  __device__ __forceinline__ void rescale(const float (&corr)[2], const float (&sum)[2]) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      l[0].v[r] = l[0].v[r] * corr[r] + sum[r];
-#pragma unroll
-      for (int nt = 0; nt < Traits::kNTilesO; ++nt) {
-        o[0][nt][2 * r] *= corr[r];
-        o[0][nt][2 * r + 1] *= corr[r];
-      }
-    }
   }
   // Two S n-tiles form one A fragment of P V.
   static __device__ __forceinline__ void pack_p(const float (&s)[Traits::kNTilesS][4], uint32_t (&pa)[kBK / 16][4]) {
@@ -140,8 +83,7 @@ struct WgmmaMainloop {
     static_assert(kAhead >= 1, "the pipelined loop needs at least three stages");
 #pragma unroll
     for (int nt = 0; nt < Traits::kNTilesO; ++nt) o[0][nt][0] = o[0][nt][1] = o[0][nt][2] = o[0][nt][3] = 0.f;
-    m[0].v[0] = m[0].v[1] = -INFINITY;
-    l[0].v[0] = l[0].v[1] = 0.f;
+    softmax.init();
 
     using Gather = LutGather<kStages, kBK, kD, Traits::kWarps>;
     static_assert(Gather::kStageBytes == Traits::kStageBytes, "stage plan mismatch");
@@ -167,10 +109,10 @@ struct WgmmaMainloop {
       wgmma_fence();
       issue_scores(s, qa, k_tile);
       wgmma_wait<0>();
-      fence_acc(s);
-      mask_tail(s, p, key0, lane);
-      softmax(s, p.scale_log2, corr, sum);
-      rescale(corr, sum);
+      fence_regs(s);
+      KeyTailMask<kBK>::apply(s, key0, p.lk, lane);  // keys past Lk exist only in the last block
+      softmax.update(s, 0, p.scale_log2, corr, sum);
+      softmax.rescale(o[0], 0, corr, sum);
       pack_p(s, pa);
       uint32_t v_prev = k_tile + kKBytes;  // V of the block whose P V is still to issue
       int seq = 1;
@@ -184,13 +126,14 @@ struct WgmmaMainloop {
         wgmma_fence();
         issue_pv(pa, v_prev);
         wgmma_wait<1>();  // groups retire in order: S is done, P V may still run
-        fence_acc(s);
-        mask_tail(s, p, key0, lane);
-        softmax(s, p.scale_log2, corr, sum);
+        fence_regs(s);
+        KeyTailMask<kBK>::apply(s, key0, p.lk, lane);
+        // s becomes P, m moves to the new max; O and l are rescaled once P_{t-1} V_{t-1} is done.
+        softmax.update(s, 0, p.scale_log2, corr, sum);
         wgmma_wait<0>();
-        fence_acc(o[0]);
+        fence_regs(o[0]);
         gather.release(seq - 1, lane);
-        rescale(corr, sum);
+        softmax.rescale(o[0], 0, corr, sum);
         pack_p(s, pa);
         v_prev = k_tile + kKBytes;
         ++seq;
@@ -198,7 +141,7 @@ struct WgmmaMainloop {
       wgmma_fence();
       issue_pv(pa, v_prev);
       wgmma_wait<0>();
-      fence_acc(o[0]);
+      fence_regs(o[0]);
     }
     __syncthreads();  // every warp is done with the stages: the epilogue may reuse them
   }

@@ -28,7 +28,7 @@ struct CheckParams {
   int64_t rows;               // B * H * Nq
   int64_t any_slot;           // B * H: index of the any_bad flag
   int nq, nk, t, tn;
-  int words;                  // bitmap words per warp; 0: pairwise comparison (Nk too large for shared memory)
+  int words;  // bitmap words per warp; 0: pairwise comparison (Nk too large for shared memory)
 };
 
 __device__ __forceinline__ int row_entry(const CheckParams& p, int64_t row, int n, int e) {
@@ -79,9 +79,9 @@ __global__ void __launch_bounds__(kCheckThreads) check_rows_kernel(CheckParams p
 }
 
 // The counts the main kernels read: the caller's, or 0 for every row of a flagged head.
-__global__ void __launch_bounds__(kCheckThreads) checked_counts_kernel(const int32_t* count, const int32_t* negl_count,
-                                                                       const int32_t* flags, int32_t* out,
-                                                                       int32_t* negl_out, int64_t rows, int nq) {
+__global__ void __launch_bounds__(kCheckThreads)
+    checked_counts_kernel(const int32_t* count, const int32_t* negl_count, const int32_t* flags, int32_t* out,
+                          int32_t* negl_out, int64_t rows, int nq) {
   for (int64_t x = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; x < rows;
        x += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const bool bad = __ldg(flags + x / nq) != 0;
@@ -97,7 +97,7 @@ struct PoisonParams {
   const int32_t* flags;
   int64_t flag_stride;  // 1: one flag per (b, h); 0: one flag for the whole tensor
   uint32_t nan_bits;
-  int elem_bytes;       // 2 or 4
+  int elem_bytes;  // 2 or 4
 };
 
 // Grid (H, B); a CTA whose flag is clear returns at once, so a good map costs one tiny launch per output.
@@ -133,9 +133,18 @@ Status poison(const TensorView& t, const int32_t* flags, int64_t flag_stride, un
   pp.flags = flags;
   pp.flag_stride = flag_stride;
   switch (t.dtype) {
-    case DType::f32: pp.nan_bits = 0x7FC00000u; pp.elem_bytes = 4; break;
-    case DType::bf16: pp.nan_bits = 0x7FC0u; pp.elem_bytes = 2; break;
-    case DType::f16: pp.nan_bits = 0x7E00u; pp.elem_bytes = 2; break;
+    case DType::f32:
+      pp.nan_bits = 0x7FC00000u;
+      pp.elem_bytes = 4;
+      break;
+    case DType::bf16:
+      pp.nan_bits = 0x7FC0u;
+      pp.elem_bytes = 2;
+      break;
+    case DType::f16:
+      pp.nan_bits = 0x7E00u;
+      pp.elem_bytes = 2;
+      break;
     default: return Status::Unsupported(std::string("poison: unexpected dtype ") + dtype_name(t.dtype));
   }
   if (flag_stride == 0) {  // the whole (contiguous) tensor as one row

@@ -31,8 +31,9 @@ if [ -z "$SKIP_TESTS" ]; then
   echo "== forward and backward grids with SLA_CUDA_MAINLOOP=mma"
   SLA_CUDA_MAINLOOP=mma $T --mode fwd ${1:+--filter "$1"} 2>&1 | tee "$OUT/fwd_mma.log" | grep -v "^OK" | tail -10 || rc=1
   SLA_CUDA_MAINLOOP=mma $T --mode bwd ${1:+--filter "$1"} 2>&1 | tee "$OUT/bwd_mma.log" | grep -v "^OK" | tail -10 || rc=1
-  # Random configurations over the whole option space against the fp64 CPU oracle (fresh seed, printed with the
-  # replay command): O and every gradient under the 2x rule, bitwise reruns on every 8th case. Both mainloops.
+  # Random configurations over the whole option space, the adaptive block-map rules included, against the fp64 CPU
+  # oracle (fresh seed, printed with the replay command): O and every gradient under the 2x rule, bitwise reruns on
+  # every 8th case, the oracle against the exact reference on every 8th. Both mainloops.
   echo "== fuzz (default mainloops)"
   $T --mode fuzz --count ${FUZZ_COUNT:-2000} 2>&1 | tee "$OUT/fuzz.log" | tail -25 || rc=1
   echo "== fuzz with SLA_CUDA_MAINLOOP=mma"

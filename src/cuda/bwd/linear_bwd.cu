@@ -11,12 +11,12 @@
 
 #include <algorithm>
 
+#include "core/validate.h"
 #include "cuda/build_switch.h"
 #include "cuda/bwd/linear_bwd.h"
 #include "cuda/bwd/split_mma.cuh"
 #include "cuda/bwd/tile_stage.cuh"
 #include "cuda/bwd/warp_row.cuh"
-#include "core/validate.h"
 #include "cuda/common/cuda_status.h"
 
 namespace sla::cuda::bwd {

@@ -10,10 +10,11 @@
 #include <cuda_runtime.h>
 
 #include "cuda/build_switch.h"
+#include "cuda/bwd/sparse_bwd.h"
 #include "cuda/bwd/split_mma.cuh"
 #include "cuda/bwd/tile_stage.cuh"
-#include "cuda/bwd/sparse_bwd.h"
 #include "cuda/common/cuda_status.h"
+#include "cuda/common/softmax.cuh"
 #include "cuda/mainloop_select.h"
 #include "cuda/tma.h"
 
@@ -118,16 +119,17 @@ __global__ void __launch_bounds__(BK * 2) dkdv_mma_kernel(BwdParams p) {
       }
     }
 
-    // P^T into s, dS^T into dp.
-#pragma unroll
-    for (int n = 0; n < kSt; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = col0 + n * 8 + 2 * t4 + (e & 1);
-        const float prob = fast_exp2(s[n][e] * scale_log2 - lse_s[buf * kQueryTile + col]);
-        s[n][e] = prob;
-        dp[n][e] = prob * (dp[n][e] - delta_s[buf * kQueryTile + col]);
-      }
+    // P^T into s, dS^T into dp, with LSE and Delta of query column col(n, e) from this stage's buffer.
+    const auto col = [&](int n, int e) {
+      return col0 + n * 8 + 2 * t4 + (e & 1);
+    };
+    const auto lse2_of = [&](int n, int e) {
+      return lse_s[buf * kQueryTile + col(n, e)];
+    };
+    const auto delta_of = [&](int n, int e) {
+      return delta_s[buf * kQueryTile + col(n, e)];
+    };
+    p_ds_by_cols(s, dp, scale_log2, lse2_of, delta_of);
 
     // dV += P^T dO and dK += dS^T Q over this warp's query columns.
 #pragma unroll
@@ -155,8 +157,8 @@ __global__ void __launch_bounds__(BK * 2) dkdv_mma_kernel(BwdParams p) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) dk[n][e] *= p.scale;
 
-  // Linear branch in registers (docs/SPEC.md 5): dv += phi(K) dH, dk += phi-backward of (V dH^T + dz), with dH split and
-  // staged over the Q/dO buffers (K and V are still in place). dv goes first and is stored before dk's product, so
+  // Linear branch in registers (docs/SPEC.md 5): dv += phi(K) dH, dk += phi-backward of (V dH^T + dz), with dH split
+  // and staged over the Q/dO buffers (K and V are still in place). dv goes first and is stored before dk's product, so
   // that at most two accumulator sets are live at a time.
   const int64_t group = p.complement ? bh * p.nk + j : bh;
   const uint32_t dh_hi = base + Smem::q, dh_lo = dh_hi + D * D * 2;

@@ -14,6 +14,7 @@
 #include "cuda/bwd/tile_stage.cuh"
 #include "cuda/common/cuda_status.h"
 #include "cuda/common/lut_gather.cuh"
+#include "cuda/common/softmax.cuh"
 #include "cuda/common/wgmma.cuh"
 
 namespace sla::cuda::bwd {
@@ -36,17 +37,6 @@ struct DkdvSm90Plan {
   static_assert(Gather::kBarrierBytes <= 128, "barrier region too small");
   static_assert(epi_dh + 2 * D * D * 2 <= bars, "the epilogue's K, V and dH do not fit");
 };
-
-template <int kN>
-__device__ __forceinline__ void fence_regs(float (&acc)[kN][4]) {
-#pragma unroll
-  for (int i = 0; i < kN; ++i) {
-    reg_fence(acc[i][0]);
-    reg_fence(acc[i][1]);
-    reg_fence(acc[i][2]);
-    reg_fence(acc[i][3]);
-  }
-}
 
 template <class T, int D, int BK, FeatureMap F>
 __global__ void __launch_bounds__(BK * 2, BK == 64 ? 2 : 1)
@@ -126,14 +116,13 @@ __global__ void __launch_bounds__(BK * 2, BK == 64 ? 2 : 1)
     fence_regs(dp);
     // P^T into s, dS^T into dp; then both as A fragments of the next products.
     uint32_t pa[kTile / 16][4], dsa[kTile / 16][4];
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float prob = fast_exp2(s[n][e] * scale_log2 - lse2[n][e & 1]);
-        s[n][e] = prob;
-        dp[n][e] = prob * (dp[n][e] - delta[n][e & 1]);
-      }
+    const auto lse2_of = [&](int n, int e) {
+      return lse2[n][e & 1];
+    };
+    const auto delta_of = [&](int n, int e) {
+      return delta[n][e & 1];
+    };
+    p_ds_by_cols(s, dp, scale_log2, lse2_of, delta_of);
 #pragma unroll
     for (int kk = 0; kk < kTile / 16; ++kk) {
       c_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);

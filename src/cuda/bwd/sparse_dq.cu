@@ -6,10 +6,11 @@
 #include <cuda_runtime.h>
 
 #include "cuda/build_switch.h"
+#include "cuda/bwd/sparse_bwd.h"
 #include "cuda/bwd/split_mma.cuh"
 #include "cuda/bwd/tile_stage.cuh"
-#include "cuda/bwd/sparse_bwd.h"
 #include "cuda/common/cuda_status.h"
+#include "cuda/common/softmax.cuh"
 #include "cuda/mainloop_select.h"
 #include "cuda/tma.h"
 
@@ -121,14 +122,7 @@ __global__ void __launch_bounds__(BQ * 2) dq_mma_kernel(BwdParams p) {
     // dS = P (dP - Delta), overwriting s. Keys past Lk (and of an invalid LUT entry) get P = 0.
     const int64_t key0 = stage_key0(it);
     const int64_t key_end = key0 < 0 ? 0 : min64(kKeyTile, p.lk - key0);
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = n * 8 + 2 * t4 + (e & 1);
-        const float prob = col < key_end ? fast_exp2(s[n][e] * scale_log2 - lse2[e >> 1]) : 0.f;
-        s[n][e] = prob * (dp[n][e] - delta[e >> 1]);
-      }
+    ds_by_rows(s, dp, scale_log2, lse2, delta, key_end, t4);
 
     // dQ += dS K over the 64 keys of the stage.
 #pragma unroll

@@ -14,6 +14,7 @@
 #include "cuda/bwd/tile_stage.cuh"
 #include "cuda/common/cuda_status.h"
 #include "cuda/common/lut_gather.cuh"
+#include "cuda/common/softmax.cuh"
 #include "cuda/common/wgmma.cuh"
 
 namespace sla::cuda::bwd {
@@ -35,17 +36,6 @@ struct DqSm90Plan {
   static_assert(kStages * Gather::kStageBytes >= 2 * D * D * 2, "the epilogue's G does not fit over the stages");
   static_assert(stages % 1024 == 0, "the stages must be 1024-byte aligned for the 128-byte swizzle");
 };
-
-template <int kN>
-__device__ __forceinline__ void fence_regs(float (&acc)[kN][4]) {
-#pragma unroll
-  for (int i = 0; i < kN; ++i) {
-    reg_fence(acc[i][0]);
-    reg_fence(acc[i][1]);
-    reg_fence(acc[i][2]);
-    reg_fence(acc[i][3]);
-  }
-}
 
 // S = Q K^T and dP = dO V^T for one tile (64 x 64 per warpgroup), one commit group. K and V are K-major B operands:
 // k16 step ks is +32 bytes in panel ks / 4.
@@ -75,19 +65,6 @@ __device__ __forceinline__ void issue_dq(float (&dq)[D / 8][4], uint32_t (&dsa)[
 #pragma unroll
   for (int kk = 0; kk < kTile / 16; ++kk) wgmma_rs<true>(dq, dsa[kk], desc_advance(desc, kk * 16 * kPanelRowBytes), true, Tag{});
   wgmma_commit();
-}
-
-// dS = P (dP - Delta) into s, P = exp2(s S log2e - LSE log2e) recomputed; keys at or past `limit` get P = 0.
-__device__ __forceinline__ void make_ds(float (&s)[8][4], const float (&dp)[8][4], float scale_log2,
-                                        const float (&lse2)[2], const float (&delta)[2], int64_t limit, int t4) {
-#pragma unroll
-  for (int n = 0; n < 8; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int col = n * 8 + 2 * t4 + (e & 1);
-      const float prob = col < limit ? fast_exp2(s[n][e] * scale_log2 - lse2[e >> 1]) : 0.f;
-      s[n][e] = prob * (dp[n][e] - delta[e >> 1]);
-    }
 }
 
 template <class T, int D, int BQ, FeatureMap F>
@@ -147,7 +124,8 @@ __global__ void __launch_bounds__(BQ * 2, 1)
     wgmma_wait<0>();
     fence_regs(s);
     fence_regs(dp);
-    make_ds(s, dp, scale_log2, lse2, delta, p.lk - key0, t4);
+    // dS = P (dP - Delta) into s; keys past Lk get P = 0.
+    ds_by_rows(s, dp, scale_log2, lse2, delta, p.lk - key0, t4);
 #pragma unroll
     for (int kk = 0; kk < kTile / 16; ++kk) c_to_a<T>(dsa[kk], s[2 * kk], s[2 * kk + 1]);
     uint32_t k_prev = gather.k_tile(stage);
@@ -164,7 +142,7 @@ __global__ void __launch_bounds__(BQ * 2, 1)
       wgmma_wait<1>();  // groups retire in order: S and dP are done, dQ may still run
       fence_regs(s);
       fence_regs(dp);
-      make_ds(s, dp, scale_log2, lse2, delta, p.lk - key0, t4);
+      ds_by_rows(s, dp, scale_log2, lse2, delta, p.lk - key0, t4);
       wgmma_wait<0>();  // dQ of the previous tile is done: its A registers and K tile are free
       fence_regs(dq);
       gather.release(seq - 1, lane);

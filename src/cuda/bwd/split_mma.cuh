@@ -15,6 +15,7 @@
 
 #include "cuda/bwd/mma_frag.cuh"
 #include "cuda/common/feature_map.cuh"
+#include "cuda/common/quad_reduce.cuh"
 
 namespace sla::cuda::bwd {
 
@@ -90,16 +91,6 @@ template <class T, int kCols>
 __device__ __forceinline__ float2 tile_pair(const unsigned char* tile, int row, int col) {
   const uint32_t off = swizzle<kCols / 8>(row, col / 8) + (col % 8) * 2;
   return ElementTraits<T>::unpack2(*reinterpret_cast<const uint32_t*>(tile + off));
-}
-
-// Sum over the four threads of a quad (the threads that share rows g, g + 8 of a C fragment).
-__device__ __forceinline__ float quad_sum(float x) {
-  x += __shfl_xor_sync(0xffffffffu, x, 1);
-  return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
-__device__ __forceinline__ float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
 }
 
 // phi statistics of rows g (hf = 0) and g + 8 (hf = 1) of a 16 x D tile held in C-fragment positions, reading the

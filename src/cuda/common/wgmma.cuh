@@ -94,6 +94,17 @@ __device__ __forceinline__ void fence_proxy_async_smem() {
 // Keeps the compiler from moving reads or writes of an accumulator register across a wgmma issue / wait.
 __device__ __forceinline__ void reg_fence(float& r) { asm volatile("" : "+f"(r)::"memory"); }
 __device__ __forceinline__ void reg_fence(uint32_t& r) { asm volatile("" : "+r"(r)::"memory"); }
+// The same for every register of a warp's accumulator tiles (kN n-tiles of 4 floats).
+template <int kN>
+__device__ __forceinline__ void fence_regs(float (&acc)[kN][4]) {
+#pragma unroll
+  for (int i = 0; i < kN; ++i) {
+    reg_fence(acc[i][0]);
+    reg_fence(acc[i][1]);
+    reg_fence(acc[i][2]);
+    reg_fence(acc[i][3]);
+  }
+}
 
 #if SLA_WGMMA_ENABLED
 #include "cuda/common/wgmma_rs.inc"
