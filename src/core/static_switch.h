@@ -25,22 +25,23 @@
   }()
 
 // sla::FeatureMap -> `constexpr sla::FeatureMap CONST_NAME`. The validated Config holds one of the three values;
-// anything else falls to softmax's branch only if validation was skipped, which the API never does.
-#define SLA_FEATURE_MAP_SWITCH(FM, CONST_NAME, ...)                                 \
-  [&] {                                                                             \
-    switch (FM) {                                                                   \
-      case ::sla::FeatureMap::elu: {                                                \
-        constexpr static ::sla::FeatureMap CONST_NAME = ::sla::FeatureMap::elu;     \
-        return __VA_ARGS__();                                                       \
-      }                                                                             \
-      case ::sla::FeatureMap::relu: {                                               \
-        constexpr static ::sla::FeatureMap CONST_NAME = ::sla::FeatureMap::relu;    \
-        return __VA_ARGS__();                                                       \
-      }                                                                             \
-      case ::sla::FeatureMap::softmax:                                              \
-      default: {                                                                    \
-        constexpr static ::sla::FeatureMap CONST_NAME = ::sla::FeatureMap::softmax; \
-        return __VA_ARGS__();                                                       \
-      }                                                                             \
-    }                                                                               \
+// anything else falls to softmax's branch only if validation was skipped, which the API never does. Also used inside
+// CUDA kernels (the forward's linear epilogue), in the form they were tuned with: a plain constexpr and softmax as
+// the default branch (a static constant or a separate softmax label changed ptxas' schedule of every forward kernel).
+#define SLA_FEATURE_MAP_SWITCH(FM, CONST_NAME, ...)                          \
+  [&] {                                                                      \
+    switch (FM) {                                                            \
+      case ::sla::FeatureMap::elu: {                                         \
+        constexpr ::sla::FeatureMap CONST_NAME = ::sla::FeatureMap::elu;     \
+        return __VA_ARGS__();                                                \
+      }                                                                      \
+      case ::sla::FeatureMap::relu: {                                        \
+        constexpr ::sla::FeatureMap CONST_NAME = ::sla::FeatureMap::relu;    \
+        return __VA_ARGS__();                                                \
+      }                                                                      \
+      default: { /* softmax */                                               \
+        constexpr ::sla::FeatureMap CONST_NAME = ::sla::FeatureMap::softmax; \
+        return __VA_ARGS__();                                                \
+      }                                                                      \
+    }                                                                        \
   }()

@@ -11,12 +11,12 @@
 
 #include <algorithm>
 
-#include "cuda/bwd/dispatch.h"
+#include "core/validate.h"
+#include "cuda/build_switch.h"
 #include "cuda/bwd/linear_bwd.h"
 #include "cuda/bwd/split_mma.cuh"
 #include "cuda/bwd/tile_stage.cuh"
 #include "cuda/bwd/warp_row.cuh"
-#include "core/validate.h"
 #include "cuda/common/cuda_status.h"
 
 namespace sla::cuda::bwd {
@@ -477,32 +477,32 @@ Status sum_partials(const float* in, float* out, int64_t groups, int parts, int6
 }  // namespace
 
 Status launch_complement_states(const BwdParams& p, DType dtype, FeatureMap fm, cudaStream_t stream) {
-  return dispatch_type_dim(dtype, p.d, [&](auto type_tag, auto dim_tag) {
-    return dispatch_feature_map(fm, [&](auto fm_tag) -> Status {
-      using T = typename decltype(type_tag)::type;
-      constexpr int D = decltype(dim_tag)::value;
-      const auto kernel = complement_states_kernel<T, D, decltype(fm_tag)::value>;
-      const std::size_t smem = sizeof(float) * 2 * kStatsTileRows * fp32_pitch(D);
-      SLA_RETURN_IF_ERROR(set_smem(kernel, smem));
-      kernel<<<dim3(p.nq, p.heads, p.batch), kGemmThreads, smem, stream>>>(p);
-      return check_launch("backward: complement_states_kernel");
+  return SLA_CUDA_DTYPE_SWITCH(dtype, T, "backward", [&] {
+    return SLA_CUDA_HEADDIM_SWITCH(p.d, D, "backward", [&] {
+      return SLA_FEATURE_MAP_SWITCH(fm, F, [&]() -> Status {
+        const auto kernel = complement_states_kernel<T, D, F>;
+        const std::size_t smem = sizeof(float) * 2 * kStatsTileRows * fp32_pitch(D);
+        SLA_RETURN_IF_ERROR(set_smem(kernel, smem));
+        kernel<<<dim3(p.nq, p.heads, p.batch), kGemmThreads, smem, stream>>>(p);
+        return check_launch("backward: complement_states_kernel");
+      });
     });
   });
 }
 
 Status launch_row_prep(const BwdParams& p, DType dtype, FeatureMap fm, cudaStream_t stream) {
-  return dispatch_type_dim(dtype, p.d, [&](auto type_tag, auto dim_tag) {
-    return dispatch_feature_map(fm, [&](auto fm_tag) -> Status {
-      using T = typename decltype(type_tag)::type;
-      constexpr int D = decltype(dim_tag)::value;
-      const auto kernel = row_prep_kernel<T, D, decltype(fm_tag)::value>;
-      const std::size_t smem = RowPrepSmem<D>::kBytes;
-      SLA_RETURN_IF_ERROR(set_smem(kernel, smem));
-      const int64_t grid_x = p.complement ? p.nq : p.row_chunks;
-      // E feeds dH (W present) and, in the global variant, dW.
-      const bool need_e = p.has_weight || (!p.complement && p.d_proj_w != nullptr);
-      kernel<<<dim3(grid_x, p.heads, p.batch), kRowPrepThreads, smem, stream>>>(p, need_e);
-      return check_launch("backward: row_prep_kernel");
+  return SLA_CUDA_DTYPE_SWITCH(dtype, T, "backward", [&] {
+    return SLA_CUDA_HEADDIM_SWITCH(p.d, D, "backward", [&] {
+      return SLA_FEATURE_MAP_SWITCH(fm, F, [&]() -> Status {
+        const auto kernel = row_prep_kernel<T, D, F>;
+        const std::size_t smem = RowPrepSmem<D>::kBytes;
+        SLA_RETURN_IF_ERROR(set_smem(kernel, smem));
+        const int64_t grid_x = p.complement ? p.nq : p.row_chunks;
+        // E feeds dH (W present) and, in the global variant, dW.
+        const bool need_e = p.has_weight || (!p.complement && p.d_proj_w != nullptr);
+        kernel<<<dim3(grid_x, p.heads, p.batch), kRowPrepThreads, smem, stream>>>(p, need_e);
+        return check_launch("backward: row_prep_kernel");
+      });
     });
   });
 }
@@ -515,14 +515,14 @@ Status launch_linear_reductions(const BwdParams& p, DType dtype, cudaStream_t st
     SLA_RETURN_IF_ERROR(sum_partials(p.db_part, p.d_proj_b, 1, static_cast<int>(bh * parts), p.d, stream));
   }
   if (p.complement && p.d_proj_w) {
-    SLA_RETURN_IF_ERROR(dispatch_type_dim(dtype, p.d, [&](auto type_tag, auto dim_tag) -> Status {
-      using T = typename decltype(type_tag)::type;
-      constexpr int D = decltype(dim_tag)::value;
-      const auto kernel = projection_partials_kernel<T, D>;
-      const std::size_t smem = sizeof(float) * 2 * kStatsTileRows * fp32_pitch(D);
-      SLA_RETURN_IF_ERROR(set_smem(kernel, smem));
-      kernel<<<dim3(p.row_chunks, p.heads, p.batch), kGemmThreads, smem, stream>>>(p);
-      return check_launch("backward: projection_partials_kernel");
+    SLA_RETURN_IF_ERROR(SLA_CUDA_DTYPE_SWITCH(dtype, T, "backward", [&] {
+      return SLA_CUDA_HEADDIM_SWITCH(p.d, D, "backward", [&]() -> Status {
+        const auto kernel = projection_partials_kernel<T, D>;
+        const std::size_t smem = sizeof(float) * 2 * kStatsTileRows * fp32_pitch(D);
+        SLA_RETURN_IF_ERROR(set_smem(kernel, smem));
+        kernel<<<dim3(p.row_chunks, p.heads, p.batch), kGemmThreads, smem, stream>>>(p);
+        return check_launch("backward: projection_partials_kernel");
+      });
     }));
     SLA_RETURN_IF_ERROR(sum_partials(p.dw_part, p.d_proj_w, 1, static_cast<int>(bh * p.row_chunks), dd, stream));
   }
@@ -531,8 +531,7 @@ Status launch_linear_reductions(const BwdParams& p, DType dtype, cudaStream_t st
   if (p.has_weight) {
     SLA_RETURN_IF_ERROR(sum_partials(p.dz_part, p.complement ? p.dz_total : p.dz_key, bh, parts, p.d, stream));
   }
-  auto run = [&](auto dim_tag) -> Status {
-    constexpr int D = decltype(dim_tag)::value;
+  return SLA_CUDA_HEADDIM_SWITCH(p.d, D, "backward", [&]() -> Status {
     const std::size_t smem = sizeof(float) * 2 * D * fp32_pitch(D);
     SLA_RETURN_IF_ERROR(set_smem(dh_kernel<D>, smem));
     const int64_t groups = p.complement ? bh * p.nq : bh;
@@ -553,33 +552,18 @@ Status launch_linear_reductions(const BwdParams& p, DType dtype, cudaStream_t st
       SLA_RETURN_IF_ERROR(check_launch("backward: complement_key_grads_kernel"));
     }
     return Status::Ok();
-  };
-#ifdef SLA_CUDA_HDIM_64
-  if (p.d == 64) return run(DimTag<64>{});
-#endif
-#ifdef SLA_CUDA_HDIM_128
-  if (p.d == 128) return run(DimTag<128>{});
-#endif
-  return Status::Unsupported("head dim: the CUDA backward is not built for " + std::to_string(p.d));
+  });
 }
 
 Status launch_gmat(const BwdParams& p, cudaStream_t stream) {
   if (!p.has_weight) return Status::Ok();
   const int64_t groups = p.complement ? p.batch * p.heads * p.nq : p.batch * p.heads;
-  auto run = [&](auto dim_tag) -> Status {
-    constexpr int D = decltype(dim_tag)::value;
+  return SLA_CUDA_HEADDIM_SWITCH(p.d, D, "backward", [&]() -> Status {
     const std::size_t smem = sizeof(float) * 2 * D * fp32_pitch(D);
     SLA_RETURN_IF_ERROR(set_smem(gmat_kernel<D>, smem));
     gmat_kernel<D><<<dim3(static_cast<unsigned>(groups), D / kSliceRows), kGemmThreads, smem, stream>>>(p);
     return check_launch("backward: gmat_kernel");
-  };
-#ifdef SLA_CUDA_HDIM_64
-  if (p.d == 64) return run(DimTag<64>{});
-#endif
-#ifdef SLA_CUDA_HDIM_128
-  if (p.d == 128) return run(DimTag<128>{});
-#endif
-  return Status::Unsupported("head dim: the CUDA backward is not built for " + std::to_string(p.d));
+  });
 }
 
 }  // namespace sla::cuda::bwd

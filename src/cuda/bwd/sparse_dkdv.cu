@@ -9,7 +9,7 @@
 // one CTA. The linear branch's share is added in registers and dk, dv are written once.
 #include <cuda_runtime.h>
 
-#include "cuda/bwd/dispatch.h"
+#include "cuda/build_switch.h"
 #include "cuda/bwd/sparse_bwd.h"
 #include "cuda/bwd/split_mma.cuh"
 #include "cuda/bwd/tile_stage.cuh"
@@ -236,14 +236,13 @@ Status launch(const BwdParams& p, cudaStream_t stream) {
 }  // namespace
 
 Status launch_dkdv_mma(const BwdParams& p, DType dtype, FeatureMap fm, cudaStream_t stream) {
-  return dispatch_type_dim(dtype, p.d, [&](auto type_tag, auto dim_tag) {
-    return dispatch_feature_map(fm, [&](auto fm_tag) -> Status {
-      using T = typename decltype(type_tag)::type;
-      constexpr int D = decltype(dim_tag)::value;
-      constexpr FeatureMap F = decltype(fm_tag)::value;
-      if (p.bk == 64) return launch<T, D, 64, F>(p, stream);
-      if (p.bk == 128) return launch<T, D, 128, F>(p, stream);
-      return Status::Unsupported("block_k: the CUDA backward supports 64 and 128, got " + std::to_string(p.bk));
+  return SLA_CUDA_DTYPE_SWITCH(dtype, T, "backward", [&] {
+    return SLA_CUDA_HEADDIM_SWITCH(p.d, D, "backward", [&] {
+      return SLA_FEATURE_MAP_SWITCH(fm, F, [&]() -> Status {
+        if (p.bk == 64) return launch<T, D, 64, F>(p, stream);
+        if (p.bk == 128) return launch<T, D, 128, F>(p, stream);
+        return Status::Unsupported("block_k: the CUDA backward supports 64 and 128, got " + std::to_string(p.bk));
+      });
     });
   });
 }

@@ -5,7 +5,7 @@
 // written once.
 #include <cuda_runtime.h>
 
-#include "cuda/bwd/dispatch.h"
+#include "cuda/build_switch.h"
 #include "cuda/bwd/sparse_bwd.h"
 #include "cuda/bwd/split_mma.cuh"
 #include "cuda/bwd/tile_stage.cuh"
@@ -200,15 +200,14 @@ Status launch(const BwdParams& p, cudaStream_t stream) {
 }  // namespace
 
 Status launch_dq_mma(const BwdParams& p, DType dtype, FeatureMap fm, cudaStream_t stream) {
-  return dispatch_type_dim(dtype, p.d, [&](auto type_tag, auto dim_tag) {
-    return dispatch_feature_map(fm, [&](auto fm_tag) -> Status {
-      using T = typename decltype(type_tag)::type;
-      constexpr int D = decltype(dim_tag)::value;
-      constexpr FeatureMap F = decltype(fm_tag)::value;
-      // 64-row CTAs for both block sizes: 4 warps, two CTAs per SM, so that one CTA's prologue and epilogue
-      // overlap another's main loop (measured faster than one 8-warp CTA per 128-row block, see docs/PERF.md).
-      if (p.bq == 64 || p.bq == 128) return launch<T, D, 64, F>(p, stream);
-      return Status::Unsupported("block_q: the CUDA backward supports 64 and 128, got " + std::to_string(p.bq));
+  return SLA_CUDA_DTYPE_SWITCH(dtype, T, "backward", [&] {
+    return SLA_CUDA_HEADDIM_SWITCH(p.d, D, "backward", [&] {
+      return SLA_FEATURE_MAP_SWITCH(fm, F, [&]() -> Status {
+        // 64-row CTAs for both block sizes: 4 warps, two CTAs per SM, so that one CTA's prologue and epilogue
+        // overlap another's main loop (measured faster than one 8-warp CTA per 128-row block, see docs/PERF.md).
+        if (p.bq == 64 || p.bq == 128) return launch<T, D, 64, F>(p, stream);
+        return Status::Unsupported("block_q: the CUDA backward supports 64 and 128, got " + std::to_string(p.bq));
+      });
     });
   });
 }

@@ -7,7 +7,7 @@
 // cores, and dS_t is computed under it.
 #include <cuda_runtime.h>
 
-#include "cuda/bwd/dispatch.h"
+#include "cuda/build_switch.h"
 #include "cuda/bwd/mma_frag.cuh"
 #include "cuda/bwd/sparse_bwd.h"
 #include "cuda/bwd/split_mma.cuh"
@@ -217,14 +217,13 @@ Status launch(const BwdParams& p, const KvTensorMaps& maps, cudaStream_t stream)
 }  // namespace
 
 Status launch_dq_wgmma(const BwdParams& p, const KvTensorMaps& maps, DType dtype, FeatureMap fm, cudaStream_t stream) {
-  return dispatch_type_dim(dtype, p.d, [&](auto type_tag, auto dim_tag) {
-    return dispatch_feature_map(fm, [&](auto fm_tag) -> Status {
-      using T = typename decltype(type_tag)::type;
-      constexpr int D = decltype(dim_tag)::value;
-      constexpr FeatureMap F = decltype(fm_tag)::value;
-      if (p.bq == 64) return launch<T, D, 64, F>(p, maps, stream);
-      if (p.bq == 128) return launch<T, D, 128, F>(p, maps, stream);
-      return Status::Unsupported("block_q: the CUDA backward supports 64 and 128, got " + std::to_string(p.bq));
+  return SLA_CUDA_DTYPE_SWITCH(dtype, T, "backward", [&] {
+    return SLA_CUDA_HEADDIM_SWITCH(p.d, D, "backward", [&] {
+      return SLA_FEATURE_MAP_SWITCH(fm, F, [&]() -> Status {
+        if (p.bq == 64) return launch<T, D, 64, F>(p, maps, stream);
+        if (p.bq == 128) return launch<T, D, 128, F>(p, maps, stream);
+        return Status::Unsupported("block_q: the CUDA backward supports 64 and 128, got " + std::to_string(p.bq));
+      });
     });
   });
 }

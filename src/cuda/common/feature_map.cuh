@@ -3,6 +3,7 @@
 // caller computes RowStats only for softmax and passes a default-constructed one otherwise.
 #pragma once
 
+#include "core/static_switch.h"  // SLA_FEATURE_MAP_SWITCH: runtime feature map -> template parameter
 #include "sla/config.h"
 
 namespace sla::cuda {
@@ -35,24 +36,5 @@ __device__ __forceinline__ float phi_backward(float x, float a, float da, float 
     return x > 0.f ? da : 0.f;
   }
 }
-
-// Runtime feature map -> template parameter.
-#define SLA_FEATURE_MAP_SWITCH(fm, FM, ...)                                         \
-  [&] {                                                                             \
-    switch (fm) {                                                                   \
-      case ::sla::FeatureMap::elu: {                                                \
-        constexpr ::sla::FeatureMap FM = ::sla::FeatureMap::elu;                    \
-        return __VA_ARGS__();                                                       \
-      }                                                                             \
-      case ::sla::FeatureMap::relu: {                                               \
-        constexpr ::sla::FeatureMap FM = ::sla::FeatureMap::relu;                   \
-        return __VA_ARGS__();                                                       \
-      }                                                                             \
-      default: {                                                                    \
-        constexpr ::sla::FeatureMap FM = ::sla::FeatureMap::softmax;                \
-        return __VA_ARGS__();                                                       \
-      }                                                                             \
-    }                                                                               \
-  }()
 
 }  // namespace sla::cuda
