@@ -29,11 +29,16 @@ import argparse
 import contextlib
 import datetime
 import json
+import os
 import statistics
 import sys
 import time
 
 import torch
+
+# bench/timing.py beside this script, also when a test loads the script by its path.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import timing  # noqa: E402
 
 # The benchmark shapes of the published Wan2.1 configurations (sla.diffusers.wan_config): latent (C, F, H, W) after
 # the VAE (8x spatial, 4x temporal), SLA topk.
@@ -89,30 +94,6 @@ def make_inputs(name: str, dtype: torch.dtype, seed=0):
     return latents, torch.tensor([700.0], device=DEVICE), text
 
 
-class Event:
-    """A CUDA event with timing; on the CPU (--smoke only) a wall-clock stamp."""
-
-    def __init__(self):
-        self.cuda = torch.cuda.Event(enable_timing=True) if DEVICE == "cuda" else None
-        self.t = 0.0
-
-    def record(self):
-        if self.cuda is not None:
-            self.cuda.record()
-        else:
-            self.t = time.perf_counter()
-
-    def elapsed_time(self, end: "Event") -> float:
-        if self.cuda is not None:
-            return self.cuda.elapsed_time(end.cuda)
-        return 1e3 * (end.t - self.t)
-
-
-def synchronize():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
 def peak_gib() -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0
 
@@ -121,16 +102,16 @@ def time_runs(fn, warmup: int, iters: int):
     """Median milliseconds of fn() over `iters` runs after `warmup` runs, by CUDA events; and peak memory."""
     for _ in range(warmup):
         fn()
-    synchronize()
+    timing.synchronize(DEVICE)
     if DEVICE == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(iters):
-        start, end = Event(), Event()
+        start, end = timing.Event(DEVICE), timing.Event(DEVICE)
         start.record()
         fn()
         end.record()
-        synchronize()
+        timing.synchronize(DEVICE)
         times.append(start.elapsed_time(end))
     return statistics.median(times), peak_gib()
 
@@ -143,7 +124,7 @@ def attention_timer(model, sla_mode: bool):
 
     def timed(fn):
         def wrapper(*args, **kwargs):
-            start, end = Event(), Event()
+            start, end = timing.Event(DEVICE), timing.Event(DEVICE)
             start.record()
             out = fn(*args, **kwargs)
             end.record()
@@ -186,11 +167,11 @@ def attention_pass(model, run, sla_mode: bool):
     from the same pass, not from time_runs' median of other passes, so that it stays a fraction when one pass is
     slower than another (a busy CPU, a GPU clock change)."""
     with attention_timer(model, sla_mode) as events:
-        start, end = Event(), Event()
+        start, end = timing.Event(DEVICE), timing.Event(DEVICE)
         start.record()
         run()
         end.record()
-        synchronize()
+        timing.synchronize(DEVICE)
     return sum(s.elapsed_time(e) for s, e in events), start.elapsed_time(end)
 
 
@@ -244,7 +225,7 @@ def bench_forward(name: str, modes, args, results):
             t0 = time.time()
             with torch.no_grad():
                 out = run()
-            synchronize()
+            timing.synchronize(DEVICE)
             if not torch.isfinite(out).all():
                 raise RuntimeError(f"[{name} {mode} {variant}] non-finite output")
             log(f"[{name} {mode} {variant}] first call {time.time() - t0:.1f} s")
@@ -299,7 +280,7 @@ def bench_train(args, results):
 
         t0 = time.time()
         loss = step()
-        synchronize()
+        timing.synchronize(DEVICE)
         if not torch.isfinite(loss):
             raise RuntimeError(f"[{name} train {variant}] non-finite loss")
         if variant == "sla":

@@ -37,14 +37,18 @@ import dataclasses
 import datetime
 import json
 import math
+import os
 import statistics
 import sys
-import time
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# bench/timing.py beside this script, also when a test loads the script by its path.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import timing  # noqa: E402
 
 try:
     import sla
@@ -120,30 +124,6 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-class Event:
-    """A CUDA event with timing; on the CPU (--smoke) a wall-clock stamp: CPU ops return when they are done."""
-
-    def __init__(self):
-        self.cuda = torch.cuda.Event(enable_timing=True) if DEVICE == "cuda" else None
-        self.t = 0.0
-
-    def record(self):
-        if self.cuda is not None:
-            self.cuda.record()
-        else:
-            self.t = time.perf_counter()
-
-    def elapsed_time(self, end: "Event") -> float:
-        if self.cuda is not None:
-            return self.cuda.elapsed_time(end.cuda)
-        return 1e3 * (end.t - self.t)
-
-
-def synchronize() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
 def empty_cache() -> None:
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
@@ -173,14 +153,14 @@ def time_ms(fn: Callable[[int], object], num_sets: int, iters: int, warmup: int)
     """Median time of fn(i) in milliseconds, events around each call, input set i % num_sets."""
     for i in range(warmup):
         fn(i % num_sets)
-    synchronize()
-    starts = [Event() for _ in range(iters)]
-    ends = [Event() for _ in range(iters)]
+    timing.synchronize(DEVICE)
+    starts = [timing.Event(DEVICE) for _ in range(iters)]
+    ends = [timing.Event(DEVICE) for _ in range(iters)]
     for i in range(iters):
         starts[i].record()
         fn(i % num_sets)
         ends[i].record()
-    synchronize()
+    timing.synchronize(DEVICE)
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
 
 
