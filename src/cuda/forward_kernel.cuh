@@ -354,6 +354,26 @@ struct LinearEpilogue {
   }
 };
 
+// Stores this thread's fp32 accumulators (the m16n8 layout: rows first_row + 16 mt + g + 8 r, columns 8 nt + 2 t)
+// into `head`, the lq x kD rows of one (b, h); rows at or past lq are left alone. O_s and O_l of the saved state.
+template <int kD, int kM, int kNTiles>
+__device__ __forceinline__ void store_rows_f32(float* head, const float (&acc)[kM][kNTiles][4], int64_t first_row,
+                                               int64_t lq, int g, int t) {
+#pragma unroll
+  for (int nt = 0; nt < kNTiles; ++nt) {
+    const int c = nt * 8 + 2 * t;
+#pragma unroll
+    for (int mt = 0; mt < kM; ++mt) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int64_t row = first_row + mt * 16 + g + 8 * r;
+        if (row < lq)
+          *reinterpret_cast<float2*>(head + row * kD + c) = make_float2(acc[mt][nt][2 * r], acc[mt][nt][2 * r + 1]);
+      }
+    }
+  }
+}
+
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     forward_kernel(const __grid_constant__ ForwardParams p) {  // grid constant: the TMA reads its tensor maps there
@@ -435,22 +455,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
 
   // O_s alone in fp32, for the backward's Delta = dO . O_s (BackwardArgs::o_sparse): no 16-bit rounding in it.
   if (p.o_sparse != nullptr) {
-    float* os_head = p.o_sparse + bh * p.lq * kD;
-#pragma unroll
-    for (int nt = 0; nt < Traits::kNTilesO; ++nt) {
-      const int c = nt * 8 + 2 * t;
-#pragma unroll
-      for (int mt = 0; mt < kM; ++mt) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int64_t row = row0 + warp_row0 + mt * 16 + g + 8 * r;
-          if (row < p.lq) {
-            *reinterpret_cast<float2*>(os_head + row * kD + c) =
-                make_float2(ml.o[mt][nt][2 * r], ml.o[mt][nt][2 * r + 1]);
-          }
-        }
-      }
-    }
+    store_rows_f32<kD>(p.o_sparse + bh * p.lq * kD, ml.o, row0 + warp_row0, p.lq, g, t);
   }
 
   FeatureRowStats st[kM][2];
@@ -544,22 +549,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
                                                                lane);
       });
     }
-    float* ol_head = p.o_lin + bh * p.lq * kD;
-#pragma unroll
-    for (int nt = 0; nt < Traits::kNTilesO; ++nt) {
-      const int c = nt * 8 + 2 * t;
-#pragma unroll
-      for (int mt = 0; mt < kM; ++mt) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int64_t row = row0 + warp_row0 + mt * 16 + g + 8 * r;
-          if (row < p.lq) {
-            *reinterpret_cast<float2*>(ol_head + row * kD + c) =
-                make_float2(ml.o[mt][nt][2 * r], ml.o[mt][nt][2 * r + 1]);
-          }
-        }
-      }
-    }
+    store_rows_f32<kD>(p.o_lin + bh * p.lq * kD, ml.o, row0 + warp_row0, p.lq, g, t);
   }
 }
 
