@@ -797,6 +797,32 @@ void add_block_structure(const Case& c, uint64_t seed, int64_t len, int block, s
   }
 }
 
+// W, b and the forward's saved state (LSE, O_l, H, z in fp32) on the device under test, with their views set in a
+// ForwardArgs; without `save` (inference) the state buffers are empty and their views stay unset.
+struct ForwardBuffers {
+  DeviceBuffer w, b, lse, o_lin, h, z;
+  ForwardBuffers(const Case& c, const std::vector<double>& w_host, const std::vector<double>& b_host, bool save)
+      : w(upload_vec(std::vector<float>(w_host.begin(), w_host.end()))),
+        b(upload_vec(std::vector<float>(b_host.begin(), b_host.end()))),
+        lse(save ? c.batch * c.heads * c.lq * 4 : 0),
+        o_lin(save ? c.batch * c.heads * c.lq * c.d * 4 : 0),
+        h(save ? c.batch * c.heads * c.d * c.d * 4 : 0),
+        z(save ? c.batch * c.heads * c.d * 4 : 0) {}
+  void attach(const Case& c, sla::ForwardArgs* a) const {
+    const int64_t B = c.batch, H = c.heads, L = c.lq, D = c.d;
+    if (c.weight) a->proj_weight = sla::make_view(w.ptr, DType::f32, {D, D}, dut_device());
+    if (c.bias) a->proj_bias = sla::make_view(b.ptr, DType::f32, {D}, dut_device());
+    if (lse.bytes == 0) return;
+    a->lse = sla::make_view(lse.ptr, DType::f32, {B, H, L}, dut_device());
+    a->o_lin = sla::make_view(o_lin.ptr, DType::f32, {B, H, L, D}, dut_device());
+    a->lin_h = sla::make_view(h.ptr, DType::f32, {B, H, D, D}, dut_device());
+    a->lin_z = sla::make_view(z.ptr, DType::f32, {B, H, D}, dut_device());
+  }
+  void poison_state() const {
+    for (const DeviceBuffer* x : {&lse, &o_lin, &h, &z}) x->poison();
+  }
+};
+
 bool run_forward_case(const Case& c, uint64_t seed, std::string* log) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> normal(0.0, 1.0);
@@ -906,24 +932,14 @@ bool run_forward_case(const Case& c, uint64_t seed, std::string* log) {
   if (!map_ok) st.ok = false;
 
   // ---- forward: GPU against the fp64 CPU oracle, with the GPU's map for both ----
-  DeviceBuffer d_w = upload_vec(std::vector<float>(w.begin(), w.end()));
-  DeviceBuffer d_b = upload_vec(std::vector<float>(bias.begin(), bias.end()));
-  DeviceBuffer d_lse(c.save ? B * H * c.lq * 4 : 0), d_olin(c.save ? B * H * c.lq * D * 4 : 0);
-  DeviceBuffer d_h(c.save ? B * H * D * D * 4 : 0), d_z(c.save ? B * H * D * 4 : 0);
+  const ForwardBuffers fb(c, w, bias, c.save);
   sla::ForwardArgs ga;
   ga.q = dq.view;
   ga.k = dk.view;
   ga.v = dv.view;
-  if (c.weight) ga.proj_weight = sla::make_view(d_w.ptr, DType::f32, {D, D}, dut_device());
-  if (c.bias) ga.proj_bias = sla::make_view(d_b.ptr, DType::f32, {D}, dut_device());
   ga.map = gmap.map;
   ga.o = dout.view;
-  if (c.save) {
-    ga.lse = sla::make_view(d_lse.ptr, DType::f32, {B, H, c.lq}, dut_device());
-    ga.o_lin = sla::make_view(d_olin.ptr, DType::f32, {B, H, c.lq, D}, dut_device());
-    ga.lin_h = sla::make_view(d_h.ptr, DType::f32, {B, H, D, D}, dut_device());
-    ga.lin_z = sla::make_view(d_z.ptr, DType::f32, {B, H, D}, dut_device());
-  }
+  fb.attach(c, &ga);
   size_t fws = 0;
   st.require(sla::forward_workspace_size(ga, cfg, &fws), "forward workspace", log);
   if (!st.ok) return false;
@@ -935,19 +951,16 @@ bool run_forward_case(const Case& c, uint64_t seed, std::string* log) {
   std::vector<float> lse1, lse2, olin1, olin2, h1, z1;
   for (int run = 0; run < 2; ++run) {
     dout.buf.poison();
-    d_lse.poison();
-    d_olin.poison();
-    d_h.poison();
-    d_z.poison();
+    fb.poison_state();
     st.require(sla::forward(ga, cfg, fexec), "forward(cuda)", log);
     dut_sync();
     if (!st.ok) return false;
     (run == 0 ? o1 : o2) = download(dout);
-    (run == 0 ? lse1 : lse2) = d_lse.download<float>();
-    (run == 0 ? olin1 : olin2) = d_olin.download<float>();
+    (run == 0 ? lse1 : lse2) = fb.lse.download<float>();
+    (run == 0 ? olin1 : olin2) = fb.o_lin.download<float>();
     if (run == 0) {
-      h1 = d_h.download<float>();
-      z1 = d_z.download<float>();
+      h1 = fb.h.download<float>();
+      z1 = fb.z.download<float>();
     }
   }
   if (std::memcmp(o1.data(), o2.data(), o1.size() * 8) != 0 || lse1 != lse2 ||
@@ -1273,23 +1286,16 @@ int run_training_case(const Case& c, uint64_t seed, const TrainingOptions& opt, 
     put(dm.inv_index, hp.map.inv_index);
     put(dm.negl_inv_offset, hp.map.negl_inv_offset);
     put(dm.negl_inv_index, hp.map.negl_inv_index);
-    DeviceBuffer d_w = upload_vec(std::vector<float>(hp.w.begin(), hp.w.end()));
-    DeviceBuffer d_b = upload_vec(std::vector<float>(hp.bias.begin(), hp.bias.end()));
-    DeviceBuffer d_lse(B * H * c.lq * 4), d_olin(B * H * c.lq * D * 4), d_h(B * H * D * D * 4), d_z(B * H * D * 4);
+    const ForwardBuffers fb(c, hp.w, hp.bias, true);
     DeviceBuffer d_os(B * H * c.lq * D * 4);
     DeviceBuffer d_dw(c.weight ? D * D * 4 : 0), d_db(c.bias ? D * 4 : 0);
     sla::ForwardArgs fa;
     fa.q = dq_in.view;
     fa.k = dk_in.view;
     fa.v = dv_in.view;
-    if (c.weight) fa.proj_weight = sla::make_view(d_w.ptr, DType::f32, {D, D}, dut_device());
-    if (c.bias) fa.proj_bias = sla::make_view(d_b.ptr, DType::f32, {D}, dut_device());
     fa.map = dm.map;
     fa.o = d_out.view;
-    fa.lse = sla::make_view(d_lse.ptr, DType::f32, {B, H, c.lq}, dut_device());
-    fa.o_lin = sla::make_view(d_olin.ptr, DType::f32, {B, H, c.lq, D}, dut_device());
-    fa.lin_h = sla::make_view(d_h.ptr, DType::f32, {B, H, D, D}, dut_device());
-    fa.lin_z = sla::make_view(d_z.ptr, DType::f32, {B, H, D}, dut_device());
+    fb.attach(c, &fa);
     if (opt.o_sparse) fa.o_sparse = sla::make_view(d_os.ptr, DType::f32, {B, H, c.lq, D}, dut_device());
     sla::BackwardArgs ba;
     ba.q = fa.q;
@@ -1327,9 +1333,8 @@ int run_training_case(const Case& c, uint64_t seed, const TrainingOptions& opt, 
     exec.workspace_bytes = ws.bytes;
     exec.num_threads = oracle_threads();
     for (int run = 0; run < runs; ++run) {
-      for (const DeviceBuffer* b :
-           {&d_out.buf, &d_os, &d_lse, &d_olin, &d_h, &d_z, &d_dq.buf, &d_dk.buf, &d_dv.buf, &d_dw, &d_db})
-        b->poison();
+      for (const DeviceBuffer* b : {&d_out.buf, &d_os, &d_dq.buf, &d_dk.buf, &d_dv.buf, &d_dw, &d_db}) b->poison();
+      fb.poison_state();
       st = sla::forward(fa, cfg, exec);
       if (st.ok()) st = sla::backward(ba, cfg, exec);
       dut_sync();
