@@ -3,8 +3,8 @@
 //   complement only: H_i, z_i per query block            (select/marginal_states.h)
 //   G = W H^T per query group                             (linear_bwd.cu)
 //   row prep: Delta_r, D_r, 1/n_r; partial E, dz, db      (linear_bwd.cu)
-//   dH, dz per key group; dW, db when requested           (linear_bwd.cu)
 //   dq: sparse pass over the LUT + linear epilogue        (sparse_*.cu)
+//   dH, dz per key group; dW, db when requested           (linear_bwd.cu)
 //   dk, dv: sparse pass over the inverse LUT + epilogue   (sparse_*.cu)
 // All on the caller's stream, no synchronisation, no atomics: the same inputs give bitwise-identical outputs.
 #include <cuda_runtime.h>
@@ -57,8 +57,16 @@ void carve_workspace(const Problem& p, const Config& cfg, WorkspaceCarver& wc, B
     bp->mask = ms->mask;
     bp->gemm_workspace = ms->gemm_workspace;
   }
-  if (p.has_weight) bp->g_split = wc.take<uint16_t>((complement ? bh * nq : bh) * 2 * dd);
-  bp->e_part = wc.take<float>(parts * dd);
+  // Complement: G_i^T (split) and E_i per query block live in the key states' bytes when they fit there (bq > bk):
+  // both are dead before the key side's selection GEMM writes that region (launch_backward's order).
+  const bool alias = complement && 8 * nq * dd <= 4 * nk * ms->n;
+  if (alias) {
+    bp->g_split = ms->key_states;
+    bp->e_part = reinterpret_cast<float*>(ms->key_states + bh * nq * 2 * dd);
+  } else {
+    if (p.has_weight) bp->g_split = wc.take<uint16_t>((complement ? bh * nq : bh) * 2 * dd);
+    bp->e_part = wc.take<float>(parts * dd);
+  }
   if (!complement) bp->e_total = wc.take<float>(bh * dd);
   bp->dz_part = wc.take<float>(parts * p.d);
   bp->db_part = wc.take<float>(parts * p.dv);
@@ -171,8 +179,9 @@ Status launch_backward(const Problem& p, const BackwardArgs& args, const Config&
   if (bp.complement) SLA_RETURN_IF_ERROR(launch_marginal_states(p, args.k, args.v, map, cfg, states, stream));
   SLA_RETURN_IF_ERROR(launch_gmat(bp, stream));
   SLA_RETURN_IF_ERROR(launch_row_prep(bp, p.dtype, fm, stream));
-  SLA_RETURN_IF_ERROR(launch_linear_reductions(bp, p.dtype, stream));
+  // dq before the reductions: in the complement variant the key side's selection output overwrites G and E.
   SLA_RETURN_IF_ERROR(launch_dq(bp, p.dtype, fm, stream));
+  SLA_RETURN_IF_ERROR(launch_linear_reductions(bp, p.dtype, stream));
   SLA_RETURN_IF_ERROR(launch_dkdv(bp, p.dtype, fm, stream));
   return Status::Ok();
 }
