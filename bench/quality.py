@@ -412,7 +412,7 @@ def train(model, stream, steps, lr, warmup, loss_kind, teacher, held_out, eval_e
         if bar is not None:
             bar.update(1)
             if not math.isnan(train_losses[-1]):
-                bar.set_postfix(loss=f"{train_losses[-1]:.4f}", held_out=f"{curve[-1][key]:.4f}")
+                bar.set_postfix(loss=f"{train_losses[-1]:.4g}", held_out=f"{curve[-1][key]:.4g}")
     if bar is not None:
         bar.close()
     return dict(
