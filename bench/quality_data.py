@@ -74,8 +74,16 @@ def make_clips(
     """Clips `indices` of the dataset `seed`: latents (B, C, F, H, W) float32 on `device` and class labels (B,)."""
     params = [_clip_params(seed, int(i), frames, height, width, channels, objects) for i in indices]
 
+    # One host-to-device copy from pinned memory for all parameters: a copy from pageable memory would wait for the
+    # device's queue (the previous training step) and serialise data making with training.
+    host = {key: torch.stack([torch.as_tensor(p[key], dtype=torch.float32) for p in params]) for key in params[0]}
+    flat = torch.cat([v.flatten() for v in host.values()])
+    if torch.device(device).type == "cuda":
+        flat = flat.pin_memory().to(device, non_blocking=True)
+    on_device = dict(zip(host, flat.split([v.numel() for v in host.values()])))
+
     def stack(key):
-        return torch.stack([p[key] for p in params]).to(device)
+        return on_device[key].view(host[key].shape)
 
     b = len(params)
     t = torch.arange(frames, device=device, dtype=torch.float32).view(1, frames, 1, 1)
@@ -99,7 +107,7 @@ def make_clips(
     bg = stack("bg_colors")  # (B, 2, C)
     video = bg[:, 0].view(b, -1, 1, 1, 1) + (bg[:, 1] - bg[:, 0]).view(b, -1, 1, 1, 1) * blend
 
-    labels = torch.tensor([p["label"] for p in params], device=device)
+    labels = stack("label").long()
     pos, vel, angle, spin = stack("obj_pos"), stack("obj_vel"), stack("obj_angle"), stack("obj_spin")
     radius, stripes, colors = stack("obj_radius"), stack("obj_stripes"), stack("obj_colors")
     for k in range(objects):
