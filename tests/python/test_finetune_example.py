@@ -100,3 +100,52 @@ def test_finetune_rejects_bad_data(workspace):
         run(example, data, config, tmp / "out", "--max-steps", "4", "--batch-size", "1")  # one epoch: all 4 files
     with pytest.raises(SystemExit, match="no .safetensors"):
         run(example, tmp / "config.json", config, tmp / "out", "--max-steps", "1")
+
+
+def test_distillation_targets_the_frozen_dense_teacher(workspace):
+    # topk 1 with zero projections is dense attention (test_diffusers.py), so at float32 the student predicts what
+    # the dense teacher predicts: the distillation loss is rounding only, while the diffusion loss of the same model
+    # on the same inputs is of order one. (lr 0: Adam would turn the rounding-size gradients into lr-size steps.)
+    # Held-out evaluation at steps 0, 2, 4 lands in eval.json.
+    tmp, data, config = workspace
+    example = load_example()
+    exact = ("--topk", "1", "--mixed-precision", "no", "--max-steps", "4", "--save-every", "0", "--lr", "0")
+    distill = run(example, data, config, tmp / "d", *exact, "--eval-data", str(data), "--eval-every", "2")
+    diffusion = run(example, data, config, tmp / "p", *exact, "--loss", "diffusion")
+    assert 0 <= distill < 1e-9 and diffusion > 0.1
+    history = json.loads((tmp / "d" / "eval.json").read_text())
+    assert [e["step"] for e in history] == [0, 2, 4]
+    assert all(e["teacher_mse"] < 1e-9 and 0.1 < e["diffusion"] < 10 for e in history)
+
+    # A sparse student starts away from its teacher: the evaluation sees the difference.
+    run(
+        example,
+        data,
+        config,
+        tmp / "s",
+        "--topk",
+        "0.3",
+        "--mixed-precision",
+        "no",
+        "--max-steps",
+        "2",
+        "--save-every",
+        "0",
+        "--eval-data",
+        str(data),
+        "--eval-every",
+        "2",
+    )
+    first, last = json.loads((tmp / "s" / "eval.json").read_text())
+    assert (first["step"], last["step"]) == (0, 2) and first["teacher_mse"] > 1e-6 and last["teacher_mse"] > 0
+
+
+def test_sla_parameters_only(workspace):
+    tmp, data, config = workspace
+    example = load_example()
+    run(example, data, config, tmp / "o", "--train-params", "sla", "--max-steps", "2", "--save-every", "1")
+    before = load_file(str(tmp / "o" / "checkpoint-1" / "model.safetensors"))
+    after = load_file(str(tmp / "o" / "checkpoint-2" / "model.safetensors"))
+    trained = [k for k in after if not torch.equal(after[k], before[k])]
+    assert trained and all(".processor.proj_l." in k for k in trained)
+    assert sorted(trained) == sorted(k for k in after if ".processor.proj_l." in k)

@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Optional, Union
 import torch
 
 from .processor import SLAWanAttnProcessor
+from .token_order import set_token_order
 
 LayerKey = Union[int, str]
 LayerOptions = Union[Mapping[LayerKey, Optional[Mapping]], Callable[[LayerKey], Optional[Mapping]], None]
@@ -89,6 +90,7 @@ def enable_sla(
     reuse_block_map_steps: int = 0,
     record_block_map: bool = False,
     cuda_dtype: torch.dtype = torch.bfloat16,
+    tile: Optional[tuple[int, int, int]] = None,
 ):
     """Replaces the self-attention of a diffusers Wan transformer by SLA, in place, and returns `model`.
 
@@ -102,6 +104,10 @@ def enable_sla(
         layer_options: per-layer overrides of the options above: a dict key -> dict of options, or a callable
             key -> dict (None or ``{"enabled": False}`` keeps that layer dense).
         reuse_block_map_steps, record_block_map, cuda_dtype: see SLAWanAttnProcessor.
+        tile: (t, h, w) puts the tokens of the whole transformer into 3D tile order (sla.tiling) once after the
+            patch embedding and back once after the output head (sla.diffusers.token_order), so that every SLA
+            block is a compact video region without per-layer gathers; None (default) keeps raster order (and
+            removes a tile order an earlier call installed). Dense layers give the same outputs in either order.
 
     A layer that already has an SLA processor is reconfigured and keeps its trained projection. The projections
     are float32 parameters of the model, ``blocks.{i}.attn1.processor.proj_l.weight`` and ``.bias``, created on
@@ -148,12 +154,14 @@ def enable_sla(
             processor._attention_backend = getattr(current, "_attention_backend", None)
             processor._parallel_config = getattr(current, "_parallel_config", None)
             attn.set_processor(processor)
+        set_token_order(transformer, tile)
     return model
 
 
 def disable_sla(model):
     """Restores diffusers' dense WanAttnProcessor on every SLA layer (keeping the attention backend and parallel
-    configuration) and returns `model`. The SLA projections are dropped from the model."""
+    configuration), removes the 3D token order, and returns `model`. The SLA projections are dropped from the
+    model."""
     for transformer in _transformers(model):
         for _, attn in self_attention_layers(transformer):
             current = attn.processor
@@ -163,6 +171,7 @@ def disable_sla(model):
             dense._attention_backend = current._attention_backend
             dense._parallel_config = current._parallel_config
             attn.set_processor(dense)
+        set_token_order(transformer, None)
     return model
 
 
