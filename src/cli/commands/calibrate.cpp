@@ -43,10 +43,7 @@ int run_calibrate(const CalibrateOptions& o) {
   progress.step("calibrating " + std::to_string(t.heads) + " heads (" + o.rule + ", target " + o.target + " " +
                 std::to_string(s.quality) + "), " + std::to_string(s.rows) + " sampled rows per head");
   progress.finish_step();
-  int done = 0;
-  const LayerCalibration cal = calibrate_layer(ap, o.cfg, s, [&](const std::string& what) {
-    std::fprintf(stderr, "  candidate %d: %s\n", ++done, what.c_str());
-  });
+  const LayerCalibration cal = calibrate_layer(ap, o.cfg, s, {});
 
   progress.step("writing " + o.out_path);
   {

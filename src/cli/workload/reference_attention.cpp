@@ -37,32 +37,10 @@ float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-struct RowScratch {
-  std::vector<float> p, out;
-  std::vector<double> block_mass;
-};
-
-void one_row(const AttentionProblem& p, const BlockClasses& c, int64_t bh, int64_t row, std::size_t slot, RowScratch& s,
+void one_row(const AttentionProblem& p, const BlockClasses& c, int64_t bh, int64_t row, std::size_t slot, DenseRow& s,
              ReferenceRows& res) {
-  const float* q = p.q + (bh * p.lq + row) * p.dim;
-  const float* k = p.k + bh * p.lk * p.dim;
-  const float* v = p.v + bh * p.lk * p.dv;
-  const float scale = static_cast<float>(p.scale);
-  float mx = -INFINITY;
-  for (int64_t c2 = 0; c2 < p.lk; ++c2) {
-    s.p[c2] = scale * dot(q, k + c2 * p.dim, p.dim);
-    mx = std::max(mx, s.p[c2]);
-  }
-  double sum = 0;
-  std::fill(s.out.begin(), s.out.end(), 0.0f);
-  std::fill(s.block_mass.begin(), s.block_mass.end(), 0.0);
-  for (int64_t c2 = 0; c2 < p.lk; ++c2) {
-    const float e = std::exp(s.p[c2] - mx);
-    sum += e;
-    s.block_mass[c2 / c.block_k] += e;
-    const float* vr = v + c2 * p.dv;
-    for (int64_t d = 0; d < p.dv; ++d) s.out[d] += e * vr[d];
-  }
+  dense_row(p, bh, row, c.block_k, s);
+  const double sum = s.sum;
   double* out = res.out.data() + (bh * res.rows.size() + slot) * p.dv;
   for (int64_t d = 0; d < p.dv; ++d) out[d] = s.out[d] / sum;
 
@@ -90,6 +68,36 @@ void one_row(const AttentionProblem& p, const BlockClasses& c, int64_t bh, int64
 
 }  // namespace
 
+void dense_row(const AttentionProblem& p, int64_t bh, int64_t query, int64_t block_k, DenseRow& s, float* block_pv) {
+  const int64_t nk = (p.lk + block_k - 1) / block_k;
+  s.logits.resize(p.lk);
+  s.out.assign(p.dv, 0.0f);
+  s.block_mass.assign(nk, 0.0);
+  if (block_pv != nullptr) std::fill(block_pv, block_pv + nk * p.dv, 0.0f);
+  const float* q = p.q + (bh * p.lq + query) * p.dim;
+  const float* k = p.k + bh * p.lk * p.dim;
+  const float* v = p.v + bh * p.lk * p.dv;
+  const float scale = static_cast<float>(p.scale);
+  float mx = -INFINITY;
+  for (int64_t c2 = 0; c2 < p.lk; ++c2) {
+    s.logits[c2] = scale * dot(q, k + c2 * p.dim, p.dim);
+    mx = std::max(mx, s.logits[c2]);
+  }
+  double sum = 0;
+  for (int64_t c2 = 0; c2 < p.lk; ++c2) {
+    const float e = std::exp(s.logits[c2] - mx);
+    sum += e;
+    s.block_mass[c2 / block_k] += e;
+    const float* vr = v + c2 * p.dv;
+    for (int64_t d = 0; d < p.dv; ++d) s.out[d] += e * vr[d];
+    if (block_pv != nullptr) {
+      float* pv = block_pv + (c2 / block_k) * p.dv;
+      for (int64_t d = 0; d < p.dv; ++d) pv[d] += e * vr[d];
+    }
+  }
+  s.sum = sum;
+}
+
 ReferenceRows dense_reference(const AttentionProblem& p, const BlockClasses& classes, int64_t max_rows, int threads) {
   ReferenceRows res;
   res.rows = sample_rows(p.lq, max_rows);
@@ -106,10 +114,7 @@ ReferenceRows dense_reference(const AttentionProblem& p, const BlockClasses& cla
   const std::size_t items = static_cast<std::size_t>(bh_count) * items_per_bh;
   std::atomic<std::size_t> next{0};
   auto worker = [&]() {
-    RowScratch s;
-    s.p.resize(p.lk);
-    s.out.resize(p.dv);
-    s.block_mass.resize(classes.k_blocks);
+    DenseRow s;
     for (std::size_t it = next++; it < items; it = next++) {
       const int64_t bh = static_cast<int64_t>(it / items_per_bh);
       const std::size_t first = (it % items_per_bh) * kRowsPerItem;

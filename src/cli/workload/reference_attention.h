@@ -33,6 +33,19 @@ struct ReferenceRows {
                                         // for any block map with T blocks: shows what mean pooling loses)
 };
 
+// One query row of dense attention with its sums per key block (exp(s - max) in float, as dense_reference computes
+// them; the calibration reuses the same arithmetic so that its masses equal dense_reference's bit for bit).
+struct DenseRow {
+  double sum = 0;                  // the softmax denominator
+  std::vector<double> block_mass;  // (Nk): each key block's share of the denominator
+  std::vector<float> out;          // (Dv): the unnormalised output, sum over keys of exp(s - max) v
+  std::vector<float> logits;       // (Lk) scratch
+};
+// Fills `row` for query row `query` of (b,h) = bh. With `block_pv` (Nk x Dv floats) also each key block's
+// unnormalised P V sum, so that the output of any subset of blocks is a sum of block_pv rows over their block_mass.
+void dense_row(const AttentionProblem& p, int64_t bh, int64_t query, int64_t block_k, DenseRow& row,
+               float* block_pv = nullptr);
+
 // `max_rows` evenly spaced rows per (b,h) (all rows when max_rows >= Lq). Runs on `threads` CPU threads.
 ReferenceRows dense_reference(const AttentionProblem& p, const BlockClasses& classes, int64_t max_rows, int threads);
 
