@@ -8,6 +8,7 @@
 #include <string>
 
 #include "device/owned_tensor.h"
+#include "workload/calibration_file.h"
 #include "workload/reference_attention.h"
 #include "workload/rule_calibration.h"
 #include "workload/sla_runner.h"

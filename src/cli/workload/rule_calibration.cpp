@@ -3,11 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <iomanip>
 #include <limits>
 #include <queue>
-#include <sstream>
 #include <tuple>
 #include <utility>
 
@@ -156,6 +153,8 @@ void add_head(const AttentionProblem& p, int64_t bh, const std::vector<int64_t>&
   }
 }
 
+int64_t blocks_of(int64_t l, int64_t block) { return (l + block - 1) / block; }
+
 // Bytes of one head's reference rows (HeadRows), checked before they are allocated.
 double head_rows_bytes(const AttentionProblem& p, int64_t rows, int64_t block_k) {
   const double nk = static_cast<double>((p.lk + block_k - 1) / block_k);
@@ -184,12 +183,22 @@ std::vector<Candidate> evaluate(const AttentionProblem& p, const std::vector<sla
   }
   const int64_t bh_count = p.batch * p.heads;
   const int64_t total = bh_count * static_cast<int64_t>(cfgs.size());
+  // The work of a head's dense rows in units of one candidate (its block map and the sums over its blocks, taken
+  // at half density), so that the progress estimate does not jump after each head.
+  const double nk = static_cast<double>(blocks_of(p.lk, block_k)), nq = static_cast<double>(blocks_of(p.lq, 64));
+  const double candidate_work =
+      static_cast<double>(n) * nk * p.dv / 2 + (static_cast<double>(p.lq + p.lk) + nq * nk) * p.dim;
+  const double rows_work = static_cast<double>(n) * static_cast<double>(p.lk) * (p.dim + 2.0 * p.dv);
+  const double rows_units = rows_work / candidate_work;
+  const double all_units = static_cast<double>(bh_count) * (rows_units + static_cast<double>(cfgs.size()));
   int64_t done = 0;
   for (int64_t bh = 0; bh < bh_count; ++bh) {
     const HeadRows hr = head_rows(p, bh, rows, block_k, threads);
     for (std::size_t i = 0; i < cfgs.size(); ++i) {
       add_head(p, bh, rows, hr, head_block_map(p, bh, cfgs[i], s.threads), threads, out[i]);
-      if (progress) progress(++done, total);
+      ++done;
+      const double units = static_cast<double>(bh + 1) * rows_units + static_cast<double>(done);
+      if (progress) progress(done, total, units / all_units);
     }
   }
   for (Candidate& c : out) {
@@ -203,12 +212,6 @@ double quality_of(const Candidate& c, int64_t h, const CalibrationSettings& s) {
 }
 bool meets(const Candidate& c, int64_t h, const CalibrationSettings& s) {
   return s.target == "mass" ? c.mass[h] >= s.quality : c.error[h] <= s.quality;
-}
-
-std::string fmt(double x) {
-  std::ostringstream os;
-  os << std::setprecision(17) << x;
-  return os.str();
 }
 
 }  // namespace
@@ -370,51 +373,6 @@ LayerCalibration calibrate_layer(const AttentionProblem& p, const sla::Config& b
     best.config.head_top_p = params;
   }
   return best;
-}
-
-std::string calibration_json(const LayerCalibration& cal, const AttentionProblem& p, const CalibrationSettings& s,
-                             const std::string& layer) {
-  // JSON text of a fixed, flat schema: strings are the layer name (escaped) and a few constants.
-  auto str = [](const std::string& x) {
-    std::string o = "\"";
-    for (char ch : x) {
-      if (ch == '"' || ch == '\\') {
-        o += '\\';
-        o += ch;
-      } else if (static_cast<unsigned char>(ch) < 0x20) {
-        char buf[8];
-        std::snprintf(buf, sizeof buf, "\\u%04x", ch);
-        o += buf;
-      } else {
-        o += ch;
-      }
-    }
-    return o + "\"";
-  };
-  std::ostringstream os;
-  os << "{\n \"format\": \"sla-calibration\",\n \"version\": 1,\n \"settings\": {\"target\": " << str(s.target)
-     << ", \"quality\": " << fmt(s.quality) << ", \"rule\": " << str(s.rule)
-     << ", \"budget\": " << (s.budget > 0 ? fmt(s.budget) : "null")
-     << ", \"budget_bound\": " << (cal.budget_bound ? "true" : "false") << ", \"block_q\": " << cal.config.block_q
-     << ", \"block_k\": " << cal.config.block_k << ", \"rows_per_head\": " << s.rows
-     << ", \"average_density\": " << fmt(cal.mean_density) << ", \"tool\": \"sla calibrate\"},\n \"layers\": {\n  "
-     << str(layer) << ": {\n   \"rule\": {";
-  os << (cal.family == "topk" ? "\"topk\": [" : "\"top_p\": [");
-  for (std::size_t h = 0; h < cal.heads.size(); ++h) os << (h ? ", " : "") << fmt(cal.heads[h].param);
-  os << "]";
-  if (cal.family == "top_p") os << ", \"min_blocks\": 1, \"max_blocks\": null";
-  os << "},\n   \"family\": " << str(cal.family) << ",\n   \"shape\": {\"heads\": " << p.heads << ", \"lq\": " << p.lq
-     << ", \"lk\": " << p.lk << ", \"d\": " << p.dim << ", \"q_blocks\": " << cal.q_blocks
-     << ", \"k_blocks\": " << cal.k_blocks << ", \"passes\": 1, \"batch\": " << p.batch
-     << ", \"scale\": " << fmt(p.scale) << "},\n   \"heads\": [";
-  for (std::size_t h = 0; h < cal.heads.size(); ++h) {
-    const HeadCalibration& hc = cal.heads[h];
-    os << (h ? ",\n    " : "\n    ") << "{\"param\": " << fmt(hc.param) << ", \"density\": " << fmt(hc.density)
-       << ", \"mass\": " << fmt(hc.mass) << ", \"error\": " << fmt(hc.error)
-       << ", \"met\": " << (hc.met ? "true" : "false") << "}";
-  }
-  os << "\n   ],\n   \"mean_density\": " << fmt(cal.mean_density) << "\n  }\n }\n}\n";
-  return os.str();
 }
 
 }  // namespace sla_cli
