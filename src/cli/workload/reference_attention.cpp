@@ -98,7 +98,8 @@ void dense_row(const AttentionProblem& p, int64_t bh, int64_t query, int64_t blo
   s.sum = sum;
 }
 
-ReferenceRows dense_reference(const AttentionProblem& p, const BlockClasses& classes, int64_t max_rows, int threads) {
+ReferenceRows dense_reference(const AttentionProblem& p, const BlockClasses& classes, int64_t max_rows, int threads,
+                              const std::function<void(int64_t, int64_t)>& progress) {
   ReferenceRows res;
   res.rows = sample_rows(p.lq, max_rows);
   const int64_t bh_count = p.batch * p.heads;
@@ -113,20 +114,24 @@ ReferenceRows dense_reference(const AttentionProblem& p, const BlockClasses& cla
   const std::size_t items_per_bh = (nrows + kRowsPerItem - 1) / kRowsPerItem;
   const std::size_t items = static_cast<std::size_t>(bh_count) * items_per_bh;
   std::atomic<std::size_t> next{0};
-  auto worker = [&]() {
+  std::atomic<int64_t> rows_done{0};
+  const int64_t rows_total = bh_count * static_cast<int64_t>(nrows);
+  auto worker = [&](bool reports) {
     DenseRow s;
     for (std::size_t it = next++; it < items; it = next++) {
       const int64_t bh = static_cast<int64_t>(it / items_per_bh);
       const std::size_t first = (it % items_per_bh) * kRowsPerItem;
       const std::size_t last = std::min(nrows, first + kRowsPerItem);
       for (std::size_t slot = first; slot < last; ++slot) one_row(p, classes, bh, res.rows[slot], slot, s, res);
+      rows_done += static_cast<int64_t>(last - first);
+      if (reports && progress) progress(rows_done, rows_total);
     }
   };
   int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   n = static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(n), std::max<std::size_t>(items, 1)));
   std::vector<std::thread> pool;
-  for (int t = 1; t < n; ++t) pool.emplace_back(worker);
-  worker();
+  for (int t = 1; t < n; ++t) pool.emplace_back(worker, false);
+  worker(true);  // the calling thread reports progress
   for (std::thread& t : pool) t.join();
   return res;
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace sla_cli {
@@ -47,7 +48,9 @@ void dense_row(const AttentionProblem& p, int64_t bh, int64_t query, int64_t blo
                float* block_pv = nullptr);
 
 // `max_rows` evenly spaced rows per (b,h) (all rows when max_rows >= Lq). Runs on `threads` CPU threads.
-ReferenceRows dense_reference(const AttentionProblem& p, const BlockClasses& classes, int64_t max_rows, int threads);
+// `progress` (may be empty) is called on the calling thread with the rows done and the total.
+ReferenceRows dense_reference(const AttentionProblem& p, const BlockClasses& classes, int64_t max_rows, int threads,
+                              const std::function<void(int64_t done, int64_t total)>& progress = {});
 
 // The evenly spaced rows dense_reference uses.
 std::vector<int64_t> sample_rows(int64_t lq, int64_t max_rows);
