@@ -8,6 +8,8 @@
 #include <functional>
 #include <thread>
 
+#include "cpu/parallel.h"
+
 namespace sla_cli {
 
 std::vector<int64_t> sample_rows(int64_t lq, int64_t max_rows) {
@@ -24,7 +26,9 @@ std::vector<int64_t> sample_rows(int64_t lq, int64_t max_rows) {
 
 namespace {
 
-float dot(const float* a, const float* b, int64_t n) {
+// Inlined into the row loops (a call per key and row cost more than the 64 multiply-adds); the lanes fix the order of
+// the additions, so every caller gets the same float for the same row and key.
+[[gnu::always_inline]] inline float dot(const float* a, const float* b, int64_t n) {
   constexpr int kLanes = 8;
   float acc[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t d = 0;
@@ -37,10 +41,32 @@ float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-void one_row(const AttentionProblem& p, const BlockClasses& c, int64_t bh, int64_t row, std::size_t slot, DenseRow& s,
+struct RowScratch {
+  std::vector<float> p, out;
+  std::vector<double> block_mass;
+};
+
+void one_row(const AttentionProblem& p, const BlockClasses& c, int64_t bh, int64_t row, std::size_t slot, RowScratch& s,
              ReferenceRows& res) {
-  dense_row(p, bh, row, c.block_k, s);
-  const double sum = s.sum;
+  const float* q = p.q + (bh * p.lq + row) * p.dim;
+  const float* k = p.k + bh * p.lk * p.dim;
+  const float* v = p.v + bh * p.lk * p.dv;
+  const float scale = static_cast<float>(p.scale);
+  float mx = -INFINITY;
+  for (int64_t c2 = 0; c2 < p.lk; ++c2) {
+    s.p[c2] = scale * dot(q, k + c2 * p.dim, p.dim);
+    mx = std::max(mx, s.p[c2]);
+  }
+  double sum = 0;
+  std::fill(s.out.begin(), s.out.end(), 0.0f);
+  std::fill(s.block_mass.begin(), s.block_mass.end(), 0.0);
+  for (int64_t c2 = 0; c2 < p.lk; ++c2) {
+    const float e = std::exp(s.p[c2] - mx);
+    sum += e;
+    s.block_mass[c2 / c.block_k] += e;
+    const float* vr = v + c2 * p.dv;
+    for (int64_t d = 0; d < p.dv; ++d) s.out[d] += e * vr[d];
+  }
   double* out = res.out.data() + (bh * res.rows.size() + slot) * p.dv;
   for (int64_t d = 0; d < p.dv; ++d) out[d] = s.out[d] / sum;
 
@@ -68,34 +94,61 @@ void one_row(const AttentionProblem& p, const BlockClasses& c, int64_t bh, int64
 
 }  // namespace
 
-void dense_row(const AttentionProblem& p, int64_t bh, int64_t query, int64_t block_k, DenseRow& s, float* block_pv) {
-  const int64_t nk = (p.lk + block_k - 1) / block_k;
-  s.logits.resize(p.lk);
-  s.out.assign(p.dv, 0.0f);
-  s.block_mass.assign(nk, 0.0);
-  if (block_pv != nullptr) std::fill(block_pv, block_pv + nk * p.dv, 0.0f);
-  const float* q = p.q + (bh * p.lq + query) * p.dim;
+BlockSums dense_block_sums(const AttentionProblem& p, int64_t bh, const std::vector<int64_t>& rows, int64_t block_k,
+                           int threads) {
+  constexpr int64_t kTile = 8;  // rows per tile: their logits (8 x Lk floats) stay in the L2 cache
+  BlockSums bs;
+  const int64_t n = static_cast<int64_t>(rows.size()), nk = (p.lk + block_k - 1) / block_k;
+  bs.k_blocks = nk;
+  bs.sum.assign(n, 0.0);
+  bs.block_mass.assign(n * nk, 0.0);
+  bs.block_pv.assign(n * nk * p.dv, 0.0f);
+  bs.out.assign(n * p.dv, 0.0);
   const float* k = p.k + bh * p.lk * p.dim;
   const float* v = p.v + bh * p.lk * p.dv;
   const float scale = static_cast<float>(p.scale);
-  float mx = -INFINITY;
-  for (int64_t c2 = 0; c2 < p.lk; ++c2) {
-    s.logits[c2] = scale * dot(q, k + c2 * p.dim, p.dim);
-    mx = std::max(mx, s.logits[c2]);
-  }
-  double sum = 0;
-  for (int64_t c2 = 0; c2 < p.lk; ++c2) {
-    const float e = std::exp(s.logits[c2] - mx);
-    sum += e;
-    s.block_mass[c2 / block_k] += e;
-    const float* vr = v + c2 * p.dv;
-    for (int64_t d = 0; d < p.dv; ++d) s.out[d] += e * vr[d];
-    if (block_pv != nullptr) {
-      float* pv = block_pv + (c2 / block_k) * p.dv;
-      for (int64_t d = 0; d < p.dv; ++d) pv[d] += e * vr[d];
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  std::vector<std::vector<float>> logits(static_cast<std::size_t>(std::max(threads, 1)));
+  sla::cpu::parallel_for(tiles, threads, [&](int64_t t, int worker) {
+    const int64_t r0 = t * kTile, nr = std::min(kTile, n - r0);
+    std::vector<float>& s = logits[worker];
+    s.resize(kTile * p.lk);
+    const float* q[kTile];
+    float mx[kTile];
+    for (int64_t i = 0; i < nr; ++i) {
+      q[i] = p.q + (bh * p.lq + rows[r0 + i]) * p.dim;
+      mx[i] = -INFINITY;
     }
-  }
-  s.sum = sum;
+    for (int64_t c2 = 0; c2 < p.lk; ++c2) {
+      const float* kr = k + c2 * p.dim;
+      for (int64_t i = 0; i < nr; ++i) {
+        const float x = scale * dot(q[i], kr, p.dim);
+        s[i * p.lk + c2] = x;
+        mx[i] = std::max(mx[i], x);
+      }
+    }
+    for (int64_t c2 = 0; c2 < p.lk; ++c2) {
+      const float* vr = v + c2 * p.dv;
+      const int64_t j = c2 / block_k;
+      for (int64_t i = 0; i < nr; ++i) {
+        const int64_t r = r0 + i;
+        const float e = std::exp(s[i * p.lk + c2] - mx[i]);
+        bs.sum[r] += e;
+        bs.block_mass[r * nk + j] += e;
+        float* pv = bs.block_pv.data() + (r * nk + j) * p.dv;
+        for (int64_t d = 0; d < p.dv; ++d) pv[d] += e * vr[d];
+      }
+    }
+    for (int64_t r = r0; r < r0 + nr; ++r) {
+      double* out = bs.out.data() + r * p.dv;
+      for (int64_t j = 0; j < nk; ++j) {
+        const float* pv = bs.block_pv.data() + (r * nk + j) * p.dv;
+        for (int64_t d = 0; d < p.dv; ++d) out[d] += pv[d];
+      }
+      for (int64_t d = 0; d < p.dv; ++d) out[d] /= bs.sum[r];
+    }
+  });
+  return bs;
 }
 
 ReferenceRows dense_reference(const AttentionProblem& p, const BlockClasses& classes, int64_t max_rows, int threads,
@@ -117,7 +170,10 @@ ReferenceRows dense_reference(const AttentionProblem& p, const BlockClasses& cla
   std::atomic<int64_t> rows_done{0};
   const int64_t rows_total = bh_count * static_cast<int64_t>(nrows);
   auto worker = [&](bool reports) {
-    DenseRow s;
+    RowScratch s;
+    s.p.resize(p.lk);
+    s.out.resize(p.dv);
+    s.block_mass.resize(classes.k_blocks);
     for (std::size_t it = next++; it < items; it = next++) {
       const int64_t bh = static_cast<int64_t>(it / items_per_bh);
       const std::size_t first = (it % items_per_bh) * kRowsPerItem;

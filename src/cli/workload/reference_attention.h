@@ -34,18 +34,19 @@ struct ReferenceRows {
                                         // for any block map with T blocks: shows what mean pooling loses)
 };
 
-// One query row of dense attention with its sums per key block (exp(s - max) in float, as dense_reference computes
-// them; the calibration reuses the same arithmetic so that its masses equal dense_reference's bit for bit).
-struct DenseRow {
-  double sum = 0;                  // the softmax denominator
-  std::vector<double> block_mass;  // (Nk): each key block's share of the denominator
-  std::vector<float> out;          // (Dv): the unnormalised output, sum over keys of exp(s - max) v
-  std::vector<float> logits;       // (Lk) scratch
+// Dense attention of some query rows of one (b,h), summed per key block: what the calibration reads every candidate
+// rule's statistics from. The per-row arithmetic (logits, exp(s - max) in float, the sums in double) is
+// dense_reference's, so a set of blocks' mass equals dense_reference's critical mass bit for bit.
+struct BlockSums {
+  int64_t k_blocks = 0;
+  std::vector<double> sum;         // (rows): the softmax denominators
+  std::vector<double> block_mass;  // (rows, Nk): each key block's share of the denominator
+  std::vector<float> block_pv;     // (rows, Nk, Dv): each key block's unnormalised P V (float, as the reference)
+  std::vector<double> out;         // (rows, Dv): the dense output, sum of block_pv over sum
 };
-// Fills `row` for query row `query` of (b,h) = bh. With `block_pv` (Nk x Dv floats) also each key block's
-// unnormalised P V sum, so that the output of any subset of blocks is a sum of block_pv rows over their block_mass.
-void dense_row(const AttentionProblem& p, int64_t bh, int64_t query, int64_t block_k, DenseRow& row,
-               float* block_pv = nullptr);
+// Rows are taken in tiles that share each K and V row while it is in cache (the rows' K/V reads were the cost).
+BlockSums dense_block_sums(const AttentionProblem& p, int64_t bh, const std::vector<int64_t>& rows, int64_t block_k,
+                           int threads);
 
 // `max_rows` evenly spaced rows per (b,h) (all rows when max_rows >= Lq). Runs on `threads` CPU threads.
 // `progress` (may be empty) is called on the calling thread with the rows done and the total.

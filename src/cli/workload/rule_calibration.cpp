@@ -2,6 +2,7 @@
 #include "workload/rule_calibration.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <queue>
@@ -48,36 +49,6 @@ struct Candidate {
   std::vector<double> density, mass, error;  // per head
 };
 
-// The sampled rows of one (b,h) against dense attention, summed per key block (see dense_row): what every candidate
-// rule's statistics are read from, so that the dense rows are computed once per head, not once per candidate.
-struct HeadRows {
-  int64_t nk = 0;
-  std::vector<double> sum;         // (n) softmax denominators
-  std::vector<double> block_mass;  // (n, Nk) each block's share of the denominator
-  std::vector<float> block_pv;     // (n, Nk, Dv) each block's unnormalised P V
-  std::vector<double> out;         // (n, Dv) the dense output
-};
-
-HeadRows head_rows(const AttentionProblem& p, int64_t bh, const std::vector<int64_t>& rows, int64_t block_k,
-                   int threads) {
-  HeadRows hr;
-  const int64_t n = static_cast<int64_t>(rows.size());
-  hr.nk = (p.lk + block_k - 1) / block_k;
-  hr.sum.assign(n, 0.0);
-  hr.block_mass.assign(n * hr.nk, 0.0);
-  hr.block_pv.assign(n * hr.nk * p.dv, 0.0f);
-  hr.out.assign(n * p.dv, 0.0);
-  std::vector<DenseRow> scratch(static_cast<std::size_t>(threads));
-  sla::cpu::parallel_for(n, threads, [&](int64_t r, int worker) {
-    DenseRow& d = scratch[worker];
-    dense_row(p, bh, rows[r], block_k, d, hr.block_pv.data() + r * hr.nk * p.dv);
-    hr.sum[r] = d.sum;
-    std::copy(d.block_mass.begin(), d.block_mass.end(), hr.block_mass.begin() + r * hr.nk);
-    for (int64_t e = 0; e < p.dv; ++e) hr.out[r * p.dv + e] = d.out[e] / d.sum;
-  });
-  return hr;
-}
-
 // O_s of one row when the reference's exp(s - max) of every critical key underflows (their block sums are 0, so
 // block_pv cannot give the ratio): the softmax over the critical keys alone, with their own maximum.
 void sparse_row_exactly(const AttentionProblem& p, int64_t bh, int64_t query, const int32_t* blocks, int64_t n,
@@ -108,7 +79,7 @@ void sparse_row_exactly(const AttentionProblem& p, int64_t bh, int64_t query, co
 // Adds head bh's density, mass and O_s error under the block map `classes` to `c` (means over the batch). The
 // mass is the sum of the reference's block masses in the LUT's order, as dense_reference computes it; O_s is the
 // sum of the critical blocks' P V over their mass: the sparse branch's softmax restricted to the critical blocks.
-void add_head(const AttentionProblem& p, int64_t bh, const std::vector<int64_t>& rows, const HeadRows& hr,
+void add_head(const AttentionProblem& p, int64_t bh, const std::vector<int64_t>& rows, const BlockSums& hr,
               const BlockClasses& classes, int threads, Candidate& c) {
   const int64_t h = bh % p.heads, n = static_cast<int64_t>(rows.size()), nq = classes.q_blocks, nk = classes.k_blocks;
   double count = 0;
@@ -121,7 +92,7 @@ void add_head(const AttentionProblem& p, int64_t bh, const std::vector<int64_t>&
     const int64_t i = rows[r] / classes.block_q;
     const int32_t* lut = classes.lut.data() + i * classes.critical;
     const int64_t t_row = std::min<int64_t>(classes.count[i], classes.critical);
-    const double* bm = hr.block_mass.data() + r * hr.nk;
+    const double* bm = hr.block_mass.data() + r * hr.k_blocks;
     std::vector<double>& o_s = acc[worker];
     std::fill(o_s.begin(), o_s.end(), 0.0);
     double m = 0;
@@ -129,7 +100,7 @@ void add_head(const AttentionProblem& p, int64_t bh, const std::vector<int64_t>&
       const int32_t j = lut[t];
       if (j < 0 || j >= nk) continue;
       m += bm[j];
-      const float* pv = hr.block_pv.data() + (r * hr.nk + j) * p.dv;
+      const float* pv = hr.block_pv.data() + (r * hr.k_blocks + j) * p.dv;
       for (int64_t e = 0; e < p.dv; ++e) o_s[e] += pv[e];
     }
     mass[r] = m / hr.sum[r];
@@ -155,8 +126,8 @@ void add_head(const AttentionProblem& p, int64_t bh, const std::vector<int64_t>&
 
 int64_t blocks_of(int64_t l, int64_t block) { return (l + block - 1) / block; }
 
-// Bytes of one head's reference rows (HeadRows), checked before they are allocated.
-double head_rows_bytes(const AttentionProblem& p, int64_t rows, int64_t block_k) {
+// Bytes of one head's dense rows (BlockSums), checked before they are allocated.
+double block_sums_bytes(const AttentionProblem& p, int64_t rows, int64_t block_k) {
   const double nk = static_cast<double>((p.lk + block_k - 1) / block_k);
   return static_cast<double>(rows) * (nk * (8.0 + 4.0 * static_cast<double>(p.dv)) + 16.0 * p.dv);
 }
@@ -171,7 +142,7 @@ std::vector<Candidate> evaluate(const AttentionProblem& p, const std::vector<sla
   const int64_t n = static_cast<int64_t>(rows.size());
   const int64_t block_k = cfgs.empty() ? 64 : cfgs.front().block_k;
   const std::string shortfall = host_memory_shortfall(
-      head_rows_bytes(p, n, block_k), "the dense reference of one head (" + std::to_string(n) + " sampled rows)");
+      block_sums_bytes(p, n, block_k), "the dense reference of one head (" + std::to_string(n) + " sampled rows)");
   if (!shortfall.empty()) throw RunError(shortfall + "; sample fewer rows (--rows)");
 
   std::vector<Candidate> out(cfgs.size());
@@ -191,15 +162,17 @@ std::vector<Candidate> evaluate(const AttentionProblem& p, const std::vector<sla
   const double rows_work = static_cast<double>(n) * static_cast<double>(p.lk) * (p.dim + 2.0 * p.dv);
   const double rows_units = rows_work / candidate_work;
   const double all_units = static_cast<double>(bh_count) * (rows_units + static_cast<double>(cfgs.size()));
-  int64_t done = 0;
+  std::atomic<int64_t> done{0};
   for (int64_t bh = 0; bh < bh_count; ++bh) {
-    const HeadRows hr = head_rows(p, bh, rows, block_k, threads);
-    for (std::size_t i = 0; i < cfgs.size(); ++i) {
-      add_head(p, bh, rows, hr, head_block_map(p, bh, cfgs[i], s.threads), threads, out[i]);
-      ++done;
-      const double units = static_cast<double>(bh + 1) * rows_units + static_cast<double>(done);
-      if (progress) progress(done, total, units / all_units);
-    }
+    const BlockSums hr = dense_block_sums(p, bh, rows, block_k, threads);
+    // One candidate per thread (each writes only its own statistics): a block map of one head is too small to
+    // spread over threads well. The calling thread (worker 0) reports the progress.
+    sla::cpu::parallel_for(static_cast<int64_t>(cfgs.size()), threads, [&](int64_t i, int worker) {
+      add_head(p, bh, rows, hr, head_block_map(p, bh, cfgs[i], 1), 1, out[i]);
+      const int64_t now = ++done;
+      const double units = static_cast<double>(bh + 1) * rows_units + static_cast<double>(now);
+      if (progress && worker == 0) progress(now, total, units / all_units);
+    });
   }
   for (Candidate& c : out) {
     for (double& e : c.error) e = std::sqrt(e);
