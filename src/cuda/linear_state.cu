@@ -482,6 +482,13 @@ std::size_t linear_state_workspace_bytes(const Problem& p, const Config& cfg) {
   return ws.bytes();
 }
 
+bool linear_ops_share_state(const Problem& p, const Config& cfg) {
+  if (cfg.variant != Variant::complement) return false;
+  const LinearStatePlan plan = plan_linear_state(p, cfg);
+  const int64_t key_state_bytes = 2 * p.map.k_blocks * marginal_state_cols(p) * 2;  // per (b, h), bf16
+  return plan.operand_blocks * plan.layout.bytes() <= key_state_bytes;
+}
+
 Status launch_key_block_states(const Problem& p, const TensorView& k, const TensorView& v, const Config& cfg,
                                uint16_t* out, int64_t ld, cudaStream_t stream) {
   StateParams sp = state_params(p, k, v, cfg.feature_map, cfg.block_k);

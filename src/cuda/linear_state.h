@@ -22,6 +22,11 @@ struct LinearStatePlan {
 LinearStatePlan plan_linear_state(const Problem& p, const Config& cfg);
 std::size_t linear_state_workspace_bytes(const Problem& p, const Config& cfg);
 
+// Whether the operand blocks (plan.operand_blocks of layout.bytes() per (b, h)) fit at the start of the state
+// workspace and may live there: complement variant, where they take the place of the key-block states, which are
+// dead once the selection GEMM has run (when bq > bk, the same size). Depends on the shape only.
+bool linear_ops_share_state(const Problem& p, const Config& cfg);
+
 // Per-key-block states h_j = phi(K_j)^T V_j and z_j = colsum phi(K_j) (key blocks of cfg.block_k rows) as split
 // bf16 rows: per (b, h), row j of `out` holds the hi part of [h_j (D x Dv, row-major), z_j (D)] and row Nk + j its lo
 // part; rows are `ld` elements apart (select/marginal_states.h multiplies them by the marginal mask).

@@ -29,6 +29,8 @@ MarginalStates carve_marginal_states(const Problem& p, bool total_row, Workspace
   MarginalStates s;
   s.n = marginal_state_cols(p);
   s.rows = p.map.q_blocks + (total_row ? 1 : 0);
+  // First, at the base: the forward (linear_ops_share_state) and the backward put other buffers in these bytes once
+  // the selection has read them.
   s.key_states = ws.take<uint16_t>(bh * 2 * nk * s.n);
   s.mask = ws.take<uint16_t>(bh * s.rows * 2 * nk);
   s.out = ws.take<float>(bh * s.rows * s.n);
