@@ -474,6 +474,10 @@ __global__ void __launch_bounds__(256) split_in_place_kernel(BwdParams p) {
 }
 }  // namespace
 
+Status launch_sum_partials(const float* in, float* out, int64_t groups, int parts, int64_t n, cudaStream_t stream) {
+  return sum_partials(in, out, groups, parts, n, stream);
+}
+
 Status launch_row_prep(const BwdParams& p, DType dtype, FeatureMap fm, cudaStream_t stream) {
   return SLA_CUDA_DTYPE_SWITCH(dtype, T, "backward", [&] {
     return SLA_CUDA_HEADDIM_SWITCH(p.d, D, "backward", [&] {

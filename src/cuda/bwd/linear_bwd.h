@@ -19,4 +19,8 @@ Status launch_row_prep(const BwdParams& p, DType dtype, FeatureMap fm, cudaStrea
 // GEMM); d_proj_weight and d_proj_bias when requested.
 Status launch_linear_reductions(const BwdParams& p, DType dtype, cudaStream_t stream);
 
+// out[g, e] = sum over c in [0, parts) of in[g * parts + c, e] in increasing c (a fixed-order reduction), g < groups,
+// e < n.
+Status launch_sum_partials(const float* in, float* out, int64_t groups, int parts, int64_t n, cudaStream_t stream);
+
 }  // namespace sla::cuda::bwd
