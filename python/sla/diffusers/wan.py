@@ -8,11 +8,13 @@ Every ``WanAttention`` that is a self-attention (``attn1``: ``blocks.{i}.attn1``
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping, Optional, Union
 
 import torch
 
-from .processor import SLAWanAttnProcessor
+from ..rules import _RULE_DEFAULTS, RULE_OPTIONS, BlockRule, PerHead, rule_of
+from .processor import DEFAULT_TOPK, SLAWanAttnProcessor
 
 LayerKey = Union[int, str]
 LayerOptions = Union[Mapping[LayerKey, Optional[Mapping]], Callable[[LayerKey], Optional[Mapping]], None]
@@ -67,59 +69,63 @@ def _transformers(model) -> list[torch.nn.Module]:
 
 
 def _options_for(key: LayerKey, layer_options: LayerOptions) -> Optional[dict]:
+    """The per-layer overrides of layer `key` (None: keep the layer dense), checked for type."""
     if layer_options is None:
         return {}
-    extra = layer_options(key) if callable(layer_options) else layer_options.get(key, {})
-    return None if extra is None else dict(extra)
+    if callable(layer_options):
+        extra = layer_options(key)
+    elif isinstance(layer_options, Mapping):
+        extra = layer_options.get(key, {})
+    else:
+        raise TypeError(
+            f"layer_options: expected a dict layer -> options or a callable, got {type(layer_options).__name__}"
+        )
+    if extra is None:
+        return None
+    if not isinstance(extra, Mapping):
+        raise TypeError(f"layer_options[{key!r}]: expected a dict of SLA options or None, got {type(extra).__name__}")
+    extra = dict(extra)
+    enabled = extra.pop("enabled", True)
+    if not isinstance(enabled, bool):
+        raise TypeError(f"layer_options[{key!r}]: 'enabled' expects True or False, got {enabled!r}")
+    return extra if enabled else None
 
 
-def enable_sla(
-    model,
-    *,
-    topk: float = 0.1,
-    block_q: int = 128,
-    block_k: int = 64,
-    variant: str = "global",
-    feature_map: str = "softmax",
-    negligible: float = 0.0,
-    scale: Optional[float] = None,
-    eps: float = 1e-5,
-    layers: Optional[Iterable[LayerKey]] = None,
-    layer_options: LayerOptions = None,
-    reuse_block_map_steps: int = 0,
-    record_block_map: bool = False,
-    cuda_dtype: torch.dtype = torch.bfloat16,
-):
-    """Replaces the self-attention of a diffusers Wan transformer by SLA, in place, and returns `model`.
+def _layer_options(base: dict, extra: dict) -> dict:
+    """A layer's options: the call's, overridden by the layer's. A layer that names its own rule family (topk,
+    top_p or a whole rule) does not inherit the call's."""
+    if "rule" in extra:
+        base = {k: v for k, v in base.items() if k not in RULE_OPTIONS and k != "rule"}
+    elif "topk" in extra or "top_p" in extra:
+        base = {k: v for k, v in base.items() if k not in ("topk", "top_p", "min_blocks", "max_blocks", "rule")}
+    return {**base, **extra}
 
-    Args:
-        model: a WanTransformer3DModel (Wan2.1, Wan2.2), a WanVACETransformer3DModel, or a pipeline whose
-            `transformer` and `transformer_2` (Wan2.2's second expert) are such models: both get SLA.
-        topk, block_q, block_k, variant, feature_map, negligible, scale, eps: SLA options of every replaced layer
-            (see sla.sparse_linear_attention). Defaults are TurboDiffusion's: topk 0.1, 128 x 64 blocks.
-        layers: the layers to replace: block indices i (``blocks.{i}.attn1``) and/or ``'vace_blocks.{j}'``;
-            None replaces every self-attention.
-        layer_options: per-layer overrides of the options above: a dict key -> dict of options, or a callable
-            key -> dict (None or ``{"enabled": False}`` keeps that layer dense).
-        reuse_block_map_steps, record_block_map, cuda_dtype: see SLAWanAttnProcessor.
 
-    A layer that already has an SLA processor is reconfigured and keeps its trained projection. The projections
-    are float32 parameters of the model, ``blocks.{i}.attn1.processor.proj_l.weight`` and ``.bias``, created on
-    the device of the layer's weights and zero-initialised (an untrained SLA layer is sparse attention alone).
-    """
-    base = dict(
-        topk=topk,
-        block_q=block_q,
-        block_k=block_k,
-        variant=variant,
-        feature_map=feature_map,
-        negligible=negligible,
-        scale=scale,
-        eps=eps,
-        reuse_block_map_steps=reuse_block_map_steps,
-        record_block_map=record_block_map,
-        cuda_dtype=cuda_dtype,
-    )
+@dataclass
+class _Change:
+    """One layer of a planned enable_sla: the processor (new, or the layer's own) and its checked options."""
+
+    attn: torch.nn.Module
+    processor: SLAWanAttnProcessor
+    options: dict
+
+    @property
+    def fresh(self) -> bool:
+        return self.attn.processor is not self.processor
+
+
+def plan_sla(model, *, layers: Optional[Iterable[LayerKey]] = None, layer_options: LayerOptions = None, **options):
+    """Everything enable_sla checks, without changing `model`: returns the list of changes that ``apply_sla``
+    makes. `options` are enable_sla's SLA options (only those given; the processor's defaults fill the rest)."""
+    if options.get("rule") is not None:
+        rule_of(options["rule"], **{k: options.get(k, d) for k, d in _RULE_DEFAULTS.items()})
+        base = {k: v for k, v in options.items() if k not in RULE_OPTIONS}
+    else:
+        base = dict(options)
+        base.pop("rule", None)
+        if base.get("topk") is None and base.get("top_p") is None:
+            base["topk"] = DEFAULT_TOPK
+    changes: list[_Change] = []
     for transformer in _transformers(model):
         available = dict(self_attention_layers(transformer))
         if not available:
@@ -134,35 +140,126 @@ def enable_sla(
             )
         for key in chosen:
             extra = _options_for(key, layer_options)
-            if extra is None or not extra.pop("enabled", True):
+            if extra is None:
                 continue
             attn = available[key]
-            options = {**base, **extra}
             current = attn.processor
             if isinstance(current, SLAWanAttnProcessor):
-                current.configure(**options)
-                continue
-            processor = SLAWanAttnProcessor(attn.inner_dim // attn.heads, device=attn.to_out[0].weight.device)
-            processor.configure(**options)
+                processor = current
+            else:  # not attached until apply_sla
+                processor = SLAWanAttnProcessor(
+                    attn.inner_dim // attn.heads, heads=attn.heads, device=attn.to_out[0].weight.device
+                )
+            try:
+                checked = processor.checked_options(**_layer_options(base, extra))
+            except (TypeError, ValueError, NotImplementedError) as exc:
+                if not extra:
+                    raise
+                raise type(exc)(f"layer_options[{key!r}]: {exc}") from exc
+            changes.append(_Change(attn, processor, checked))
+    return changes
+
+
+def apply_sla(changes) -> None:
+    """Makes the changes of ``plan_sla`` (nothing here can fail half-way: every value was checked there)."""
+    for change in changes:
+        if change.fresh:
+            current = change.attn.processor
             # Keep what diffusers set on the dense processor, so that disable_sla can hand it back.
-            processor._attention_backend = getattr(current, "_attention_backend", None)
-            processor._parallel_config = getattr(current, "_parallel_config", None)
-            attn.set_processor(processor)
+            change.processor._attention_backend = getattr(current, "_attention_backend", None)
+            change.processor._parallel_config = getattr(current, "_parallel_config", None)
+        change.processor.apply_options(change.options)
+        if change.fresh:
+            change.attn.set_processor(change.processor)
+
+
+def enable_sla(
+    model,
+    *,
+    topk: Optional[PerHead] = None,
+    block_q: int = 128,
+    block_k: int = 64,
+    variant: str = "global",
+    feature_map: str = "softmax",
+    negligible: float = 0.0,
+    scale: Optional[float] = None,
+    eps: float = 1e-5,
+    layers: Optional[Iterable[LayerKey]] = None,
+    layer_options: LayerOptions = None,
+    reuse_block_map_steps: int = 0,
+    record_block_map: bool = False,
+    cuda_dtype: torch.dtype = torch.bfloat16,
+    top_p: Optional[PerHead] = None,
+    min_blocks: int = 1,
+    max_blocks: Optional[int] = None,
+    negligible_threshold: float = 0.0,
+    max_negligible: Optional[float] = None,
+    rule: Optional[BlockRule] = None,
+):
+    """Replaces the self-attention of a diffusers Wan transformer by SLA, in place, and returns `model`.
+
+    Args:
+        model: a WanTransformer3DModel (Wan2.1, Wan2.2), a WanVACETransformer3DModel, or a pipeline whose
+            `transformer` and `transformer_2` (Wan2.2's second expert) are such models: both get SLA.
+        topk, block_q, block_k, variant, feature_map, negligible, scale, eps: SLA options of every replaced layer
+            (see sla.sparse_linear_attention). Defaults are TurboDiffusion's: topk 0.1, 128 x 64 blocks.
+        top_p, min_blocks, max_blocks, negligible_threshold, max_negligible, rule: the adaptive block-map rules
+            (docs/BLOCK_MAP.md) instead of a fixed topk; topk and top_p may be one value per head. ``rule`` is an
+            ``sla.BlockRule``; ``sla.apply_rules`` sets calibrated ones per layer.
+        layers: the layers to replace: block indices i (``blocks.{i}.attn1``) and/or ``'vace_blocks.{j}'``;
+            None replaces every self-attention.
+        layer_options: per-layer overrides of the options above: a dict key -> dict of options, or a callable
+            key -> dict (None or ``{"enabled": False}`` keeps that layer dense).
+        reuse_block_map_steps, record_block_map, cuda_dtype: see SLAWanAttnProcessor.
+
+    All or nothing: every layer's options are checked (and its processor made) before any layer changes, so a
+    call that raises leaves the model as it was. A layer that already has an SLA processor is reconfigured and
+    keeps its trained projection. The projections are float32 parameters of the model,
+    ``blocks.{i}.attn1.processor.proj_l.weight`` and ``.bias``, created on the device of the layer's weights and
+    zero-initialised (an untrained SLA layer is sparse attention alone).
+    """
+    changes = plan_sla(
+        model,
+        layers=layers,
+        layer_options=layer_options,
+        topk=topk,
+        top_p=top_p,
+        min_blocks=min_blocks,
+        max_blocks=max_blocks,
+        negligible=negligible,
+        negligible_threshold=negligible_threshold,
+        max_negligible=max_negligible,
+        rule=rule,
+        block_q=block_q,
+        block_k=block_k,
+        variant=variant,
+        feature_map=feature_map,
+        scale=scale,
+        eps=eps,
+        reuse_block_map_steps=reuse_block_map_steps,
+        record_block_map=record_block_map,
+        cuda_dtype=cuda_dtype,
+    )
+    apply_sla(changes)
     return model
 
 
 def disable_sla(model):
     """Restores diffusers' dense WanAttnProcessor on every SLA layer (keeping the attention backend and parallel
-    configuration) and returns `model`. The SLA projections are dropped from the model."""
+    configuration) and returns `model`. The SLA projections are dropped from the model. Checks every transformer
+    first: a call that raises changes nothing."""
+    layers = []
     for transformer in _transformers(model):
-        for _, attn in self_attention_layers(transformer):
-            current = attn.processor
-            if not isinstance(current, SLAWanAttnProcessor):
-                continue
-            dense = _dense_processor()
-            dense._attention_backend = current._attention_backend
-            dense._parallel_config = current._parallel_config
-            attn.set_processor(dense)
+        available = list(self_attention_layers(transformer))
+        if not available:
+            raise TypeError(f"{type(transformer).__name__} has no Wan self-attention layers (blocks.{{i}}.attn1)")
+        layers += [attn for _, attn in available if isinstance(attn.processor, SLAWanAttnProcessor)]
+    for attn in layers:
+        current = attn.processor
+        dense = _dense_processor()
+        dense._attention_backend = current._attention_backend
+        dense._parallel_config = current._parallel_config
+        attn.set_processor(dense)
     return model
 
 
