@@ -4,7 +4,7 @@
 statistics it was chosen from, and the settings of the run. Every value is checked when a Calibration is made or
 loaded (rules against the library's ranges, the block sizes and block counts against its limits, numbers finite),
 so that a bad file is refused when it is read, naming the file and the field, and not at a model's first forward.
-Saving serialises the whole file first and then replaces the old one atomically (sla._atomic): a value JSON cannot
+Saving serialises the whole file first and then replaces the old one atomically (sla.atomic): a value JSON cannot
 hold is an error that leaves the old file untouched.
 """
 
@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, Union
 
-from . import _atomic, _options
+from . import _options, atomic
 from .rules import BlockRule
 
 FORMAT = "sla-calibration"
@@ -144,9 +144,9 @@ class Calibration:
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Writes the file atomically: serialised whole first, then a temporary file renamed onto `path`; a call
         that raises leaves an existing file as it was."""
-        path = _atomic.check_output_path("path", path)
+        path = atomic.check_output_path("path", path)
         text = json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n"
-        _atomic.write_text(path, text)
+        atomic.write_text(path, text)
 
     @classmethod
     def from_json(cls, d: object) -> "Calibration":

@@ -30,7 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from . import _atomic, _options
+from . import _options, atomic
 from ._calibration_file import FORMAT, VERSION, Calibration, load_rules  # noqa: F401  (the file's API, re-exported)
 from ._layer import RuleLayer
 from ._shapes import ceil_div, topk_for_count
@@ -387,7 +387,7 @@ def calibrate(
     if not (isinstance(progress, bool) or callable(progress)):
         raise TypeError(f"progress: expected True, False or a callable(str), got {type(progress).__name__}")
     if picture_dir is not None:
-        picture_dir = _atomic.check_output_path("picture_dir", picture_dir, folder=True)
+        picture_dir = atomic.check_output_path("picture_dir", picture_dir, folder=True)
     say = (lambda s: print(s, file=sys.stderr, flush=True)) if progress is True else (progress or (lambda s: None))
     data = _as_samples(samples)
     gen = torch.Generator().manual_seed(seed)
@@ -599,7 +599,7 @@ def write_pictures(
         safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in (name or "layer"))
         path = os.path.join(out_dir, f"{safe}.png")
         try:
-            with _atomic.atomic_path(path) as tmp:
+            with atomic.atomic_path(path) as tmp:
                 fig.savefig(tmp, dpi=100)
         finally:
             plt.close(fig)

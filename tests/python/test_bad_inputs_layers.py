@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 import sla
-from sla import _atomic
+from sla import atomic
 from sla.calibration import Calibration
 
 from conftest import assert_unchanged, files_in, make_qkv, module_state
@@ -360,25 +360,25 @@ def test_atomic_path_and_folder_replace_or_keep(tmp_path):
     target = tmp_path / "out.bin"
     target.write_bytes(b"old")
     with pytest.raises(RuntimeError, match="interrupted"):
-        with _atomic.atomic_path(target) as tmp:
+        with atomic.atomic_path(target) as tmp:
             open(tmp, "wb").write(b"new, half")
             raise RuntimeError("interrupted")
     assert files_in(tmp_path) == {"out.bin": b"old"}
-    with _atomic.atomic_path(target) as tmp:
+    with atomic.atomic_path(target) as tmp:
         assert os.path.dirname(tmp) == str(tmp_path) and tmp.endswith(".bin")
         open(tmp, "wb").write(b"new")
     assert files_in(tmp_path) == {"out.bin": b"new"}
-    assert os.stat(target).st_mode & 0o777 == 0o666 & ~_atomic._umask()  # as open() would make it
+    assert os.stat(target).st_mode & 0o777 == 0o666 & ~atomic._umask()  # as open() would make it
 
     folder = tmp_path / "ckpt"
-    with _atomic.atomic_folder(folder) as tmp:
+    with atomic.atomic_folder(folder) as tmp:
         open(os.path.join(tmp, "a"), "w").write("1")
     with pytest.raises(RuntimeError, match="interrupted"):
-        with _atomic.atomic_folder(folder) as tmp:
+        with atomic.atomic_folder(folder) as tmp:
             open(os.path.join(tmp, "a"), "w").write("2")
             raise RuntimeError("interrupted")
     assert files_in(folder) == {"a": b"1"} and sorted(os.listdir(tmp_path)) == ["ckpt", "out.bin"]
-    with _atomic.atomic_folder(folder) as tmp:
+    with atomic.atomic_folder(folder) as tmp:
         open(os.path.join(tmp, "b"), "w").write("2")
     assert files_in(folder) == {"b": b"2"} and sorted(os.listdir(tmp_path)) == ["ckpt", "out.bin"]
 
@@ -387,8 +387,8 @@ def test_output_equal_to_an_input_is_refused(tmp_path):
     data = tmp_path / "data.npz"
     data.write_bytes(b"captured")
     with pytest.raises(ValueError, match=r"^out: .*data.npz' is also an input of this call; writing it would"):
-        _atomic.check_output_path("out", str(tmp_path / "." / "data.npz"), inputs=[str(data)])
+        atomic.check_output_path("out", str(tmp_path / "." / "data.npz"), inputs=[str(data)])
     os.symlink(data, tmp_path / "link.npz")
     with pytest.raises(ValueError, match=r"^out: .*link.npz' is also an input of this call"):
-        _atomic.check_output_path("out", str(tmp_path / "link.npz"), inputs=[str(data)])
+        atomic.check_output_path("out", str(tmp_path / "link.npz"), inputs=[str(data)])
     assert data.read_bytes() == b"captured"

@@ -1,4 +1,5 @@
-"""Output files that are complete or absent: every file the package and its examples write goes through here.
+"""Output files that are complete or absent (``sla.atomic``): every file the package, its examples and its
+benchmarks write goes through here.
 
 A writer fills a temporary file (or folder) in the destination's own folder and renames it into place only when it
 has finished: a failure half-way (a value json cannot encode, a full disk, an interrupt) leaves the previous file as
