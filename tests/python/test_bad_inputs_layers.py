@@ -75,6 +75,17 @@ def test_module_constructor_checks_every_argument(args, kwargs, exc, pattern):
         sla.SparseLinearAttention(*args, **kwargs)
 
 
+def test_ulysses_module_constructor_checks_its_own_arguments():
+    import sla.distributed as sd
+
+    with pytest.raises(ValueError, match=r"^head_order: expected a permutation of range\(H\), got \[0, 0, 1\]$"):
+        sd.UlyssesSparseLinearAttention(16, 0.5, head_order=[0, 0, 1])
+    with pytest.raises(TypeError, match=r"^reduce_proj_grad: expected True or False, got 'yes' \(str\)$"):
+        sd.UlyssesSparseLinearAttention(16, 0.5, reduce_proj_grad="yes")
+    with pytest.raises(ValueError, match=r"^topk: expected a finite value in \(0, 1\], got 2.0$"):
+        sd.UlyssesSparseLinearAttention(16, 2.0)
+
+
 def test_set_rule_refused_leaves_the_module_as_it_was():
     layer = sla.SparseLinearAttention(16, 0.5)
     before = module_state(layer)
@@ -192,6 +203,9 @@ def test_record_needs_sla_layers_and_does_not_nest():
         with sla.record(nn.Linear(2, 2)):
             pass
     model = TwoLayers()
+    with pytest.raises(ValueError, match=r"^max_passes: expected an int >= 1, got 0$"):
+        with sla.record(model, max_passes=0):
+            pass
     with sla.record(model):
         with pytest.raises(RuntimeError, match=r"^model: layers \['a', 'b'\] are already recording"):
             with sla.record(model):

@@ -130,7 +130,7 @@ def plan_sla(model, *, layers: Optional[Iterable[LayerKey]] = None, layer_option
         available = dict(self_attention_layers(transformer))
         if not available:
             raise TypeError(f"{type(transformer).__name__} has no Wan self-attention layers (blocks.{{i}}.attn1)")
-        chosen = list(available) if layers is None else list(layers)
+        chosen = list(available) if layers is None else list(dict.fromkeys(layers))  # each layer once, in order
         missing = [key for key in chosen if key not in available]
         if missing:
             raise ValueError(
