@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import heapq
 import math
+import numbers
 import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -377,9 +378,8 @@ def calibrate(
     BlockRule.make(top_p=1.0, min_blocks=min_blocks, max_blocks=max_blocks)  # checks min_blocks and max_blocks
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed: expected an int, got {seed!r} ({type(seed).__name__})")
-    if not (
-        isinstance(p_grid, Sequence) and all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in p_grid)
-    ):
+    p_grid = tuple(p_grid) if isinstance(p_grid, Iterable) and not isinstance(p_grid, str) else (p_grid,)
+    if not all(isinstance(p, numbers.Real) and not isinstance(p, bool) for p in p_grid):  # numpy floats are Real
         raise TypeError(f"p_grid: expected a sequence of numbers, got {p_grid!r}")
     p_grid = tuple(float(p) for p in p_grid)
     if not p_grid or any(not (0 < p <= 1) for p in p_grid) or list(p_grid) != sorted(p_grid):

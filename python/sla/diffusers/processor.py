@@ -234,7 +234,7 @@ class SLAWanAttnProcessor(nn.Module, RuleLayer):
     def apply_options(self, checked: dict) -> None:
         """Installs what ``checked_options`` returned (it cannot fail)."""
         for name, value in checked.items():
-            object.__setattr__(self, name, value)  # plain values; the rule-option properties are not bypassed
+            setattr(self, name, value)
         self._reuse_left = 0
 
     def configure(self, **options) -> "SLAWanAttnProcessor":
