@@ -154,7 +154,8 @@ Status check_on_current_device(const char* name, const TensorView& t) {
   return Status::Ok();
 }
 
-// Forward workspace: the block-map check, the epilogue operands, then the linear-state scratch.
+// Forward workspace: the block-map check, the linear-state scratch, then the epilogue operands (or inside the
+// scratch: linear_ops_share_state).
 struct ForwardWorkspace {
   CheckedMap map;
   unsigned char* lin_ops = nullptr;
@@ -165,9 +166,12 @@ ForwardWorkspace carve_forward(const Problem& p, const Config& cfg, WorkspaceCar
   const LinearStatePlan plan = plan_linear_state(p, cfg);
   ForwardWorkspace f;
   f.map = carve_map_check(p, /*rebuild_inverse=*/false, ws);
-  f.lin_ops = ws.take<unsigned char>(
-      static_cast<std::size_t>(p.batch * p.heads * plan.operand_blocks * plan.layout.bytes()));
   f.state = ws.take<unsigned char>(linear_state_workspace_bytes(p, cfg));
+  // The complement's operand blocks take the key-block states' bytes when they fit (linear_state.h).
+  f.lin_ops = linear_ops_share_state(p, cfg)
+                  ? static_cast<unsigned char*>(f.state)
+                  : ws.take<unsigned char>(
+                        static_cast<std::size_t>(p.batch * p.heads * plan.operand_blocks * plan.layout.bytes()));
   return f;
 }
 

@@ -29,6 +29,24 @@ expect_error(2 "--topk: missing its value (FRACTION)" demo --topk --heads 2)
 expect_error(2 "--topk: missing its value (FRACTION)" demo --topk)
 expect_error(2 "unknown command 'frob'" frob)
 
+# Output paths are refused before any work, and the files already there stay as they were.
+file(WRITE "${WORK_DIR}/cli_errors_qkv.npz" "captured tensors stand-in")
+file(SHA256 "${WORK_DIR}/cli_errors_qkv.npz" qkv_before)
+expect_error(2 "--out ${WORK_DIR}/cli_errors_qkv.npz: is the same file as --qkv ${WORK_DIR}/cli_errors_qkv.npz"
+             calibrate --qkv "${WORK_DIR}/cli_errors_qkv.npz" --out "${WORK_DIR}/cli_errors_qkv.npz")
+expect_error(2 "--png ${WORK_DIR}/cli_errors_qkv.npz: is the same file as --qkv"
+             demo --qkv "${WORK_DIR}/cli_errors_qkv.npz" --png "${WORK_DIR}/cli_errors_qkv.npz")
+file(SHA256 "${WORK_DIR}/cli_errors_qkv.npz" qkv_after)
+if(NOT qkv_before STREQUAL qkv_after)
+  message(FATAL_ERROR "a refused run changed the --qkv file")
+endif()
+expect_error(1 "--png ${WORK_DIR}/cli_errors_dir: is a directory; expected a file path"
+             demo --grid 1x8x8 --png "${WORK_DIR}/cli_errors_dir")
+expect_error(1 "--out ${WORK_DIR}/cli_errors_dir: is a directory; expected a file path"
+             calibrate --qkv "${WORK_DIR}/cli_errors_qkv.npz" --out "${WORK_DIR}/cli_errors_dir")
+expect_error(1 "--out ${WORK_DIR}/no_such_dir/r.json: cannot write: folder ${WORK_DIR}/no_such_dir does not exist"
+             calibrate --qkv "${WORK_DIR}/cli_errors_qkv.npz" --out "${WORK_DIR}/no_such_dir/r.json")
+
 execute_process(COMMAND "${SLA_EXE}" --version RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(NOT rc EQUAL 0 OR NOT out MATCHES "^sla [0-9]+\\.[0-9]+\\.[0-9]+")
   message(FATAL_ERROR "sla --version exited with ${rc} and printed:\n${out}${err}")

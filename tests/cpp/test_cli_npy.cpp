@@ -12,7 +12,12 @@
 #include <string>
 #include <vector>
 
+#include <sys/resource.h>
+
+#include <chrono>
+
 #include "cli_error.h"
+#include "device/memory_limits.h"
 #include "formats/npy_reader.h"
 #include "formats/zip_archive.h"
 
@@ -62,7 +67,8 @@ struct Member {
 // A zip archive as NumPy writes it: local header + data per member, central directory, end record. With `zip64`
 // the central directory stores 0xffffffff sizes and offsets and the real values in a zip64 extra field, as
 // np.savez does (force_zip64); the end record stays classic.
-Bytes make_zip(const std::vector<Member>& members, bool deflated, bool zip64 = false) {
+// `claim`, when not 0, replaces every member's uncompressed size in both headers (a lying archive).
+Bytes make_zip(const std::vector<Member>& members, bool deflated, bool zip64 = false, uint32_t claim = 0) {
   Bytes zip, central;
   for (const Member& m : members) {
     const Bytes payload = deflated ? raw_deflate(m.data) : m.data;
@@ -76,7 +82,7 @@ Bytes make_zip(const std::vector<Member>& members, bool deflated, bool zip64 = f
     put_le(zip, 0, 4);  // time, date
     put_le(zip, crc, 4);
     put_le(zip, payload.size(), 4);
-    put_le(zip, m.data.size(), 4);
+    put_le(zip, claim ? claim : m.data.size(), 4);
     put_le(zip, m.name.size(), 2);
     put_le(zip, 0, 2);
     zip.insert(zip.end(), m.name.begin(), m.name.end());
@@ -90,7 +96,7 @@ Bytes make_zip(const std::vector<Member>& members, bool deflated, bool zip64 = f
     put_le(central, 0, 4);
     put_le(central, crc, 4);
     put_le(central, zip64 ? 0xffffffffu : payload.size(), 4);
-    put_le(central, zip64 ? 0xffffffffu : m.data.size(), 4);
+    put_le(central, zip64 ? 0xffffffffu : (claim ? claim : m.data.size()), 4);
     put_le(central, m.name.size(), 2);
     put_le(central, zip64 ? 28 : 0, 2);  // extra length
     put_le(central, 0, 2);               // comment
@@ -280,6 +286,39 @@ TEST(CliNpy, BadNpzGivesClearErrors) {
   const Bytes other = make_npy("<f4", "(2, 4, 4)", y.data(), y.size() * 4);
   msg = run_error(write_temp("mismatch.npz", make_zip({{"q.npy", arr}, {"k.npy", arr}, {"v.npy", other}}, true)));
   EXPECT_NE(msg.find("v must match k"), std::string::npos) << msg;
+}
+
+long peak_rss_kib() {
+  struct rusage u;
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss;
+}
+
+TEST(CliNpy, MembersClaimingMoreThanTheArchiveHoldsAreRefusedBeforeAllocating) {
+  // A few hundred bytes whose headers claim ~4 GiB per member (the hostile file): refused from the headers,
+  // quickly, without the reader's peak memory growing by anything near the claim.
+  const std::vector<float> x = ramp(2 * 3 * 4, 0.0f);
+  const Bytes arr = make_npy("<f4", "(2, 3, 4)", x.data(), x.size() * 4);
+  const uint32_t claim = 0xfffffff0u;
+  const Bytes deflated = make_zip({{"q.npy", arr}, {"k.npy", arr}, {"v.npy", arr}}, true, false, claim);
+  ASSERT_LT(deflated.size(), 1000u);
+  const std::string path = write_temp("claims_4gib.npz", deflated);
+  const long rss_before = peak_rss_kib();
+  const auto start = std::chrono::steady_clock::now();
+  const std::string msg = run_error(path);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(msg, path + ": member 'q.npy': claims " + format_bytes(claim) + " uncompressed from an archive of " +
+                     format_bytes(static_cast<double>(deflated.size())) +
+                     ", more than deflate can expand to (at most 1032:1); the file is corrupt");
+  EXPECT_LT(seconds, 1.0);
+  EXPECT_LT(peak_rss_kib() - rss_before, 64 * 1024) << "KiB of peak memory added while refusing the file";
+
+  // Stored members cannot be larger than the archive at all.
+  const Bytes stored = make_zip({{"q.npy", arr}, {"k.npy", arr}, {"v.npy", arr}}, false, false, 4096);
+  const std::string stored_path = write_temp("stored_claims.npz", stored);
+  EXPECT_EQ(run_error(stored_path), stored_path + ": member 'q.npy': claims " + format_bytes(4096) +
+                                        " stored uncompressed in an archive of " +
+                                        format_bytes(static_cast<double>(stored.size())) + "; the file is corrupt");
 }
 
 TEST(CliNpy, DirectoryIsNotAFile) {

@@ -76,6 +76,60 @@ def test_enable_sla_refused_changes_nothing(kwargs, exc, pattern):
     assert_unchanged(before, module_state(model))
 
 
+def hooks(model) -> dict:
+    """The forward hooks and pre-hooks of every module (the 3D token order's), by module name."""
+    return {
+        name: (list(m._forward_hooks.values()), list(m._forward_pre_hooks.values()))
+        for name, m in model.named_modules()
+        if m._forward_hooks or m._forward_pre_hooks
+    }
+
+
+@pytest.mark.parametrize(
+    "tile,exc,pattern",
+    [
+        ((2, 0, 2), ValueError, r"^tile: expected three ints >= 1 \(t, h, w\), got \(2, 0, 2\)$"),
+        ((2, 2), ValueError, r"^tile: expected three ints >= 1 \(t, h, w\), got \(2, 2\)$"),
+        ((2.0, 2, 2), ValueError, r"^tile: expected three ints >= 1 \(t, h, w\), got \(2.0, 2, 2\)$"),
+        (8, TypeError, r"^tile: expected \(t, h, w\), three ints >= 1, or None, got 8$"),
+        ("222", TypeError, r"^tile: expected \(t, h, w\), three ints >= 1, or None, got '222'$"),
+    ],
+)
+def test_enable_sla_with_a_bad_tile_changes_nothing(tile, exc, pattern):
+    # Every other option is valid: the tile is checked with them, before any layer changes or any hook is installed.
+    model = tiny()
+    before = module_state(model)
+    assert hooks(model) == {}
+    with pytest.raises(exc, match=pattern):
+        sd.enable_sla(model, topk=0.5, tile=tile, **BLOCKS)
+    assert_unchanged(before, module_state(model))
+    assert hooks(model) == {} and sd.token_order(model) is None and sd.sla_processors(model) == {}
+
+
+def test_enable_sla_with_a_bad_tile_keeps_the_installed_token_order():
+    model = sd.enable_sla(tiny(), topk=0.5, tile=(2, 2, 2), **BLOCKS)
+    randomise_projections(model)
+    before, before_hooks = module_state(model), hooks(model)
+    assert sorted(before_hooks) == ["", "patch_embedding", "proj_out", "rope"]
+    with pytest.raises(ValueError, match=r"^tile: expected three ints >= 1"):
+        sd.enable_sla(model, topk=0.25, tile=(2, 0, 2), **BLOCKS)
+    assert_unchanged(before, module_state(model))
+    assert hooks(model) == before_hooks and sd.token_order(model) == (2, 2, 2)
+    assert model.blocks[0].attn1.processor.topk == 0.5
+
+
+def test_enable_sla_with_a_tile_checks_every_transformer_first():
+    second = tiny()
+    del second.rope  # a Wan-like transformer the token order cannot hook
+    pipe = types.SimpleNamespace(transformer=tiny(), transformer_2=second)
+    before = [module_state(pipe.transformer), module_state(second)]
+    with pytest.raises(TypeError, match=r"^tile: the 3D token order needs a Wan transformer with a `rope` module; "):
+        sd.enable_sla(pipe, topk=0.5, tile=(2, 2, 2), **BLOCKS)
+    assert_unchanged(before[0], module_state(pipe.transformer))
+    assert_unchanged(before[1], module_state(second))
+    assert hooks(pipe.transformer) == {} and hooks(second) == {}
+
+
 def test_enable_sla_refused_on_an_sla_model_keeps_its_options_and_projections():
     model = sd.enable_sla(tiny(), topk=0.5, **BLOCKS)
     randomise_projections(model)

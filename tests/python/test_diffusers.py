@@ -187,6 +187,86 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(got[name], g, rtol=1e-10, atol=1e-12, msg=name)
 
 
+class PerLayerTiles(sd.SLAWanAttnProcessor):
+    """The per-layer 3D token order, the reference for the model-level one: gathers Q, K, V into tiles before SLA
+    and O back after it, in every layer (what SparseLinearAttention(video_shape=...) does)."""
+
+    grid = None
+    tile = None
+
+    def attend(self, q, k, v):
+        tiled = (sla.tiling.to_tiles(t, self.grid, self.tile, dim=1) for t in (q, k, v))
+        return sla.tiling.from_tiles(super().attend(*tiled), self.grid, self.tile, dim=1)
+
+
+def per_layer_tiles(model, grid, tile):
+    for proc in sd.sla_processors(model).values():
+        proc.__class__ = PerLayerTiles
+        proc.grid, proc.tile = grid, tile
+    return model
+
+
+# 4 x 3 x 8 x 10 latents: a 3 x 4 x 5 token grid (60 tokens) that 2 x 2 x 2 tiles do not divide (border tiles).
+TILE_GRID, TILE = (3, 4, 5), (2, 2, 2)
+
+
+def tile_inputs(dtype=torch.float64):
+    return torch.randn(2, 4, 3, 8, 10, dtype=dtype), torch.tensor([500.0, 300.0]), torch.randn(2, 7, 32, dtype=dtype)
+
+
+@pytest.mark.parametrize("layers", [None, [1]], ids=["all-sla", "block-0-dense"])
+def test_model_level_token_order_equals_per_layer_gathers(layers):
+    # Every op of the transformer but self-attention is per token (patch embedding, norms, linear layers, the
+    # feed-forward, cross-attention to the same text keys, the head), and the RoPE tables are permuted with their
+    # tokens: so the SLA layers receive exactly the tiled Q, K, V of the per-layer version, in the same order, and
+    # compute the same numbers; only a dense self-attention (block 0 in the second case) sums its softmax over the
+    # keys in another order, which changes float64 rounding only.
+    dense = tiny()
+    per_layer = per_layer_tiles(sd.enable_sla(copy.deepcopy(dense), topk=0.5, layers=layers, **BLOCKS), TILE_GRID, TILE)
+    randomise_projections(per_layer)
+    model = sd.enable_sla(copy.deepcopy(dense), topk=0.5, layers=layers, tile=TILE, **BLOCKS)
+    model.load_state_dict(per_layer.state_dict())
+    assert sd.token_order(model) == TILE and sd.token_order(per_layer) is None
+    args = tile_inputs()
+    tol = dict(rtol=0, atol=0) if layers is None else dict(rtol=1e-12, atol=1e-12)
+    ref, ref_attn = attn1_outputs(per_layer, args)
+    out, attn = attn1_outputs(model, args)
+    torch.testing.assert_close(out, ref, **tol)
+    perm, _ = sla.tiling.tile_permutation(TILE_GRID, TILE)
+    for r, o in zip(ref_attn, attn):  # inside the blocks the model-level version's tokens are in tile order
+        torch.testing.assert_close(o, r[:, perm], **tol)
+    # Weight gradients sum over the tokens, here in another order, and diffusers' FP32LayerNorms compute in float32
+    # in an fp64 model: equal to float32 rounding (as test_topk_one_with_zero_projections_is_dense_attention).
+    ref_grads, grads = grads_of(per_layer, args), grads_of(model, args)
+    assert set(grads) == set(ref_grads)
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-5, atol=1e-6 * g.abs().max().item(), msg=name)
+
+    # The order matters for a sparse map (so the comparison above can fail), and disable_sla removes it.
+    raster = sd.enable_sla(copy.deepcopy(model), topk=0.5, layers=layers, **BLOCKS)
+    assert sd.token_order(raster) is None
+    with torch.no_grad():
+        assert (raster(*args).sample - out).abs().max() > 1e-6
+        sd.disable_sla(model)
+        assert sd.token_order(model) is None
+        torch.testing.assert_close(model(*args).sample, dense(*args).sample, rtol=1e-12, atol=1e-12)
+
+
+def test_model_level_token_order_compiles_and_refuses_per_token_timesteps():
+    model = sd.enable_sla(tiny(torch.float32), topk=0.5, tile=TILE, **BLOCKS)
+    randomise_projections(model)
+    args = tile_inputs(torch.float32)
+    with torch.no_grad():
+        ref = model(*args).sample
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(*args).sample, ref, rtol=1e-6, atol=1e-6)
+        latents, _, text = args
+        with pytest.raises(NotImplementedError, match="per-token timesteps"):
+            model(latents, torch.full((2, 60), 500.0), text)
+    with pytest.raises(ValueError, match="tile"):
+        sd.enable_sla(tiny(), tile=(2, 0, 2))
+
+
 def test_disable_restores_dense_attention_and_backends():
     dense = tiny()
     args = inputs()

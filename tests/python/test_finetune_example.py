@@ -119,6 +119,15 @@ def test_resume_refuses_a_target_behind_the_checkpoint(workspace):
     assert sorted(os.listdir(out)) == ["checkpoint-2", "checkpoint-4"]
     assert json.loads((out / "checkpoint-4" / "state.json").read_text())["step"] == 4
     assert files_in(out / "checkpoint-4")["model.safetensors"] == before["checkpoint-4"]["model.safetensors"]
+    # A checkpoint whose optimizer holds every parameter is not resumed with the SLA projections alone.
+    before = {name: files_in(out / name) for name in os.listdir(out)}
+    with pytest.raises(
+        SystemExit,
+        match=r"^--train-params sla: the checkpoint to resume \('.*checkpoint-4'\) was trained with --train-params "
+        r"all \(its optimizer holds other parameters\); pass --train-params all$",
+    ):
+        run(example, data, config, out, "--max-steps", "6", "--train-params", "sla", "--resume", "latest")
+    assert {name: files_in(out / name) for name in os.listdir(out)} == before
 
 
 @pytest.mark.parametrize(
@@ -135,6 +144,18 @@ def test_resume_refuses_a_target_behind_the_checkpoint(workspace):
         (["--topk", "2"], r"argument --topk: expected a number in \(0, 1\], got 2.0"),
         (["--block-q", "100"], "argument --block-q: expected 16, 32, 64 or 128, got '100'"),
         (["--text-len", "0"], "argument --text-len: expected an int >= 1, got 0"),
+        (["--loss", "l1"], r"argument --loss: invalid choice: 'l1' \(choose from '?distill'?, '?diffusion'?\)"),
+        (
+            ["--train-params", "lora"],
+            r"argument --train-params: invalid choice: 'lora' \(choose from '?all'?, '?sla'?\)",
+        ),
+        (
+            ["--teacher-dtype", "fp16"],
+            r"argument --teacher-dtype: invalid choice: 'fp16' \(choose from '?bf16'?, '?fp32'?\)",
+        ),
+        (["--eval-every", "-1"], "argument --eval-every: expected an int >= 0, got -1"),
+        (["--eval-every", "x"], "argument --eval-every: expected an int >= 0, got 'x'"),
+        (["--eval-data", "missing"], "argument --eval-data: expected a folder, got 'missing'"),
     ],
 )
 def test_finetune_flags_are_checked_before_any_work(workspace, capsys, flags, message):
@@ -159,7 +180,13 @@ def test_finetune_output_folder_is_checked_before_any_work(workspace, capsys):
         with pytest.raises(SystemExit):
             run(example, data, config, out, "--max-steps", "1")
         assert re.search(message, capsys.readouterr().err)
+    (tmp / "held").mkdir()
+    with pytest.raises(SystemExit):
+        run(example, data, config, tmp / "held", "--eval-data", str(tmp / "held"), "--max-steps", "1")
+    assert re.search(r"argument --output-dir: '.*held' is also an input of this call", capsys.readouterr().err)
     assert files_in(data) == before
+    with pytest.raises(SystemExit, match=r"^--eval-data: no .safetensors files in '.*held'"):
+        run(example, data, config, tmp / "out", "--eval-data", str(tmp / "held"))
     with pytest.raises(SystemExit, match=r"^--batch-size 4: --data has only 3 examples$"):
         run(example, data, config, tmp / "out", "--batch-size", "4")
     (tmp / "bad.json").write_text("{")
@@ -180,3 +207,52 @@ def test_finetune_rejects_bad_data(workspace, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run(example, tmp / "config.json", config, tmp / "out", "--max-steps", "1")
     assert exit_info.value.code == 2 and "argument --data: expected a folder" in capsys.readouterr().err
+
+
+def test_distillation_targets_the_frozen_dense_teacher(workspace):
+    # topk 1 with zero projections is dense attention (test_diffusers.py), so at float32 the student predicts what
+    # the dense teacher predicts: the distillation loss is rounding only, while the diffusion loss of the same model
+    # on the same inputs is of order one. (lr 0: Adam would turn the rounding-size gradients into lr-size steps.)
+    # Held-out evaluation at steps 0, 2, 4 lands in eval.json.
+    tmp, data, config = workspace
+    example = load_example()
+    exact = ("--topk", "1", "--mixed-precision", "no", "--max-steps", "4", "--save-every", "0", "--lr", "0")
+    distill = run(example, data, config, tmp / "d", *exact, "--eval-data", str(data), "--eval-every", "2")
+    diffusion = run(example, data, config, tmp / "p", *exact, "--loss", "diffusion")
+    assert 0 <= distill < 1e-9 and diffusion > 0.1
+    history = json.loads((tmp / "d" / "eval.json").read_text())
+    assert [e["step"] for e in history] == [0, 2, 4]
+    assert all(e["teacher_mse"] < 1e-9 and 0.1 < e["diffusion"] < 10 for e in history)
+
+    # A sparse student starts away from its teacher: the evaluation sees the difference.
+    run(
+        example,
+        data,
+        config,
+        tmp / "s",
+        "--topk",
+        "0.3",
+        "--mixed-precision",
+        "no",
+        "--max-steps",
+        "2",
+        "--save-every",
+        "0",
+        "--eval-data",
+        str(data),
+        "--eval-every",
+        "2",
+    )
+    first, last = json.loads((tmp / "s" / "eval.json").read_text())
+    assert (first["step"], last["step"]) == (0, 2) and first["teacher_mse"] > 1e-6 and last["teacher_mse"] > 0
+
+
+def test_sla_parameters_only(workspace):
+    tmp, data, config = workspace
+    example = load_example()
+    run(example, data, config, tmp / "o", "--train-params", "sla", "--max-steps", "2", "--save-every", "1")
+    before = load_file(str(tmp / "o" / "checkpoint-1" / "model.safetensors"))
+    after = load_file(str(tmp / "o" / "checkpoint-2" / "model.safetensors"))
+    trained = [k for k in after if not torch.equal(after[k], before[k])]
+    assert trained and all(".processor.proj_l." in k for k in trained)
+    assert sorted(trained) == sorted(k for k in after if ".processor.proj_l." in k)

@@ -18,6 +18,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .configs import wan_config
 from .processor import Float32Linear, SLAWanAttnProcessor
+from .token_order import set_token_order, token_order
 from .turbodiffusion import convert_turbodiffusion_state_dict, load_turbodiffusion, read_checkpoint
 from .wan import disable_sla, enable_sla, recorded_block_maps, self_attention_layers, set_block_maps, sla_processors
 
@@ -32,6 +33,8 @@ __all__ = [
     "recorded_block_maps",
     "self_attention_layers",
     "set_block_maps",
+    "set_token_order",
     "sla_processors",
+    "token_order",
     "wan_config",
 ]

@@ -15,6 +15,7 @@ import torch
 
 from ..rules import _RULE_DEFAULTS, RULE_OPTIONS, BlockRule, PerHead, rule_of
 from .processor import DEFAULT_TOPK, SLAWanAttnProcessor
+from .token_order import install_token_order, plan_token_order
 
 LayerKey = Union[int, str]
 LayerOptions = Union[Mapping[LayerKey, Optional[Mapping]], Callable[[LayerKey], Optional[Mapping]], None]
@@ -114,9 +115,29 @@ class _Change:
         return self.attn.processor is not self.processor
 
 
-def plan_sla(model, *, layers: Optional[Iterable[LayerKey]] = None, layer_options: LayerOptions = None, **options):
+class _Plan(list):
+    """plan_sla's changes: one _Change per layer (the list), and the token order of each transformer
+    (``token_orders``: (transformer, TokenOrder or None), when enable_sla was given ``tile``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.token_orders: list = []
+
+
+_KEEP = object()  # plan_sla without tile: the token order stays as it is
+
+
+def plan_sla(
+    model,
+    *,
+    layers: Optional[Iterable[LayerKey]] = None,
+    layer_options: LayerOptions = None,
+    tile=_KEEP,
+    **options,
+):
     """Everything enable_sla checks, without changing `model`: returns the list of changes that ``apply_sla``
-    makes. `options` are enable_sla's SLA options (only those given; the processor's defaults fill the rest)."""
+    makes. `options` are enable_sla's SLA options (only those given; the processor's defaults fill the rest);
+    `tile` is enable_sla's (not given: the transformers keep their token order)."""
     if options.get("rule") is not None:
         rule_of(options["rule"], **{k: options.get(k, d) for k, d in _RULE_DEFAULTS.items()})
         base = {k: v for k, v in options.items() if k not in RULE_OPTIONS}
@@ -125,7 +146,7 @@ def plan_sla(model, *, layers: Optional[Iterable[LayerKey]] = None, layer_option
         base.pop("rule", None)
         if base.get("topk") is None and base.get("top_p") is None:
             base["topk"] = DEFAULT_TOPK
-    changes: list[_Change] = []
+    changes = _Plan()
     for transformer in _transformers(model):
         available = dict(self_attention_layers(transformer))
         if not available:
@@ -157,6 +178,8 @@ def plan_sla(model, *, layers: Optional[Iterable[LayerKey]] = None, layer_option
                     raise
                 raise type(exc)(f"layer_options[{key!r}]: {exc}") from exc
             changes.append(_Change(attn, processor, checked))
+        if tile is not _KEEP:  # checked here (the tile, the transformer's modules), installed by apply_sla
+            changes.token_orders.append((transformer, plan_token_order(transformer, tile)))
     return changes
 
 
@@ -171,6 +194,8 @@ def apply_sla(changes) -> None:
         change.processor.apply_options(change.options)
         if change.fresh:
             change.attn.set_processor(change.processor)
+    for transformer, order in getattr(changes, "token_orders", ()):
+        install_token_order(transformer, order)
 
 
 def enable_sla(
@@ -195,6 +220,7 @@ def enable_sla(
     negligible_threshold: float = 0.0,
     max_negligible: Optional[float] = None,
     rule: Optional[BlockRule] = None,
+    tile: Optional[tuple[int, int, int]] = None,
 ):
     """Replaces the self-attention of a diffusers Wan transformer by SLA, in place, and returns `model`.
 
@@ -211,12 +237,16 @@ def enable_sla(
         layer_options: per-layer overrides of the options above: a dict key -> dict of options, or a callable
             key -> dict (None or ``{"enabled": False}`` keeps that layer dense).
         reuse_block_map_steps, record_block_map, cuda_dtype: see SLAWanAttnProcessor.
+        tile: (t, h, w) puts the tokens of the whole transformer into 3D tile order (sla.tiling) once after the
+            patch embedding and back once after the output head (sla.diffusers.token_order), so that every SLA
+            block is a compact video region without per-layer gathers; None (default) keeps raster order (and
+            removes a tile order an earlier call installed). Dense layers give the same outputs in either order.
 
-    All or nothing: every layer's options are checked (and its processor made) before any layer changes, so a
-    call that raises leaves the model as it was. A layer that already has an SLA processor is reconfigured and
-    keeps its trained projection. The projections are float32 parameters of the model,
-    ``blocks.{i}.attn1.processor.proj_l.weight`` and ``.bias``, created on the device of the layer's weights and
-    zero-initialised (an untrained SLA layer is sparse attention alone).
+    All or nothing: every layer's options are checked (and its processor made), and ``tile`` against each
+    transformer, before any layer or hook changes, so a call that raises leaves the model as it was. A layer that
+    already has an SLA processor is reconfigured and keeps its trained projection. The projections are float32
+    parameters of the model, ``blocks.{i}.attn1.processor.proj_l.weight`` and ``.bias``, created on the device of
+    the layer's weights and zero-initialised (an untrained SLA layer is sparse attention alone).
     """
     changes = plan_sla(
         model,
@@ -239,6 +269,7 @@ def enable_sla(
         reuse_block_map_steps=reuse_block_map_steps,
         record_block_map=record_block_map,
         cuda_dtype=cuda_dtype,
+        tile=tile,
     )
     apply_sla(changes)
     return model
@@ -246,10 +277,11 @@ def enable_sla(
 
 def disable_sla(model):
     """Restores diffusers' dense WanAttnProcessor on every SLA layer (keeping the attention backend and parallel
-    configuration) and returns `model`. The SLA projections are dropped from the model. Checks every transformer
-    first: a call that raises changes nothing."""
+    configuration), removes the 3D token order, and returns `model`. The SLA projections are dropped from the
+    model. Checks every transformer first: a call that raises changes nothing."""
+    transformers = _transformers(model)
     layers = []
-    for transformer in _transformers(model):
+    for transformer in transformers:
         available = list(self_attention_layers(transformer))
         if not available:
             raise TypeError(f"{type(transformer).__name__} has no Wan self-attention layers (blocks.{{i}}.attn1)")
@@ -260,6 +292,8 @@ def disable_sla(model):
         dense._attention_backend = current._attention_backend
         dense._parallel_config = current._parallel_config
         attn.set_processor(dense)
+    for transformer in transformers:
+        install_token_order(transformer, None)
     return model
 
 

@@ -13,6 +13,7 @@
 #include "device/cuda_timer.h"
 #include "device/memory_limits.h"
 #include "device/wall_timer.h"
+#include "report/progress.h"
 #include "workload/sla_runner.h"
 
 namespace sla_cli {
@@ -24,9 +25,13 @@ struct Sample {
 };
 
 // Untimed warm-up runs, then `iters` timed runs: CUDA events on the GPU (host clocks would time the launches),
-// a steady clock on the CPU.
-Sample measure(sla::Device device, int64_t warmup, int64_t iters, const std::function<void()>& f) {
-  for (int64_t i = 0; i < warmup; ++i) f();
+// a steady clock on the CPU. Each run is counted in `progress`'s current step (after the timer stopped).
+Sample measure(sla::Device device, int64_t warmup, int64_t iters, Progress& progress, const std::function<void()>& f) {
+  const int64_t runs = warmup + iters;
+  for (int64_t i = 0; i < warmup; ++i) {
+    f();
+    progress.count(i + 1, runs);
+  }
   std::vector<double> ms;
   if (device == sla::Device::cuda) {
     CudaEventTimer timer(nullptr);
@@ -35,9 +40,13 @@ Sample measure(sla::Device device, int64_t warmup, int64_t iters, const std::fun
       f();
       timer.stop();
       ms.push_back(timer.elapsed_ms());
+      progress.count(warmup + i + 1, runs);
     }
   } else {
-    for (int64_t i = 0; i < iters; ++i) ms.push_back(timed_ms(device, f));
+    for (int64_t i = 0; i < iters; ++i) {
+      ms.push_back(timed_ms(device, f));
+      progress.count(warmup + i + 1, runs);
+    }
   }
   std::sort(ms.begin(), ms.end());
   Sample s;
@@ -144,6 +153,8 @@ std::string json_string(const std::string& s) {
 }  // namespace
 
 int run_bench(const BenchOptions& o) {
+  Progress progress(o.backward ? 4 : 3, o.progress || stderr_is_terminal());
+  progress.step("random inputs and buffers");
   BackendDecision backend = choose_backend(o.backend);
   BenchProblem problem;
   if (backend.device == sla::Device::cuda) {
@@ -160,19 +171,24 @@ int run_bench(const BenchOptions& o) {
   SlaRunner& runner = *problem.runner;
   const bool time_backward = o.backward && problem.backward_note.empty();
 
-  const Sample map = measure(device, o.warmup, o.iters, [&] {
+  const std::string runs = " (" + std::to_string(o.warmup) + " warm-up + " + std::to_string(o.iters) + " timed runs)";
+  progress.step("timing the block map" + runs);
+  const Sample map = measure(device, o.warmup, o.iters, progress, [&] {
     runner.predict_block_map();
   });
-  const Sample fwd = measure(device, o.warmup, o.iters, [&] {
+  progress.step("timing the forward pass" + runs);
+  const Sample fwd = measure(device, o.warmup, o.iters, progress, [&] {
     runner.forward();
   });
   Sample fwd_bwd;
   if (time_backward) {
-    fwd_bwd = measure(device, o.warmup, o.iters, [&] {
+    progress.step("timing forward + backward" + runs);
+    fwd_bwd = measure(device, o.warmup, o.iters, progress, [&] {
       runner.forward();
       runner.backward();
     });
   }
+  progress.finish_step();
   const sla::BlockMapShape& s = runner.block_map().shape;
   // Two throughputs of block map + forward: "dense-equivalent" divides the FLOPs of full attention (4 B H Lq Lk D)
   // by SLA's time, as sparse-attention papers report speed (it exceeds the hardware peak by design); "sparse

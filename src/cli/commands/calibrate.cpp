@@ -1,24 +1,54 @@
 // `sla calibrate`: per-head block-map rules for one layer from captured Q/K/V (docs/BLOCK_MAP.md, "Calibration"),
-// written as the JSON file python's sla.apply_rules loads, with a report and a block-map picture of the choice.
+// added to the JSON file python's sla.apply_rules loads, with a report and a block-map picture of the choice.
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <iostream>
-#include <sstream>
 
 #include "cli_error.h"
 #include "commands/commands.h"
+#include "commands/output_checks.h"
+#include "formats/atomic_file.h"
+#include "formats/folder_lock.h"
 #include "formats/npy_reader.h"
 #include "formats/png_writer.h"
 #include "report/blockmap_image.h"
 #include "report/progress.h"
+#include "workload/calibration_file.h"
 #include "workload/rule_calibration.h"
 
 namespace sla_cli {
 
+namespace {
+
+CalibrationSettings settings_of(const CalibrateOptions& o) {
+  CalibrationSettings s;
+  s.target = o.target;
+  s.quality = o.quality > 0 ? o.quality : (o.target == "mass" ? 0.9 : 0.1);
+  s.rule = o.rule;
+  s.budget = o.budget;
+  s.rows = o.rows;  // as requested (python's rows_per_head); a shorter layer samples all of its rows
+  s.threads = o.threads;
+  return s;
+}
+
+// Everything that can be refused without computing: the output paths, and an existing --out that is not a
+// calibration file or holds layers of other settings.
+void check_before_work(const CalibrateOptions& o, const CalibrationSettings& s) {
+  check_output_path("--out", o.out_path);
+  check_output_path("--png", o.png_path);
+  check_distinct_files("--out", o.out_path, "--qkv", o.qkv_path);
+  check_distinct_files("--png", o.png_path, "--qkv", o.qkv_path);
+  check_distinct_files("--out", o.out_path, "--png", o.png_path);
+  const std::string what = "--out " + o.out_path;
+  check_same_settings(read_calibration_file(o.out_path, what), s, o.cfg.block_q, o.cfg.block_k, what);
+}
+
+}  // namespace
+
 int run_calibrate(const CalibrateOptions& o) {
-  check_png_path_writable(o.png_path);
-  Progress progress(4);
+  const CalibrationSettings s = settings_of(o);
+  check_before_work(o, s);
+  Progress progress(4, o.progress || stderr_is_terminal());
   progress.step("reading " + o.qkv_path);
   const QkvTensors t = load_qkv(o.qkv_path);
   AttentionProblem ap;
@@ -33,28 +63,13 @@ int run_calibrate(const CalibrateOptions& o) {
   ap.k = t.k.data();
   ap.v = t.v.data();
 
-  CalibrationSettings s;
-  s.target = o.target;
-  s.quality = o.quality > 0 ? o.quality : (o.target == "mass" ? 0.9 : 0.1);
-  s.rule = o.rule;
-  s.budget = o.budget;
-  s.rows = std::min(o.rows, t.lq);
-  s.threads = o.threads;
-  progress.step("calibrating " + std::to_string(t.heads) + " heads (" + o.rule + ", target " + o.target + " " +
-                std::to_string(s.quality) + "), " + std::to_string(s.rows) + " sampled rows per head");
-  progress.finish_step();
-  int done = 0;
-  const LayerCalibration cal = calibrate_layer(ap, o.cfg, s, [&](const std::string& what) {
-    std::fprintf(stderr, "  candidate %d: %s\n", ++done, what.c_str());
+  progress.step("calibrating " + std::to_string(t.batch * t.heads) + " heads (" + o.rule + ", target " + o.target +
+                " " + std::to_string(s.quality) + "), " + std::to_string(std::min(s.rows, t.lq)) +
+                " sampled rows per head");
+  const LayerCalibration cal = calibrate_layer(ap, o.cfg, s, [&](int64_t done, int64_t total, double fraction) {
+    progress.count(done, total, fraction);
   });
 
-  progress.step("writing " + o.out_path);
-  {
-    std::ofstream f(o.out_path);
-    if (!f) throw RunError("--out: cannot open '" + o.out_path + "' for writing");
-    f << calibration_json(cal, ap, s, o.layer);
-    if (!f) throw RunError("--out: writing '" + o.out_path + "' failed");
-  }
   progress.step("writing " + o.png_path);
   const BlockClasses classes = predict_classes(ap, cal.config, o.threads);
   std::vector<std::string> labels;
@@ -65,7 +80,17 @@ int run_calibrate(const CalibrateOptions& o) {
       labels.push_back(buf);
     }
   }
-  write_png(render_block_map(classes, t.batch * t.heads, labels), o.png_path);
+  write_png(render_block_map(classes, t.batch * t.heads, labels), o.png_path, "--png " + o.png_path);
+
+  progress.step("writing " + o.out_path);
+  {
+    // Read again under the lock: a run that added another layer meanwhile keeps it.
+    const FolderLock lock(o.out_path);
+    const std::string what = "--out " + o.out_path;
+    const JsonValue file = read_calibration_file(o.out_path, what);
+    check_same_settings(file, s, o.cfg.block_q, o.cfg.block_k, what);
+    write_file_atomically(o.out_path, write_json(with_layer(file, cal, ap, s, o.layer)), what);
+  }
   progress.finish_step();
 
   std::cout << o.qkv_path << ": B=" << t.batch << " H=" << t.heads << " Lq=" << t.lq << " Lk=" << t.lk << " D=" << t.dim
@@ -78,8 +103,8 @@ int run_calibrate(const CalibrateOptions& o) {
     std::printf("h%-5zu %-12.6g %-9.4f %-9.4f %-9.4f %s\n", h, hc.param, hc.density, hc.mass, hc.error,
                 hc.met ? "yes" : "no");
   }
-  std::printf("\nmean density %.4f; wrote %s (load with sla.apply_rules / sla.load_rules) and %s\n", cal.mean_density,
-              o.out_path.c_str(), o.png_path.c_str());
+  std::printf("\nmean density %.4f; wrote layer '%s' to %s (load with sla.apply_rules / sla.load_rules) and %s\n",
+              cal.mean_density, o.layer.c_str(), o.out_path.c_str(), o.png_path.c_str());
   return kExitOk;
 }
 

@@ -136,6 +136,9 @@ void demo_flags(CLI::App& app, DemoText* t) {
                  "budget",
                  integer_in(0, kMaxInt));
   add_value_flag(app, "--threads", "N", &o.threads, "0", "CPU threads; 0: all", integer_in(0, 4096));
+  add_switch(app, "--progress", &o.progress,
+             "show counts and the estimated time left of long steps on stderr also when it is not a terminal (on a "
+             "terminal they show anyway)");
   add_switch(app, "--compare-rules", &o.compare_rules,
              "also compare fixed topk with calibrated per-head topk and top_p at the same average density "
              "(docs/BLOCK_MAP.md; CPU, calibrated on these inputs)");
@@ -193,6 +196,9 @@ void bench_flags(CLI::App& app, BenchText* t) {
   add_value_flag(app, "--iters", "N", &o.iters, "5", "timed runs; the median is reported", integer_in(1, 100000));
   add_switch(app, "--backward", &o.backward, "also time forward + backward");
   add_switch(app, "--json", &o.json, "print one JSON object instead of a table");
+  add_switch(app, "--progress", &o.progress,
+             "show counts and the estimated time left of long steps on stderr also when it is not a terminal (on a "
+             "terminal they show anyway)");
   add_value_flag(app, "--seed", "N", &o.seed, "0", "seed of the random inputs", integer_in(0, kMaxSeed));
   add_value_flag(app, "--threads", "N", &o.threads, "0", "CPU threads; 0: all", integer_in(0, 4096));
   config_flags(app, &t->cfg, 0.05, "128");
@@ -231,7 +237,8 @@ void calibrate_flags(CLI::App& app, CalibrateText* t) {
                  "(docs/CAPTURE_QKV.md); required")
       ->required();
   add_value_flag(app, "--out", "PATH", &o.out_path, "sla_rules.json",
-                 "the calibration file (JSON; python's sla.apply_rules loads it)");
+                 "the calibration file (JSON; python's sla.apply_rules loads it). An existing file gets this layer "
+                 "added (or replaced, same --layer) and keeps its other layers; its settings must match this run's");
   add_value_flag(app, "--png", "PATH", &o.png_path, "sla_calibration.png",
                  "block-map picture of the chosen per-head rules");
   add_value_flag(app, "--layer", "NAME", &o.layer, "", "the layer's name in the file (module name in the model)");
@@ -250,12 +257,17 @@ void calibrate_flags(CLI::App& app, CalibrateText* t) {
   add_value_flag(app, "--block-k", "64|128", &t->block_k, "64", "key rows per block", one_of({"64", "128"}));
   add_value_flag(app, "--rows", "N", &o.rows, "256", "sampled query rows per head", integer_in(1, kMaxInt));
   add_value_flag(app, "--threads", "N", &o.threads, "0", "CPU threads; 0: all", integer_in(0, 4096));
+  add_switch(app, "--progress", &o.progress,
+             "show counts and the estimated time left of long steps on stderr also when it is not a terminal (on a "
+             "terminal they show anyway)");
   app.footer(
       "Chooses per head the cheapest block-map rule parameter (topk fraction or top_p) that meets the quality\n"
       "target on sampled query rows against dense attention, under an optional average-density budget, and\n"
-      "writes it as a calibration file (docs/BLOCK_MAP.md). Runs on the CPU.\n\n"
+      "writes it as a calibration file (docs/BLOCK_MAP.md); one run per layer, each adding its layer to --out.\n"
+      "Runs on the CPU.\n\n"
       "Examples:\n"
       "  sla calibrate --qkv layer10.npz --layer blocks.10.attn1 --out rules.json\n"
+      "  sla calibrate --qkv layer11.npz --layer blocks.11.attn1 --out rules.json   # rules.json: both layers\n"
       "  sla calibrate --qkv layer10.npz --rule topk --target error --quality 0.05 --budget 0.1\n");
 }
 

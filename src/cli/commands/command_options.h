@@ -27,6 +27,7 @@ struct DemoOptions {
   int64_t ref_rows = 0;  // query rows per (batch, head) for the dense reference; 0: as many as a budget allows
   int threads = 0;       // CPU threads; 0: all
   bool compare_rules = false;  // also compare fixed topk with calibrated per-head rules at equal density
+  bool progress = false;       // counts and time left on stderr also when it is not a terminal
 };
 
 struct BenchOptions {
@@ -40,6 +41,7 @@ struct BenchOptions {
   bool json = false;
   uint64_t seed = 0;
   int threads = 0;
+  bool progress = false;  // counts and time left on stderr also when it is not a terminal
 };
 
 struct CalibrateOptions {
@@ -55,6 +57,7 @@ struct CalibrateOptions {
   sla::Config cfg;                               // block sizes (the rule fields are chosen)
   int64_t rows = 256;                            // sampled query rows per head
   int threads = 0;
+  bool progress = false;  // counts and time left on stderr also when it is not a terminal
 };
 
 // What the command line asks for. `text` holds the help or version text for those two.

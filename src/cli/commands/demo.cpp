@@ -9,6 +9,7 @@
 #include "cli_error.h"
 #include "commands/backend_select.h"
 #include "commands/commands.h"
+#include "commands/output_checks.h"
 #include "device/memory_limits.h"
 #include "device/wall_timer.h"
 #include "formats/npy_reader.h"
@@ -179,19 +180,47 @@ DeviceProblem place_with_fallback(const DemoInputs& in, const DemoOptions& o, Ba
   return place(in, o.cfg, sla::Device::cpu, o.threads);
 }
 
+// One (b,h) of a (B,H,L,D) tensor as a (1,1,L,D) view.
+sla::TensorView head_view(const OwnedTensor& t, int64_t bh) {
+  const sla::TensorView all = t.view();
+  const int64_t per_head = all.shape[2] * all.shape[3];
+  char* base = static_cast<char*>(all.data) + bh * per_head * static_cast<int64_t>(sla::dtype_size(all.dtype));
+  return contiguous_view(base, all.dtype, {1, 1, all.shape[2], all.shape[3]}, all.device);
+}
+
 // The library's dense attention, timed: the same API with topk = 1 is exact softmax attention (docs/SPEC.md
-// invariant 1), so SLA and dense run on the same backend and code path.
-std::vector<double> run_library_dense(const DeviceProblem& dp, const DemoOptions& o, double* ms) {
+// invariant 1), so SLA and dense run on the same backend and code path. On the CPU it runs one head per call so
+// that the progress can count heads (the backend computes every head independently, so the output is the same);
+// the time is the sum of the calls.
+std::vector<double> run_library_dense(const DeviceProblem& dp, const DemoOptions& o, Progress& progress, double* ms) {
   sla::Config dense_cfg = o.cfg;
   dense_cfg.topk = 1.0;
   dense_cfg.negligible = 0.0;
-  SlaRunner dense(dp.q.view(), dp.k.view(), dp.v.view(), dense_cfg, SlaRunner::Mode::inference, o.threads);
-  dense.predict_block_map();
-  if (dp.device == sla::Device::cuda) dense.forward();  // untimed warm-up
-  *ms = timed_ms(dp.device, [&] {
-    dense.forward();
-  });
-  return dense.output().to_doubles();
+  if (dp.device == sla::Device::cuda) {
+    SlaRunner dense(dp.q.view(), dp.k.view(), dp.v.view(), dense_cfg, SlaRunner::Mode::inference, o.threads);
+    dense.predict_block_map();
+    dense.forward();  // untimed warm-up
+    *ms = timed_ms(dp.device, [&] {
+      dense.forward();
+    });
+    return dense.output().to_doubles();
+  }
+  const sla::TensorView q = dp.q.view();
+  const int64_t bh_count = q.shape[0] * q.shape[1];
+  std::vector<double> out;
+  *ms = 0;
+  for (int64_t bh = 0; bh < bh_count; ++bh) {
+    SlaRunner dense(head_view(dp.q, bh), head_view(dp.k, bh), head_view(dp.v, bh), dense_cfg,
+                    SlaRunner::Mode::inference, o.threads);
+    dense.predict_block_map();
+    *ms += timed_ms(dp.device, [&] {
+      dense.forward();
+    });
+    const std::vector<double> head = dense.output().to_doubles();
+    out.insert(out.end(), head.begin(), head.end());
+    progress.count(bh + 1, bh_count);
+  }
+  return out;
 }
 
 // The inputs as the backend saw them (rounded to bf16 on the GPU), so that errors measure SLA, not input rounding.
@@ -230,7 +259,7 @@ HeadStats head_stats(int64_t h, const std::string& label, const BlockClasses& cl
 // --compare-rules: fixed topk against per-head topk and per-head top_p calibrated on these inputs with the fixed
 // rule's density as the budget (docs/BLOCK_MAP.md), all measured the same way on the CPU.
 void print_rule_comparison(const AttentionProblem& ap, const DemoOptions& o, int64_t rows,
-                           const std::vector<std::string>& labels) {
+                           const std::vector<std::string>& labels, bool counts) {
   CalibrationSettings s;
   s.rows = rows;
   s.threads = o.threads;
@@ -244,12 +273,18 @@ void print_rule_comparison(const AttentionProblem& ap, const DemoOptions& o, int
     RuleQuality q;
   };
   std::vector<Column> cols = {{"fixed topk", base}};
+  Progress progress(2, counts);
   for (const char* fam : {"topk", "top_p"}) {
     s.rule = fam;
-    std::fprintf(stderr, "calibrating per-head %s at average density %.4f...\n", fam, s.budget);
-    const LayerCalibration cal = calibrate_layer(ap, o.cfg, s, {});
+    char what[96];
+    std::snprintf(what, sizeof what, "calibrating per-head %s at average density %.4f", fam, s.budget);
+    progress.step(what);
+    const LayerCalibration cal = calibrate_layer(ap, o.cfg, s, [&](int64_t done, int64_t total, double fraction) {
+      progress.count(done, total, fraction);
+    });
     cols.push_back({std::string("per-head ") + fam, evaluate_rule(ap, cal.config, s)});
   }
+  progress.finish_step();
   std::printf("\nBlock-map rules at the same average density (calibrated on these inputs; CPU, %lld rows per head)\n",
               static_cast<long long>(rows));
   std::printf("%-16s", "head");
@@ -271,9 +306,11 @@ void print_rule_comparison(const AttentionProblem& ap, const DemoOptions& o, int
 }  // namespace
 
 int run_demo(const DemoOptions& o) {
-  check_png_path_writable(o.png_path);
+  check_output_path("--png", o.png_path);
+  if (!o.qkv_path.empty()) check_distinct_files("--png", o.png_path, "--qkv", o.qkv_path);
   if (o.qkv_path.empty()) check_synthetic_size(o);
-  Progress progress(6);
+  const bool counts = o.progress || stderr_is_terminal();
+  Progress progress(6, counts);
   progress.step(o.qkv_path.empty() ? "building the synthetic video workload" : "reading " + o.qkv_path);
   const DemoInputs in = load_inputs(o);
   const int64_t bh = in.batch * in.heads;
@@ -306,7 +343,7 @@ int run_demo(const DemoOptions& o) {
   if (dp.device == sla::Device::cuda || dense_work <= kCpuDenseBudget) {
     progress.step("dense attention (SLA with topk = 1) on " + dev);
     double dense_ms = 0;
-    dense_api = run_library_dense(dp, o, &dense_ms);
+    dense_api = run_library_dense(dp, o, progress, &dense_ms);
     report.timings.push_back({"dense attention (topk = 1)", dense_ms, speedup_note(dense_ms, map_ms + fwd_ms)});
   } else {
     progress.step("skipping the library's dense attention (too slow on the CPU for this size)");
@@ -338,7 +375,9 @@ int run_demo(const DemoOptions& o) {
   ap.q = exact_inputs ? in.q.data() : q_seen.data();
   ap.k = exact_inputs ? in.k.data() : k_seen.data();
   ap.v = exact_inputs ? in.v.data() : v_seen.data();
-  const ReferenceRows ref = dense_reference(ap, classes, max_rows, o.threads);
+  const ReferenceRows ref = dense_reference(ap, classes, max_rows, o.threads, [&](int64_t done, int64_t total) {
+    progress.count(done, total);
+  });
   const int64_t nrows = static_cast<int64_t>(ref.rows.size());
   report.rows_checked = nrows;
   report.rows_total = in.lq;
@@ -359,14 +398,14 @@ int run_demo(const DemoOptions& o) {
   }
 
   progress.step("writing " + o.png_path);
-  write_png(render_block_map(classes, bh, in.labels), o.png_path);
+  write_png(render_block_map(classes, bh, in.labels), o.png_path, "--png " + o.png_path);
   report.png_path = o.png_path;
   progress.finish_step();
 
   print_demo_report(report, std::cout);
   if (o.compare_rules) {
     std::cout.flush();
-    print_rule_comparison(ap, o, std::min<int64_t>(nrows, 256), in.labels);
+    print_rule_comparison(ap, o, std::min<int64_t>(nrows, 256), in.labels, counts);
   }
   // Finite inputs (load_qkv checks them) should give finite numbers; a NaN here is not a result to pass on.
   for (const HeadStats& h : report.heads) {

@@ -2,15 +2,12 @@
 #include "formats/png_writer.h"
 
 #include <png.h>
-#include <unistd.h>
 
-#include <cerrno>
 #include <csetjmp>
 #include <cstdio>
-#include <cstring>
-#include <filesystem>
 
 #include "cli_error.h"
+#include "formats/atomic_file.h"
 
 namespace sla_cli {
 
@@ -68,26 +65,11 @@ bool encode(FILE* f, const RgbImage& image, const char** error) {
 
 }  // namespace
 
-void check_png_path_writable(const std::string& path) {
-  namespace fs = std::filesystem;
-  const fs::path parent = fs::path(path).has_parent_path() ? fs::path(path).parent_path() : fs::path(".");
-  std::error_code ec;
-  if (!fs::is_directory(parent, ec))
-    throw RunError(path + ": cannot write the PNG: directory " + parent.string() + " does not exist");
-  if (fs::is_directory(path, ec)) throw RunError(path + ": cannot write the PNG: it is a directory");
-  if (::access(parent.c_str(), W_OK) != 0) {
-    throw RunError(path + ": cannot write the PNG: directory " + parent.string() + " is not writable");
-  }
-}
-
-void write_png(const RgbImage& image, const std::string& path) {
-  FILE* f = std::fopen(path.c_str(), "wb");
-  if (f == nullptr) throw RunError(path + ": cannot open for writing: " + std::strerror(errno));
+void write_png(const RgbImage& image, const std::string& path, const std::string& what) {
+  AtomicFile file(path, what);
   const char* error = nullptr;
-  const bool ok = encode(f, image, &error);
-  const bool closed = std::fclose(f) == 0;
-  if (!ok) throw RunError(path + ": " + error);
-  if (!closed) throw RunError(path + ": write failed: " + std::strerror(errno));
+  if (!encode(file.stream(), image, &error)) throw RunError(what + ": " + error);
+  file.commit();
 }
 
 }  // namespace sla_cli

@@ -27,10 +27,8 @@ class RgbImage {
   std::vector<uint8_t> pixels_;
 };
 
-// Fails early (RunError naming the path) when `path` cannot be created, so a long run does not end in an error.
-void check_png_path_writable(const std::string& path);
-
-// Writes `image` to `path`. Throws RunError naming the path when the file cannot be written.
-void write_png(const RgbImage& image, const std::string& path);
+// Writes `image` to `path` through an AtomicFile (a failure leaves an existing file as it was). Throws RunError
+// naming `what` (e.g. "--png map.png") when the file cannot be written.
+void write_png(const RgbImage& image, const std::string& path, const std::string& what);
 
 }  // namespace sla_cli

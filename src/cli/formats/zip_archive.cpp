@@ -4,9 +4,11 @@
 #include <zip.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <limits>
 
 #include "cli_error.h"
+#include "device/memory_limits.h"
 
 namespace sla_cli {
 
@@ -23,6 +25,9 @@ std::string libzip_message(int code) {
 }  // namespace
 
 ZipArchive::ZipArchive(const std::string& path) : path_(path) {
+  std::error_code ec;
+  archive_bytes_ = std::filesystem::file_size(path, ec);
+  if (ec) throw RunError(path + ": cannot read its size: " + ec.message());
   int code = 0;
   archive_ = zip_open(path.c_str(), ZIP_RDONLY | ZIP_CHECKCONS, &code);
   if (archive_ == nullptr) throw RunError(path + ": not a valid .npz/zip file: " + libzip_message(code));
@@ -41,13 +46,37 @@ bool ZipArchive::contains(const std::string& name) const {
   return std::find(names_.begin(), names_.end(), name) != names_.end();
 }
 
+void ZipArchive::check_claimed_size(const std::string& what, uint64_t size, uint16_t method) const {
+  if (method != ZIP_CM_STORE && method != ZIP_CM_DEFLATE) {
+    throw RunError(what + ": compression method " + std::to_string(method) +
+                   " is not supported; expected stored or deflated members (np.savez, np.savez_compressed)");
+  }
+  // The size is what the headers claim; the archive's own size bounds what its data can really hold.
+  const double claimed = static_cast<double>(size), archive = static_cast<double>(archive_bytes_);
+  if (method == ZIP_CM_STORE && claimed > archive) {
+    throw RunError(what + ": claims " + format_bytes(claimed) + " stored uncompressed in an archive of " +
+                   format_bytes(archive) + "; the file is corrupt");
+  }
+  if (method == ZIP_CM_DEFLATE && claimed > archive * kMaxDeflateRatio) {
+    throw RunError(what + ": claims " + format_bytes(claimed) + " uncompressed from an archive of " +
+                   format_bytes(archive) + ", more than deflate can expand to (at most " +
+                   std::to_string(static_cast<int>(kMaxDeflateRatio)) + ":1); the file is corrupt");
+  }
+  const std::string shortfall = host_memory_shortfall(claimed, what);
+  if (!shortfall.empty() || size > std::numeric_limits<std::size_t>::max() / 2) {
+    throw RunError(shortfall.empty() ? what + ": too large for this machine" : shortfall);
+  }
+}
+
 std::vector<unsigned char> ZipArchive::read(const std::string& name) const {
   const std::string what = path_ + ": member '" + name + "'";
   zip_stat_t st;
   zip_stat_init(&st);
   if (zip_stat(archive_, name.c_str(), 0, &st) != 0) throw RunError(what + ": not in the archive");
-  if (!(st.valid & ZIP_STAT_SIZE)) throw RunError(what + ": the archive does not record its size");
-  if (st.size > std::numeric_limits<std::size_t>::max() / 2) throw RunError(what + ": too large for this machine");
+  if (!(st.valid & ZIP_STAT_SIZE) || !(st.valid & ZIP_STAT_COMP_METHOD)) {
+    throw RunError(what + ": the archive does not record its size and compression");
+  }
+  check_claimed_size(what, st.size, st.comp_method);
   zip_file_t* file = zip_fopen(archive_, name.c_str(), 0);
   if (file == nullptr) throw RunError(what + ": cannot be read: " + zip_strerror(archive_));
   std::vector<unsigned char> out(static_cast<std::size_t>(st.size));

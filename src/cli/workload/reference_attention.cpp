@@ -8,6 +8,8 @@
 #include <functional>
 #include <thread>
 
+#include "cpu/parallel.h"
+
 namespace sla_cli {
 
 std::vector<int64_t> sample_rows(int64_t lq, int64_t max_rows) {
@@ -24,7 +26,9 @@ std::vector<int64_t> sample_rows(int64_t lq, int64_t max_rows) {
 
 namespace {
 
-float dot(const float* a, const float* b, int64_t n) {
+// Inlined into the row loops (a call per key and row cost more than the 64 multiply-adds); the lanes fix the order of
+// the additions, so every caller gets the same float for the same row and key.
+[[gnu::always_inline]] inline float dot(const float* a, const float* b, int64_t n) {
   constexpr int kLanes = 8;
   float acc[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t d = 0;
@@ -90,7 +94,65 @@ void one_row(const AttentionProblem& p, const BlockClasses& c, int64_t bh, int64
 
 }  // namespace
 
-ReferenceRows dense_reference(const AttentionProblem& p, const BlockClasses& classes, int64_t max_rows, int threads) {
+BlockSums dense_block_sums(const AttentionProblem& p, int64_t bh, const std::vector<int64_t>& rows, int64_t block_k,
+                           int threads) {
+  constexpr int64_t kTile = 8;  // rows per tile: their logits (8 x Lk floats) stay in the L2 cache
+  BlockSums bs;
+  const int64_t n = static_cast<int64_t>(rows.size()), nk = (p.lk + block_k - 1) / block_k;
+  bs.k_blocks = nk;
+  bs.sum.assign(n, 0.0);
+  bs.block_mass.assign(n * nk, 0.0);
+  bs.block_pv.assign(n * nk * p.dv, 0.0f);
+  bs.out.assign(n * p.dv, 0.0);
+  const float* k = p.k + bh * p.lk * p.dim;
+  const float* v = p.v + bh * p.lk * p.dv;
+  const float scale = static_cast<float>(p.scale);
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  std::vector<std::vector<float>> logits(static_cast<std::size_t>(std::max(threads, 1)));
+  sla::cpu::parallel_for(tiles, threads, [&](int64_t t, int worker) {
+    const int64_t r0 = t * kTile, nr = std::min(kTile, n - r0);
+    std::vector<float>& s = logits[worker];
+    s.resize(kTile * p.lk);
+    const float* q[kTile];
+    float mx[kTile];
+    for (int64_t i = 0; i < nr; ++i) {
+      q[i] = p.q + (bh * p.lq + rows[r0 + i]) * p.dim;
+      mx[i] = -INFINITY;
+    }
+    for (int64_t c2 = 0; c2 < p.lk; ++c2) {
+      const float* kr = k + c2 * p.dim;
+      for (int64_t i = 0; i < nr; ++i) {
+        const float x = scale * dot(q[i], kr, p.dim);
+        s[i * p.lk + c2] = x;
+        mx[i] = std::max(mx[i], x);
+      }
+    }
+    for (int64_t c2 = 0; c2 < p.lk; ++c2) {
+      const float* vr = v + c2 * p.dv;
+      const int64_t j = c2 / block_k;
+      for (int64_t i = 0; i < nr; ++i) {
+        const int64_t r = r0 + i;
+        const float e = std::exp(s[i * p.lk + c2] - mx[i]);
+        bs.sum[r] += e;
+        bs.block_mass[r * nk + j] += e;
+        float* pv = bs.block_pv.data() + (r * nk + j) * p.dv;
+        for (int64_t d = 0; d < p.dv; ++d) pv[d] += e * vr[d];
+      }
+    }
+    for (int64_t r = r0; r < r0 + nr; ++r) {
+      double* out = bs.out.data() + r * p.dv;
+      for (int64_t j = 0; j < nk; ++j) {
+        const float* pv = bs.block_pv.data() + (r * nk + j) * p.dv;
+        for (int64_t d = 0; d < p.dv; ++d) out[d] += pv[d];
+      }
+      for (int64_t d = 0; d < p.dv; ++d) out[d] /= bs.sum[r];
+    }
+  });
+  return bs;
+}
+
+ReferenceRows dense_reference(const AttentionProblem& p, const BlockClasses& classes, int64_t max_rows, int threads,
+                              const std::function<void(int64_t, int64_t)>& progress) {
   ReferenceRows res;
   res.rows = sample_rows(p.lq, max_rows);
   const int64_t bh_count = p.batch * p.heads;
@@ -105,7 +167,9 @@ ReferenceRows dense_reference(const AttentionProblem& p, const BlockClasses& cla
   const std::size_t items_per_bh = (nrows + kRowsPerItem - 1) / kRowsPerItem;
   const std::size_t items = static_cast<std::size_t>(bh_count) * items_per_bh;
   std::atomic<std::size_t> next{0};
-  auto worker = [&]() {
+  std::atomic<int64_t> rows_done{0};
+  const int64_t rows_total = bh_count * static_cast<int64_t>(nrows);
+  auto worker = [&](bool reports) {
     RowScratch s;
     s.p.resize(p.lk);
     s.out.resize(p.dv);
@@ -115,13 +179,15 @@ ReferenceRows dense_reference(const AttentionProblem& p, const BlockClasses& cla
       const std::size_t first = (it % items_per_bh) * kRowsPerItem;
       const std::size_t last = std::min(nrows, first + kRowsPerItem);
       for (std::size_t slot = first; slot < last; ++slot) one_row(p, classes, bh, res.rows[slot], slot, s, res);
+      rows_done += static_cast<int64_t>(last - first);
+      if (reports && progress) progress(rows_done, rows_total);
     }
   };
   int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   n = static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(n), std::max<std::size_t>(items, 1)));
   std::vector<std::thread> pool;
-  for (int t = 1; t < n; ++t) pool.emplace_back(worker);
-  worker();
+  for (int t = 1; t < n; ++t) pool.emplace_back(worker, false);
+  worker(true);  // the calling thread reports progress
   for (std::thread& t : pool) t.join();
   return res;
 }

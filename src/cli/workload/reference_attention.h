@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace sla_cli {
@@ -33,8 +34,24 @@ struct ReferenceRows {
                                         // for any block map with T blocks: shows what mean pooling loses)
 };
 
+// Dense attention of some query rows of one (b,h), summed per key block: what the calibration reads every candidate
+// rule's statistics from. The per-row arithmetic (logits, exp(s - max) in float, the sums in double) is
+// dense_reference's, so a set of blocks' mass equals dense_reference's critical mass bit for bit.
+struct BlockSums {
+  int64_t k_blocks = 0;
+  std::vector<double> sum;         // (rows): the softmax denominators
+  std::vector<double> block_mass;  // (rows, Nk): each key block's share of the denominator
+  std::vector<float> block_pv;     // (rows, Nk, Dv): each key block's unnormalised P V (float, as the reference)
+  std::vector<double> out;         // (rows, Dv): the dense output, sum of block_pv over sum
+};
+// Rows are taken in tiles that share each K and V row while it is in cache (the rows' K/V reads were the cost).
+BlockSums dense_block_sums(const AttentionProblem& p, int64_t bh, const std::vector<int64_t>& rows, int64_t block_k,
+                           int threads);
+
 // `max_rows` evenly spaced rows per (b,h) (all rows when max_rows >= Lq). Runs on `threads` CPU threads.
-ReferenceRows dense_reference(const AttentionProblem& p, const BlockClasses& classes, int64_t max_rows, int threads);
+// `progress` (may be empty) is called on the calling thread with the rows done and the total.
+ReferenceRows dense_reference(const AttentionProblem& p, const BlockClasses& classes, int64_t max_rows, int threads,
+                              const std::function<void(int64_t done, int64_t total)>& progress = {});
 
 // The evenly spaced rows dense_reference uses.
 std::vector<int64_t> sample_rows(int64_t lq, int64_t max_rows);

@@ -2,16 +2,18 @@
 #include "workload/rule_calibration.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
-#include <cstdio>
-#include <iomanip>
 #include <limits>
 #include <queue>
-#include <sstream>
 #include <tuple>
+#include <utility>
 
 #include "cli_error.h"
+#include "cpu/parallel.h"
+#include "device/memory_limits.h"
 #include "device/owned_tensor.h"
+#include "workload/head_block_map.h"
 #include "workload/sla_runner.h"
 
 namespace sla_cli {
@@ -47,60 +49,135 @@ struct Candidate {
   std::vector<double> density, mass, error;  // per head
 };
 
-struct Inputs {
-  OwnedTensor q, k, v;
-};
-
-Inputs place_cpu(const AttentionProblem& p) {
-  auto copy = [](const float* x, int64_t n) {
-    return std::vector<float>(x, x + n);
-  };
-  Inputs in;
-  in.q = OwnedTensor::from_floats(copy(p.q, p.batch * p.heads * p.lq * p.dim), sla::DType::f32,
-                                  {p.batch, p.heads, p.lq, p.dim}, sla::Device::cpu);
-  in.k = OwnedTensor::from_floats(copy(p.k, p.batch * p.heads * p.lk * p.dim), sla::DType::f32,
-                                  {p.batch, p.heads, p.lk, p.dim}, sla::Device::cpu);
-  in.v = OwnedTensor::from_floats(copy(p.v, p.batch * p.heads * p.lk * p.dv), sla::DType::f32,
-                                  {p.batch, p.heads, p.lk, p.dv}, sla::Device::cpu);
-  return in;
-}
-
-// Density, mass and O_s error of every head under `cfg`.
-Candidate evaluate(const AttentionProblem& p, const Inputs& in, const sla::Config& cfg, double param,
-                   const CalibrationSettings& s) {
-  SlaRunner runner(in.q.view(), in.k.view(), in.v.view(), cfg, SlaRunner::Mode::inference, s.threads);
-  runner.predict_block_map();
-  runner.forward();  // no projection: O is the sparse branch O_s (docs/SPEC.md invariant 2)
-  const BlockClasses classes = classes_of(runner.block_map(), cfg);
-  const ReferenceRows ref = dense_reference(p, classes, s.rows, s.threads);
-  const std::vector<double> o = runner.output().to_doubles();
-  const int64_t n = static_cast<int64_t>(ref.rows.size()), nq = classes.q_blocks, nk = classes.k_blocks;
-  Candidate c;
-  c.param = param;
-  c.density.assign(p.heads, 0.0);
-  c.mass.assign(p.heads, 0.0);
-  c.error.assign(p.heads, 0.0);
-  for (int64_t b = 0; b < p.batch; ++b) {
-    for (int64_t h = 0; h < p.heads; ++h) {
-      const int64_t bh = b * p.heads + h;
-      double count = 0;
-      for (int64_t i = 0; i < nq; ++i) count += classes.count[bh * nq + i];
-      c.density[h] += count / static_cast<double>(nq * nk) / static_cast<double>(p.batch);
-      for (int64_t r = 0; r < n; ++r) {
-        c.mass[h] += ref.critical_mass[bh * n + r] / static_cast<double>(n * p.batch);
-        double err = 0, norm = 0;
-        for (int64_t e = 0; e < p.dv; ++e) {
-          const double want = ref.out[(bh * n + r) * p.dv + e];
-          const double got = o[(bh * p.lq + ref.rows[r]) * p.dv + e];
-          err += (got - want) * (got - want);
-          norm += want * want;
-        }
-        c.error[h] += (norm > 0 ? err / norm : err) / static_cast<double>(n * p.batch);
-      }
+// O_s of one row when the reference's exp(s - max) of every critical key underflows (their block sums are 0, so
+// block_pv cannot give the ratio): the softmax over the critical keys alone, with their own maximum.
+void sparse_row_exactly(const AttentionProblem& p, int64_t bh, int64_t query, const int32_t* blocks, int64_t n,
+                        int64_t block_k, double* o_s) {
+  const float* q = p.q + (bh * p.lq + query) * p.dim;
+  const float* k = p.k + bh * p.lk * p.dim;
+  const float* v = p.v + bh * p.lk * p.dv;
+  std::vector<std::pair<int64_t, double>> logits;
+  double mx = -std::numeric_limits<double>::infinity();
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t c = blocks[t] * block_k; c < std::min(p.lk, (blocks[t] + 1) * block_k); ++c) {
+      double dot = 0;
+      for (int64_t e = 0; e < p.dim; ++e) dot += static_cast<double>(q[e]) * k[c * p.dim + e];
+      logits.emplace_back(c, p.scale * dot);
+      mx = std::max(mx, p.scale * dot);
     }
   }
-  for (double& e : c.error) e = std::sqrt(e);
-  return c;
+  double sum = 0;
+  std::fill(o_s, o_s + p.dv, 0.0);
+  for (const auto& [c, s] : logits) {
+    const double w = std::exp(s - mx);
+    sum += w;
+    for (int64_t e = 0; e < p.dv; ++e) o_s[e] += w * v[c * p.dv + e];
+  }
+  for (int64_t e = 0; e < p.dv; ++e) o_s[e] /= sum;
+}
+
+// Adds head bh's density, mass and O_s error under the block map `classes` to `c` (means over the batch). The
+// mass is the sum of the reference's block masses in the LUT's order, as dense_reference computes it; O_s is the
+// sum of the critical blocks' P V over their mass: the sparse branch's softmax restricted to the critical blocks.
+void add_head(const AttentionProblem& p, int64_t bh, const std::vector<int64_t>& rows, const BlockSums& hr,
+              const BlockClasses& classes, int threads, Candidate& c) {
+  const int64_t h = bh % p.heads, n = static_cast<int64_t>(rows.size()), nq = classes.q_blocks, nk = classes.k_blocks;
+  double count = 0;
+  for (int64_t i = 0; i < nq; ++i) count += classes.count[i];
+  c.density[h] += count / static_cast<double>(nq * nk) / static_cast<double>(p.batch);
+
+  std::vector<double> mass(n), err2(n);
+  std::vector<std::vector<double>> acc(static_cast<std::size_t>(threads), std::vector<double>(p.dv));
+  sla::cpu::parallel_for(n, threads, [&](int64_t r, int worker) {
+    const int64_t i = rows[r] / classes.block_q;
+    const int32_t* lut = classes.lut.data() + i * classes.critical;
+    const int64_t t_row = std::min<int64_t>(classes.count[i], classes.critical);
+    const double* bm = hr.block_mass.data() + r * hr.k_blocks;
+    std::vector<double>& o_s = acc[worker];
+    std::fill(o_s.begin(), o_s.end(), 0.0);
+    double m = 0;
+    for (int64_t t = 0; t < t_row; ++t) {
+      const int32_t j = lut[t];
+      if (j < 0 || j >= nk) continue;
+      m += bm[j];
+      const float* pv = hr.block_pv.data() + (r * hr.k_blocks + j) * p.dv;
+      for (int64_t e = 0; e < p.dv; ++e) o_s[e] += pv[e];
+    }
+    mass[r] = m / hr.sum[r];
+    if (m > 0) {
+      for (int64_t e = 0; e < p.dv; ++e) o_s[e] /= m;
+    } else {
+      sparse_row_exactly(p, bh, rows[r], lut, t_row, classes.block_k, o_s.data());
+    }
+    double err = 0, norm = 0;
+    for (int64_t e = 0; e < p.dv; ++e) {
+      const double want = hr.out[r * p.dv + e];
+      err += (o_s[e] - want) * (o_s[e] - want);
+      norm += want * want;
+    }
+    err2[r] = norm > 0 ? err / norm : err;
+  });
+  // Summed in row order, so the result does not depend on the thread count.
+  for (int64_t r = 0; r < n; ++r) {
+    c.mass[h] += mass[r] / static_cast<double>(n * p.batch);
+    c.error[h] += err2[r] / static_cast<double>(n * p.batch);
+  }
+}
+
+int64_t blocks_of(int64_t l, int64_t block) { return (l + block - 1) / block; }
+
+// Bytes of one head's dense rows (BlockSums), checked before they are allocated.
+double block_sums_bytes(const AttentionProblem& p, int64_t rows, int64_t block_k) {
+  const double nk = static_cast<double>((p.lk + block_k - 1) / block_k);
+  return static_cast<double>(rows) * (nk * (8.0 + 4.0 * static_cast<double>(p.dv)) + 16.0 * p.dv);
+}
+
+// Density, mass and O_s error of every head under each of `cfgs` (params[i] is cfgs[i]'s rule parameter), all on
+// the same sampled rows. Per (b,h): the dense rows once, then each candidate's block map of that head.
+std::vector<Candidate> evaluate(const AttentionProblem& p, const std::vector<sla::Config>& cfgs,
+                                const std::vector<double>& params, const CalibrationSettings& s,
+                                const CalibrationProgress& progress) {
+  const int threads = sla::cpu::resolve_thread_count(s.threads);
+  const std::vector<int64_t> rows = sample_rows(p.lq, s.rows);
+  const int64_t n = static_cast<int64_t>(rows.size());
+  const int64_t block_k = cfgs.empty() ? 64 : cfgs.front().block_k;
+  const std::string shortfall = host_memory_shortfall(
+      block_sums_bytes(p, n, block_k), "the dense reference of one head (" + std::to_string(n) + " sampled rows)");
+  if (!shortfall.empty()) throw RunError(shortfall + "; sample fewer rows (--rows)");
+
+  std::vector<Candidate> out(cfgs.size());
+  for (std::size_t i = 0; i < cfgs.size(); ++i) {
+    out[i].param = params[i];
+    out[i].density.assign(p.heads, 0.0);
+    out[i].mass.assign(p.heads, 0.0);
+    out[i].error.assign(p.heads, 0.0);
+  }
+  const int64_t bh_count = p.batch * p.heads;
+  const int64_t total = bh_count * static_cast<int64_t>(cfgs.size());
+  // The work of a head's dense rows in units of one candidate (its block map and the sums over its blocks, taken
+  // at half density), so that the progress estimate does not jump after each head.
+  const double nk = static_cast<double>(blocks_of(p.lk, block_k)), nq = static_cast<double>(blocks_of(p.lq, 64));
+  const double candidate_work =
+      static_cast<double>(n) * nk * p.dv / 2 + (static_cast<double>(p.lq + p.lk) + nq * nk) * p.dim;
+  const double rows_work = static_cast<double>(n) * static_cast<double>(p.lk) * (p.dim + 2.0 * p.dv);
+  const double rows_units = rows_work / candidate_work;
+  const double all_units = static_cast<double>(bh_count) * (rows_units + static_cast<double>(cfgs.size()));
+  std::atomic<int64_t> done{0};
+  for (int64_t bh = 0; bh < bh_count; ++bh) {
+    const BlockSums hr = dense_block_sums(p, bh, rows, block_k, threads);
+    // One candidate per thread (each writes only its own statistics): a block map of one head is too small to
+    // spread over threads well. The calling thread (worker 0) reports the progress.
+    sla::cpu::parallel_for(static_cast<int64_t>(cfgs.size()), threads, [&](int64_t i, int worker) {
+      add_head(p, bh, rows, hr, head_block_map(p, bh, cfgs[i], 1), 1, out[i]);
+      const int64_t now = ++done;
+      const double units = static_cast<double>(bh + 1) * rows_units + static_cast<double>(now);
+      if (progress && worker == 0) progress(now, total, units / all_units);
+    });
+  }
+  for (Candidate& c : out) {
+    for (double& e : c.error) e = std::sqrt(e);
+  }
+  return out;
 }
 
 double quality_of(const Candidate& c, int64_t h, const CalibrationSettings& s) {
@@ -110,17 +187,10 @@ bool meets(const Candidate& c, int64_t h, const CalibrationSettings& s) {
   return s.target == "mass" ? c.mass[h] >= s.quality : c.error[h] <= s.quality;
 }
 
-std::string fmt(double x) {
-  std::ostringstream os;
-  os << std::setprecision(17) << x;
-  return os.str();
-}
-
 }  // namespace
 
 RuleQuality evaluate_rule(const AttentionProblem& problem, const sla::Config& cfg, const CalibrationSettings& s) {
-  const Inputs in = place_cpu(problem);
-  const Candidate c = evaluate(problem, in, cfg, 0.0, s);
+  const Candidate c = evaluate(problem, {cfg}, {0.0}, s, {}).front();
   RuleQuality q;
   q.density = c.density;
   q.mass = c.mass;
@@ -135,15 +205,20 @@ RuleQuality evaluate_rule(const AttentionProblem& problem, const sla::Config& cf
 }
 
 BlockClasses predict_classes(const AttentionProblem& problem, const sla::Config& cfg, int threads) {
-  const Inputs in = place_cpu(problem);
-  SlaRunner runner(in.q.view(), in.k.view(), in.v.view(), cfg, SlaRunner::Mode::inference, threads);
+  // The library only reads Q and K; its views take non-const pointers.
+  auto view = [](const float* x, int64_t b, int64_t h, int64_t l, int64_t d) {
+    return contiguous_view(const_cast<float*>(x), sla::DType::f32, {b, h, l, d}, sla::Device::cpu);
+  };
+  const sla::TensorView q = view(problem.q, problem.batch, problem.heads, problem.lq, problem.dim);
+  const sla::TensorView k = view(problem.k, problem.batch, problem.heads, problem.lk, problem.dim);
+  const sla::TensorView v = view(problem.v, problem.batch, problem.heads, problem.lk, problem.dv);
+  SlaRunner runner(q, k, v, cfg, SlaRunner::Mode::inference, threads);
   runner.predict_block_map();
   return classes_of(runner.block_map(), cfg);
 }
 
 LayerCalibration calibrate_layer(const AttentionProblem& p, const sla::Config& base, const CalibrationSettings& s,
-                                 const std::function<void(const std::string&)>& progress) {
-  const Inputs in = place_cpu(p);
+                                 const CalibrationProgress& progress) {
   sla::BlockMapShape shape;
   sla::Config plain = base;
   plain.rule = sla::CriticalRule::topk;
@@ -159,28 +234,40 @@ LayerCalibration calibrate_layer(const AttentionProblem& p, const sla::Config& b
   const std::vector<std::string> families =
       s.rule == "auto" ? std::vector<std::string>{"topk", "top_p"} : std::vector<std::string>{s.rule};
 
-  LayerCalibration best;
-  double best_cost = std::numeric_limits<double>::infinity();
-  std::vector<Candidate> best_cands;
-  std::vector<int> best_pick;
+  // Every candidate of every family is measured in one pass over the heads (the dense rows once per head).
+  std::vector<sla::Config> cfgs;
+  std::vector<double> candidate_params;
+  std::vector<std::size_t> family_end;  // candidates [family_end[f-1], family_end[f]) belong to families[f]
   for (const std::string& fam : families) {
-    std::vector<Candidate> cands;
     if (fam == "topk") {
       for (int64_t t : topk_counts(nk)) {
         sla::Config c = plain;
         c.topk = topk_for_count(t, nk);
-        cands.push_back(evaluate(p, in, c, c.topk, s));
-        if (progress) progress("topk T = " + std::to_string(t) + " of " + std::to_string(nk));
+        cfgs.push_back(c);
+        candidate_params.push_back(c.topk);
       }
     } else {
       for (double pv : kPGrid) {
         sla::Config c = plain;
         c.rule = sla::CriticalRule::top_p;
         c.top_p = pv;
-        cands.push_back(evaluate(p, in, c, pv, s));
-        if (progress) progress("top_p p = " + std::to_string(pv).substr(0, 5));
+        cfgs.push_back(c);
+        candidate_params.push_back(pv);
       }
     }
+    family_end.push_back(cfgs.size());
+  }
+  std::vector<Candidate> all = evaluate(p, cfgs, candidate_params, s, progress);
+
+  LayerCalibration best;
+  double best_cost = std::numeric_limits<double>::infinity();
+  std::vector<Candidate> best_cands;
+  std::vector<int> best_pick;
+  for (std::size_t f = 0; f < families.size(); ++f) {
+    const std::string& fam = families[f];
+    const std::size_t first = f == 0 ? 0 : family_end[f - 1];
+    std::vector<Candidate> cands(std::make_move_iterator(all.begin() + first),
+                                 std::make_move_iterator(all.begin() + family_end[f]));
     // Per head the cheapest candidate that meets the target (the last one when none does). Densities grow along
     // the candidates (more blocks per row), so "cheapest" is "first".
     std::vector<int> pick(p.heads, static_cast<int>(cands.size()) - 1);
@@ -259,51 +346,6 @@ LayerCalibration calibrate_layer(const AttentionProblem& p, const sla::Config& b
     best.config.head_top_p = params;
   }
   return best;
-}
-
-std::string calibration_json(const LayerCalibration& cal, const AttentionProblem& p, const CalibrationSettings& s,
-                             const std::string& layer) {
-  // JSON text of a fixed, flat schema: strings are the layer name (escaped) and a few constants.
-  auto str = [](const std::string& x) {
-    std::string o = "\"";
-    for (char ch : x) {
-      if (ch == '"' || ch == '\\') {
-        o += '\\';
-        o += ch;
-      } else if (static_cast<unsigned char>(ch) < 0x20) {
-        char buf[8];
-        std::snprintf(buf, sizeof buf, "\\u%04x", ch);
-        o += buf;
-      } else {
-        o += ch;
-      }
-    }
-    return o + "\"";
-  };
-  std::ostringstream os;
-  os << "{\n \"format\": \"sla-calibration\",\n \"version\": 1,\n \"settings\": {\"target\": " << str(s.target)
-     << ", \"quality\": " << fmt(s.quality) << ", \"rule\": " << str(s.rule)
-     << ", \"budget\": " << (s.budget > 0 ? fmt(s.budget) : "null")
-     << ", \"budget_bound\": " << (cal.budget_bound ? "true" : "false") << ", \"block_q\": " << cal.config.block_q
-     << ", \"block_k\": " << cal.config.block_k << ", \"rows_per_head\": " << s.rows
-     << ", \"average_density\": " << fmt(cal.mean_density) << ", \"tool\": \"sla calibrate\"},\n \"layers\": {\n  "
-     << str(layer) << ": {\n   \"rule\": {";
-  os << (cal.family == "topk" ? "\"topk\": [" : "\"top_p\": [");
-  for (std::size_t h = 0; h < cal.heads.size(); ++h) os << (h ? ", " : "") << fmt(cal.heads[h].param);
-  os << "]";
-  if (cal.family == "top_p") os << ", \"min_blocks\": 1, \"max_blocks\": null";
-  os << "},\n   \"family\": " << str(cal.family) << ",\n   \"shape\": {\"heads\": " << p.heads << ", \"lq\": " << p.lq
-     << ", \"lk\": " << p.lk << ", \"d\": " << p.dim << ", \"q_blocks\": " << cal.q_blocks
-     << ", \"k_blocks\": " << cal.k_blocks << ", \"passes\": 1, \"batch\": " << p.batch
-     << ", \"scale\": " << fmt(p.scale) << "},\n   \"heads\": [";
-  for (std::size_t h = 0; h < cal.heads.size(); ++h) {
-    const HeadCalibration& hc = cal.heads[h];
-    os << (h ? ",\n    " : "\n    ") << "{\"param\": " << fmt(hc.param) << ", \"density\": " << fmt(hc.density)
-       << ", \"mass\": " << fmt(hc.mass) << ", \"error\": " << fmt(hc.error)
-       << ", \"met\": " << (hc.met ? "true" : "false") << "}";
-  }
-  os << "\n   ],\n   \"mean_density\": " << fmt(cal.mean_density) << "\n  }\n }\n}\n";
-  return os.str();
 }
 
 }  // namespace sla_cli

@@ -42,16 +42,16 @@ struct LayerCalibration {
   sla::Config config;  // the base config with the chosen rule (head_topk or head_top_p)
 };
 
-// `base` gives block sizes, variant and scale; its rule fields are replaced. `progress` receives one line per
-// candidate evaluated (may be empty).
-LayerCalibration calibrate_layer(const AttentionProblem& problem, const sla::Config& base,
-                                 const CalibrationSettings& settings,
-                                 const std::function<void(const std::string&)>& progress);
+// Called after each (head, candidate rule) measured: `done` of `total`, and the estimated share of the work done
+// (a head's dense rows cost more than one candidate), for a progress display.
+using CalibrationProgress = std::function<void(int64_t done, int64_t total, double fraction)>;
 
-// The calibration file (JSON, format "sla-calibration" version 1) with one layer named `layer`; python's
-// sla.load_rules / sla.apply_rules read it.
-std::string calibration_json(const LayerCalibration& cal, const AttentionProblem& problem,
-                             const CalibrationSettings& settings, const std::string& layer);
+// `base` gives block sizes, variant and scale; its rule fields are replaced. Every candidate is measured on the
+// same sampled rows, whose dense attention is computed once per head and summed per key block; a candidate's
+// statistics are then sums over its critical blocks (its mass equals dense_reference's critical mass exactly,
+// its O_s the library's sparse branch up to float rounding). `progress` may be empty.
+LayerCalibration calibrate_layer(const AttentionProblem& problem, const sla::Config& base,
+                                 const CalibrationSettings& settings, const CalibrationProgress& progress);
 
 // Density, mass and O_s error of every head under `cfg` (whatever its rule), on the CPU.
 struct RuleQuality {
