@@ -338,7 +338,7 @@ def parse_args(argv=None):
     p.add_argument("--topk", type=_float_in(0.0, 1.0, True, "a number in (0, 1]"), default=0.1)
     p.add_argument("--block-q", type=_block_size, default=128)
     p.add_argument("--block-k", type=_block_size, default=64)
-    p.add_argument("--lr", type=positive, default=1e-5)
+    p.add_argument("--lr", type=non_negative, default=1e-5, help="0: the weights stay as they are (a check)")
     p.add_argument("--weight-decay", type=non_negative, default=0.0)
     p.add_argument("--batch-size", type=_int_at_least(1), default=1)
     p.add_argument("--max-steps", type=_int_at_least(1), default=1000, help="the step to train to (resumed: in total)")
