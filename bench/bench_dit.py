@@ -347,6 +347,13 @@ def main(argv=None):
     )
     parser.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
     args = parser.parse_args(argv)
+    if args.json:  # before the timing: a report that cannot be written fails now, not after minutes of it
+        import sla.atomic
+
+        try:
+            sla.atomic.check_output_path("--json", args.json)
+        except (OSError, ValueError) as exc:
+            parser.error(str(exc))
 
     global DEVICE, DENSE_BACKEND
     if args.smoke:
@@ -387,18 +394,14 @@ def main(argv=None):
     log(f"total {time.time() - start:.0f} s")
     print(table(results))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "gpu": device_name(),
-                    "torch": torch.__version__,
-                    "diffusers": diffusers.__version__,
-                    "date": datetime.date.today().isoformat(),
-                    "results": results,
-                },
-                f,
-                indent=2,
-            )
+        report = {
+            "gpu": device_name(),
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "date": datetime.date.today().isoformat(),
+            "results": results,
+        }
+        sla.atomic.write_text(args.json, json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -532,6 +532,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         "torch SDPA instead of cuDNN, the cases and (unless --rules/--tiles) the rules and tiles too",
     )
     args = parser.parse_args(argv)
+    if args.json and sla is not None:  # before the timing: a report that cannot be written fails now
+        try:
+            sla.atomic.check_output_path("--json", args.json)
+        except (OSError, ValueError) as exc:
+            parser.error(str(exc))
     if args.smoke:
         DEVICE, args.mode, args.shape_table = "cpu", "smoke", SMOKE_SHAPES
         args.iters = 3 if args.iters is None else args.iters
@@ -580,22 +585,18 @@ def main(argv: Optional[list[str]] = None) -> int:
             print()
         print(table)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "gpu": gpu,
-                    "dense": baseline(gpu),
-                    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                    "torch": torch.__version__,
-                    "sla": sla.build_info(),
-                    "iters": args.iters,
-                    "warmup": args.warmup,
-                    "results": [json_row(r) for r in results],
-                    "rules_and_tiles": tables,
-                },
-                f,
-                indent=1,
-            )
+        report = {
+            "gpu": gpu,
+            "dense": baseline(gpu),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "torch": torch.__version__,
+            "sla": sla.build_info(),
+            "iters": args.iters,
+            "warmup": args.warmup,
+            "results": [json_row(r) for r in results],
+            "rules_and_tiles": tables,
+        }
+        sla.atomic.write_text(args.json, json.dumps(report, indent=1) + "\n")
     return 0
 
 

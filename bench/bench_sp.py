@@ -239,6 +239,11 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="CPU, gloo, tiny shape: checks that the script runs")
     parser.add_argument("--json", help="write the rows (layer mode) to this file (rank 0)")
     args = parser.parse_args()
+    if args.json:  # every rank, before the process group: a report that cannot be written fails now
+        try:
+            sla.atomic.check_output_path("--json", args.json)
+        except (OSError, ValueError) as exc:
+            parser.error(str(exc))
     args.degrees = [int(x) for x in args.degrees.split(",")]
     if args.smoke:
         args.shape, args.iters, args.warmup = "smoke", 2, 1
@@ -268,8 +273,8 @@ def main() -> None:
             if dist.get_rank() == 0 and rows:
                 print(layer_table(rows, device_name))
                 if args.json:
-                    with open(args.json, "w") as f:
-                        json.dump({"device": device_name, "world": dist.get_world_size(), "rows": rows}, f, indent=1)
+                    report = {"device": device_name, "world": dist.get_world_size(), "rows": rows}
+                    sla.atomic.write_text(args.json, json.dumps(report, indent=1) + "\n")
     finally:
         dist.destroy_process_group()
 

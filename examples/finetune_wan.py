@@ -29,10 +29,13 @@ Model: --pretrained DIR_OR_ID (a diffusers Wan repository, its "transformer" sub
 --config CONFIG.json (random weights; what the tests use). --turbodiffusion CKPT starts from a TurboDiffusion
 checkpoint instead (sla.diffusers.load_turbodiffusion).
 
-Output: --output-dir/checkpoint-<step>/ with model.safetensors (the whole state dict, SLA projections included as
+Output: --output-dir/checkpoint-<step>/ (named by the step whose weights it holds; written to a temporary folder and
+renamed into place) with model.safetensors (the whole state dict, SLA projections included as
 blocks.<i>.attn1.processor.proj_l.*), optimizer.pt, config.json (the transformer's) and state.json; --resume
-latest|DIR continues from one. The run is deterministic given --seed: data order and noise depend on the seed and
-the step only, so a resumed run takes the same steps as an uninterrupted one.
+latest|DIR continues from one up to --max-steps, the total (a checkpoint past it is refused, and so is one saved
+with another --train-params). Every flag and the output folder are checked before the model is built. The run is
+deterministic given --seed: data order and noise depend on the seed and the step only, so a resumed run takes the
+same steps as an uninterrupted one.
 
     python examples/finetune_wan.py --pretrained Wan-AI/Wan2.1-T2V-1.3B-Diffusers --data data/ --output-dir out/ \
         --max-steps 2000 --save-every 500
@@ -45,12 +48,17 @@ import glob
 import json
 import math
 import os
+import re
 import sys
 import time
 
 import torch
 
+import sla
+import sla.atomic
+
 CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
 # ---- data --------------------------------------------------------------------------------------------------------
@@ -58,10 +66,10 @@ CHECKPOINT_PREFIX = "checkpoint-"
 class LatentDataset(torch.utils.data.Dataset):
     """The folder of .safetensors examples described in the module docstring."""
 
-    def __init__(self, folder: str, text_len: int):
+    def __init__(self, folder: str, text_len: int, flag: str = "--data"):
         self.files = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
         if not self.files:
-            raise SystemExit(f"--data: no .safetensors files in {folder!r} (see the docstring for the format)")
+            raise SystemExit(f"{flag}: no .safetensors files in {folder!r} (see the docstring for the format)")
         self.text_len = text_len
 
     def __len__(self):
@@ -106,10 +114,7 @@ def build_transformer(args):
     from diffusers import WanTransformer3DModel
 
     if args.config:
-        with open(args.config) as f:
-            return WanTransformer3DModel.from_config(json.load(f))
-    if not args.pretrained:
-        raise SystemExit("give --pretrained DIR_OR_ID or --config CONFIG.json")
+        return WanTransformer3DModel.from_config(read_json(args.config, "--config"))
     source = args.pretrained
     if os.path.isdir(os.path.join(source, "transformer")) or not os.path.isdir(source):
         return WanTransformer3DModel.from_pretrained(source, subfolder="transformer", torch_dtype=torch.float32)
@@ -149,8 +154,7 @@ class HeldOut:
     """Held-out latents with fixed noise and timesteps (from --seed), and the teacher's predictions on them, kept
     on the CPU; evaluate() gives the model's MSE to the teacher and its diffusion loss on them."""
 
-    def __init__(self, args, teacher, device, autocast):
-        dataset = LatentDataset(args.eval_data, args.text_len)
+    def __init__(self, dataset, args, teacher, device, autocast):
         gen = torch.Generator().manual_seed(args.seed + 99991)
         self.items = []
         for index in range(len(dataset)):
@@ -180,44 +184,75 @@ def record_eval(output_dir, step, result):
     """Adds {"step", **result} to output_dir/eval.json (dropping entries past `step`, which a resumed run
     recomputes), written to a temporary file and renamed."""
     path = os.path.join(output_dir, "eval.json")
-    history = []
-    if os.path.exists(path):
-        with open(path) as f:
-            history = [e for e in json.load(f) if e["step"] < step]
+    history = read_json(path, "eval.json") if os.path.exists(path) else []
+    if not isinstance(history, list) or not all(isinstance(e, dict) and type(e.get("step")) is int for e in history):
+        raise SystemExit(f"eval.json: {path!r} is not a list of {{'step': int, ...}}: not written by this script?")
+    history = [e for e in history if e["step"] < step]
     history.append({"step": step, **result})
     os.makedirs(output_dir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(history, f, indent=1)
-    os.replace(path + ".tmp", path)
+    sla.atomic.write_text(path, json.dumps(history, indent=1))
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------------------
 
-def save_checkpoint(folder, transformer, optimizer, step, args):
+def checkpoint_folder(output_dir: str, step: int) -> str:
+    """checkpoint-<step>: a checkpoint is named by the step whose weights it holds."""
+    return os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}")
+
+
+def save_checkpoint(output_dir, transformer, optimizer, step, args):
     from safetensors.torch import save_file
 
-    tmp = folder + ".tmp"
-    os.makedirs(tmp, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in transformer.state_dict().items()}
-    save_file(state, os.path.join(tmp, "model.safetensors"))
-    torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(dict(transformer.config), f, indent=2, default=list)
-    with open(os.path.join(tmp, "state.json"), "w") as f:
-        json.dump({"step": step, "args": vars(args)}, f, indent=2)
-    if os.path.isdir(folder):
-        import shutil
-
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)  # a checkpoint is complete or absent, never half-written
+    # Written into a temporary folder beside it and renamed into place: a checkpoint is complete or absent, never
+    # half-written, and an older one of the same name is replaced only by a complete one.
+    os.makedirs(output_dir, exist_ok=True)
+    with sla.atomic.atomic_folder(checkpoint_folder(output_dir, step)) as tmp:
+        state = {k: v.detach().contiguous().cpu() for k, v in transformer.state_dict().items()}
+        save_file(state, os.path.join(tmp, "model.safetensors"))
+        torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(dict(transformer.config), f, indent=2, default=list)
+        with open(os.path.join(tmp, "state.json"), "w") as f:
+            json.dump({"step": step, "args": vars(args)}, f, indent=2)
 
 
 def find_resume(resume: str, output_dir: str):
     if resume != "latest":
+        if not os.path.isfile(os.path.join(resume, "state.json")):
+            raise SystemExit(f"--resume: {resume!r} is not a checkpoint folder (no state.json)")
         return resume
-    found = sorted(glob.glob(os.path.join(output_dir, CHECKPOINT_PREFIX + "*[0-9]")),
-                   key=lambda p: int(p.rsplit("-", 1)[1]))
-    return found[-1] if found else None
+    steps = []
+    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
+        match = CHECKPOINT_NAME.match(name)
+        if match and os.path.isdir(os.path.join(output_dir, name)):
+            steps.append(int(match[1]))
+    return checkpoint_folder(output_dir, max(steps)) if steps else None
+
+
+def read_json(path: str, what: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        raise SystemExit(f"{what}: cannot read {path!r}: {exc}") from None
+
+
+def checkpoint_step(folder: str, train_params: str = "all") -> int:
+    """The step a checkpoint holds (its state.json), read before anything is built; a checkpoint whose optimizer
+    holds other parameters (another --train-params) is refused."""
+    path = os.path.join(folder, "state.json")
+    state = read_json(path, "--resume") if os.path.isfile(path) else None
+    step = state.get("step") if isinstance(state, dict) else None
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise SystemExit(f"--resume: {path!r} holds no step (an int >= 0): not a checkpoint of this script?")
+    saved = state.get("args")
+    saved = saved.get("train_params", "all") if isinstance(saved, dict) else "all"
+    if saved != train_params:
+        raise SystemExit(
+            f"--train-params {train_params}: the checkpoint to resume ({folder!r}) was trained with --train-params "
+            f"{saved} (its optimizer holds other parameters); pass --train-params {saved}"
+        )
+    return step
 
 
 def load_checkpoint(folder, transformer, optimizer):
@@ -226,8 +261,6 @@ def load_checkpoint(folder, transformer, optimizer):
     transformer.load_state_dict(load_file(os.path.join(folder, "model.safetensors")), strict=True)
     optimizer.load_state_dict(torch.load(os.path.join(folder, "optimizer.pt"), map_location="cpu",
                                          weights_only=True))
-    with open(os.path.join(folder, "state.json")) as f:
-        return json.load(f)["step"]
 
 
 # ---- progress ----------------------------------------------------------------------------------------------------
@@ -258,28 +291,64 @@ class Progress:
 
 # ---- training ----------------------------------------------------------------------------------------------------
 
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float, low_open: bool, expected: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not (math.isfinite(value) and (value > low if low_open else value >= low) and value <= high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    return parse
+
+
+def _block_size(text: str) -> int:
+    if text not in ("16", "32", "64", "128"):
+        raise argparse.ArgumentTypeError(f"expected 16, 32, 64 or 128, got {text!r}")
+    return int(text)
+
+
 def parse_args(argv=None):
+    """The flags, each checked when parsed, and the output folder checked before any work (argparse's error: the
+    message names the flag, exit status 2)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    positive = _float_in(0.0, math.inf, True, "a finite number > 0")
+    non_negative = _float_in(0.0, math.inf, False, "a finite number >= 0")
     p.add_argument("--data", required=True, help="folder of .safetensors examples (latents, text_embeds)")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--pretrained", help="diffusers Wan repository or folder (its transformer is fine-tuned)")
     p.add_argument("--config", help="WanTransformer3DModel config.json: random weights")
     p.add_argument("--turbodiffusion", help="start from this TurboDiffusion checkpoint (.pth / .safetensors)")
-    p.add_argument("--topk", type=float, default=0.1)
-    p.add_argument("--block-q", type=int, default=128)
-    p.add_argument("--block-k", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--max-steps", type=int, default=1000)
-    p.add_argument("--save-every", type=int, default=500)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--flow-shift", type=float, default=3.0, help="sigma shift (Wan: 3 for 480p, 5 for 720p)")
-    p.add_argument("--text-len", type=int, default=512)
+    p.add_argument("--topk", type=_float_in(0.0, 1.0, True, "a number in (0, 1]"), default=0.1)
+    p.add_argument("--block-q", type=_block_size, default=128)
+    p.add_argument("--block-k", type=_block_size, default=64)
+    p.add_argument("--lr", type=non_negative, default=1e-5, help="0: the weights stay as they are (a check)")
+    p.add_argument("--weight-decay", type=non_negative, default=0.0)
+    p.add_argument("--batch-size", type=_int_at_least(1), default=1)
+    p.add_argument("--max-steps", type=_int_at_least(1), default=1000, help="the step to train to (resumed: in total)")
+    p.add_argument("--save-every", type=_int_at_least(0), default=500, help="0: only the final checkpoint")
+    p.add_argument("--log-every", type=_int_at_least(1), default=10)
+    p.add_argument("--flow-shift", type=positive, default=3.0, help="sigma shift (Wan: 3 for 480p, 5 for 720p)")
+    p.add_argument("--text-len", type=_int_at_least(1), default=512)
     p.add_argument("--mixed-precision", choices=("bf16", "no"), default="bf16")
     p.add_argument("--no-gradient-checkpointing", action="store_true")
-    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--grad-clip", type=non_negative, default=1.0, help="0: no clipping")
     p.add_argument("--loss", choices=("distill", "diffusion"), default="distill",
                    help="distill: MSE to a frozen dense copy's velocity (default); diffusion: Wan's velocity target")
     p.add_argument("--teacher-dtype", choices=("bf16", "fp32"), default=None,
@@ -287,16 +356,47 @@ def parse_args(argv=None):
     p.add_argument("--train-params", choices=("all", "sla"), default="all",
                    help="all: full-parameter fine-tuning (default); sla: the SLA projections alone")
     p.add_argument("--eval-data", help="folder of held-out .safetensors examples, evaluated every --eval-every steps")
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=_int_at_least(0), default=100, help="0: only at step 0")
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--resume", help="'latest' or a checkpoint folder")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.config and not args.pretrained:
+        p.error("give --pretrained DIR_OR_ID or --config CONFIG.json")
+    if not os.path.isdir(args.data):
+        p.error(f"argument --data: expected a folder, got {args.data!r}")
+    if args.eval_data is not None and not os.path.isdir(args.eval_data):
+        p.error(f"argument --eval-data: expected a folder, got {args.eval_data!r}")
+    inputs = [args.data, args.eval_data, args.config, args.turbodiffusion]
+    if args.pretrained and os.path.exists(args.pretrained):
+        inputs.append(args.pretrained)
+    try:  # before the model is built: an output folder that cannot be written fails now, not at the first save
+        sla.atomic.check_output_path("--output-dir", args.output_dir, inputs=inputs, folder=True)
+    except (OSError, ValueError) as exc:
+        p.error(f"argument {exc}")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     import sla.diffusers as sd
+
+    # What can be refused is refused before the model is built: the checkpoint to resume and the data.
+    start = 0  # the step training starts from (that of the checkpoint resumed)
+    resume = find_resume(args.resume, args.output_dir) if args.resume else None
+    if args.resume and resume is None:
+        print(f"--resume latest: no checkpoint in {args.output_dir!r}; starting from step 0", file=sys.stderr)
+    if resume:
+        start = checkpoint_step(resume, args.train_params)
+        if start > args.max_steps:
+            raise SystemExit(
+                f"--max-steps {args.max_steps} is behind the checkpoint to resume ({resume!r} holds step {start}): "
+                f"pass --max-steps >= {start} (the total number of steps, not the number still to run)"
+            )
+    dataset = LatentDataset(args.data, args.text_len)
+    if args.batch_size > len(dataset):
+        raise SystemExit(f"--batch-size {args.batch_size}: --data has only {len(dataset)} examples")
+    eval_dataset = LatentDataset(args.eval_data, args.text_len, "--eval-data") if args.eval_data else None
 
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
@@ -318,23 +418,18 @@ def main(argv=None):
         transformer.enable_gradient_checkpointing()
     trainable = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
-
-    step = 0
-    resume = find_resume(args.resume, args.output_dir) if args.resume else None
-    if args.resume and resume is None:
-        print(f"--resume latest: no checkpoint in {args.output_dir!r}; starting from step 0", file=sys.stderr)
     if resume:
-        step = load_checkpoint(resume, transformer, optimizer)
-        print(f"resumed from {resume} at step {step}", file=sys.stderr)
+        load_checkpoint(resume, transformer, optimizer)
+        print(f"resumed from {resume} at step {start}", file=sys.stderr)
 
-    dataset = LatentDataset(args.data, args.text_len)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.mixed_precision == "bf16")
-    held_out = HeldOut(args, teacher, device, autocast) if args.eval_data else None
-    if held_out is not None and step == 0:
+    held_out = HeldOut(eval_dataset, args, teacher, device, autocast) if eval_dataset is not None else None
+    if held_out is not None and start == 0:
         record_eval(args.output_dir, 0, held_out.evaluate(transformer))
-    progress = Progress(args.max_steps, step, args.log_every)
+    progress = Progress(args.max_steps, start, args.log_every)
     loss_value = math.nan
-    for step, latents, text in batches(dataset, args.batch_size, args.seed, step):
+    done = start  # steps whose updates the weights hold
+    for step, latents, text in batches(dataset, args.batch_size, args.seed, start):
         if step >= args.max_steps:
             break
         noise_gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)  # noise depends on (seed, step)
@@ -354,16 +449,15 @@ def main(argv=None):
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise RuntimeError(f"step {step + 1}: loss is {loss_value}")
-        progress.update(step + 1, loss_value)
-        if held_out is not None and args.eval_every > 0 and (step + 1) % args.eval_every == 0:
-            record_eval(args.output_dir, step + 1, held_out.evaluate(transformer))
-        if args.save_every > 0 and (step + 1) % args.save_every == 0:
-            save_checkpoint(os.path.join(args.output_dir, f"{CHECKPOINT_PREFIX}{step + 1}"), transformer, optimizer,
-                            step + 1, args)
+        done = step + 1
+        progress.update(done, loss_value)
+        if held_out is not None and args.eval_every > 0 and done % args.eval_every == 0:
+            record_eval(args.output_dir, done, held_out.evaluate(transformer))
+        if args.save_every > 0 and done % args.save_every == 0:
+            save_checkpoint(args.output_dir, transformer, optimizer, done, args)
     progress.close()
-    final = os.path.join(args.output_dir, f"{CHECKPOINT_PREFIX}{args.max_steps}")
-    if not os.path.isdir(final):
-        save_checkpoint(final, transformer, optimizer, args.max_steps, args)
+    if not os.path.isdir(checkpoint_folder(args.output_dir, done)):
+        save_checkpoint(args.output_dir, transformer, optimizer, done, args)
     return loss_value
 
 

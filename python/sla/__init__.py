@@ -14,6 +14,7 @@ from . import (  # noqa: F401  (register the autograd formula and the fake kerne
     _C,  # registers torch.ops.sla.*
     _autograd,
     _fake,
+    atomic,  # sla.atomic: output files written whole or not at all (used by the examples and benchmarks)
     distributed,  # noqa: E402, F401  (sla.distributed: Ulysses sequence parallelism)
     tiling,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "BlockMap",
     "BlockRule",
     "apply_rules",
+    "atomic",
     "calibrate",
     "load_rules",
     "record",

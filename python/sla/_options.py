@@ -73,9 +73,32 @@ def check_scale(scale: object) -> None:
         raise ValueError(f"scale: expected a finite number > 0 or None, got {scale!r}")
 
 
+# The library's block sizes (src/core/validate.cpp, is_allowed_block_size), checked here as well so that a module,
+# a processor or enable_sla refuses a bad size when it is given instead of at the first forward.
+BLOCK_SIZES = (16, 32, 64, 128)
+
+
 def check_block_size(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int block size (64 or 128), got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"{name}: expected an int block size (16, 32, 64 or 128), got {value!r} ({type(value).__name__})"
+        )
+    if value not in BLOCK_SIZES:
+        raise ValueError(f"{name}: expected 16, 32, 64 or 128, got {value}")
+    return value
+
+
+def check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int >= 1, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {value}")
+    return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {value!r} ({type(value).__name__})")
     return value
 
 
@@ -86,6 +109,12 @@ def check_projection(name: str, value: object) -> None:
     t = check_tensor(name, value)
     if not t.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
+    if t.numel() == 0:
+        # An empty projection would otherwise reach the library as "no projection" or a shape error naming Dv.
+        expected = "(Dv, Dv)" if name.endswith("weight") else "(Dv,)"
+        raise ValueError(
+            f"{name}: expected a {expected} tensor (Dv >= 1), got an empty tensor of shape {tuple(t.shape)}"
+        )
 
 
 def check_same_device(*named: tuple) -> None:

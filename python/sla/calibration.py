@@ -21,20 +21,22 @@ near-ties only); the final statistics of the chosen rule are measured with the l
 from __future__ import annotations
 
 import heapq
-import json
 import math
+import numbers
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from . import _options, atomic
+from ._calibration_file import FORMAT, VERSION, Calibration, load_rules  # noqa: F401  (the file's API, re-exported)
+from ._layer import RuleLayer
 from ._shapes import ceil_div, topk_for_count
 from .rules import BlockRule
 
-FORMAT = "sla-calibration"
-VERSION = 1
 DEFAULT_P_GRID = (
     0.02,
     0.05,
@@ -88,24 +90,40 @@ class Recorder:
         rows.append(tuple(t.detach().to(self.device, torch.float32, copy=True) for t in (q, k, v)))
 
 
-def _sla_modules(model) -> List[Tuple[str, "torch.nn.Module"]]:
-    from .module import SparseLinearAttention
-
-    if isinstance(model, SparseLinearAttention):
+def _sla_modules(model) -> List[Tuple[str, RuleLayer]]:
+    """(name, layer) of every SLA layer: sla.SparseLinearAttention and the diffusers processors (RuleLayer)."""
+    if isinstance(model, RuleLayer):
         return [("", model)]
     if isinstance(model, dict):
+        for name, m in model.items():
+            if not isinstance(m, RuleLayer):
+                raise TypeError(
+                    f"model[{name!r}]: expected an SLA layer (sla.SparseLinearAttention or an SLA processor), got "
+                    f"{type(m).__name__}"
+                )
         return list(model.items())
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, SparseLinearAttention)]
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module or a dict name -> SLA layer, got {type(model).__name__}")
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, RuleLayer)]
 
 
 @contextmanager
 def record(model, *, device: Union[str, torch.device] = "cpu", max_passes: Optional[int] = None):
-    """Records q, k, v of every SparseLinearAttention in `model` (a module, or a dict name -> module) for the
-    forward passes run inside the block; yields the Recorder (its .samples: layer name -> list of passes)."""
+    """Records q, k, v of every SLA layer in `model` (a module, or a dict name -> layer): sla.SparseLinearAttention
+    and the processors of sla.diffusers.enable_sla, for the forward passes run inside the block; yields the
+    Recorder (its .samples: layer name -> list of passes, names as model.named_modules() gives them)."""
+    if max_passes is not None:
+        _options.check_positive_int("max_passes", max_passes)
     rec = Recorder(device, max_passes)
     mods = _sla_modules(model)
     if not mods:
-        raise ValueError("model: expected at least one sla.SparseLinearAttention module to record")
+        raise ValueError(
+            "model: expected at least one SLA layer to record (sla.SparseLinearAttention, or a diffusers model "
+            "after sla.diffusers.enable_sla)"
+        )
+    busy = [name for name, m in mods if m.recorder is not None]
+    if busy:
+        raise RuntimeError(f"model: layers {busy} are already recording (sla.record blocks do not nest)")
     for name, m in mods:
         m.recorder = lambda mod, q, k, v, _n=name: rec(_n, q, k, v)
     try:
@@ -232,51 +250,29 @@ def _meets(quality: float, target: str, level: float) -> bool:
     return quality >= level if target == "mass" else -quality <= level
 
 
-@dataclass
-class Calibration:
-    """The result of sla.calibrate: per layer a BlockRule and the statistics it was chosen from."""
-
-    layers: Dict[str, dict]
-    settings: dict
-
-    def rules(self) -> Dict[str, BlockRule]:
-        return {name: BlockRule.from_dict(entry["rule"]) for name, entry in self.layers.items()}
-
-    def to_json(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "settings": self.settings, "layers": self.layers}
-
-    def save(self, path: str) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_json(), f, indent=1)
-            f.write("\n")
-
-    @classmethod
-    def from_json(cls, d: dict) -> "Calibration":
-        if d.get("format") != FORMAT:
-            raise ValueError(f"calibration file: expected format {FORMAT!r}, got {d.get('format')!r}")
-        if d.get("version") != VERSION:
-            raise ValueError(f"calibration file: expected version {VERSION}, got {d.get('version')!r}")
-        cal = cls(dict(d["layers"]), dict(d.get("settings", {})))
-        cal.rules()  # every rule must parse
-        return cal
-
-    @classmethod
-    def load(cls, path: str) -> "Calibration":
-        with open(path) as f:
-            return cls.from_json(json.load(f))
-
-
-def load_rules(path: str) -> Dict[str, BlockRule]:
-    """Layer name -> BlockRule from a calibration file."""
-    return Calibration.load(path).rules()
+def _rules_of(calibration) -> Dict[str, BlockRule]:
+    if isinstance(calibration, (str, os.PathLike)):
+        calibration = Calibration.load(calibration)
+    if isinstance(calibration, Calibration):
+        return calibration.rules()
+    if not isinstance(calibration, dict):
+        raise TypeError(
+            "calibration: expected a file path, an sla.calibration.Calibration or a dict layer name -> "
+            f"sla.BlockRule, got {type(calibration).__name__}"
+        )
+    for name, rule in calibration.items():
+        if not isinstance(rule, BlockRule):
+            raise TypeError(f"calibration[{name!r}]: expected an sla.BlockRule, got {type(rule).__name__}")
+    return dict(calibration)
 
 
 def apply_rules(model, calibration: Union[str, Calibration, Dict[str, BlockRule]], strict: bool = True) -> int:
-    """Sets the rule of every SparseLinearAttention of `model` named in `calibration`; returns how many were set.
-    strict: every calibrated layer must exist in the model and every SLA layer of the model must be calibrated."""
-    if isinstance(calibration, str):
-        calibration = Calibration.load(calibration)
-    rules = calibration.rules() if isinstance(calibration, Calibration) else dict(calibration)
+    """Sets the rule of every SLA layer of `model` (sla.SparseLinearAttention, or the processors of
+    sla.diffusers.enable_sla, named as model.named_modules() names them, e.g. 'blocks.3.attn1.processor') that
+    `calibration` (a file path, a Calibration or a dict name -> BlockRule) names; returns how many were set.
+    strict: every calibrated layer must exist in the model and every SLA layer of the model must be calibrated.
+    All or nothing: every rule is checked against its layer (variant, number of heads) before any is set."""
+    rules = _rules_of(calibration)
     mods = dict(_sla_modules(model))
     if strict:
         missing = sorted(set(mods) - set(rules))
@@ -286,12 +282,31 @@ def apply_rules(model, calibration: Union[str, Calibration, Dict[str, BlockRule]
                 f"calibration: layers do not match the model (not calibrated: {missing}; not in the "
                 f"model: {extra}); pass strict=False to apply the ones that match"
             )
-    n = 0
-    for name, m in mods.items():
-        if name in rules:
-            m.set_rule(rules[name])
-            n += 1
-    return n
+    chosen = [(name, mods[name], rules[name]) for name in mods if name in rules]
+    for name, m, rule in chosen:
+        m.check_rule(rule, f"calibration[{name!r}]")
+    for _, m, rule in chosen:
+        m.set_rule(rule)
+    return len(chosen)
+
+
+def _check_pass(where: str, q, k, v) -> None:
+    """One recorded pass: floating (B, H, L, D) tensors of one self- or cross-attention, finite (a NaN would make
+    every statistic NaN, and the file cannot hold it)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _options.check_attention_tensor(f"{where} {name}", t)
+        if t.dim() != 4:
+            raise ValueError(f"{where}: expected (B, H, L, D) q, k and v, got {name} of shape {tuple(t.shape)}")
+        if t.numel() == 0:
+            raise ValueError(f"{where}: {name} is empty (shape {tuple(t.shape)})")
+    if k.shape[:2] != q.shape[:2] or v.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3] or v.shape[2] != k.shape[2]:
+        raise ValueError(
+            f"{where}: expected k (B, H, Lk, D) and v (B, H, Lk, Dv) to match q (B, H, Lq, D); got q "
+            f"{tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{where}: {name} holds NaN or Inf values")
 
 
 def _as_samples(samples) -> Dict[str, List[Sample]]:
@@ -305,9 +320,12 @@ def _as_samples(samples) -> Dict[str, List[Sample]]:
     for name, passes in samples.items():
         if isinstance(passes, tuple):
             passes = [passes]
-        for q, k, v in passes:
-            if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-                raise ValueError(f"samples[{name!r}]: expected (B, H, L, D) q, k and v")
+        if not isinstance(passes, list) or not passes:
+            raise ValueError(f"samples[{name!r}]: expected a non-empty list of (q, k, v) passes")
+        for i, p in enumerate(passes):
+            if not (isinstance(p, (tuple, list)) and len(p) == 3):
+                raise TypeError(f"samples[{name!r}][{i}]: expected a (q, k, v) tuple, got {type(p).__name__}")
+            _check_pass(f"samples[{name!r}][{i}]", *p)
         out[name] = list(passes)
     return out
 
@@ -342,20 +360,34 @@ def calibrate(
         budget: optional average density (critical blocks / Nk) over all heads of all layers.
         picture_dir: writes <layer>.png block-map pictures of the chosen rules there (needs matplotlib).
     """
-    if target not in ("mass", "error"):
-        raise ValueError(f"target: expected 'mass' or 'error', got {target!r}")
-    if rule not in ("topk", "top_p", "auto"):
-        raise ValueError(f"rule: expected 'topk', 'top_p' or 'auto', got {rule!r}")
-    level = (0.9 if target == "mass" else 0.1) if quality is None else float(quality)
+    # Every argument (and the picture folder) is checked before the work, which takes minutes on a large model.
+    _options.check_choice("target", target, ("mass", "error"))
+    _options.check_choice("rule", rule, ("topk", "top_p", "auto"))
+    expected = "in (0, 1] for target 'mass' or > 0 for 'error'"
+    level = (
+        (0.9 if target == "mass" else 0.1) if quality is None else _options.check_number("quality", quality, expected)
+    )
     if not (math.isfinite(level) and level > 0 and (target == "error" or level <= 1)):
-        raise ValueError(f"quality: expected a value in (0, 1] for target 'mass' or > 0 for 'error', got {quality!r}")
-    if budget is not None and not (0 < budget <= 1):
+        raise ValueError(f"quality: expected a value {expected}, got {quality!r}")
+    if budget is not None and not (0 < _options.check_number("budget", budget, "in (0, 1]") <= 1):
         raise ValueError(f"budget: expected an average density in (0, 1], got {budget!r}")
-    if rows_per_head < 1:
-        raise ValueError(f"rows_per_head: expected >= 1, got {rows_per_head}")
+    _options.check_positive_int("rows_per_head", rows_per_head)
+    _options.check_block_size("block_q", block_q)
+    _options.check_block_size("block_k", block_k)
+    _options.check_scale(scale)
+    BlockRule.make(top_p=1.0, min_blocks=min_blocks, max_blocks=max_blocks)  # checks min_blocks and max_blocks
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed: expected an int, got {seed!r} ({type(seed).__name__})")
+    p_grid = tuple(p_grid) if isinstance(p_grid, Iterable) and not isinstance(p_grid, str) else (p_grid,)
+    if not all(isinstance(p, numbers.Real) and not isinstance(p, bool) for p in p_grid):  # numpy floats are Real
+        raise TypeError(f"p_grid: expected a sequence of numbers, got {p_grid!r}")
     p_grid = tuple(float(p) for p in p_grid)
     if not p_grid or any(not (0 < p <= 1) for p in p_grid) or list(p_grid) != sorted(p_grid):
         raise ValueError(f"p_grid: expected ascending values in (0, 1], got {p_grid}")
+    if not (isinstance(progress, bool) or callable(progress)):
+        raise TypeError(f"progress: expected True, False or a callable(str), got {type(progress).__name__}")
+    if picture_dir is not None:
+        picture_dir = atomic.check_output_path("picture_dir", picture_dir, folder=True)
     say = (lambda s: print(s, file=sys.stderr, flush=True)) if progress is True else (progress or (lambda s: None))
     data = _as_samples(samples)
     gen = torch.Generator().manual_seed(seed)
@@ -540,8 +572,6 @@ def write_pictures(
     except ImportError:
         say("calibrate: matplotlib is not installed; skipping the block-map pictures")
         return []
-    import os
-
     from .blockmap import block_map
 
     os.makedirs(out_dir, exist_ok=True)
@@ -568,8 +598,11 @@ def write_pictures(
         fig.suptitle(f"{name or 'layer'}: {entry['family']}, mean density {entry['mean_density']:.3f}", fontsize=9)
         safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in (name or "layer"))
         path = os.path.join(out_dir, f"{safe}.png")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        try:
+            with atomic.atomic_path(path) as tmp:
+                fig.savefig(tmp, dpi=100)
+        finally:
+            plt.close(fig)
         written.append(path)
     say(f"calibrate: wrote {len(written)} block-map picture(s) to {out_dir}")
     return written

@@ -24,6 +24,7 @@ use), and torch.compile traces them, through its functional-collective rewrite, 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Sequence
 
 import torch
@@ -33,6 +34,7 @@ from . import _options
 from .blockmap import BlockMap
 from .functional import sparse_linear_attention
 from .module import SparseLinearAttention
+from .rules import RULE_OPTIONS, BlockRule, PerHead, rule_of
 
 # ---------------------------------------------------------------------------------------------------------------
 # How the sequence and the heads are split
@@ -234,6 +236,18 @@ def all_to_all_heads_to_sequence(
     return _HeadsToSeq.apply(y, group, rank, tuple(int(n) for n in seq_lens), tuple(head_counts(heads, world)), order)
 
 
+def _rule_for_heads(rule: BlockRule, heads: Sequence[int]) -> BlockRule:
+    """The rule of a rank's heads: per-head values (topk, top_p) of those heads, in order; a rule that has one
+    value for every head is the same on every rank."""
+    if rule.heads is None:
+        return rule
+
+    def pick(values):
+        return tuple(values[int(h)] for h in heads) if isinstance(values, tuple) else values
+
+    return dataclasses.replace(rule, topk=pick(rule.topk), top_p=pick(rule.top_p))
+
+
 def _order_tensor(head_order, heads: int, device) -> Optional[torch.Tensor]:
     if head_order is None:
         return None
@@ -249,10 +263,16 @@ def _order_tensor(head_order, heads: int, device) -> Optional[torch.Tensor]:
 # The layer
 
 
-def _check_shapes(q, k, v, layout: str, group, seq_lens: Optional[Sequence[int]]) -> list[int]:
-    """The ranks' shard lengths, with the checks that turn a mismatch between ranks into an error on every rank
-    (instead of a hang or garbage in the all-to-all)."""
-    world = dist.get_world_size(group)
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The fixed part of each rank's size record; its seq_lens (padded with -1 to the world size) follow.
+_FIELDS = ("ok", "L", "B", "H", "D", "Dv", "dtype", "seq_lens given", "len(seq_lens)", "head order")
+
+
+def _local_sizes(q, k, v, layout: str, world: int, rank: int, seq_lens, head_order) -> list[int]:
+    """This rank's checks that need no other rank (raising naming the argument), and its size record."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _options.check_attention_tensor(name, t)
+        _options.check_rank4(name, t, layout)
     qs, ks, vs = (_options.to_bhld(t, layout).shape for t in (q, k, v))  # (B, H, L, D)
     if ks[2] != qs[2] or vs[2] != qs[2]:
         raise ValueError(
@@ -262,23 +282,75 @@ def _check_shapes(q, k, v, layout: str, group, seq_lens: Optional[Sequence[int]]
     if ks[1] != qs[1] or vs[1] != qs[1]:
         raise ValueError(f"k, v: expected the head count of q (H = {qs[1]}), got k: {ks[1]}, v: {vs[1]}")
     head_counts(qs[1], world)  # raises, naming heads and world size, when H < P
+    order = 0
+    if head_order is not None:
+        _order_tensor(head_order, qs[1], "cpu")  # raises unless a permutation of the heads
+        order = hash(tuple(int(h) for h in head_order))  # ints hash alike in every process
+    lens = []
     if seq_lens is not None:
-        seq_lens = [int(n) for n in seq_lens]
-        if len(seq_lens) != world or seq_lens[dist.get_rank(group)] != qs[2] or min(seq_lens) < 0:
+        lens = [int(n) for n in seq_lens]
+        if len(lens) != world or lens[rank] != qs[2] or min(lens) < 0:
             raise ValueError(
                 f"seq_lens: expected {world} shard lengths (one per rank) with this rank's "
-                f"(rank {dist.get_rank(group)}) equal to its local length {qs[2]}, got {seq_lens}"
+                f"(rank {rank}) equal to its local length {qs[2]}, got {lens}"
             )
-        return seq_lens
-    dims = _gather_ints([qs[2], qs[0], qs[1], qs[3], vs[3]], group, _collective_device(q, group))
-    mine = dims[dist.get_rank(group)]
-    for name, col in (("batch size B", 1), ("heads H", 2), ("head dim D", 3), ("head dim of v", 4)):
-        if not torch.equal(dims[:, col], mine[col].expand(world)):
+    dtype = _DTYPES.index(q.dtype) if q.dtype in _DTYPES else len(_DTYPES)
+    sizes = [1, qs[2], qs[0], qs[1], qs[3], vs[3], dtype, int(seq_lens is not None), len(lens), order]
+    return sizes + (lens + [-1] * world)[:world]
+
+
+def _check_shapes(
+    q, k, v, layout: str, group, seq_lens: Optional[Sequence[int]], head_order=None, local_error=None
+) -> list[int]:
+    """The ranks' shard lengths, after the checks that turn bad or mismatching input into an error on every rank,
+    never a hang or an abort inside the all-to-all (whose split sizes come from these numbers): one all-gather of
+    each rank's sizes (and its view of seq_lens), first, whatever the input; a rank whose own input is bad raises
+    its error and the others raise one naming that rank. `local_error`: an error of this rank's other arguments,
+    raised the same way (after the gather, so that the other ranks do not wait in it)."""
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    if world == 1 or (seq_lens is not None and torch.compiler.is_compiling()):
+        # One rank: nothing to agree on. Under torch.compile the gather would break the graph, so the caller's
+        # seq_lens are trusted there (docs/PYTHON.md).
+        _local_sizes(q, k, v, layout, world, rank, seq_lens, head_order)
+        if local_error is not None:
+            raise local_error
+        return [_options.to_bhld(q, layout).shape[2]] if world == 1 else [int(n) for n in seq_lens]
+    error = local_error
+    try:
+        mine = _local_sizes(q, k, v, layout, world, rank, seq_lens, head_order)
+    except (TypeError, ValueError) as exc:
+        error = exc
+    if error is not None:
+        mine = [0] * (len(_FIELDS) + world)
+    device = _collective_device(q, group) if isinstance(q, torch.Tensor) else torch.device("cpu")
+    table = _gather_ints(mine, group, device)  # (world, fields + world)
+    bad = [r for r in range(world) if table[r, 0] != 1]
+    if error is not None:
+        raise error
+    if bad:
+        raise ValueError(f"q, k, v: bad input on rank(s) {bad} of the sequence-parallel group (see their error)")
+    col = {name: table[:, i].tolist() for i, name in enumerate(_FIELDS)}
+    for name, what in (("B", "batch size B"), ("H", "heads H"), ("D", "head dim D"), ("Dv", "head dim of v")):
+        if len(set(col[name])) != 1:
             raise ValueError(
-                f"q, k, v: every rank of the sequence-parallel group must have the same {name}; "
-                f"got {dims[:, col].tolist()} across ranks 0..{world - 1}"
+                f"q, k, v: every rank of the sequence-parallel group must have the same {what}; "
+                f"got {col[name]} across ranks 0..{world - 1}"
             )
-    return [int(n) for n in dims[:, 0]]
+    if len(set(col["dtype"])) != 1:
+        names = [str(_DTYPES[i]) if i < len(_DTYPES) else "other" for i in col["dtype"]]
+        raise ValueError(f"q, k, v: every rank must have the same dtype; got {names} across ranks 0..{world - 1}")
+    if len(set(col["head order"])) != 1:
+        raise ValueError("head_order: every rank of the sequence-parallel group must pass the same head order")
+    lens = col["L"]
+    given = col["seq_lens given"]
+    wrong = [
+        f"rank {r} passed {table[r, len(_FIELDS) :].tolist()}"
+        for r in range(world)
+        if given[r] and table[r, len(_FIELDS) :].tolist() != lens
+    ]
+    if wrong:
+        raise ValueError(f"seq_lens: the ranks disagree: their local lengths are {lens}, but {'; '.join(wrong)}")
+    return lens
 
 
 def ulysses_sparse_linear_attention(
@@ -286,7 +358,7 @@ def ulysses_sparse_linear_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     *,
-    topk: float,
+    topk: Optional[PerHead] = None,
     group: Optional[dist.ProcessGroup] = None,
     seq_lens: Optional[Sequence[int]] = None,
     head_order: Optional[Sequence[int]] = None,
@@ -305,9 +377,14 @@ def ulysses_sparse_linear_attention(
             for ``'BHLD'``; the ranks' shards, concatenated in rank order, are the full sequence. Self-attention only
             (q, k, v share the shard).
         group: the sequence-parallel process group (None: the default group).
-        seq_lens: every rank's shard length, in rank order (e.g. `shard_lengths(L, P)` for `torch.tensor_split`).
-            None gathers them (one small collective that also checks that B, H, D agree across ranks; it reads
-            them on the host, a synchronisation on GPUs). With `seq_lens` the caller vouches for matching shapes.
+        seq_lens: every rank's shard length, in rank order (e.g. `shard_lengths(L, P)` for `torch.tensor_split`);
+            None: the lengths gathered. Either way one small all-gather of every rank's sizes comes first (B, H, D,
+            Dv, dtype, head order, its seq_lens), so that input that does not agree across the ranks (or is bad on
+            one of them) raises a ValueError on every rank instead of aborting or hanging in the all-to-all; it is
+            read on the host (a synchronisation on GPUs). Under torch.compile, with `seq_lens` given, the gather
+            is skipped (it would break the graph) and the caller vouches for agreeing shapes.
+        topk, top_p, rule, ...: the block-selection rule as for `sla.sparse_linear_attention`; per-head values are
+            for all H heads, each rank using those of its heads.
         head_order: a permutation of the heads; rank p runs the p-th contiguous group of it (`head_counts` sizes).
             `balanced_head_order` makes one that balances per-head costs. None: heads in order.
         reduce_proj_grad: sum the gradients of proj_weight and proj_bias over the group in the backward pass (each
@@ -315,28 +392,35 @@ def ulysses_sparse_linear_attention(
             sequence-parallel ranks (it must, for every other weight of a sequence-sharded model).
         block_map: a map for this rank's heads on the full sequence (from ``return_block_map=True`` of an earlier
             call with the same group and head order).
-        topk, layout, proj_weight, proj_bias, return_block_map and `options` (block_q, block_k, feature_map,
-            variant, negligible, scale, eps): as for `sla.sparse_linear_attention`.
+        layout, proj_weight, proj_bias, return_block_map and `options` (block_q, block_k, feature_map,
+            variant, negligible, scale, eps, the rule options): as for `sla.sparse_linear_attention`.
 
     Returns:
         This rank's shard of O in the layout and dtype of q, or (O, the BlockMap of this rank's heads).
     """
     _options.check_choice("layout", layout, _options.LAYOUTS)
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _options.check_tensor(name, t)
-        _options.check_rank4(name, t, layout)
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError(
             "group: sequence-parallel SLA needs torch.distributed initialised (torch.distributed.init_process_group)"
         )
-    lens = _check_shapes(q, k, v, layout, group, seq_lens)
+    # The rule (checked here, raised by _check_shapes after its gather, so that every rank raises together).
+    rule, rule_error = None, None
+    if block_map is None:
+        try:
+            given = {name: options.pop(name) for name in RULE_OPTIONS if name != "topk" and name in options}
+            rule = rule_of(options.pop("rule", None), topk=topk, **given)
+            if isinstance(q, torch.Tensor) and q.dim() == 4:
+                rule.check_layer(options.get("variant", "global"), _options.to_bhld(q, layout).shape[1])
+        except (TypeError, ValueError) as exc:
+            rule_error = exc
+    lens = _check_shapes(q, k, v, layout, group, seq_lens, head_order, rule_error)
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     if world == 1:  # one rank holds every head of the whole sequence: the plain layer, no copies
         return sparse_linear_attention(
             q,
             k,
             v,
-            topk=topk,
+            rule=rule,
             layout=layout,
             proj_weight=proj_weight,
             proj_bias=proj_bias,
@@ -348,6 +432,9 @@ def ulysses_sparse_linear_attention(
     counts = tuple(head_counts(heads, world))
     order = _order_tensor(head_order, heads, q.device)
     lens = tuple(lens)
+    if rule is not None:
+        start, stop = _head_slices(counts)[rank]
+        rule = _rule_for_heads(rule, head_order[start:stop] if head_order is not None else range(start, stop))
 
     def scatter_heads(t):
         return _SeqToHeads.apply(_options.to_bhld(t, layout).transpose(1, 2), group, rank, lens, counts, order)
@@ -361,7 +448,7 @@ def ulysses_sparse_linear_attention(
         qh,
         kh,
         vh,
-        topk=topk,
+        rule=rule,
         layout="BLHD",
         proj_weight=proj_weight,
         proj_bias=proj_bias,
@@ -385,7 +472,7 @@ class UlyssesSparseLinearAttention(SparseLinearAttention):
     def __init__(
         self,
         head_dim: int,
-        topk: float,
+        topk: Optional[PerHead] = None,
         feature_map: str = "softmax",
         BLKQ: int = 64,
         BLKK: int = 64,
@@ -398,9 +485,14 @@ class UlyssesSparseLinearAttention(SparseLinearAttention):
         **kwargs,
     ):
         super().__init__(head_dim, topk, feature_map, BLKQ, BLKK, use_bf16, tie_feature_map_qk, **kwargs)
+        _options.check_bool("reduce_proj_grad", reduce_proj_grad)
+        if head_order is not None:
+            head_order = [int(h) for h in head_order]
+            if sorted(head_order) != list(range(len(head_order))):
+                raise ValueError(f"head_order: expected a permutation of range(H), got {head_order}")
         self.process_group = process_group
         self.reduce_proj_grad = reduce_proj_grad
-        self.head_order = None if head_order is None else [int(h) for h in head_order]
+        self.head_order = head_order
 
     def forward(
         self,
@@ -420,7 +512,7 @@ class UlyssesSparseLinearAttention(SparseLinearAttention):
             q,
             k,
             v,
-            topk=self.topk,
+            rule=self.rule,
             group=self.process_group,
             seq_lens=seq_lens,
             head_order=self.head_order,
@@ -430,7 +522,6 @@ class UlyssesSparseLinearAttention(SparseLinearAttention):
             block_k=self.BLKK,
             feature_map=self.feature_map,
             variant=self.variant,
-            negligible=self.negligible,
             scale=self.scale,
             proj_weight=self.proj_l.weight,
             proj_bias=self.proj_l.bias,
@@ -438,7 +529,9 @@ class UlyssesSparseLinearAttention(SparseLinearAttention):
             return_block_map=True,
         )
         o = o.to(dtype)
-        return (o, bmap.density) if return_sparsity else o
+        if return_sparsity:
+            return o, (bmap.density if self.rule.is_fixed else bmap.mean_density)
+        return o
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", reduce_proj_grad={self.reduce_proj_grad}"

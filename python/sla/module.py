@@ -12,12 +12,13 @@ import torch
 import torch.nn as nn
 
 from . import _options, tiling
+from ._layer import RuleLayer
 from .blockmap import BlockMap
 from .functional import sparse_linear_attention
-from .rules import BlockRule, PerHead
+from .rules import BlockRule, PerHead, rule_of
 
 
-class SparseLinearAttention(nn.Module):
+class SparseLinearAttention(nn.Module, RuleLayer):
     def __init__(
         self,
         head_dim: int,
@@ -62,22 +63,30 @@ class SparseLinearAttention(nn.Module):
                 tile-shaped groups before SLA and back after (sla.tiling), so that each block is a compact cube.
         """
         super().__init__()
+        # Every argument is checked here, not at the first forward (which may come after expensive work).
+        _options.check_positive_int("head_dim", head_dim)
         _options.check_feature_map(feature_map)
         _options.check_choice("variant", variant, _options.VARIANTS)
         _options.check_choice("layout", layout, _options.LAYOUTS)
+        _options.check_block_size("BLKQ", BLKQ)
+        _options.check_block_size("BLKK", BLKK)
+        _options.check_bool("use_bf16", use_bf16)
+        _options.check_bool("tie_feature_map_qk", tie_feature_map_qk)
+        _options.check_scale(scale)
         self.dtype = torch.bfloat16 if use_bf16 else torch.float16
-        if rule is None:
-            rule = BlockRule.make(
-                topk=topk,
-                top_p=top_p,
-                min_blocks=min_blocks,
-                max_blocks=max_blocks,
-                negligible=negligible,
-                negligible_threshold=negligible_threshold,
-                max_negligible=max_negligible,
-            )
+        rule = rule_of(
+            rule,
+            topk=topk,
+            top_p=top_p,
+            min_blocks=min_blocks,
+            max_blocks=max_blocks,
+            negligible=negligible,
+            negligible_threshold=negligible_threshold,
+            max_negligible=max_negligible,
+        )
+        rule.check_layer(variant)
         self.rule = rule
-        self.topk = topk
+        self.topk = rule.topk
         self.video_shape = None if video_shape is None else tuple(video_shape)
         self.tile = tuple(tile)
         if self.video_shape is not None:
@@ -90,7 +99,7 @@ class SparseLinearAttention(nn.Module):
         self.feature_map = feature_map
         self.tie_feature_map_qk = tie_feature_map_qk
         self.variant = variant
-        self.negligible = negligible
+        self.negligible = rule.negligible
         self.layout = layout
         self.scale = scale
         self.proj_l = nn.Linear(head_dim, head_dim, dtype=torch.float32)
@@ -149,10 +158,15 @@ class SparseLinearAttention(nn.Module):
             return o, (bmap.density if self.rule.is_fixed else bmap.mean_density)
         return o
 
-    def set_rule(self, rule: BlockRule) -> None:
-        """Replaces the block-selection rule (e.g. per-head budgets from sla.calibrate)."""
+    def check_rule(self, rule: BlockRule, name: str = "rule") -> None:
+        """Raises (naming `name`) unless `rule` fits this layer's variant; changes nothing."""
         if not isinstance(rule, BlockRule):
-            raise TypeError(f"rule: expected an sla.BlockRule, got {type(rule).__name__}")
+            raise TypeError(f"{name}: expected an sla.BlockRule, got {type(rule).__name__}")
+        rule.check_layer(self.variant, name=name)
+
+    def set_rule(self, rule: BlockRule) -> None:
+        """Replaces the block-selection rule (e.g. per-head budgets from sla.calibrate); checked first."""
+        self.check_rule(rule)
         self.rule = rule
         self.topk = rule.topk
         self.negligible = rule.negligible

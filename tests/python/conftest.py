@@ -1,4 +1,5 @@
-"""Shared helpers of the Python tests: random inputs in either layout and the reference's view of a BlockMap."""
+"""Shared helpers of the Python tests: random inputs in either layout, the reference's view of a BlockMap, and the
+snapshots (files, modules) that show a refused call changed nothing."""
 
 from __future__ import annotations
 
@@ -69,6 +70,30 @@ def masks_of(bmap: sla.BlockMap):
     else:
         negligible = None
     return critical, negligible
+
+
+def files_in(folder) -> dict:
+    """name -> bytes of every file in `folder` (hidden temporary files included)."""
+    return {n: open(os.path.join(folder, n), "rb").read() for n in sorted(os.listdir(folder))}
+
+
+def module_state(module: torch.nn.Module) -> dict:
+    """Everything a refused call must leave as it was: parameters (bitwise, with dtypes) and plain attributes."""
+    out = {}
+    for name, m in module.named_modules():
+        attrs = {k: v for k, v in vars(m).items() if not k.startswith("_")}
+        out[name] = (type(m), attrs, {k: (v.dtype, v.detach().clone()) for k, v in m.state_dict().items()})
+    return out
+
+
+def assert_unchanged(before: dict, after: dict) -> None:
+    assert before.keys() == after.keys()
+    for name in before:
+        (t0, a0, s0), (t1, a1, s1) = before[name], after[name]
+        assert t0 is t1 and a0 == a1, name
+        assert s0.keys() == s1.keys(), name
+        for key in s0:
+            assert s0[key][0] == s1[key][0] and torch.equal(s0[key][1], s1[key][1]), f"{name}.{key}"
 
 
 requires_cuda = pytest.mark.skipif(

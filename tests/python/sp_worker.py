@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import traceback
 from dataclasses import dataclass, field
 from typing import Optional
@@ -61,6 +62,17 @@ def cases() -> list[Case]:
         Case("p4-7-heads", 4, heads=7, length=130),
         Case("p4-4-heads-elu", 4, heads=4, options={"feature_map": "elu", "block_q": 32, "block_k": 16}),
         Case("p3-head-order", 3, head_order=(5, 0, 3, 1, 4, 2)),
+        # Per-head rules: each rank uses the values of its own heads (here in a permuted order).
+        Case(
+            "p3-per-head-topk-head-order",
+            3,
+            head_order=(5, 0, 3, 1, 4, 2),
+            options={"topk": (0.2, 0.4, 0.6, 0.3, 0.5, 1.0)},
+        ),
+        Case(
+            "p2-per-head-top-p-7-heads", 2, heads=7, options={"topk": None, "top_p": (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1)}
+        ),
+        Case("p2-module-per-head-topk", 2, module=True, options={"topk": (0.2, 0.4, 0.6, 0.3, 0.5, 1.0)}),
         # The projection gradients left local (their sum over ranks is the full gradient).
         Case("p2-local-proj-grad", 2, reduce_proj_grad=False),
         Case("p3-local-proj-grad-7-heads", 3, heads=7, length=101, reduce_proj_grad=False),
@@ -206,7 +218,8 @@ def _check(case: Case, group) -> None:
 
 
 def _check_errors(group) -> None:
-    """Bad input fails with a clear error on every rank, not a hang."""
+    """Bad input fails with a clear error on every rank, not a hang or an abort."""
+    import sla
     import sla.distributed as sd
 
     rank, world = dist.get_rank(group), dist.get_world_size(group)
@@ -232,6 +245,50 @@ def _check_errors(group) -> None:
         assert "seq_lens" in str(e), str(e)
     else:
         raise AssertionError("no error for seq_lens of the wrong length")
+
+    def expect_error(pattern: str, what: str, q, k=None, v=None, **kwargs) -> None:
+        try:
+            kwargs = {"topk": 0.5, **kwargs}
+            sd.ulysses_sparse_linear_attention(
+                q, q if k is None else k, q if v is None else v, group=group, layout="BLHD", **kwargs
+            )
+        except ValueError as e:
+            assert re.search(pattern, str(e)), f"{what}: {e}"
+        else:
+            raise AssertionError(f"no error for {what}")
+
+    # Ranks that disagree on seq_lens (each consistent with its own length): gloo used to abort the process.
+    z = torch.randn(1, 8, world, 16, dtype=torch.float64)
+    claims = [8, 9, 7] if rank == 0 else [8] * world
+    expect_error(
+        r"^seq_lens: the ranks disagree: their local lengths are \[8, 8, 8\], but rank 0 passed \[8, 9, 7\]$",
+        "seq_lens that disagree",
+        z,
+        seq_lens=claims,
+    )
+    # Shapes or dtypes that differ on one rank, with seq_lens given (the caller's word used to be trusted).
+    d = torch.randn(1, 8, world, 8 if rank == 1 else 16, dtype=torch.float64)
+    expect_error(r"same head dim D; got \[16, 8, 16\]", "head dims that differ", d, seq_lens=[8] * world)
+    f = z.float() if rank == 2 else z
+    expect_error(
+        r"same dtype; got \['torch.float64', 'torch.float64', 'torch.float32'\]",
+        "dtypes that differ",
+        f,
+        seq_lens=[8] * world,
+    )
+    # Bad input on one rank only: that rank names the argument, the others name the rank.
+    k = z[:, :5] if rank == 1 else z
+    pattern = r"^k, v: sequence-parallel SLA is self-attention" if rank == 1 else r"bad input on rank\(s\) \[1\]"
+    expect_error(pattern, "k of another length on rank 1", z, k=k, seq_lens=[8] * world)
+    rule = [0.5] * (world + 1) if rank == 0 else [0.5] * world
+    expect_error(
+        r"^rule: expected H = 3 values" if rank == 0 else r"bad input on rank\(s\) \[0\]",
+        "a per-head rule of the wrong length on rank 0",
+        z,
+        seq_lens=[8] * world,
+        topk=None,
+        rule=sla.BlockRule.make(topk=rule),
+    )
 
 
 # 3 x 4 x 4 = 48 tokens: equal shards (diffusers' chunk). Ragged shards (ulysses_anything) need NCCL in diffusers

@@ -97,3 +97,17 @@ def test_bench_sla_rejects_bad_negligible_fractions_before_timing(negligible, me
 def test_bench_sla_without_a_gpu_says_so(capsys, monkeypatch):
     assert load_bench(monkeypatch).main(["--shapes", "W1", "--no-sweep"]) == 2
     assert "needs a CUDA device" in capsys.readouterr().err
+
+
+def test_bench_sla_refuses_an_unwritable_report_before_timing(tmp_path, capsys, monkeypatch):
+    bench = load_bench(monkeypatch)
+    timed = []
+    monkeypatch.setattr(bench, "bench_case", lambda *a, **k: timed.append(a))
+    for out, message in (
+        (tmp_path, rf"--json: expected a file path, but '{tmp_path}' is an existing folder"),
+        (tmp_path / "missing" / "b.json", r"--json: folder '.*missing' of '.*b.json' does not exist"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main(["--smoke", "--json", str(out)])
+        assert exit_info.value.code == 2 and re.search(message, capsys.readouterr().err)
+    assert timed == [] and os.listdir(tmp_path) == []

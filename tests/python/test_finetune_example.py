@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ pytest.importorskip("diffusers", reason="diffusers is not installed (pip install
 from safetensors.torch import load_file, save_file  # noqa: E402  (a dependency of diffusers)
 
 from sla.diffusers import wan_config  # noqa: E402
+
+from conftest import files_in  # noqa: E402
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "finetune_wan.py")
 
@@ -92,14 +95,119 @@ def test_finetune_saves_resumes_and_matches_an_uninterrupted_run(workspace):
     assert json.loads((tmp / "part" / "checkpoint-4" / "state.json").read_text())["step"] == 4
 
 
-def test_finetune_rejects_bad_data(workspace):
+def test_resume_refuses_a_target_behind_the_checkpoint(workspace):
+    tmp, data, config = workspace
+    example = load_example()
+    out = tmp / "out"
+    run(example, data, config, out, "--max-steps", "4", "--save-every", "2")
+    before = {name: files_in(out / name) for name in os.listdir(out)}
+    # It used to write checkpoint-3 holding the step-4 weights.
+    with pytest.raises(
+        SystemExit,
+        match=r"^--max-steps 3 is behind the checkpoint to resume \('.*checkpoint-4' holds step 4\): pass "
+        r"--max-steps >= 4 \(the total number of steps, not the number still to run\)$",
+    ):
+        run(example, data, config, out, "--max-steps", "3", "--resume", "latest")
+    with pytest.raises(SystemExit, match=r"^--max-steps 1 is behind the checkpoint to resume \('.*checkpoint-2' holds"):
+        run(example, data, config, out, "--max-steps", "1", "--resume", str(out / "checkpoint-2"))
+    assert {name: files_in(out / name) for name in os.listdir(out)} == before
+    # Resuming at the target trains nothing and rewrites nothing; resuming checkpoint-2 to 4 replaces checkpoint-4
+    # (atomically: no temporary folder is left beside it) with the same weights.
+    run(example, data, config, out, "--max-steps", "4", "--resume", "latest")
+    assert {name: files_in(out / name) for name in os.listdir(out)} == before
+    run(example, data, config, out, "--max-steps", "4", "--save-every", "2", "--resume", str(out / "checkpoint-2"))
+    assert sorted(os.listdir(out)) == ["checkpoint-2", "checkpoint-4"]
+    assert json.loads((out / "checkpoint-4" / "state.json").read_text())["step"] == 4
+    assert files_in(out / "checkpoint-4")["model.safetensors"] == before["checkpoint-4"]["model.safetensors"]
+    # A checkpoint whose optimizer holds every parameter is not resumed with the SLA projections alone.
+    before = {name: files_in(out / name) for name in os.listdir(out)}
+    with pytest.raises(
+        SystemExit,
+        match=r"^--train-params sla: the checkpoint to resume \('.*checkpoint-4'\) was trained with --train-params "
+        r"all \(its optimizer holds other parameters\); pass --train-params all$",
+    ):
+        run(example, data, config, out, "--max-steps", "6", "--train-params", "sla", "--resume", "latest")
+    assert {name: files_in(out / name) for name in os.listdir(out)} == before
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--batch-size", "0"], "argument --batch-size: expected an int >= 1, got 0"),
+        (["--max-steps", "0"], "argument --max-steps: expected an int >= 1, got 0"),
+        (["--max-steps", "2.5"], "argument --max-steps: expected an int >= 1, got '2.5'"),
+        (["--save-every", "-1"], "argument --save-every: expected an int >= 0, got -1"),
+        (["--flow-shift", "0"], "argument --flow-shift: expected a finite number > 0, got 0.0"),
+        (["--flow-shift", "nan"], "argument --flow-shift: expected a finite number > 0, got nan"),
+        (["--grad-clip", "-1"], "argument --grad-clip: expected a finite number >= 0, got -1.0"),
+        (["--lr", "inf"], "argument --lr: expected a finite number >= 0, got inf"),
+        (["--lr", "-0.5"], "argument --lr: expected a finite number >= 0, got -0.5"),
+        (["--topk", "2"], r"argument --topk: expected a number in \(0, 1\], got 2.0"),
+        (["--block-q", "100"], "argument --block-q: expected 16, 32, 64 or 128, got '100'"),
+        (["--text-len", "0"], "argument --text-len: expected an int >= 1, got 0"),
+        (["--loss", "l1"], r"argument --loss: invalid choice: 'l1' \(choose from '?distill'?, '?diffusion'?\)"),
+        (
+            ["--train-params", "lora"],
+            r"argument --train-params: invalid choice: 'lora' \(choose from '?all'?, '?sla'?\)",
+        ),
+        (
+            ["--teacher-dtype", "fp16"],
+            r"argument --teacher-dtype: invalid choice: 'fp16' \(choose from '?bf16'?, '?fp32'?\)",
+        ),
+        (["--eval-every", "-1"], "argument --eval-every: expected an int >= 0, got -1"),
+        (["--eval-every", "x"], "argument --eval-every: expected an int >= 0, got 'x'"),
+        (["--eval-data", "missing"], "argument --eval-data: expected a folder, got 'missing'"),
+    ],
+)
+def test_finetune_flags_are_checked_before_any_work(workspace, capsys, flags, message):
+    tmp, data, config = workspace
+    example = load_example()
+    with pytest.raises(SystemExit) as exit_info:
+        run(example, data, config, tmp / "out", *flags)
+    assert exit_info.value.code == 2
+    assert re.search(rf"error: {message}$", capsys.readouterr().err.strip())
+    assert not (tmp / "out").exists()
+
+
+def test_finetune_output_folder_is_checked_before_any_work(workspace, capsys):
+    tmp, data, config = workspace
+    example = load_example()
+    before = files_in(data)
+    for out, message in (
+        (data, rf"argument --output-dir: '{data}' is also an input of this call; writing it would destroy the input"),
+        (config, rf"argument --output-dir: '{config}' is also an input of this call"),
+        (tmp / "config.json" / "out", r"argument --output-dir: cannot create folder .*: .*config.json' is a file"),
+    ):
+        with pytest.raises(SystemExit):
+            run(example, data, config, out, "--max-steps", "1")
+        assert re.search(message, capsys.readouterr().err)
+    (tmp / "held").mkdir()
+    with pytest.raises(SystemExit):
+        run(example, data, config, tmp / "held", "--eval-data", str(tmp / "held"), "--max-steps", "1")
+    assert re.search(r"argument --output-dir: '.*held' is also an input of this call", capsys.readouterr().err)
+    assert files_in(data) == before
+    with pytest.raises(SystemExit, match=r"^--eval-data: no .safetensors files in '.*held'"):
+        run(example, data, config, tmp / "out", "--eval-data", str(tmp / "held"))
+    with pytest.raises(SystemExit, match=r"^--batch-size 4: --data has only 3 examples$"):
+        run(example, data, config, tmp / "out", "--batch-size", "4")
+    (tmp / "bad.json").write_text("{")
+    with pytest.raises(SystemExit, match=rf"^--config: cannot read '{tmp / 'bad.json'}': Expecting property name"):
+        run(example, data, tmp / "bad.json", tmp / "out")
+    assert not (tmp / "out").exists()
+
+
+def test_finetune_rejects_bad_data(workspace, capsys):
     tmp, data, config = workspace
     example = load_example()
     save_file({"latents": torch.randn(4, 3, 8, 8)}, str(data / "broken.safetensors"))
     with pytest.raises(ValueError, match="text_embeds"):
         run(example, data, config, tmp / "out", "--max-steps", "4", "--batch-size", "1")  # one epoch: all 4 files
+    (tmp / "empty").mkdir()
     with pytest.raises(SystemExit, match="no .safetensors"):
+        run(example, tmp / "empty", config, tmp / "out", "--max-steps", "1")
+    with pytest.raises(SystemExit) as exit_info:
         run(example, tmp / "config.json", config, tmp / "out", "--max-steps", "1")
+    assert exit_info.value.code == 2 and "argument --data: expected a folder" in capsys.readouterr().err
 
 
 def test_distillation_targets_the_frozen_dense_teacher(workspace):

@@ -16,8 +16,10 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .. import _options
+from .._layer import RuleLayer
 from ..blockmap import BlockMap
 from ..functional import sparse_linear_attention
+from ..rules import RULE_OPTIONS, BlockRule, PerHead, rule_of, updated_rule
 
 try:  # diffusers' own QKV helper (handles fused to_qkv projections); private, so keep a fallback
     from diffusers.models.transformers.transformer_wan import _get_qkv_projections as _diffusers_qkv
@@ -25,6 +27,7 @@ except ImportError:  # pragma: no cover - other diffusers versions
     _diffusers_qkv = None
 
 _CUDA_DTYPES = (torch.bfloat16, torch.float16)
+DEFAULT_TOPK = 0.1  # TurboDiffusion's
 
 
 def _qkv_projections(attn, hidden_states: torch.Tensor):
@@ -69,18 +72,25 @@ class Float32Linear(nn.Linear):
         return super()._apply(keep_fp32, recurse)
 
 
-class SLAWanAttnProcessor(nn.Module):
+class SLAWanAttnProcessor(nn.Module, RuleLayer):
     """Sparse-linear self-attention for a diffusers ``WanAttention`` (``attn1``).
 
-    Attributes that may be changed between calls:
-        topk, block_q, block_k, variant, feature_map, negligible, scale, eps: the SLA options
-            (sla.sparse_linear_attention).
-        block_map: an ``sla.BlockMap`` used instead of predicting one (None: predict every call).
+    Options (``OPTIONS``; set by the constructor, ``configure``, ``set_rule`` or as attributes, all checked when
+    given: a refused value leaves the processor as it was):
+        topk, top_p, min_blocks, max_blocks, negligible, negligible_threshold, max_negligible: the block-selection
+            rule (docs/BLOCK_MAP.md); topk and top_p may be one value per head. ``rule`` is the same as one
+            ``sla.BlockRule`` (what sla.calibrate produces; ``set_rule`` / ``sla.apply_rules`` set it).
+        block_q, block_k, variant, feature_map, scale, eps: the SLA options (sla.sparse_linear_attention).
         reuse_block_map_steps: N > 1 predicts a map on one call and reuses it for the next N - 1 calls of this
             layer (without gradients only; a call with gradients always predicts its own). A call counts once:
             with classifier-free guidance the pipeline makes two calls per denoising step.
+        record_block_map: keep the latest map in ``last_block_map``.
         cuda_dtype: the dtype float32 CUDA inputs are computed in (the kernels take bf16/fp16 on CUDA).
+    Other attributes:
+        heads: the layer's head count (set by enable_sla), against which per-head rules are checked.
+        block_map: an ``sla.BlockMap`` used instead of predicting one (None: predict every call).
         last_block_map: the map of the latest call, when ``record_block_map`` is True (or reuse is on).
+        recorder: installed by ``sla.record``: called with the (B, H, L, D) q, k, v of every call.
 
     Context parallelism: diffusers' ``enable_parallelism`` sets ``_parallel_config`` on every processor that has
     the attribute; ``attend`` is the one method that runs the attention, and with a context-parallel configuration
@@ -102,7 +112,7 @@ class SLAWanAttnProcessor(nn.Module):
         self,
         head_dim: int,
         *,
-        topk: float = 0.1,
+        topk: Optional[PerHead] = None,
         block_q: int = 128,
         block_k: int = 64,
         variant: str = "global",
@@ -114,36 +124,79 @@ class SLAWanAttnProcessor(nn.Module):
         record_block_map: bool = False,
         cuda_dtype: torch.dtype = torch.bfloat16,
         device: Optional[torch.device] = None,
+        top_p: Optional[PerHead] = None,
+        min_blocks: int = 1,
+        max_blocks: Optional[int] = None,
+        negligible_threshold: float = 0.0,
+        max_negligible: Optional[float] = None,
+        rule: Optional[BlockRule] = None,
+        heads: Optional[int] = None,
     ):
+        """head_dim: D of the layer (its projection is D x D); heads: H, when known (per-head rules must have H
+        values); topk defaults to 0.1 unless top_p or rule is given. The other arguments: see the class doc."""
         super().__init__()
-        self.proj_l = Float32Linear(head_dim, head_dim, device=device, dtype=torch.float32)
-        with torch.no_grad():  # zero projection: an untrained layer is sparse attention alone (docs/SPEC.md section 4)
-            nn.init.zeros_(self.proj_l.weight)
-            nn.init.zeros_(self.proj_l.bias)
+        _options.check_positive_int("head_dim", head_dim)
+        if heads is not None:
+            _options.check_positive_int("heads", heads)
+        self.heads = heads
+        self.rule: Optional[BlockRule] = None
         self.block_map: Optional[BlockMap] = None
         self.last_block_map: Optional[BlockMap] = None
         self._reuse_left = 0
-        self.configure(
-            topk=topk,
+        rule = rule_of(
+            rule,
+            topk=DEFAULT_TOPK if topk is None and top_p is None and rule is None else topk,
+            top_p=top_p,
+            min_blocks=min_blocks,
+            max_blocks=max_blocks,
+            negligible=negligible,
+            negligible_threshold=negligible_threshold,
+            max_negligible=max_negligible,
+        )
+        # Checked before the projection is allocated: a refused option costs nothing.
+        checked = self.checked_options(
+            rule=rule,
             block_q=block_q,
             block_k=block_k,
             variant=variant,
             feature_map=feature_map,
-            negligible=negligible,
             scale=scale,
             eps=eps,
             reuse_block_map_steps=reuse_block_map_steps,
             record_block_map=record_block_map,
             cuda_dtype=cuda_dtype,
         )
+        self.proj_l = Float32Linear(head_dim, head_dim, device=device, dtype=torch.float32)
+        with torch.no_grad():  # zero projection: an untrained layer is sparse attention alone (docs/SPEC.md section 4)
+            nn.init.zeros_(self.proj_l.weight)
+            nn.init.zeros_(self.proj_l.bias)
+        self.apply_options(checked)
 
     OPTIONS = (
         "topk",
+        "top_p",
+        "min_blocks",
+        "max_blocks",
+        "negligible",
+        "negligible_threshold",
+        "max_negligible",
+        "rule",
         "block_q",
         "block_k",
         "variant",
         "feature_map",
-        "negligible",
+        "scale",
+        "eps",
+        "reuse_block_map_steps",
+        "record_block_map",
+        "cuda_dtype",
+    )
+    # Options that are plain attributes (the rule options are views of ``rule``).
+    _PLAIN = (
+        "block_q",
+        "block_k",
+        "variant",
+        "feature_map",
         "scale",
         "eps",
         "reuse_block_map_steps",
@@ -151,27 +204,53 @@ class SLAWanAttnProcessor(nn.Module):
         "cuda_dtype",
     )
 
-    def configure(self, **options) -> "SLAWanAttnProcessor":
-        """Sets SLA options (names in ``OPTIONS``); checks the ones the library does not see. Returns self."""
+    def checked_options(self, **options) -> dict:
+        """Checks SLA options (names in ``OPTIONS``) against this processor, changing nothing: returns the complete
+        settings (``rule`` and the plain options) that ``apply_options`` installs. Raises naming the option."""
         unknown = sorted(set(options) - set(self.OPTIONS))
         if unknown:
             raise TypeError(f"unknown SLA option(s) {unknown}; expected some of {list(self.OPTIONS)}")
-        if "variant" in options:
-            _options.check_choice("variant", options["variant"], _options.VARIANTS)
-        if "feature_map" in options:
-            _options.check_feature_map(options["feature_map"])
-        if "topk" in options and not (isinstance(options["topk"], (int, float)) and 0 < options["topk"] <= 1):
-            raise ValueError(f"topk: expected a number in (0, 1], got {options['topk']!r}")
-        if "reuse_block_map_steps" in options:
-            n = options["reuse_block_map_steps"]
-            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-                raise ValueError(f"reuse_block_map_steps: expected an int >= 0, got {n!r}")
-        if "cuda_dtype" in options and options["cuda_dtype"] not in _CUDA_DTYPES:
-            raise ValueError(f"cuda_dtype: expected torch.bfloat16 or torch.float16, got {options['cuda_dtype']!r}")
-        for name, value in options.items():
+        new = {name: options.get(name, getattr(self, name, None)) for name in self._PLAIN}
+        _options.check_choice("variant", new["variant"], _options.VARIANTS)
+        _options.check_feature_map(new["feature_map"])
+        _options.check_block_size("block_q", new["block_q"])
+        _options.check_block_size("block_k", new["block_k"])
+        _options.check_scale(new["scale"])
+        eps = _options.check_number("eps", new["eps"], "> 0")
+        if not (0.0 < eps < float("inf")):
+            raise ValueError(f"eps: expected a finite value > 0, got {eps}")
+        n = new["reuse_block_map_steps"]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"reuse_block_map_steps: expected an int >= 0, got {n!r}")
+        if not isinstance(new["record_block_map"], bool):
+            raise TypeError(f"record_block_map: expected a bool, got {new['record_block_map']!r}")
+        if new["cuda_dtype"] not in _CUDA_DTYPES:
+            raise ValueError(f"cuda_dtype: expected torch.bfloat16 or torch.float16, got {new['cuda_dtype']!r}")
+        rule = updated_rule(self.rule, options)
+        new["rule"] = self.rule if rule is None else rule
+        new["rule"].check_layer(new["variant"], self.heads)
+        return new
+
+    def apply_options(self, checked: dict) -> None:
+        """Installs what ``checked_options`` returned (it cannot fail)."""
+        for name, value in checked.items():
             setattr(self, name, value)
         self._reuse_left = 0
+
+    def configure(self, **options) -> "SLAWanAttnProcessor":
+        """Sets SLA options (names in ``OPTIONS``), all checked first: when it raises, nothing changed. Returns self."""
+        self.apply_options(self.checked_options(**options))
         return self
+
+    def check_rule(self, rule: BlockRule, name: str = "rule") -> None:
+        if not isinstance(rule, BlockRule):
+            raise TypeError(f"{name}: expected an sla.BlockRule, got {type(rule).__name__}")
+        rule.check_layer(self.variant, self.heads, name)
+
+    def set_rule(self, rule: BlockRule) -> None:
+        """Replaces the block-selection rule (e.g. per-head budgets from sla.calibrate); checked first."""
+        self.check_rule(rule)
+        self.configure(rule=rule)
 
     def options(self) -> dict:
         return {name: getattr(self, name) for name in self.OPTIONS}
@@ -221,6 +300,11 @@ class SLAWanAttnProcessor(nn.Module):
         merges partial outputs by their log-sum-exp, which the sum of SLA's sparse and linear branches lacks."""
         from ..distributed import head_counts, ulysses_sparse_linear_attention
 
+        if self.recorder is not None:
+            raise NotImplementedError(
+                "sla.record: recording under context parallelism is not supported (each rank holds a shard of the "
+                "sequence); record on one process, without enable_parallelism"
+            )
         cp = parallel_config.context_parallel_config
         if cp.ring_degree > 1:
             raise NotImplementedError(
@@ -258,6 +342,8 @@ class SLAWanAttnProcessor(nn.Module):
         dtype = query.dtype
         query, key, value = self._kernel_inputs(query, key, value)
         b, lq, h, _ = query.shape
+        if self.recorder is not None:  # sla.record: the (B, H, L, D) inputs of SLA, as SparseLinearAttention records
+            self.recorder(self, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
         bmap = self._map_for_call(b, h, lq, key.shape[1])
         out, used = sparse_linear_attention(query, key, value, **self._sla_options(bmap))
         self._remember(used)
@@ -272,12 +358,11 @@ class SLAWanAttnProcessor(nn.Module):
     def _sla_options(self, block_map: Optional[BlockMap]) -> dict:
         """The keyword arguments of this layer's SLA call that the local and the context-parallel path share."""
         return dict(
-            topk=self.topk,
+            rule=self.rule,
             block_q=self.block_q,
             block_k=self.block_k,
             feature_map=self.feature_map,
             variant=self.variant,
-            negligible=self.negligible,
             layout="BLHD",
             scale=self.scale,
             eps=self.eps,
@@ -321,10 +406,27 @@ class SLAWanAttnProcessor(nn.Module):
         self._reuse_left = 0
 
     def extra_repr(self) -> str:
+        rule = f"topk={self.topk}" if self.rule.is_fixed else f"rule={self.rule.to_dict()}"
         return (
-            f"topk={self.topk}, block_q={self.block_q}, block_k={self.block_k}, variant={self.variant!r}, "
+            f"{rule}, block_q={self.block_q}, block_k={self.block_k}, variant={self.variant!r}, "
             f"feature_map={self.feature_map!r}, reuse_block_map_steps={self.reuse_block_map_steps}"
         )
 
+
+def _rule_option(name: str) -> property:
+    """A rule option as an attribute: read from ``rule``; setting it goes through ``configure`` (checked)."""
+
+    def get(self):
+        return getattr(self.rule, name) if self.rule is not None else None
+
+    def set(self, value):
+        self.configure(**{name: value})
+
+    return property(get, set, doc=f"The rule's {name} (setting it calls configure({name}=...)).")
+
+
+for _name in RULE_OPTIONS:
+    setattr(SLAWanAttnProcessor, _name, _rule_option(_name))
+del _name
 
 __all__ = ["Float32Linear", "SLAWanAttnProcessor"]

@@ -14,7 +14,8 @@ Installed by ``enable_sla(..., tile=(t, h, w))`` as forward hooks on the transfo
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 
@@ -27,19 +28,31 @@ class TokenOrder:
     call's input, so one transformer serves any resolution."""
 
     def __init__(self, tile: Sequence[int]):
+        if isinstance(tile, (str, bytes)) or not isinstance(tile, Sequence):
+            raise TypeError(f"tile: expected (t, h, w), three ints >= 1, or None, got {tile!r}")
         tiling._check_grid("tile", tile)
         self.tile = tuple(int(x) for x in tile)
         self.grid: Optional[tuple[int, int, int]] = None
         self._handles: list = []
 
-    def install(self, transformer: torch.nn.Module) -> "TokenOrder":
+    def check(self, transformer: torch.nn.Module) -> tuple[int, int, int]:
+        """Raises if the order cannot be installed on `transformer` (changing nothing); returns its patch size."""
         for name in ("rope", "patch_embedding", "proj_out"):
             if not isinstance(getattr(transformer, name, None), torch.nn.Module):
                 raise TypeError(
                     f"tile: the 3D token order needs a Wan transformer with a `{name}` module; "
                     f"{type(transformer).__name__} has none"
                 )
-        self._patch = tuple(transformer.config.patch_size)
+        patch = getattr(getattr(transformer, "config", None), "patch_size", None)
+        if not isinstance(patch, Sequence) or len(patch) != 3 or not all(isinstance(p, int) and p >= 1 for p in patch):
+            raise TypeError(
+                f"tile: the 3D token order needs a Wan transformer whose config.patch_size is (t, h, w); "
+                f"{type(transformer).__name__} has {patch!r}"
+            )
+        return tuple(int(p) for p in patch)  # type: ignore[return-value]
+
+    def install(self, transformer: torch.nn.Module) -> "TokenOrder":
+        self._patch = self.check(transformer)
         self._handles = [
             transformer.register_forward_pre_hook(self._check_call, with_kwargs=True),
             transformer.rope.register_forward_hook(self._rope),
@@ -86,16 +99,33 @@ class TokenOrder:
         return torch.index_select(output, 1, inv)  # back to raster order before the model unpatchifies
 
 
-def set_token_order(transformer: torch.nn.Module, tile: Optional[Sequence[int]]) -> None:
-    """Installs (``tile`` = (t, h, w)) or removes (None) the model-level 3D token order on one transformer."""
+def plan_token_order(transformer: torch.nn.Module, tile: Optional[Sequence[int]]) -> Optional[TokenOrder]:
+    """Checks ``tile`` and that it can be installed on `transformer`, changing nothing: returns the TokenOrder for
+    install_token_order (None: raster order)."""
+    if tile is None:
+        return None
+    order = TokenOrder(tile)
+    order.check(transformer)
+    return order
+
+
+def install_token_order(transformer: torch.nn.Module, order: Optional[TokenOrder]) -> None:
+    """Installs a checked TokenOrder of plan_token_order on `transformer` (None: removes the one it has). Keeps
+    the installed order when it has the same tile."""
     current = getattr(transformer, "_sla_token_order", None)
     if current is not None:
-        if tile is not None and current.tile == tuple(tile):
+        if order is not None and current.tile == order.tile:
             return
         current.remove()
         transformer._sla_token_order = None
-    if tile is not None:
-        transformer._sla_token_order = TokenOrder(tile).install(transformer)
+    if order is not None:
+        transformer._sla_token_order = order.install(transformer)
+
+
+def set_token_order(transformer: torch.nn.Module, tile: Optional[Sequence[int]]) -> None:
+    """Installs (``tile`` = (t, h, w)) or removes (None) the model-level 3D token order on one transformer; checks
+    first, so a call that raises changes nothing."""
+    install_token_order(transformer, plan_token_order(transformer, tile))
 
 
 def token_order(transformer: torch.nn.Module) -> Optional[tuple[int, int, int]]:
@@ -104,4 +134,4 @@ def token_order(transformer: torch.nn.Module) -> Optional[tuple[int, int, int]]:
     return None if current is None else current.tile
 
 
-__all__ = ["TokenOrder", "set_token_order", "token_order"]
+__all__ = ["TokenOrder", "install_token_order", "plan_token_order", "set_token_order", "token_order"]

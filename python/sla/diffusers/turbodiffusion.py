@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Mapping, Union
+from typing import Mapping, Optional, Union
 
 import torch
 
-from .wan import enable_sla, self_attention_layers
+from .wan import apply_sla, plan_sla, self_attention_layers
 
 _SLA_KEY = re.compile(
     r"^(?P<blocks>blocks|vace_blocks)\.(?P<index>\d+)\.self_attn\.attn_op\.local_attn\."
@@ -86,7 +86,7 @@ def load_turbodiffusion(
     transformer: torch.nn.Module,
     state_dict_or_path,
     *,
-    topk: float = 0.1,
+    topk: Optional[float] = None,
     block_q: int = 128,
     block_k: int = 64,
     strict: bool = True,
@@ -101,7 +101,8 @@ def load_turbodiffusion(
         state_dict_or_path: a state dict, or a path to a .safetensors / .pt / .pth file (TurboDiffusion releases
             are .pth). ``{"state_dict": {"net.*": ...}}`` training checkpoints are unwrapped.
         topk, block_q, block_k, **sla_options: SLA options (enable_sla) of the layers enabled here; layers that
-            already have SLA keep their options. TurboDiffusion trains with topk 0.1 and 128 x 64 blocks.
+            already have SLA keep their options. TurboDiffusion trains with topk 0.1 (the default unless top_p or
+            rule is given) and 128 x 64 blocks.
         strict: raise if a model key is missing from the checkpoint or a checkpoint key has no place in the model.
     """
     if isinstance(state_dict_or_path, (str, os.PathLike)):
@@ -122,6 +123,9 @@ def load_turbodiffusion(
             if ".attn1.processor.proj_l." in k
         )
     }
+    # All or nothing: the SLA options, the keys, the shapes and the dtypes are checked against the model as it will
+    # be (with the planned SLA layers' projections) before SLA is enabled or any tensor is copied.
+    changes = []
     if layers:
         known = dict(self_attention_layers(transformer))
         extra = sorted((k for k in layers if k not in known), key=str)
@@ -132,25 +136,44 @@ def load_turbodiffusion(
             )
         fresh = [k for k in layers if not hasattr(known[k].processor, "proj_l")]
         if fresh:
-            enable_sla(
-                transformer, topk=topk, block_q=block_q, block_k=block_k, layers=sorted(fresh, key=str), **sla_options
+            changes = plan_sla(
+                transformer,
+                topk=topk,
+                block_q=block_q,
+                block_k=block_k,
+                layers=sorted(fresh, key=str),
+                **sla_options,
             )
-
-    own = transformer.state_dict()
+    own = {k: (v.shape, v.dtype) for k, v in transformer.state_dict().items()}
+    names = {id(m): n for n, m in transformer.named_modules()}
+    for change in changes:
+        prefix = names[id(change.attn)] + ".processor."
+        own.update({prefix + k: (v.shape, v.dtype) for k, v in change.processor.state_dict().items()})
     for key in [k for k in converted if k.endswith("patch_embedding.weight")]:
         target = own.get(key)
         value = converted[key]
-        if target is not None and value.shape != target.shape and value.numel() == target.numel():
-            converted[key] = value.reshape(target.shape)  # TurboDiffusion's linear patch embedding
+        if target is not None and value.shape != target[0] and value.numel() == target[0].numel():
+            converted[key] = value.reshape(target[0])  # TurboDiffusion's linear patch embedding
     if strict:
         missing = sorted(set(own) - set(converted))
         unexpected = sorted(set(converted) - set(own))
-        if missing or unexpected:  # checked before loading, so that a refused checkpoint leaves the model as it was
+        if missing or unexpected:
             raise ValueError(
                 f"state_dict_or_path: does not match the model: {len(missing)} model keys missing "
                 f"{missing[:6]}{' ...' if len(missing) > 6 else ''}, {len(unexpected)} checkpoint keys unexpected "
                 f"{unexpected[:6]}{' ...' if len(unexpected) > 6 else ''} (pass strict=False to load what fits)"
             )
+    wrong = [
+        f"{k}: {tuple(v.shape)} {v.dtype} for {tuple(own[k][0])} {own[k][1]}"
+        for k, v in converted.items()
+        if k in own and (v.shape != own[k][0] or v.is_floating_point() != own[k][1].is_floating_point)
+    ]
+    if wrong:
+        raise ValueError(
+            f"state_dict_or_path: {len(wrong)} tensors do not fit the model (shape or dtype): "
+            f"{'; '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}: wrong configuration?"
+        )
+    apply_sla(changes)
     transformer.load_state_dict(converted, strict=False)
     return transformer
 
