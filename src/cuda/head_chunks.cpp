@@ -1,7 +1,17 @@
 // head_chunks.h: views of a range of heads.
 #include "cuda/head_chunks.h"
 
+#include <cstdlib>
+
 namespace sla::cuda {
+
+int64_t forced_heads_per_chunk() {
+  static const int64_t forced = [] {
+    const char* v = std::getenv("SLA_CUDA_HEADS_PER_CHUNK");
+    return v == nullptr ? int64_t{0} : static_cast<int64_t>(std::strtoll(v, nullptr, 10));
+  }();
+  return forced;
+}
 
 Problem chunk_problem(const Problem& p, int64_t heads) {
   Problem c = p;

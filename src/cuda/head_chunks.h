@@ -19,11 +19,16 @@ constexpr std::size_t kBackwardChunkBudget = std::size_t{192} << 20;
 // The problem of one chunk: batch 1, `heads` heads, the same lengths and map widths.
 Problem chunk_problem(const Problem& p, int64_t heads);
 
+// SLA_CUDA_HEADS_PER_CHUNK (read once; 0 or unset: the budget decides): a fixed number of heads per chunk, so that
+// a test can run the chunked paths on small problems. Not a tuning knob.
+int64_t forced_heads_per_chunk();
+
 // Heads per chunk: H for the global variant; for the complement, as many as fit `budget` given the scratch of one
 // head (`bytes_of(chunk_problem(p, 1))`), at least 1.
 template <class BytesOf>
 int64_t heads_per_chunk(const Problem& p, const Config& cfg, std::size_t budget, BytesOf&& bytes_of) {
   if (cfg.variant != Variant::complement || p.heads <= 1) return p.heads;
+  if (const int64_t forced = forced_heads_per_chunk(); forced > 0) return forced < p.heads ? forced : p.heads;
   const std::size_t one = bytes_of(chunk_problem(p, 1));
   const int64_t fit = one == 0 ? p.heads : static_cast<int64_t>(budget / one);
   return fit < 1 ? 1 : (fit > p.heads ? p.heads : fit);
