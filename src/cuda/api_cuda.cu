@@ -188,8 +188,8 @@ ForwardWorkspace carve_forward(const Problem& p, const Config& cfg, WorkspaceCar
   f.state = ws.take<unsigned char>(linear_state_workspace_bytes(piece, cfg));
   f.lin_ops = linear_ops_share_state(piece, cfg)
                   ? static_cast<unsigned char*>(f.state)
-                  : ws.take<unsigned char>(
-                        static_cast<std::size_t>(piece.batch * piece.heads * plan.operand_blocks * plan.layout.bytes()));
+                  : ws.take<unsigned char>(static_cast<std::size_t>(piece.batch * piece.heads * plan.operand_blocks *
+                                                                    plan.layout.bytes()));
   return f;
 }
 
@@ -278,10 +278,10 @@ Status forward(const Problem& p, const ForwardArgs& caller_args, const Config& c
   ForwardArgs args = caller_args;
   args.map = fw.map.map;
   if (cfg.variant == Variant::complement) {
-    SLA_RETURN_IF_ERROR(for_each_chunk(p, forward_heads_per_chunk(p, cfg), [&](int64_t b, int64_t h0, int64_t nh,
-                                                                              int64_t) {
-      return forward_checked(chunk_problem(p, nh), slice_heads(args, b, h0, nh), cfg, fw, stream);
-    }));
+    SLA_RETURN_IF_ERROR(
+        for_each_chunk(p, forward_heads_per_chunk(p, cfg), [&](int64_t b, int64_t h0, int64_t nh, int64_t) {
+          return forward_checked(chunk_problem(p, nh), slice_heads(args, b, h0, nh), cfg, fw, stream);
+        }));
   } else {
     SLA_RETURN_IF_ERROR(forward_checked(p, args, cfg, fw, stream));
   }
@@ -344,8 +344,9 @@ Status forward_checked(const Problem& p, const ForwardArgs& args, const Config& 
 namespace {
 
 int64_t backward_heads_per_chunk(const Problem& p, const Config& cfg) {
-  return heads_per_chunk(p, cfg, kBackwardChunkBudget,
-                         [&](const Problem& one) { return bwd::workspace_bytes(one, cfg); });
+  return heads_per_chunk(p, cfg, kBackwardChunkBudget, [&](const Problem& one) {
+    return bwd::workspace_bytes(one, cfg);
+  });
 }
 
 // Backward workspace after the map check: the backward kernels' scratch for one chunk of heads, then, when the call
@@ -413,15 +414,17 @@ Status backward(const Problem& p, const BackwardArgs& caller_args, const Config&
     const int64_t dv = p.dv, chunks = chunk_count(p, pieces.per_chunk);
     SLA_RETURN_IF_ERROR(for_each_chunk(p, pieces.per_chunk, [&](int64_t b, int64_t h0, int64_t nh, int64_t c) {
       BackwardArgs a = slice_heads(checked_args, b, h0, nh);
-      if (a.d_proj_weight.present()) a.d_proj_weight = make_view(pieces.dw_slots + c * dv * dv, DType::f32, {dv, dv},
-                                                                 Device::cuda, a.d_proj_weight.device_index);
-      if (a.d_proj_bias.present()) a.d_proj_bias = make_view(pieces.db_slots + c * dv, DType::f32, {dv}, Device::cuda,
-                                                             a.d_proj_bias.device_index);
+      if (a.d_proj_weight.present())
+        a.d_proj_weight =
+            make_view(pieces.dw_slots + c * dv * dv, DType::f32, {dv, dv}, Device::cuda, a.d_proj_weight.device_index);
+      if (a.d_proj_bias.present())
+        a.d_proj_bias = make_view(pieces.db_slots + c * dv, DType::f32, {dv}, Device::cuda, a.d_proj_bias.device_index);
       return bwd::launch_backward(chunk_problem(p, nh), a, cfg, rest);
     }));
     if (checked_args.d_proj_weight.present()) {
-      SLA_RETURN_IF_ERROR(bwd::launch_sum_partials(pieces.dw_slots, static_cast<float*>(checked_args.d_proj_weight.data),
-                                                   1, static_cast<int>(chunks), dv * dv, stream));
+      SLA_RETURN_IF_ERROR(bwd::launch_sum_partials(pieces.dw_slots,
+                                                   static_cast<float*>(checked_args.d_proj_weight.data), 1,
+                                                   static_cast<int>(chunks), dv * dv, stream));
     }
     if (checked_args.d_proj_bias.present()) {
       SLA_RETURN_IF_ERROR(bwd::launch_sum_partials(pieces.db_slots, static_cast<float*>(checked_args.d_proj_bias.data),

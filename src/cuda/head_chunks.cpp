@@ -34,8 +34,8 @@ TensorView slice_heads(const TensorView& t, int64_t b, int64_t h0, int64_t nh) {
 
 BlockMap slice_heads(const BlockMap& m, int64_t b, int64_t h0, int64_t nh) {
   BlockMap s = m;
-  for (TensorView* t : {&s.lut, &s.count, &s.negl_lut, &s.negl_count, &s.inv_offset, &s.inv_index,
-                        &s.negl_inv_offset, &s.negl_inv_index}) {
+  for (TensorView* t : {&s.lut, &s.count, &s.negl_lut, &s.negl_count, &s.inv_offset, &s.inv_index, &s.negl_inv_offset,
+                        &s.negl_inv_index}) {
     *t = slice_heads(*t, b, h0, nh);
   }
   return s;
@@ -52,8 +52,8 @@ ForwardArgs slice_heads(const ForwardArgs& a, int64_t b, int64_t h0, int64_t nh)
 
 BackwardArgs slice_heads(const BackwardArgs& a, int64_t b, int64_t h0, int64_t nh) {
   BackwardArgs s = a;
-  for (TensorView* t : {&s.q, &s.k, &s.v, &s.o, &s.d_o, &s.lse, &s.o_lin, &s.lin_h, &s.lin_z, &s.o_sparse, &s.dq,
-                        &s.dk, &s.dv}) {
+  for (TensorView* t :
+       {&s.q, &s.k, &s.v, &s.o, &s.d_o, &s.lse, &s.o_lin, &s.lin_h, &s.lin_z, &s.o_sparse, &s.dq, &s.dk, &s.dv}) {
     *t = slice_heads(*t, b, h0, nh);
   }
   s.map = slice_heads(a.map, b, h0, nh);

@@ -14,11 +14,11 @@
 #include <string>
 
 #include "core/validate.h"
+#include "cuda/build_switch.h"
 #include "cuda/common/cuda_status.h"
 #include "cuda/common/feature_map.cuh"
 #include "cuda/common/numeric.cuh"
 #include "cuda/common/tile_io.cuh"
-#include "cuda/build_switch.h"
 #include "cuda/linear_state.h"
 #include "cuda/select/marginal_states.h"
 #include "cuda/select/split_product.cuh"
@@ -314,7 +314,6 @@ __global__ void __launch_bounds__(kStateThreads) head_state_kernel(HeadParams p)
   if (p.ops != nullptr) write_operands<kHeadRows>(h_rows, d0, d, p.weight, p.lay, p.ops + bh * p.ops_stride);
 }
 
-
 // The forward's per-query-block operands of the complement variant from the selected states (one CTA per row of
 // MarginalStates::out): z_i, the empty flag, H_i split when the epilogue reads it, and G_i = H_i W^T split, a product
 // on the tensor cores with split operands (select/split_product.cuh). Row Nq, the sum over all key blocks, goes to
@@ -409,7 +408,9 @@ Status launch_key_state(const StateParams& sp, const Problem& p, cudaStream_t st
 
 Status launch_key_states(const StateParams& sp, const Problem& p, cudaStream_t stream) {
   return SLA_CUDA_DTYPE_SWITCH(p.dtype, T, "linear state", [&] {
-    return SLA_CUDA_HEADDIM_SWITCH(p.d, kD, "linear state", [&] { return launch_key_state<T, kD>(sp, p, stream); });
+    return SLA_CUDA_HEADDIM_SWITCH(p.d, kD, "linear state", [&] {
+      return launch_key_state<T, kD>(sp, p, stream);
+    });
   });
 }
 

@@ -11,11 +11,11 @@
 
 #include <algorithm>
 
+#include "core/validate.h"
 #include "cuda/bwd/backward.h"
 #include "cuda/bwd/bwd_params.h"
 #include "cuda/bwd/linear_bwd.h"
 #include "cuda/bwd/sparse_bwd.h"
-#include "core/validate.h"
 #include "cuda/common/cuda_status.h"
 #include "cuda/select/marginal_states.h"
 

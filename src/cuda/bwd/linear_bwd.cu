@@ -31,7 +31,6 @@
 namespace sla::cuda::bwd {
 namespace {
 
-
 // Query rows [begin, end) and partial-sum slot of one row_prep CTA.
 struct RowRange {
   int64_t begin, end, part;
@@ -50,7 +49,6 @@ __device__ __forceinline__ RowRange row_range(const BwdParams& p, int64_t bh, in
   }
   return r;
 }
-
 
 // row_prep_kernel runs 16 warps: it is latency-bound (per-row shuffle chains, shared-memory round trips between
 // short tensor-core bursts) and its shared memory allows one CTA per SM, so the warps per SM come from the CTA.
@@ -289,7 +287,6 @@ __global__ void __launch_bounds__(kRowPrepThreads) row_prep_kernel(BwdParams p, 
   }
 }
 
-
 // out[g, e] = sum over c in [0, parts) of in[g * parts + c, e], in increasing c: a fixed-order reduction.
 __global__ void sum_partials_kernel(const float* __restrict__ in, float* __restrict__ out, int parts, int64_t n) {
   const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -300,7 +297,6 @@ __global__ void sum_partials_kernel(const float* __restrict__ in, float* __restr
   for (int c = 0; c < parts; ++c) s += src[c * n];
   out[g * n + e] = s;
 }
-
 
 // Output rows per CTA of the small per-group products below: many CTAs per group, so that the few groups of the
 // global variant (one per head) still fill the GPU.
@@ -526,8 +522,8 @@ Status complement_reductions(const BwdParams& p, cudaStream_t stream) {
     g.stride_b = g.k * g.ldb;
     g.stride_c = int64_t{p.nk} * g.ldc;
     g.batch = bh;
-    SLA_RETURN_IF_ERROR(launch_select_gemm(g, p.mask_t, p.dh_rows, reinterpret_cast<float*>(p.dh_split),
-                                           p.gemm_workspace, stream));
+    SLA_RETURN_IF_ERROR(
+        launch_select_gemm(g, p.mask_t, p.dh_rows, reinterpret_cast<float*>(p.dh_split), p.gemm_workspace, stream));
     split_in_place_kernel<D><<<static_cast<unsigned>(bh * p.nk), 256, 0, stream>>>(p);
     return check_launch("backward: split_in_place_kernel");
   });
@@ -552,8 +548,8 @@ Status launch_linear_reductions(const BwdParams& p, DType dtype, cudaStream_t st
     SLA_RETURN_IF_ERROR(set_smem(dh_kernel<D>, smem));
     // E per (b, h) is the sum of its row chunks' partials.
     SLA_RETURN_IF_ERROR(sum_partials(p.e_part, p.e_total, bh, p.row_chunks, dd, stream));
-    dh_kernel<D><<<dim3(static_cast<unsigned>(bh), D / kSliceRows), kGemmThreads, smem, stream>>>(p, p.e_total,
-                                                                                                  global_dw);
+    dh_kernel<D>
+        <<<dim3(static_cast<unsigned>(bh), D / kSliceRows), kGemmThreads, smem, stream>>>(p, p.e_total, global_dw);
     SLA_RETURN_IF_ERROR(check_launch("backward: dh_kernel"));
     if (global_dw) SLA_RETURN_IF_ERROR(sum_partials(p.dw_part, p.d_proj_w, 1, static_cast<int>(bh), dd, stream));
     return Status::Ok();

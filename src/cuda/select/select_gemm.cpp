@@ -68,23 +68,23 @@ struct PrefDesc {
 
 Status make_layout(LayoutDesc* l, cudaDataType_t type, int64_t rows, int64_t cols, int64_t ld, int64_t batch,
                    int64_t stride) {
-  SLA_LT_RETURN_IF_ERROR("cublasLtMatrixLayoutCreate",
-                         cublasLtMatrixLayoutCreate(&l->d, type, static_cast<uint64_t>(rows),
-                                                    static_cast<uint64_t>(cols), ld));
+  SLA_LT_RETURN_IF_ERROR(
+      "cublasLtMatrixLayoutCreate",
+      cublasLtMatrixLayoutCreate(&l->d, type, static_cast<uint64_t>(rows), static_cast<uint64_t>(cols), ld));
   const int32_t count = static_cast<int32_t>(batch);
-  SLA_LT_RETURN_IF_ERROR("batch count", cublasLtMatrixLayoutSetAttribute(l->d, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
-                                                                         &count, sizeof(count)));
-  SLA_LT_RETURN_IF_ERROR("batch stride",
-                         cublasLtMatrixLayoutSetAttribute(l->d, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
-                                                          sizeof(stride)));
+  SLA_LT_RETURN_IF_ERROR(
+      "batch count", cublasLtMatrixLayoutSetAttribute(l->d, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+  SLA_LT_RETURN_IF_ERROR(
+      "batch stride",
+      cublasLtMatrixLayoutSetAttribute(l->d, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
   return Status::Ok();
 }
 
 // The largest power of two (<= 256) dividing the address and every batch step of an operand: cuBLASLt's heuristic
 // assumes 256-byte alignment unless told otherwise.
 uint32_t alignment(const void* ptr, int64_t stride_bytes, int64_t ld_bytes) {
-  uint64_t bits = reinterpret_cast<uintptr_t>(ptr) | static_cast<uint64_t>(stride_bytes) |
-                  static_cast<uint64_t>(ld_bytes) | 256u;
+  uint64_t bits =
+      reinterpret_cast<uintptr_t>(ptr) | static_cast<uint64_t>(stride_bytes) | static_cast<uint64_t>(ld_bytes) | 256u;
   return static_cast<uint32_t>(bits & (~bits + 1));
 }
 
@@ -96,15 +96,15 @@ using AlgoKey = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int
 Status launch_select_gemm(const SelectGemm& g, const uint16_t* a, const uint16_t* b, float* c, void* workspace,
                           cudaStream_t stream) {
   if (g.m == 0 || g.n == 0 || g.batch == 0) return Status::Ok();
-  if (g.batch > INT32_MAX) return Status::Unsupported("selection GEMM: batch " + std::to_string(g.batch) + " too large");
+  if (g.batch > INT32_MAX)
+    return Status::Unsupported("selection GEMM: batch " + std::to_string(g.batch) + " too large");
   int device = 0;
   if (const cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return device_error("cudaGetDevice", e);
   cublasLtHandle_t handle = nullptr;
   SLA_RETURN_IF_ERROR(handle_for(device, &handle));
 
   OpDesc op;
-  SLA_LT_RETURN_IF_ERROR("cublasLtMatmulDescCreate",
-                         cublasLtMatmulDescCreate(&op.d, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  SLA_LT_RETURN_IF_ERROR("cublasLtMatmulDescCreate", cublasLtMatmulDescCreate(&op.d, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   // cuBLASLt's column-major view: (n x k) times (k x m) gives (n x m), i.e. our C^T.
   LayoutDesc la, lb, lc;
   SLA_RETURN_IF_ERROR(make_layout(&la, CUDA_R_16BF, g.n, g.k, g.ldb, g.batch, g.stride_b));
@@ -114,8 +114,8 @@ Status launch_select_gemm(const SelectGemm& g, const uint16_t* a, const uint16_t
   const uint32_t align_a = alignment(b, g.stride_b * 2, g.ldb * 2);
   const uint32_t align_b = alignment(a, g.stride_a * 2, g.lda * 2);
   const uint32_t align_c = alignment(c, g.stride_c * 4, g.ldc * 4);
-  const AlgoKey key{device, g.m, g.n, g.k, g.lda, g.ldb, g.ldc, g.stride_a, g.stride_b, g.stride_c, g.batch,
-                    align_a, align_b, align_c};
+  const AlgoKey key{device,     g.m,        g.n,        g.k,     g.lda,   g.ldb,   g.ldc,
+                    g.stride_a, g.stride_b, g.stride_c, g.batch, align_a, align_b, align_c};
   static std::mutex cache_mu;
   static std::map<AlgoKey, cublasLtMatmulAlgo_t> cache;
   cublasLtMatmulAlgo_t algo{};
@@ -134,9 +134,9 @@ Status launch_select_gemm(const SelectGemm& g, const uint16_t* a, const uint16_t
           {{CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_a},
            {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_b},
            {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_c}}};
-      SLA_LT_RETURN_IF_ERROR("workspace preference",
-                             cublasLtMatmulPreferenceSetAttribute(pref.d, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                                  &ws, sizeof(ws)));
+      SLA_LT_RETURN_IF_ERROR(
+          "workspace preference",
+          cublasLtMatmulPreferenceSetAttribute(pref.d, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
       SLA_LT_RETURN_IF_ERROR("reduction preference",
                              cublasLtMatmulPreferenceSetAttribute(pref.d, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
                                                                   &reduction, sizeof(reduction)));
@@ -149,12 +149,12 @@ Status launch_select_gemm(const SelectGemm& g, const uint16_t* a, const uint16_t
                                                                   &align_c, sizeof(align_c)));
       cublasLtMatmulHeuristicResult_t result{};
       int found = 0;
-      SLA_LT_RETURN_IF_ERROR("cublasLtMatmulAlgoGetHeuristic",
-                             cublasLtMatmulAlgoGetHeuristic(handle, op.d, la.d, lb.d, lc.d, lc.d, pref.d, 1, &result,
-                                                            &found));
+      SLA_LT_RETURN_IF_ERROR(
+          "cublasLtMatmulAlgoGetHeuristic",
+          cublasLtMatmulAlgoGetHeuristic(handle, op.d, la.d, lb.d, lc.d, lc.d, pref.d, 1, &result, &found));
       if (found == 0) {
-        return Status::Unsupported("selection GEMM: cuBLASLt has no algorithm for m " + std::to_string(g.m) +
-                                   ", n " + std::to_string(g.n) + ", k " + std::to_string(g.k));
+        return Status::Unsupported("selection GEMM: cuBLASLt has no algorithm for m " + std::to_string(g.m) + ", n " +
+                                   std::to_string(g.n) + ", k " + std::to_string(g.k));
       }
       algo = result.algo;
       cache.emplace(key, algo);

@@ -15,8 +15,8 @@ namespace sla::cuda {
 
 // Row-major operands, one matrix per batch entry at the given element strides.
 struct SelectGemm {
-  int64_t m = 0, n = 0, k = 0;           // C is m x n, A is m x k, B is k x n
-  int64_t lda = 0, ldb = 0, ldc = 0;     // row strides in elements
+  int64_t m = 0, n = 0, k = 0;                       // C is m x n, A is m x k, B is k x n
+  int64_t lda = 0, ldb = 0, ldc = 0;                 // row strides in elements
   int64_t stride_a = 0, stride_b = 0, stride_c = 0;  // batch strides in elements
   int64_t batch = 0;
 };

@@ -22,7 +22,7 @@ template <int D>
 struct SplitSquare {
   static constexpr int kWarps = D / 16;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kTileBytes = D * D * 2;  // one b16 tile
+  static constexpr int kTileBytes = D * D * 2;          // one b16 tile
   static constexpr int kOperandBytes = 2 * kTileBytes;  // hi + lo
 };
 
