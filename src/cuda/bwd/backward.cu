@@ -74,7 +74,7 @@ void carve_workspace(const Problem& p, const Config& cfg, WorkspaceCarver& wc, B
     if (complement) {
       bp->dh_rows = wc.take<uint16_t>(bh * 2 * nq * ms->n);
       bp->dh_row_stride = ms->n;
-      bp->mask_t = wc.take<uint16_t>(bh * nk * 2 * nq);
+      bp->mask_t = wc.take<uint16_t>(bh * nk * mask_row_stride(nq));
       // The key side's selection output [dH^(j), dz^(j)] (fp32, n a row) takes the key states' place, which are
       // dead once H_i is selected: the same bytes. dH^(j) is then split in place.
       bp->dh_split = ms->key_states;

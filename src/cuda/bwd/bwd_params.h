@@ -81,8 +81,8 @@ struct BwdParams {
   uint16_t* dh_split = nullptr;
   float* dz_key = nullptr;
   int64_t dh_key_stride = 0, dz_key_stride = 0;
-  // Complement only: the marginal mask (BH, Nq, 2 Nk) and its transpose (BH, Nk, 2 Nq) (select/marginal_mask.h), and
-  // cuBLASLt's scratch for the selection GEMMs.
+  // Complement only: the marginal mask (BH, Nq, 2 Nk) and its transpose (BH, Nk, 2 Nq), rows padded to
+  // mask_row_stride (select/marginal_mask.h), and cuBLASLt's scratch for the selection GEMMs.
   const uint16_t* mask = nullptr;
   uint16_t* mask_t = nullptr;
   MarginalMaskArgs mask_args;

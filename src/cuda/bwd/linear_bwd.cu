@@ -515,7 +515,7 @@ Status complement_reductions(const BwdParams& p, cudaStream_t stream) {
     g.m = p.nk;
     g.n = p.dh_row_stride;
     g.k = 2 * int64_t{p.nq};
-    g.lda = 2 * int64_t{p.nq};
+    g.lda = mask_row_stride(p.nq);
     g.ldb = p.dh_row_stride;
     g.ldc = p.dz_key_stride;
     g.stride_a = int64_t{p.nk} * g.lda;

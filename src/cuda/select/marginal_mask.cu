@@ -16,7 +16,7 @@ __global__ void __launch_bounds__(kMaskThreads) marginal_mask_kernel(MarginalMas
   const int i = blockIdx.x;
   const int64_t bh = blockIdx.y;
   const int64_t rows = marginal_mask_rows(a);
-  uint16_t* row = mask + (bh * rows + i) * 2 * a.nk;
+  uint16_t* row = mask + (bh * rows + i) * mask_row_stride(a.nk);
   for (int j = threadIdx.x; j < a.nk; j += blockDim.x) {
     row[j] = kBf16One;
     row[a.nk + j] = kBf16One;
@@ -49,13 +49,13 @@ __global__ void transpose_mask_kernel(MarginalMaskArgs a, const uint16_t* mask, 
   const int j0 = blockIdx.x * kTile, i0 = blockIdx.y * kTile;
   for (int r = threadIdx.y; r < kTile; r += blockDim.y) {
     const int i = i0 + r, j = j0 + threadIdx.x;
-    if (i < a.nq && j < a.nk) tile[r][threadIdx.x] = mask[(bh * rows + i) * 2 * a.nk + j];
+    if (i < a.nq && j < a.nk) tile[r][threadIdx.x] = mask[(bh * rows + i) * mask_row_stride(a.nk) + j];
   }
   __syncthreads();
   for (int r = threadIdx.y; r < kTile; r += blockDim.y) {
     const int j = j0 + r, i = i0 + threadIdx.x;
     if (i < a.nq && j < a.nk) {
-      uint16_t* row = mask_t + (bh * a.nk + j) * 2 * a.nq;
+      uint16_t* row = mask_t + (bh * a.nk + j) * mask_row_stride(a.nq);
       row[i] = row[a.nq + i] = tile[threadIdx.x][r];
     }
   }

@@ -32,7 +32,7 @@ MarginalStates carve_marginal_states(const Problem& p, bool total_row, Workspace
   // First, at the base: the forward (linear_ops_share_state) and the backward put other buffers in these bytes once
   // the selection has read them.
   s.key_states = ws.take<uint16_t>(bh * 2 * nk * s.n);
-  s.mask = ws.take<uint16_t>(bh * s.rows * 2 * nk);
+  s.mask = ws.take<uint16_t>(bh * s.rows * mask_row_stride(static_cast<int64_t>(nk)));
   s.out = ws.take<float>(bh * s.rows * s.n);
   s.gemm_workspace = ws.take<unsigned char>(kSelectGemmWorkspace);
   return s;
@@ -48,10 +48,10 @@ Status launch_marginal_states(const Problem& p, const TensorView& k, const Tenso
   g.m = s.rows;
   g.n = s.n;
   g.k = 2 * nk;
-  g.lda = 2 * nk;
+  g.lda = mask_row_stride(nk);
   g.ldb = s.n;
   g.ldc = s.n;
-  g.stride_a = s.rows * 2 * nk;
+  g.stride_a = s.rows * g.lda;
   g.stride_b = 2 * nk * s.n;
   g.stride_c = s.rows * s.n;
   g.batch = p.batch * p.heads;

@@ -19,7 +19,7 @@ struct MarginalStates {
   int64_t n = 0;                   // elements of one state row: D * Dv (H, row-major) then D (z)
   int64_t rows = 0;                // state rows per (b, h) in `out`: Nq, or Nq + 1 with the total row
   uint16_t* key_states = nullptr;  // (BH, 2 Nk, n) bf16: the hi rows of every key block, then the lo rows
-  uint16_t* mask = nullptr;        // (BH, rows, 2 Nk) bf16 (marginal_mask.h)
+  uint16_t* mask = nullptr;        // (BH, rows, mask_row_stride(Nk)) bf16 (marginal_mask.h)
   float* out = nullptr;            // (BH, rows, n) fp32: row i = [H_i, z_i]; row Nq = [H, z] over all keys
   void* gemm_workspace = nullptr;
 };
