@@ -21,6 +21,9 @@ Usage and device time on one H200 (estimates; compile times dominate):
     python3 bench/bench_dit.py --models 1.3B --modes eager --iters 3 --json out.json   # ~1 min
 --compile-scope blocks (default) compiles each transformer block (diffusers' compile_repeated_blocks, fullgraph);
 --compile-scope model compiles the whole transformer with fullgraph=True (slower to compile).
+--tile T,H,W also times SLA with the model-level 3D token order (enable_sla(tile=...): the tokens permuted once after
+the patch embedding and back once before the output head) beside raster order, in every forward mode:
+    python3 bench/bench_dit.py --models 1.3B --modes eager,compile --tile 4,4,4    # ~5 min
 """
 
 from __future__ import annotations
@@ -175,13 +178,13 @@ def attention_pass(model, run, sla_mode: bool):
     return sum(s.elapsed_time(e) for s, e in events), start.elapsed_time(end)
 
 
-def set_attention(model, variant: str, topk: float):
+def set_attention(model, variant: str, topk: float, tile=None):
     import sla.diffusers as sd
 
     if variant == "dense":
         sd.disable_sla(model)
     else:
-        sd.enable_sla(model, topk=topk, block_q=BLOCK_Q, block_k=BLOCK_K)
+        sd.enable_sla(model, topk=topk, block_q=BLOCK_Q, block_k=BLOCK_K, tile=tile if variant == "sla_tiled" else None)
 
 
 def compiled(model, scope: str):
@@ -214,8 +217,8 @@ def bench_forward(name: str, modes, args, results):
     log(f"[{name}] built in {time.time() - t0:.0f} s; weights {weights:.1f} GiB")
     for mode in modes:
         row = {"model": name, "tokens": tokens, "mode": mode, "topk": spec["topk"], "what": spec["what"]}
-        for variant in ("dense", "sla"):
-            set_attention(model, variant, spec["topk"])
+        for variant in ("dense", "sla") + (("sla_tiled",) if args.tile else ()):
+            set_attention(model, variant, spec["topk"], args.tile)
             target = compiled(model, args.compile_scope) if mode == "compile" else model
 
             def run():
@@ -232,7 +235,7 @@ def bench_forward(name: str, modes, args, results):
             ms, peak = time_runs(run, warmup, iters)
             row[f"{variant}_ms"], row[f"{variant}_peak_gib"] = ms, peak
             if mode == "eager":
-                passes = [attention_pass(model, run, variant == "sla") for _ in range(attn_passes)]
+                passes = [attention_pass(model, run, variant != "dense") for _ in range(attn_passes)]
                 row[f"{variant}_attention_ms"] = statistics.median(attn for attn, _ in passes)
                 row[f"{variant}_attention_share"] = statistics.median(attn / total for attn, total in passes)
             log(f"[{name} {mode} {variant}] {ms:.1f} ms, peak {peak:.1f} GiB")
@@ -240,6 +243,9 @@ def bench_forward(name: str, modes, args, results):
                 uncompile(model)
                 target = None
         row["speedup"] = row["dense_ms"] / row["sla_ms"]
+        if args.tile:
+            row["tile"] = list(args.tile)
+            row["tiled_over_raster"] = row["sla_tiled_ms"] / row["sla_ms"]
         if mode == "eager":
             row["attention_speedup"] = row["dense_attention_ms"] / row["sla_attention_ms"]
         results.append(row)
@@ -321,7 +327,27 @@ def table(results) -> str:
             f"{r['sla_ms']:.1f} | {r['speedup']:.2f}x | {share_d} | {share_s} | {attn_x} | "
             f"{r['dense_peak_gib']:.1f} / {r['sla_peak_gib']:.1f} |"
         )
+    tiled = [r for r in results if "tiled_over_raster" in r]
+    if tiled:
+        lines += ["", "| model | mode | tile | SLA raster ms | SLA tiled ms | tiled / raster |", "|---|---|---|---|---|---|"]
+        for r in tiled:
+            tile = "x".join(str(t) for t in r["tile"])
+            lines.append(
+                f"| Wan2.1-{r['model']} | {r['mode']} | {tile} | {r['sla_ms']:.1f} | {r['sla_tiled_ms']:.1f} | "
+                f"{r['tiled_over_raster']:.3f} |"
+            )
     return "\n".join(lines)
+
+
+def tile_arg(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    try:
+        tile = tuple(int(p) for p in parts)
+    except ValueError:
+        tile = ()
+    if len(tile) != 3 or min(tile) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive integers T,H,W (e.g. 4,4,4), got {text!r}")
+    return tile
 
 
 def main(argv=None):
@@ -344,6 +370,13 @@ def main(argv=None):
         "--smoke",
         action="store_true",
         help="a tiny model on the CPU through the same code (checks the script; times mean nothing)",
+    )
+    parser.add_argument(
+        "--tile",
+        type=tile_arg,
+        default=None,
+        metavar="T,H,W",
+        help="also time SLA with the model-level 3D token order of this tile (e.g. 4,4,4) beside raster order",
     )
     parser.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
     args = parser.parse_args(argv)

@@ -523,6 +523,25 @@ def test_bench_dit_smoke_runs_on_the_cpu(tmp_path):
     assert rows[0]["sla_attention_ms"] > 0 and 0 < rows[0]["sla_attention_share"] < 1
 
 
+def test_bench_dit_smoke_times_the_model_level_token_order(tmp_path):
+    # --tile adds SLA with the model-level 3D order beside raster order; a bad tile is refused when parsed.
+    import importlib.util
+    import json
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "bench_dit.py")
+    spec = importlib.util.spec_from_file_location("bench_dit", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    bench.main(["--smoke", "--modes", "eager", "--tile", "1,4,4", "--warmup", "0", "--iters", "1", "--json", str(out)])
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["tile"] == [1, 4, 4] and row["sla_tiled_ms"] > 0 and row["tiled_over_raster"] > 0
+    assert 0 < row["sla_tiled_attention_share"] < 1
+    with pytest.raises(SystemExit):
+        bench.main(["--smoke", "--tile", "4,4"])
+
+
 # ---- GPU: two blocks of Wan2.1-1.3B ------------------------------------------------------------------------------
 
 WAN13_2BLOCKS = sd.wan_config("1.3B", num_layers=2)
