@@ -329,7 +329,11 @@ def table(results) -> str:
         )
     tiled = [r for r in results if "tiled_over_raster" in r]
     if tiled:
-        lines += ["", "| model | mode | tile | SLA raster ms | SLA tiled ms | tiled / raster |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| model | mode | tile | SLA raster ms | SLA tiled ms | tiled / raster |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in tiled:
             tile = "x".join(str(t) for t in r["tile"])
             lines.append(
