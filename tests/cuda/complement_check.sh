@@ -4,7 +4,7 @@
 # with one head per chunk (SLA_CUDA_HEADS_PER_CHUNK=1), the W1 benchmark of both variants at k_l 0 / 0.2 / 0.5 alone on
 # the GPU, then the random fuzz on both mainloops (CPU-bound: the fp64 oracle) with, when QUALITY=1 and .whl holds
 # diffusers, bench/quality.py beside it. Keeps at most 8 files in $OUT (the device tool's limit); logs in /tmp/logs.
-# Usage: tests/cuda/complement_check.sh   (FUZZ_COUNT, QUALITY, QUALITY_ARGS)
+# Usage: tests/cuda/complement_check.sh   (FUZZ_COUNT, FUZZ_TIMEOUT, NEGLIGIBLE, QUALITY, QUALITY_ARGS, QUALITY_TIMEOUT)
 set -o pipefail
 OUT=${OUT:-/tmp/sla-out}
 LOGS=/tmp/logs
@@ -28,7 +28,7 @@ echo "== the H100 fuzz case of issue 18 (one key, f16 d128 complement)"
 $T --mode fuzz --seed 11361526181690020066 --case 259 2>&1 | tail -2
 grep -E "FAIL|NaN" "$OUT/grids.log" | head -20
 echo "== bench (W1)"
-timeout 240 python3 bench/bench_sla.py --shapes W1 --no-sweep --variants complement,global --negligible 0,0.2,0.5 \
+timeout 240 python3 bench/bench_sla.py --shapes W1 --no-sweep --variants complement,global --negligible ${NEGLIGIBLE:-0,0.2,0.5} \
   2>"$LOGS/bench.err" | tee "$OUT/bench.md" | tail -12 || { rc=1; tail -5 "$LOGS/bench.err"; }
 qpid=
 if [ "${QUALITY:-0}" = 1 ] && ls .whl/diffusers-*.whl >/dev/null 2>&1; then
@@ -40,7 +40,7 @@ if [ "${QUALITY:-0}" = 1 ] && ls .whl/diffusers-*.whl >/dev/null 2>&1; then
 fi
 for m in auto mma; do
   echo "== fuzz, mainloop $m" | tee -a "$OUT/fuzz.log"
-  SLA_CUDA_MAINLOOP=$m timeout 150 $T --mode fuzz --count ${FUZZ_COUNT:-300} >>"$OUT/fuzz.log" 2>&1 || rc=1
+  SLA_CUDA_MAINLOOP=$m timeout ${FUZZ_TIMEOUT:-150} $T --mode fuzz --count ${FUZZ_COUNT:-300} >>"$OUT/fuzz.log" 2>&1 || rc=1
   tail -3 "$OUT/fuzz.log"
 done
 if [ -n "$qpid" ]; then
