@@ -172,25 +172,6 @@ class SLAWanAttnProcessor(nn.Module, RuleLayer):
             nn.init.zeros_(self.proj_l.bias)
         self.apply_options(checked)
 
-    OPTIONS = (
-        "topk",
-        "top_p",
-        "min_blocks",
-        "max_blocks",
-        "negligible",
-        "negligible_threshold",
-        "max_negligible",
-        "rule",
-        "block_q",
-        "block_k",
-        "variant",
-        "feature_map",
-        "scale",
-        "eps",
-        "reuse_block_map_steps",
-        "record_block_map",
-        "cuda_dtype",
-    )
     # Options that are plain attributes (the rule options are views of ``rule``).
     _PLAIN = (
         "block_q",
@@ -203,6 +184,7 @@ class SLAWanAttnProcessor(nn.Module, RuleLayer):
         "record_block_map",
         "cuda_dtype",
     )
+    OPTIONS = RULE_OPTIONS + ("rule",) + _PLAIN
 
     def checked_options(self, **options) -> dict:
         """Checks SLA options (names in ``OPTIONS``) against this processor, changing nothing: returns the complete
