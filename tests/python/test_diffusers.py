@@ -504,17 +504,24 @@ def test_load_turbodiffusion_refuses_a_mismatching_checkpoint():
         sd.load_turbodiffusion(tiny(torch.float32), "/nonexistent/turbo.pth")
 
 
-def test_bench_dit_smoke_runs_on_the_cpu(tmp_path):
-    # bench/bench_dit.py --smoke: the benchmark's code paths (dense and SLA, attention timing, training step) on a
-    # tiny model, so that a GPU run does not find a broken script.
+def load_bench_dit():
+    """bench/bench_dit.py as a module (it is a script, not part of the package)."""
     import importlib.util
-    import json
     import os
 
     path = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "bench_dit.py")
     spec = importlib.util.spec_from_file_location("bench_dit", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_dit_smoke_runs_on_the_cpu(tmp_path):
+    # bench/bench_dit.py --smoke: the benchmark's code paths (dense and SLA, attention timing, training step) on a
+    # tiny model, so that a GPU run does not find a broken script.
+    import json
+
+    bench = load_bench_dit()
     out = tmp_path / "bench.json"
     bench.main(["--smoke", "--modes", "eager", "--train", "--warmup", "0", "--iters", "1", "--json", str(out)])
     rows = json.loads(out.read_text())["results"]
@@ -525,14 +532,9 @@ def test_bench_dit_smoke_runs_on_the_cpu(tmp_path):
 
 def test_bench_dit_smoke_times_the_model_level_token_order(tmp_path):
     # --tile adds SLA with the model-level 3D order beside raster order; a bad tile is refused when parsed.
-    import importlib.util
     import json
-    import os
 
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "bench_dit.py")
-    spec = importlib.util.spec_from_file_location("bench_dit", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench_dit()
     out = tmp_path / "bench.json"
     bench.main(["--smoke", "--modes", "eager", "--tile", "1,4,4", "--warmup", "0", "--iters", "1", "--json", str(out)])
     (row,) = json.loads(out.read_text())["results"]
