@@ -13,9 +13,11 @@
 #include "cuda/block_map.h"
 #include "cuda/build_switch.h"
 #include "cuda/bwd/backward.h"
+#include "cuda/bwd/linear_bwd.h"
 #include "cuda/common/cuda_status.h"
 #include "cuda/common/params.h"
 #include "cuda/forward_launch.h"
+#include "cuda/head_chunks.h"
 #include "cuda/linear_state.h"
 #include "cuda/map_check.h"
 
@@ -154,7 +156,24 @@ Status check_on_current_device(const char* name, const TensorView& t) {
   return Status::Ok();
 }
 
-// Forward workspace: the block-map check, the epilogue operands, then the linear-state scratch.
+// Heads per chunk of the forward (head_chunks.h): the linear-state scratch of one chunk within its budget.
+int64_t forward_heads_per_chunk(const Problem& p, const Config& cfg) {
+  return heads_per_chunk(p, cfg, kForwardChunkBudget, [&](const Problem& one) {
+    const LinearStatePlan plan = plan_linear_state(one, cfg);
+    const std::size_t ops = linear_ops_share_state(one, cfg)
+                                ? 0
+                                : static_cast<std::size_t>(one.heads * plan.operand_blocks * plan.layout.bytes());
+    return linear_state_workspace_bytes(one, cfg) + ops;
+  });
+}
+
+// The problem whose workspace the forward's linear stages carve: one chunk of heads (complement) or all of p.
+Problem forward_piece(const Problem& p, const Config& cfg) {
+  return cfg.variant == Variant::complement ? chunk_problem(p, forward_heads_per_chunk(p, cfg)) : p;
+}
+
+// Forward workspace: the block-map check (all heads), the linear-state scratch, then the epilogue operands (or
+// inside the scratch: linear_ops_share_state), both for one piece (forward_piece).
 struct ForwardWorkspace {
   CheckedMap map;
   unsigned char* lin_ops = nullptr;
@@ -162,12 +181,15 @@ struct ForwardWorkspace {
 };
 
 ForwardWorkspace carve_forward(const Problem& p, const Config& cfg, WorkspaceCarver& ws) {
-  const LinearStatePlan plan = plan_linear_state(p, cfg);
+  const Problem piece = forward_piece(p, cfg);
+  const LinearStatePlan plan = plan_linear_state(piece, cfg);
   ForwardWorkspace f;
   f.map = carve_map_check(p, /*rebuild_inverse=*/false, ws);
-  f.lin_ops = ws.take<unsigned char>(
-      static_cast<std::size_t>(p.batch * p.heads * plan.operand_blocks * plan.layout.bytes()));
-  f.state = ws.take<unsigned char>(linear_state_workspace_bytes(p, cfg));
+  f.state = ws.take<unsigned char>(linear_state_workspace_bytes(piece, cfg));
+  f.lin_ops = linear_ops_share_state(piece, cfg)
+                  ? static_cast<unsigned char*>(f.state)
+                  : ws.take<unsigned char>(static_cast<std::size_t>(piece.batch * piece.heads * plan.operand_blocks *
+                                                                    plan.layout.bytes()));
   return f;
 }
 
@@ -255,7 +277,14 @@ Status forward(const Problem& p, const ForwardArgs& caller_args, const Config& c
   SLA_RETURN_IF_ERROR(launch_map_check(p, caller_args.map, &fw.map, stream));
   ForwardArgs args = caller_args;
   args.map = fw.map.map;
-  SLA_RETURN_IF_ERROR(forward_checked(p, args, cfg, fw, stream));
+  if (cfg.variant == Variant::complement) {
+    SLA_RETURN_IF_ERROR(
+        for_each_chunk(p, forward_heads_per_chunk(p, cfg), [&](int64_t b, int64_t h0, int64_t nh, int64_t) {
+          return forward_checked(chunk_problem(p, nh), slice_heads(args, b, h0, nh), cfg, fw, stream);
+        }));
+  } else {
+    SLA_RETURN_IF_ERROR(forward_checked(p, args, cfg, fw, stream));
+  }
   for (const TensorView* t : {&args.o, &args.lse, &args.o_lin, &args.lin_h, &args.lin_z}) {
     SLA_RETURN_IF_ERROR(launch_poison_heads(fw.map, *t, stream));
   }
@@ -312,11 +341,47 @@ Status forward_checked(const Problem& p, const ForwardArgs& args, const Config& 
 
 }  // namespace
 
-// Backward workspace: the block-map check (with the rebuilt inverse tables) first, then the backward kernels' own.
+namespace {
+
+int64_t backward_heads_per_chunk(const Problem& p, const Config& cfg) {
+  return heads_per_chunk(p, cfg, kBackwardChunkBudget, [&](const Problem& one) {
+    return bwd::workspace_bytes(one, cfg);
+  });
+}
+
+// Backward workspace after the map check: the backward kernels' scratch for one chunk of heads, then, when the call
+// runs in chunks, each chunk's dW and db (summed over the chunks in order at the end).
+struct BackwardPieces {
+  int64_t per_chunk = 0;
+  bool chunked = false;
+  std::size_t kernel_bytes = 0;
+  float* dw_slots = nullptr;  // (chunks, Dv, Dv)
+  float* db_slots = nullptr;  // (chunks, Dv)
+};
+
+BackwardPieces carve_backward(const Problem& p, const Config& cfg, WorkspaceCarver& ws) {
+  BackwardPieces b;
+  b.per_chunk = cfg.variant == Variant::complement ? backward_heads_per_chunk(p, cfg) : p.heads;
+  b.chunked = cfg.variant == Variant::complement && chunked(p, b.per_chunk);
+  const Problem piece = b.chunked ? chunk_problem(p, b.per_chunk) : p;
+  b.kernel_bytes = bwd::workspace_bytes(piece, cfg);
+  ws.take<unsigned char>(b.kernel_bytes);
+  if (b.chunked) {
+    const std::size_t chunks = static_cast<std::size_t>(chunk_count(p, b.per_chunk));
+    b.dw_slots = ws.take<float>(chunks * p.dv * p.dv);
+    b.db_slots = ws.take<float>(chunks * p.dv);
+  }
+  return b;
+}
+
+}  // namespace
+
+// Backward workspace: the block-map check (with the rebuilt inverse tables) first, then the backward's own.
 std::size_t backward_workspace(const Problem& p, const Config& cfg) {
   WorkspaceCarver ws;
   carve_map_check(p, /*rebuild_inverse=*/true, ws);
-  return ws.bytes() + bwd::workspace_bytes(p, cfg);
+  carve_backward(p, cfg, ws);
+  return ws.bytes();
 }
 
 Status backward(const Problem& p, const BackwardArgs& caller_args, const Config& cfg, const Exec& exec) {
@@ -336,13 +401,36 @@ Status backward(const Problem& p, const BackwardArgs& caller_args, const Config&
   WorkspaceCarver ws(exec.workspace);
   CheckedMap checked = carve_map_check(p, /*rebuild_inverse=*/true, ws);
   const std::size_t check_bytes = ws.bytes();
+  const BackwardPieces pieces = carve_backward(p, cfg, ws);
   SLA_RETURN_IF_ERROR(launch_map_check(p, caller_args.map, &checked, stream));
   BackwardArgs checked_args = caller_args;
   checked_args.map = checked.map;
   Exec rest = exec;
   rest.workspace = static_cast<unsigned char*>(exec.workspace) + check_bytes;
-  rest.workspace_bytes = exec.workspace_bytes - check_bytes;
-  SLA_RETURN_IF_ERROR(bwd::launch_backward(p, checked_args, cfg, rest));
+  rest.workspace_bytes = pieces.kernel_bytes;
+  if (!pieces.chunked) {
+    SLA_RETURN_IF_ERROR(bwd::launch_backward(p, checked_args, cfg, rest));
+  } else {
+    const int64_t dv = p.dv, chunks = chunk_count(p, pieces.per_chunk);
+    SLA_RETURN_IF_ERROR(for_each_chunk(p, pieces.per_chunk, [&](int64_t b, int64_t h0, int64_t nh, int64_t c) {
+      BackwardArgs a = slice_heads(checked_args, b, h0, nh);
+      if (a.d_proj_weight.present())
+        a.d_proj_weight =
+            make_view(pieces.dw_slots + c * dv * dv, DType::f32, {dv, dv}, Device::cuda, a.d_proj_weight.device_index);
+      if (a.d_proj_bias.present())
+        a.d_proj_bias = make_view(pieces.db_slots + c * dv, DType::f32, {dv}, Device::cuda, a.d_proj_bias.device_index);
+      return bwd::launch_backward(chunk_problem(p, nh), a, cfg, rest);
+    }));
+    if (checked_args.d_proj_weight.present()) {
+      SLA_RETURN_IF_ERROR(bwd::launch_sum_partials(pieces.dw_slots,
+                                                   static_cast<float*>(checked_args.d_proj_weight.data), 1,
+                                                   static_cast<int>(chunks), dv * dv, stream));
+    }
+    if (checked_args.d_proj_bias.present()) {
+      SLA_RETURN_IF_ERROR(bwd::launch_sum_partials(pieces.db_slots, static_cast<float*>(checked_args.d_proj_bias.data),
+                                                   1, static_cast<int>(chunks), dv, stream));
+    }
+  }
   for (const TensorView* t : {&checked_args.dq, &checked_args.dk, &checked_args.dv}) {
     SLA_RETURN_IF_ERROR(launch_poison_heads(checked, *t, stream));
   }

@@ -1,21 +1,27 @@
-// The linear-branch state pass (docs/SPEC.md section 3), three launches:
+// The linear-branch state pass (docs/SPEC.md section 3).
+// Global variant, two launches:
 //   key_state_kernel      per (key group, h, b): partial H_g = phi(K_g)^T V_g and z_g = colsum phi(K_g), fp32
-//   head_state_kernel     per (16 rows of H, h, b): H = sum of the partials in group order (deterministic),
-//                         z likewise; writes lin_h / lin_z when saved, and for the global variant the epilogue
-//                         operands (G = H W^T and H as bf16 hi/lo pairs, z)
-//   complement_state_kernel (complement variant) per (query block, h, b): H_i = H - sum over the critical and
-//                         negligible blocks of the per-block states (the groups are key blocks there), then G_i
+//   head_state_kernel     per (4 rows of H, h, b): H = sum of the partials in group order (deterministic),
+//                         z likewise; writes lin_h / lin_z when saved, and the epilogue operands (G = H W^T and H
+//                         as bf16 hi/lo pairs, z)
+// Complement variant: H_i, z_i of every query block as direct sums over its marginal key blocks
+// (select/marginal_states.h: key_state_kernel with one group per key block and split bf16 output, the 0/1 mask,
+// one selection GEMM), then complement_operands_kernel per (query block, b * h): the epilogue operands of block i
+// (H_i split, G_i = H_i W^T on the tensor cores with split operands, z_i) and lin_h / lin_z from the total row.
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <string>
 
 #include "core/validate.h"
+#include "cuda/build_switch.h"
 #include "cuda/common/cuda_status.h"
 #include "cuda/common/feature_map.cuh"
 #include "cuda/common/numeric.cuh"
 #include "cuda/common/tile_io.cuh"
 #include "cuda/linear_state.h"
+#include "cuda/select/marginal_states.h"
+#include "cuda/select/split_product.cuh"
 
 namespace sla::cuda {
 namespace {
@@ -25,8 +31,12 @@ constexpr int kGlobalGroupRows = 1024;
 
 struct StateParams {
   RowsParams k, v;
-  float* part_h;  // (B*H, groups, D, D)
+  float* part_h;  // (B*H, groups, D, D), or null with split_rows
   float* part_z;  // (B*H, groups, D)
+  // Or the states as the selection GEMM's B operand: per (b, h), 2 * groups rows of split_ld bf16, the hi part of
+  // group g's [H_g, z_g] in row g and the lo part in row groups + g.
+  uint16_t* split_rows;
+  int64_t split_ld;
   int64_t heads, lk, rows_per_group;
   int groups, feature_map;
 };
@@ -173,14 +183,28 @@ __global__ void __launch_bounds__(kKeyStateThreads) key_state_kernel(StateParams
     __syncthreads();  // phi and this V stage are free again
   }
   cp_async_wait<0>();
-  float* ph = p.part_h + (bh * p.groups + grp) * kD * kD;
   const int g = lane >> 2, t = lane & 3;
+  uint16_t* split_hi = nullptr;
+  uint16_t* split_lo = nullptr;
+  if (p.split_rows != nullptr) {
+    split_hi = p.split_rows + (bh * 2 * p.groups + grp) * p.split_ld;
+    split_lo = split_hi + p.groups * p.split_ld;
+  }
 #pragma unroll
   for (int n = 0; n < kCols / 8; ++n) {
     const int col = warp_n * kCols + n * 8 + 2 * t;
     const int row = warp_m * 16 + g;
-    *reinterpret_cast<float2*>(ph + row * kD + col) = make_float2(acc[n][0], acc[n][1]);
-    *reinterpret_cast<float2*>(ph + (row + 8) * kD + col) = make_float2(acc[n][2], acc[n][3]);
+    if (split_hi != nullptr) {
+      const SplitBf16 s0 = split_bf16x2(acc[n][0], acc[n][1]), s1 = split_bf16x2(acc[n][2], acc[n][3]);
+      *reinterpret_cast<uint32_t*>(split_hi + row * kD + col) = s0.hi;
+      *reinterpret_cast<uint32_t*>(split_lo + row * kD + col) = s0.lo;
+      *reinterpret_cast<uint32_t*>(split_hi + (row + 8) * kD + col) = s1.hi;
+      *reinterpret_cast<uint32_t*>(split_lo + (row + 8) * kD + col) = s1.lo;
+    } else {
+      float* ph = p.part_h + (bh * p.groups + grp) * kD * kD;
+      *reinterpret_cast<float2*>(ph + row * kD + col) = make_float2(acc[n][0], acc[n][1]);
+      *reinterpret_cast<float2*>(ph + (row + 8) * kD + col) = make_float2(acc[n][2], acc[n][3]);
+    }
   }
 #pragma unroll
   for (int e = 0; e < kE; ++e) z_part[warp * kD + lane * kE + e] = zacc[e];
@@ -188,7 +212,13 @@ __global__ void __launch_bounds__(kKeyStateThreads) key_state_kernel(StateParams
   if (tid < kD) {
     float z = 0.f;
     for (int w = 0; w < kKeyStateThreads / 32; ++w) z += z_part[w * kD + tid];
-    p.part_z[(bh * p.groups + grp) * kD + tid] = z;
+    if (split_hi != nullptr) {
+      const __nv_bfloat16 zh = __float2bfloat16_rn(z);
+      reinterpret_cast<__nv_bfloat16*>(split_hi)[kD * kD + tid] = zh;
+      reinterpret_cast<__nv_bfloat16*>(split_lo)[kD * kD + tid] = __float2bfloat16_rn(z - __bfloat162float(zh));
+    } else {
+      p.part_z[(bh * p.groups + grp) * kD + tid] = z;
+    }
   }
 }
 
@@ -200,11 +230,9 @@ constexpr int key_state_smem_bytes() {
 struct HeadParams {
   const float* part_h;
   const float* part_z;
-  float* h_all;        // (B*H, D, D) fp32, for the complement pass
-  float* z_all;        // (B*H, D)
   float* lin_h;        // saved output or null
   float* lin_z;        // saved output or null
-  unsigned char* ops;  // global variant: one operand block per (b, h); null for the complement variant
+  unsigned char* ops;  // one operand block per (b, h)
   int64_t ops_stride;
   LinearOperandLayout lay;
   const float* weight;  // (D, D) or null
@@ -269,14 +297,12 @@ __global__ void __launch_bounds__(kStateThreads) head_state_kernel(HeadParams p)
     float s = 0.f;
     for (int g = 0; g < p.groups; ++g) s += p.part_h[(bh * p.groups + g) * d * d + idx];
     h_rows[e] = s;
-    p.h_all[bh * d * d + idx] = s;
     if (p.lin_h != nullptr) p.lin_h[bh * d * d + idx] = s;
   }
   if (blockIdx.x == 0) {
     for (int c = threadIdx.x; c < d; c += blockDim.x) {
       float s = 0.f;
       for (int g = 0; g < p.groups; ++g) s += p.part_z[(bh * p.groups + g) * d + c];
-      p.z_all[bh * d + c] = s;
       if (p.lin_z != nullptr) p.lin_z[bh * d + c] = s;
       if (p.ops != nullptr) reinterpret_cast<float*>(p.ops + bh * p.ops_stride + p.lay.z())[c] = s;
     }
@@ -288,84 +314,82 @@ __global__ void __launch_bounds__(kStateThreads) head_state_kernel(HeadParams p)
   if (p.ops != nullptr) write_operands<kHeadRows>(h_rows, d0, d, p.weight, p.lay, p.ops + bh * p.ops_stride);
 }
 
-struct ComplementParams {
-  const float* part_h;  // per key block states (B*H, Nk, D, D)
-  const float* part_z;  // (B*H, Nk, D)
-  const float* h_all;
-  const float* z_all;
-  const int32_t* lut;
+// The forward's per-query-block operands of the complement variant from the selected states (one CTA per row of
+// MarginalStates::out): z_i, the empty flag, H_i split when the epilogue reads it, and G_i = H_i W^T split, a product
+// on the tensor cores with split operands (select/split_product.cuh). Row Nq, the sum over all key blocks, goes to
+// lin_h / lin_z when they are saved.
+struct OperandsParams {
+  const float* states;  // (B*H, rows, n): row i = [H_i, z_i]
+  int64_t n = 0, rows = 0;
   const int32_t* count;
-  const int32_t* negl_lut;    // or null
   const int32_t* negl_count;  // or null
+  int nq = 0, nk = 0;
   unsigned char* ops;
-  int64_t ops_head_stride, ops_qblock_stride;
+  int64_t ops_head_stride = 0, ops_qblock_stride = 0;
   LinearOperandLayout lay;
-  const float* weight;
-  int64_t heads;
-  int nq, nk, t, tn, d;
+  const float* weight;  // (D, D) or null
+  bool write_h = false;
+  float* lin_h;  // or null
+  float* lin_z;  // or null
 };
 
-// One CTA per (query block, h, b), kHeadRows rows of H_i at a time. H_i = H - sum over C_i and N_i of h_j.
-__global__ void __launch_bounds__(kStateThreads) complement_state_kernel(ComplementParams p) {
-  __shared__ float h_rows[kHeadRows * 128];
-  __shared__ int blocks[2048];
-  __shared__ int n_blocks;
-  const int i = blockIdx.x;
-  const int64_t bh = static_cast<int64_t>(blockIdx.z) * p.heads + blockIdx.y;
-  const int d = p.d;
+template <int D>
+constexpr int operands_smem_bytes() {
+  return 2 * SplitSquare<D>::kOperandBytes;
+}
+
+template <int D>
+__global__ void __launch_bounds__(SplitSquare<D>::kThreads) complement_operands_kernel(OperandsParams p) {
+  constexpr int kThreads = SplitSquare<D>::kThreads, kTile = SplitSquare<D>::kTileBytes;
+  extern __shared__ __align__(128) unsigned char operands_smem[];
+  const uint32_t x_hi = smem_addr(operands_smem), x_lo = x_hi + kTile, y_hi = x_lo + kTile, y_lo = y_hi + kTile;
+  const int i = blockIdx.x, tid = threadIdx.x;
+  const int64_t bh = blockIdx.y;
+  const float* src = p.states + (bh * p.rows + i) * p.n;
+  if (i == p.nq) {  // the total row
+    if (p.lin_h != nullptr) {
+      for (int e = tid; e < D * D; e += kThreads) p.lin_h[bh * D * D + e] = src[e];
+    }
+    if (p.lin_z != nullptr) {
+      for (int c = tid; c < D; c += kThreads) p.lin_z[bh * D + c] = src[D * D + c];
+    }
+    return;
+  }
   unsigned char* ops = p.ops + bh * p.ops_head_stride + static_cast<int64_t>(i) * p.ops_qblock_stride;
-  if (threadIdx.x == 0) {
-    // The removed blocks, in table order (critical, then negligible): a fixed order keeps the sums deterministic.
-    int n = 0;
-    const int nc = min(max(p.count[bh * p.nq + i], 0), p.t);
-    for (int e = 0; e < nc && n < 2048; ++e) {
-      const int j = p.lut[(bh * p.nq + i) * p.t + e];
-      if (j >= 0 && j < p.nk) blocks[n++] = j;
-    }
-    if (p.negl_lut != nullptr) {
-      const int nn = min(max(p.negl_count[bh * p.nq + i], 0), p.tn);
-      for (int e = 0; e < nn && n < 2048; ++e) {
-        const int j = p.negl_lut[(bh * p.nq + i) * p.tn + e];
-        if (j >= 0 && j < p.nk) blocks[n++] = j;
-      }
-    }
-    n_blocks = n;
-    *reinterpret_cast<int32_t*>(ops + p.lay.marginal_empty()) = n >= p.nk ? 1 : 0;
+  float* z = reinterpret_cast<float*>(ops + p.lay.z());
+  for (int c = tid; c < D; c += kThreads) z[c] = src[D * D + c];
+  if (tid == 0) {
+    // The checked map's rows hold distinct in-range blocks, so the counts say whether any block is marginal.
+    const int64_t part = bh * p.nq + i;
+    const int removed = p.count[part] + (p.negl_count != nullptr ? p.negl_count[part] : 0);
+    *reinterpret_cast<int32_t*>(ops + p.lay.marginal_empty()) = removed >= p.nk ? 1 : 0;
   }
+  uint16_t* h_hi = p.write_h ? reinterpret_cast<uint16_t*>(ops + p.lay.h_hi()) : nullptr;
+  uint16_t* h_lo = p.write_h ? reinterpret_cast<uint16_t*>(ops + p.lay.h_lo()) : nullptr;
+  stage_split<D>(x_hi, x_lo, src, D, tid, h_hi, h_lo);
+  if (p.weight == nullptr) return;
+  stage_split<D>(y_hi, y_lo, p.weight, D, tid);
   __syncthreads();
-  const int nb = n_blocks;
-  for (int c = threadIdx.x; c < d; c += blockDim.x) {
-    float s = p.z_all[bh * d + c];
-    for (int e = 0; e < nb; ++e) s -= p.part_z[(bh * p.nk + blocks[e]) * d + c];
-    reinterpret_cast<float*>(ops + p.lay.z())[c] = s;
-  }
-  for (int d0 = 0; d0 < d; d0 += kHeadRows) {
-    for (int e = threadIdx.x; e < kHeadRows * d; e += blockDim.x) {
-      const int64_t idx = static_cast<int64_t>(d0) * d + e;
-      float s = p.h_all[bh * d * d + idx];
-      for (int q = 0; q < nb; ++q) s -= p.part_h[(bh * p.nk + blocks[q]) * d * d + idx];
-      h_rows[e] = s;
-    }
-    __syncthreads();
-    write_operands<kHeadRows>(h_rows, d0, d, p.weight, p.lay, ops);
-    __syncthreads();
-  }
+  const int warp = tid / 32, lane = tid % 32;
+  float acc[D / 8][4];
+  zero_acc<D>(acc);
+  split_product<D, false, true>(acc, x_hi, x_lo, y_hi, y_lo, warp * 16, lane);
+  store_split_pairs<D>(acc, warp * 16, lane, reinterpret_cast<uint16_t*>(ops + p.lay.g_hi()),
+                       reinterpret_cast<uint16_t*>(ops + p.lay.g_lo()));
 }
 
 struct StateBuffers {
   float* part_h;
   float* part_z;
-  float* h_all;
-  float* z_all;
 };
 
-StateBuffers carve(const Problem& p, const LinearStatePlan& plan, WorkspaceCarver& ws) {
+// Global variant: the group partials. Complement variant: the selected states (with the total row, so that the
+// size does not depend on whether lin_h is saved).
+StateBuffers carve_global(const Problem& p, const LinearStatePlan& plan, WorkspaceCarver& ws) {
   const std::size_t bh = static_cast<std::size_t>(p.batch * p.heads);
   StateBuffers s;
   s.part_h = ws.take<float>(bh * plan.groups * p.d * p.dv);
   s.part_z = ws.take<float>(bh * plan.groups * p.d);
-  s.h_all = ws.take<float>(bh * p.d * p.dv);
-  s.z_all = ws.take<float>(bh * p.d);
   return s;
 }
 
@@ -380,6 +404,56 @@ Status launch_key_state(const StateParams& sp, const Problem& p, cudaStream_t st
   });
   if (attr != cudaSuccess) return device_error("key_state_kernel: cudaFuncSetAttribute", attr);
   return check_launch("key_state_kernel");
+}
+
+Status launch_key_states(const StateParams& sp, const Problem& p, cudaStream_t stream) {
+  return SLA_CUDA_DTYPE_SWITCH(p.dtype, T, "linear state", [&] {
+    return SLA_CUDA_HEADDIM_SWITCH(p.d, kD, "linear state", [&] {
+      return launch_key_state<T, kD>(sp, p, stream);
+    });
+  });
+}
+
+StateParams state_params(const Problem& p, const TensorView& k, const TensorView& v, FeatureMap fm,
+                         int64_t rows_per_group) {
+  StateParams sp{};
+  sp.k = rows_params(k);
+  sp.v = rows_params(v);
+  sp.heads = p.heads;
+  sp.lk = p.lk;
+  sp.rows_per_group = rows_per_group;
+  sp.groups = static_cast<int>((p.lk + rows_per_group - 1) / rows_per_group);
+  sp.feature_map = static_cast<int>(fm);
+  return sp;
+}
+
+Status launch_complement_operands(const Problem& p, const ForwardArgs& args, const LinearStatePlan& plan,
+                                  const MarginalStates& s, unsigned char* lin_ops, cudaStream_t stream) {
+  OperandsParams op{};
+  op.states = s.out;
+  op.n = s.n;
+  op.rows = s.rows;
+  op.count = static_cast<const int32_t*>(args.map.count.data);
+  const bool has_negl = args.map.negl_lut.present() && args.map.negl_lut.shape[3] > 0;
+  op.negl_count = has_negl ? static_cast<const int32_t*>(args.map.negl_count.data) : nullptr;
+  op.nq = static_cast<int>(p.map.q_blocks);
+  op.nk = static_cast<int>(p.map.k_blocks);
+  op.ops = lin_ops;
+  op.ops_qblock_stride = plan.layout.bytes();
+  op.ops_head_stride = op.ops_qblock_stride * plan.operand_blocks;
+  op.lay = plan.layout;
+  op.weight = static_cast<const float*>(args.proj_weight.data);
+  // The epilogue reads H_i for O_l (saved) or as its only operand (no W).
+  op.write_h = args.o_lin.present() || op.weight == nullptr;
+  op.lin_h = static_cast<float*>(args.lin_h.data);
+  op.lin_z = static_cast<float*>(args.lin_z.data);
+  return SLA_CUDA_HEADDIM_SWITCH(p.d, D, "linear state", [&]() -> Status {
+    constexpr int smem = operands_smem_bytes<D>();
+    SLA_RETURN_IF_ERROR(set_dynamic_smem(complement_operands_kernel<D>, smem, "complement_operands_kernel"));
+    const dim3 grid(static_cast<unsigned>(s.rows), static_cast<unsigned>(p.batch * p.heads));
+    complement_operands_kernel<D><<<grid, SplitSquare<D>::kThreads, smem, stream>>>(op);
+    return check_launch("complement_operands_kernel");
+  });
 }
 
 }  // namespace
@@ -400,47 +474,53 @@ LinearStatePlan plan_linear_state(const Problem& p, const Config& cfg) {
 }
 
 std::size_t linear_state_workspace_bytes(const Problem& p, const Config& cfg) {
-  const LinearStatePlan plan = plan_linear_state(p, cfg);
   WorkspaceCarver ws;
-  carve(p, plan, ws);
+  if (cfg.variant == Variant::complement) {
+    carve_marginal_states(p, /*total_row=*/true, ws);
+  } else {
+    carve_global(p, plan_linear_state(p, cfg), ws);
+  }
   return ws.bytes();
+}
+
+bool linear_ops_share_state(const Problem& p, const Config& cfg) {
+  if (cfg.variant != Variant::complement) return false;
+  const LinearStatePlan plan = plan_linear_state(p, cfg);
+  const int64_t key_state_bytes = 2 * p.map.k_blocks * marginal_state_cols(p) * 2;  // per (b, h), bf16
+  return plan.operand_blocks * plan.layout.bytes() <= key_state_bytes;
+}
+
+Status launch_key_block_states(const Problem& p, const TensorView& k, const TensorView& v, const Config& cfg,
+                               uint16_t* out, int64_t ld, cudaStream_t stream) {
+  StateParams sp = state_params(p, k, v, cfg.feature_map, cfg.block_k);
+  sp.split_rows = out;
+  sp.split_ld = ld;
+  return launch_key_states(sp, p, stream);
 }
 
 Status launch_linear_state(const Problem& p, const ForwardArgs& args, const Config& cfg, unsigned char* lin_ops,
                            void* workspace, cudaStream_t stream) {
   const LinearStatePlan plan = plan_linear_state(p, cfg);
   WorkspaceCarver ws(workspace);
-  const StateBuffers buf = carve(p, plan, ws);
+  if (cfg.variant == Variant::complement) {
+    const MarginalStates s = carve_marginal_states(p, /*total_row=*/true, ws);
+    SLA_RETURN_IF_ERROR(launch_marginal_states(p, args.k, args.v, args.map, cfg, s, stream));
+    return launch_complement_operands(p, args, plan, s, lin_ops, stream);
+  }
 
-  StateParams sp;
-  sp.k = rows_params(args.k);
-  sp.v = rows_params(args.v);
+  const StateBuffers buf = carve_global(p, plan, ws);
+  StateParams sp = state_params(p, args.k, args.v, cfg.feature_map, plan.rows_per_group);
   sp.part_h = buf.part_h;
   sp.part_z = buf.part_z;
-  sp.heads = p.heads;
-  sp.lk = p.lk;
-  sp.rows_per_group = plan.rows_per_group;
-  sp.groups = static_cast<int>(plan.groups);
-  sp.feature_map = static_cast<int>(cfg.feature_map);
-  Status st = Status::Unsupported("linear state: head dim " + std::to_string(p.d) + " / dtype " +
-                                  dtype_name(p.dtype) + " not built");
-  if (p.dtype == DType::bf16 && p.d == 128) st = launch_key_state<__nv_bfloat16, 128>(sp, p, stream);
-  if (p.dtype == DType::bf16 && p.d == 64) st = launch_key_state<__nv_bfloat16, 64>(sp, p, stream);
-  if (p.dtype == DType::f16 && p.d == 128) st = launch_key_state<__half, 128>(sp, p, stream);
-  if (p.dtype == DType::f16 && p.d == 64) st = launch_key_state<__half, 64>(sp, p, stream);
-  SLA_RETURN_IF_ERROR(st);
+  SLA_RETURN_IF_ERROR(launch_key_states(sp, p, stream));
 
-  const bool complement = cfg.variant == Variant::complement;
-  const int64_t ops_head_stride = plan.layout.bytes() * plan.operand_blocks;
   HeadParams hp;
   hp.part_h = buf.part_h;
   hp.part_z = buf.part_z;
-  hp.h_all = buf.h_all;
-  hp.z_all = buf.z_all;
   hp.lin_h = static_cast<float*>(args.lin_h.data);
   hp.lin_z = static_cast<float*>(args.lin_z.data);
-  hp.ops = complement ? nullptr : lin_ops;
-  hp.ops_stride = ops_head_stride;
+  hp.ops = lin_ops;
+  hp.ops_stride = plan.layout.bytes() * plan.operand_blocks;
   hp.lay = plan.layout;
   hp.weight = static_cast<const float*>(args.proj_weight.data);
   hp.heads = p.heads;
@@ -450,39 +530,6 @@ Status launch_linear_state(const Problem& p, const ForwardArgs& args, const Conf
                            static_cast<unsigned>(p.batch)),
                       kStateThreads, 0, stream>>>(hp);
   SLA_CUDA_RETURN_IF_LAUNCH_FAILED("head_state_kernel");
-
-  if (complement) {
-    const int64_t removable = p.map.critical + p.map.negligible;
-    if (removable > 2048) {
-      return Status::Unsupported("forward (complement variant): T + Tn = " + std::to_string(removable) +
-                                 " key blocks per row exceed the CUDA kernel's limit of 2048");
-    }
-    ComplementParams cp;
-    cp.part_h = buf.part_h;
-    cp.part_z = buf.part_z;
-    cp.h_all = buf.h_all;
-    cp.z_all = buf.z_all;
-    cp.lut = static_cast<const int32_t*>(args.map.lut.data);
-    cp.count = static_cast<const int32_t*>(args.map.count.data);
-    const bool has_negl = args.map.negl_lut.present() && args.map.negl_lut.shape[3] > 0;
-    cp.negl_lut = has_negl ? static_cast<const int32_t*>(args.map.negl_lut.data) : nullptr;
-    cp.negl_count = has_negl ? static_cast<const int32_t*>(args.map.negl_count.data) : nullptr;
-    cp.ops = lin_ops;
-    cp.ops_head_stride = ops_head_stride;
-    cp.ops_qblock_stride = plan.layout.bytes();
-    cp.lay = plan.layout;
-    cp.weight = hp.weight;
-    cp.heads = p.heads;
-    cp.nq = static_cast<int>(p.map.q_blocks);
-    cp.nk = static_cast<int>(p.map.k_blocks);
-    cp.t = static_cast<int>(args.map.lut.shape[3]);
-    cp.tn = has_negl ? static_cast<int>(args.map.negl_lut.shape[3]) : 0;
-    cp.d = static_cast<int>(p.d);
-    complement_state_kernel<<<dim3(static_cast<unsigned>(cp.nq), static_cast<unsigned>(p.heads),
-                                   static_cast<unsigned>(p.batch)),
-                              kStateThreads, 0, stream>>>(cp);
-    SLA_CUDA_RETURN_IF_LAUNCH_FAILED("complement_state_kernel");
-  }
   return Status::Ok();
 }
 

@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# One device call for the complement variant's selection-GEMM kernels (held back on 2026-12-07 until a GPU has
-# checked them: revert the commit 'Hold back the complement variant's selection-GEMM kernels' first): builds
+# One device call for the complement variant's kernels (docs/KERNELS.md, 'Complement variant'): builds
 # (tests/cuda/device_build.sh), runs the complement cases of the forward and backward grids on both mainloops and
 # with one head per chunk (SLA_CUDA_HEADS_PER_CHUNK=1), the W1 benchmark of both variants at k_l 0 / 0.2 / 0.5 alone on
 # the GPU, then the random fuzz on both mainloops (CPU-bound: the fp64 oracle) with, when QUALITY=1 and .whl holds

@@ -1,22 +1,23 @@
 // Entry points of the CUDA backward pass: workspace layout, the flat parameter block, and the order of the stages.
 //
-//   complement only: H_i, z_i per query block            (linear_bwd.cu)
+//   complement only: H_i, z_i per query block            (select/marginal_states.h)
 //   G = W H^T per query group                             (linear_bwd.cu)
 //   row prep: Delta_r, D_r, 1/n_r; partial E, dz, db      (linear_bwd.cu)
-//   dH, dz per key group; dW, db when requested           (linear_bwd.cu)
 //   dq: sparse pass over the LUT + linear epilogue        (sparse_*.cu)
+//   dH, dz per key group; dW, db when requested           (linear_bwd.cu)
 //   dk, dv: sparse pass over the inverse LUT + epilogue   (sparse_*.cu)
 // All on the caller's stream, no synchronisation, no atomics: the same inputs give bitwise-identical outputs.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 
+#include "core/validate.h"
 #include "cuda/bwd/backward.h"
 #include "cuda/bwd/bwd_params.h"
 #include "cuda/bwd/linear_bwd.h"
 #include "cuda/bwd/sparse_bwd.h"
-#include "core/validate.h"
 #include "cuda/common/cuda_status.h"
+#include "cuda/select/marginal_states.h"
 
 namespace sla::cuda::bwd {
 namespace {
@@ -38,8 +39,8 @@ RowChunking row_chunking(int64_t lq) {
 }
 
 // Carves every workspace piece in a fixed order; with a null base it only counts (workspace_bytes). The Problem
-// does not say whether dW and db are requested, so their partial sums are always counted.
-void carve_workspace(const Problem& p, const Config& cfg, WorkspaceCarver& wc, BwdParams* bp) {
+// does not say whether dW and db are requested, so their partial sums (and E, which dW needs) are always counted.
+void carve_workspace(const Problem& p, const Config& cfg, WorkspaceCarver& wc, BwdParams* bp, MarginalStates* ms) {
   const int64_t bh = p.batch * p.heads, dd = p.d * p.dv;
   const int64_t nq = p.map.q_blocks, nk = p.map.k_blocks;
   const bool complement = cfg.variant == Variant::complement;
@@ -49,26 +50,45 @@ void carve_workspace(const Problem& p, const Config& cfg, WorkspaceCarver& wc, B
   bp->d_lin = wc.take<float>(bh * p.lq);
   bp->inv_n = wc.take<float>(bh * p.lq);
   if (complement) {
-    bp->grp_h = wc.take<float>(bh * nq * dd);
-    bp->grp_z = wc.take<float>(bh * nq * p.d);
+    *ms = carve_marginal_states(p, /*total_row=*/false, wc);
+    bp->grp_h = ms->out;
+    bp->grp_z = ms->out + dd;
+    bp->grp_stride = ms->n;
+    bp->mask = ms->mask;
+    bp->gemm_workspace = ms->gemm_workspace;
   }
-  if (p.has_weight) bp->g_split = wc.take<uint16_t>((complement ? bh * nq : bh) * 2 * dd);
-  // E feeds dH (W present) and, in the global variant, dW.
-  if (p.has_weight || !complement) bp->e_part = wc.take<float>(parts * dd);
+  // Complement: G_i^T (split) and E_i per query block live in the key states' bytes when they fit there (bq > bk):
+  // both are dead before the key side's selection GEMM writes that region (launch_backward's order).
+  const bool alias = complement && 8 * nq * dd <= 4 * nk * ms->n;
+  if (alias) {
+    bp->g_split = ms->key_states;
+    bp->e_part = reinterpret_cast<float*>(ms->key_states + bh * nq * 2 * dd);
+  } else {
+    if (p.has_weight) bp->g_split = wc.take<uint16_t>((complement ? bh * nq : bh) * 2 * dd);
+    bp->e_part = wc.take<float>(parts * dd);
+  }
   if (!complement) bp->e_total = wc.take<float>(bh * dd);
   bp->dz_part = wc.take<float>(parts * p.d);
   bp->db_part = wc.take<float>(parts * p.dv);
   if (p.has_weight) {
     if (complement) {
-      bp->dh_group = wc.take<float>(bh * nq * dd);
-      bp->dh_total = wc.take<float>(bh * dd);
-      bp->dz_total = wc.take<float>(bh * p.d);
+      bp->dh_rows = wc.take<uint16_t>(bh * 2 * nq * ms->n);
+      bp->dh_row_stride = ms->n;
+      bp->mask_t = wc.take<uint16_t>(bh * nk * mask_row_stride(nq));
+      // The key side's selection output [dH^(j), dz^(j)] (fp32, n a row) takes the key states' place, which are
+      // dead once H_i is selected: the same bytes. dH^(j) is then split in place.
+      bp->dh_split = ms->key_states;
+      bp->dz_key = reinterpret_cast<float*>(ms->key_states) + dd;
+      bp->dh_key_stride = 2 * ms->n;
+      bp->dz_key_stride = ms->n;
+    } else {
+      bp->dh_split = wc.take<uint16_t>(bh * 2 * dd);
+      bp->dz_key = wc.take<float>(bh * p.d);
+      bp->dh_key_stride = 2 * dd;
+      bp->dz_key_stride = p.d;
     }
-    const int64_t key_groups = complement ? bh * nk : bh;
-    bp->dh_split = wc.take<uint16_t>(key_groups * 2 * dd);
-    bp->dz_key = wc.take<float>(key_groups * p.d);
   }
-  bp->dw_part = wc.take<float>((complement ? bh * rc.chunks : bh) * p.dv * p.dv);
+  bp->dw_part = wc.take<float>((complement ? bh * ((nq + kDwGroup - 1) / kDwGroup) : bh) * p.dv * p.dv);
 }
 
 const int32_t* i32(const TensorView& t) { return static_cast<const int32_t*>(t.data); }
@@ -79,7 +99,8 @@ const float* f32(const TensorView& t) { return static_cast<const float*>(t.data)
 std::size_t workspace_bytes(const Problem& p, const Config& cfg) {
   WorkspaceCarver wc;
   BwdParams unused;
-  carve_workspace(p, cfg, wc, &unused);
+  MarginalStates unused_states;
+  carve_workspace(p, cfg, wc, &unused, &unused_states);
   return wc.bytes();
 }
 
@@ -109,7 +130,6 @@ Status launch_backward(const Problem& p, const BackwardArgs& args, const Config&
   bp.grad_k = rows_params(args.dk);
   bp.grad_v = rows_params(args.dv);
   bp.lse = f32(args.lse);
-  bp.o_lin = f32(args.o_lin);
   bp.lin_h = f32(args.lin_h);
   bp.lin_z = f32(args.lin_z);
   bp.proj_w = args.proj_weight.present() ? f32(args.proj_weight) : nullptr;
@@ -150,15 +170,18 @@ Status launch_backward(const Problem& p, const BackwardArgs& args, const Config&
   bp.rows_per_chunk = rc.rows_per_chunk;
 
   WorkspaceCarver wc(exec.workspace);
-  carve_workspace(p, cfg, wc, &bp);
+  MarginalStates states;
+  carve_workspace(p, cfg, wc, &bp, &states);
+  if (bp.complement) bp.mask_args = marginal_mask_args(p, map, /*total_row=*/false);
 
   const auto stream = static_cast<cudaStream_t>(exec.stream);
   const FeatureMap fm = cfg.feature_map;
-  if (bp.complement) SLA_RETURN_IF_ERROR(launch_complement_states(bp, p.dtype, fm, stream));
+  if (bp.complement) SLA_RETURN_IF_ERROR(launch_marginal_states(p, args.k, args.v, map, cfg, states, stream));
   SLA_RETURN_IF_ERROR(launch_gmat(bp, stream));
   SLA_RETURN_IF_ERROR(launch_row_prep(bp, p.dtype, fm, stream));
-  SLA_RETURN_IF_ERROR(launch_linear_reductions(bp, p.dtype, stream));
+  // dq before the reductions: in the complement variant the key side's selection output overwrites G and E.
   SLA_RETURN_IF_ERROR(launch_dq(bp, p.dtype, fm, stream));
+  SLA_RETURN_IF_ERROR(launch_linear_reductions(bp, p.dtype, stream));
   SLA_RETURN_IF_ERROR(launch_dkdv(bp, p.dtype, fm, stream));
   return Status::Ok();
 }

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "cuda/common/params.h"
+#include "cuda/select/marginal_mask.h"
 #include "sla/config.h"
 
 namespace sla::cuda::bwd {
@@ -15,6 +16,8 @@ constexpr int kStatsTileRows = 64;
 // head, few enough partial sums (D x Dv fp32 each) to keep the workspace small. Fixed, so results do not depend on
 // the card.
 constexpr int kMaxRowChunks = 64;
+// Query blocks per dW partial of the complement variant (one CTA sums E_i^T H_i over them in order).
+constexpr int kDwGroup = 8;
 
 struct BwdParams {
   RowsParams q, k, v, o, d_o;  // inputs, dtype T
@@ -22,7 +25,6 @@ struct BwdParams {
 
   const float* lse = nullptr;    // (B, H, Lq) natural log
   const float* o_sparse = nullptr;  // (B, H, Lq, Dv) or null: the forward's O_s in fp32, for Delta_r
-  const float* o_lin = nullptr;  // (B, H, Lq, Dv) contiguous
   const float* lin_h = nullptr;  // (B, H, D, Dv): H over all keys
   const float* lin_z = nullptr;  // (B, H, D)
   const float* proj_w = nullptr;  // (Dv, Dv) row-major or null (W = 0)
@@ -58,9 +60,11 @@ struct BwdParams {
   float* delta = nullptr;  // (B, H, Lq): Delta_r = dO . O_s
   float* d_lin = nullptr;  // (B, H, Lq): D_r = dO_l . O_l
   float* inv_n = nullptr;  // (B, H, Lq): 1 / n_r, or 0 where the complement row's O_l is defined as 0
-  // Complement variant only: H_i, z_i per query block (B, H, Nq, D, Dv) and (B, H, Nq, D).
+  // Complement variant only: H_i and z_i of query block `part` at grp_h / grp_z + part * grp_stride (the rows of the
+  // selection GEMM's output, select/marginal_states.h).
   float* grp_h = nullptr;
   float* grp_z = nullptr;
+  int64_t grp_stride = 0;
   // G_g = W H_g^T per query group (split); group = (b, h) or (b, h, i).
   uint16_t* g_split = nullptr;
   // Per row chunk (global) or query block (complement): E = sum_r (a_r / n_r)^T dO_r (D x Dv), dz, db partials.
@@ -68,14 +72,22 @@ struct BwdParams {
   float* e_total = nullptr;  // global variant: E per (b, h)
   float* dz_part = nullptr;
   float* db_part = nullptr;
-  // Complement only: dH_i = E_i W per query block, and the totals over all query blocks per (b, h).
-  float* dh_group = nullptr;
-  float* dh_total = nullptr;
-  float* dz_total = nullptr;
-  // dH (split) and dz each key block receives: per (b, h) (global) or per (b, h, j) (complement).
+  // Complement only: [dH_i = E_i W, dz_i] per query block as split bf16 rows (hi rows of the head, then lo rows;
+  // dh_row_stride elements a row), the B operand of the key side's selection GEMM.
+  uint16_t* dh_rows = nullptr;
+  int64_t dh_row_stride = 0;
+  // dH (split: hi then lo, D x Dv each) and dz each key block receives, at dh_split + group * dh_key_stride and
+  // dz_key + group * dz_key_stride; group = (b, h) (global) or (b, h, j) (complement).
   uint16_t* dh_split = nullptr;
   float* dz_key = nullptr;
-  // dW partial sums: E^T H per (b, h) (global) or dO^T O_l per (b, h, row chunk) (complement).
+  int64_t dh_key_stride = 0, dz_key_stride = 0;
+  // Complement only: the marginal mask (BH, Nq, 2 Nk) and its transpose (BH, Nk, 2 Nq), rows padded to
+  // mask_row_stride (select/marginal_mask.h), and cuBLASLt's scratch for the selection GEMMs.
+  const uint16_t* mask = nullptr;
+  uint16_t* mask_t = nullptr;
+  MarginalMaskArgs mask_args;
+  void* gemm_workspace = nullptr;
+  // dW partial sums E^T H: per (b, h) (global) or per (b, h, group of kDwGroup query blocks) (complement).
   float* dw_part = nullptr;
 };
 

@@ -7,6 +7,12 @@
 //   - dz = -sum_r A_r D_r and db = sum_r dO_r.
 // The per-row products run on the tensor cores with split-bf16 operands (split_mma.cuh). Every reduction writes
 // per-CTA partial sums that a second kernel adds in a fixed order: deterministic, no atomics.
+//
+// Complement variant (docs/KERNELS_NEXT.md 1.3): H_i, z_i come from the selection GEMM (select/marginal_states.h);
+// the per-query-block products G_i^T = W H_i^T, dH_i = E_i W and the dW partials E_i^T H_i run one CTA per block on
+// the tensor cores (select/split_product.cuh); every key block j then receives dH^(j) = sum over the query blocks i
+// with j in M_i of dH_i (and dz^(j) likewise) from a second selection GEMM with the transposed mask, written split in
+// place for the dk/dv epilogue.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -18,11 +24,12 @@
 #include "cuda/bwd/tile_stage.cuh"
 #include "cuda/bwd/warp_row.cuh"
 #include "cuda/common/cuda_status.h"
+#include "cuda/select/marginal_mask.h"
+#include "cuda/select/select_gemm.h"
+#include "cuda/select/split_product.cuh"
 
 namespace sla::cuda::bwd {
 namespace {
-
-constexpr int kWarps = kGemmThreads / 32;
 
 // Query rows [begin, end) and partial-sum slot of one row_prep CTA.
 struct RowRange {
@@ -41,59 +48,6 @@ __device__ __forceinline__ RowRange row_range(const BwdParams& p, int64_t bh, in
     r.part = bh * p.row_chunks + x;
   }
   return r;
-}
-
-// Grid (Nq, H, B). H_i = H_all - sum over j in C_i and N_i of phi(K_j)^T V_j (docs/SPEC.md section 3), likewise z_i;
-// both exactly 0 when M_i is empty, which makes every n_r of the block 0 and so O_l = 0 there.
-template <class T, int D, FeatureMap F>
-__global__ void __launch_bounds__(kGemmThreads) complement_states_kernel(BwdParams p) {
-  extern __shared__ float smem[];
-  constexpr int P = fp32_pitch(D), SR = kStatsTileRows;
-  float* phi_s = smem;           // SR x P
-  float* v_s = phi_s + SR * P;   // SR x P
-  const int64_t b = blockIdx.z, h = blockIdx.y, i = blockIdx.x, bh = b * p.heads + h;
-  const int64_t part = bh * p.nq + i;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-
-  const int crit = min(max(p.lut_count[part], 0), p.t_crit);
-  const int negl = p.negl_count ? min(max(p.negl_count[part], 0), p.t_negl) : 0;
-  const bool empty = crit + negl >= p.nk;
-
-  GemmAcc<D, D> acc;
-  acc.zero();
-  float zacc = 0.f;
-  for (int t = 0; !empty && t < crit + negl; ++t) {
-    const int j = t < crit ? p.lut[part * p.t_crit + t] : p.negl_lut[part * p.t_negl + (t - crit)];
-    if (j < 0 || j >= p.nk) continue;  // a caller-supplied LUT is not validated (validate.h)
-    for (int sub = 0; sub < p.bk; sub += SR) {
-      const int64_t key0 = static_cast<int64_t>(j) * p.bk + sub;
-      const int valid = static_cast<int>(min64(min(SR, p.bk - sub), p.lk - key0));
-      if (valid <= 0) break;
-      __syncthreads();
-      stage_rows_f32<T, D>(v_s, row_ptr<T>(p.v, b, h, key0), p.v.row_stride, SR, valid);
-      for (int r = warp; r < SR; r += kWarps) {
-        WarpRow<D> a{};
-        if (r < valid) a = feature_map_row<F, D>(load_row<T, D>(row_ptr<T>(p.k, b, h, key0 + r), lane));
-        store_row_f32<D>(phi_s + r * P, a, lane);
-      }
-      __syncthreads();
-      gemm_atb(acc, phi_s, P, v_s, P, SR);
-      if (threadIdx.x < D)
-        for (int r = 0; r < SR; ++r) zacc += phi_s[r * P + threadIdx.x];
-    }
-  }
-
-  const float* h_all = p.lin_h + bh * D * D;
-  float* h_out = p.grp_h + part * D * D;
-  const int tr = gemm_row_lane(), tc = gemm_col_lane();
-#pragma unroll
-  for (int m = 0; m < D / 16; ++m)
-#pragma unroll
-    for (int c = 0; c < D / 16; ++c) {
-      const int idx = (tr + 16 * m) * D + tc + 16 * c;
-      h_out[idx] = empty ? 0.f : h_all[idx] - acc.v[m][c];
-    }
-  if (threadIdx.x < D) p.grp_z[part * D + threadIdx.x] = empty ? 0.f : p.lin_z[bh * D + threadIdx.x] - zacc;
 }
 
 // row_prep_kernel runs 16 warps: it is latency-bound (per-row shuffle chains, shared-memory round trips between
@@ -140,7 +94,7 @@ __global__ void __launch_bounds__(kRowPrepThreads) row_prep_kernel(BwdParams p, 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
   const int64_t b = blockIdx.z, h = blockIdx.y, bh = b * p.heads + h;
   const RowRange range = row_range(p, bh, blockIdx.x);
-  const float* z = p.complement ? p.grp_z + range.part * D : p.lin_z + bh * D;
+  const float* z = p.complement ? p.grp_z + range.part * p.grp_stride : p.lin_z + bh * D;
   // A[r][c] and A[r][c + 1] (c even) from the split tiles.
   auto a_pair = [&](int r, int c) {
     const uint32_t off = swizzle<D / 8>(r, c / 8) + (c % 8) * 2;
@@ -333,31 +287,6 @@ __global__ void __launch_bounds__(kRowPrepThreads) row_prep_kernel(BwdParams p, 
   }
 }
 
-// Grid (row chunks, H, B), complement variant: partial dW = dO^T O_l over one chunk of rows (the global variant gets
-// dW = E^T H from dh_kernel instead).
-template <class T, int D>
-__global__ void __launch_bounds__(kGemmThreads) projection_partials_kernel(BwdParams p) {
-  extern __shared__ float smem[];
-  constexpr int P = fp32_pitch(D), SR = kStatsTileRows;
-  float* do_s = smem;            // SR x P
-  float* ol_s = do_s + SR * P;   // SR x P
-  const int64_t b = blockIdx.z, h = blockIdx.y, bh = b * p.heads + h;
-  const int64_t begin = blockIdx.x * p.rows_per_chunk, end = min(p.lq, begin + p.rows_per_chunk);
-  const int64_t part = bh * p.row_chunks + blockIdx.x;
-
-  GemmAcc<D, D> dw;
-  dw.zero();
-  for (int64_t row0 = begin; row0 < end; row0 += SR) {
-    const int valid = static_cast<int>(min64(SR, end - row0));
-    __syncthreads();
-    stage_rows_f32<T, D>(do_s, row_ptr<T>(p.d_o, b, h, row0), p.d_o.row_stride, SR, valid);
-    stage_rows_f32<D>(ol_s, p.o_lin + (bh * p.lq + row0) * D, SR, valid);
-    __syncthreads();
-    gemm_atb(dw, do_s, P, ol_s, P, SR);
-  }
-  store_acc(dw, p.dw_part + part * D * D, D, false);
-}
-
 // out[g, e] = sum over c in [0, parts) of in[g * parts + c, e], in increasing c: a fixed-order reduction.
 __global__ void sum_partials_kernel(const float* __restrict__ in, float* __restrict__ out, int parts, int64_t n) {
   const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -369,37 +298,12 @@ __global__ void sum_partials_kernel(const float* __restrict__ in, float* __restr
   out[g * n + e] = s;
 }
 
-// Grid (ceil((D*D + D) / 256), Nk, B*H). Complement: key block j receives the dH_i, dz_i of the query blocks i with
-// j in M_i: the total over all i minus those with j in C_i or N_i. dH is written split.
-template <int D>
-__global__ void complement_key_grads_kernel(BwdParams p) {
-  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (e >= D * D + D) return;
-  const int64_t j = blockIdx.y, bh = blockIdx.z;
-  const bool is_z = e >= D * D;
-  const int64_t n = is_z ? D : D * D, idx = is_z ? e - D * D : e;
-  const float* part = is_z ? p.dz_part : p.dh_group;
-  float s = (is_z ? p.dz_total : p.dh_total)[bh * n + idx];
-  const int32_t* off = p.inv_offset + bh * (p.nk + 1);
-  const int32_t* index = p.inv_index + bh * static_cast<int64_t>(p.nq) * p.t_crit;
-  for (int t = off[j]; t < off[j + 1]; ++t) s -= part[(bh * p.nq + index[t]) * n + idx];
-  if (p.negl_inv_offset) {
-    const int32_t* noff = p.negl_inv_offset + bh * (p.nk + 1);
-    const int32_t* nindex = p.negl_inv_index + bh * static_cast<int64_t>(p.nq) * p.t_negl;
-    for (int t = noff[j]; t < noff[j + 1]; ++t) s -= part[(bh * p.nq + nindex[t]) * n + idx];
-  }
-  if (is_z) {
-    p.dz_key[(bh * p.nk + j) * n + idx] = s;
-  } else {
-    store_split<D>(p.dh_split + (bh * p.nk + j) * 2 * D * D, static_cast<int>(idx), s);
-  }
-}
-
 // Output rows per CTA of the small per-group products below: many CTAs per group, so that the few groups of the
 // global variant (one per head) still fill the GPU.
 constexpr int kSliceRows = 16;
 
-// Grid (groups, D / kSliceRows). Rows of G_g = W H_g^T (Dv x D), stored split: then dO_l H^T = dO W H^T = dO G.
+// Global variant. Grid (B*H, D / kSliceRows). Rows of G = W H^T (Dv x D), stored split: then dO_l H^T = dO W H^T =
+// dO G.
 template <int D>
 __global__ void __launch_bounds__(kGemmThreads) gmat_kernel(BwdParams p) {
   extern __shared__ float smem[];
@@ -408,7 +312,7 @@ __global__ void __launch_bounds__(kGemmThreads) gmat_kernel(BwdParams p) {
   float* ht_s = w_s + D * P;  // D x P: H^T
   const int64_t g = blockIdx.x;
   const int row0 = blockIdx.y * kSliceRows;
-  const float* hg = p.complement ? p.grp_h + g * D * D : p.lin_h + g * D * D;
+  const float* hg = p.lin_h + g * D * D;
   stage_square_f32<D>(w_s, p.proj_w, false);
   stage_square_f32<D>(ht_s, hg, true);
   __syncthreads();
@@ -421,12 +325,10 @@ __global__ void __launch_bounds__(kGemmThreads) gmat_kernel(BwdParams p) {
   for (int c = 0; c < D / 16; ++c) store_split<D>(dst, (row0 + tr) * D + tc + 16 * c, acc.v[0][c]);
 }
 
-// Grid (groups, D / kSliceRows). Rows of dH = E W, with E the group's sum of partials (e_src, fp32 D x D per
-// group), written split (global variant, one group per (b, h)) or fp32 (complement, one group per query block);
-// with `with_dw`, also rows of the group's dW partial E^T H.
+// Global variant. Grid (B*H, D / kSliceRows). Rows of dH = E W, with E the head's sum of partials (e_src, fp32 D x D),
+// written split; with `with_dw`, also rows of the head's dW partial E^T H.
 template <int D>
-__global__ void __launch_bounds__(kGemmThreads) dh_kernel(BwdParams p, const float* e_src, bool split_out,
-                                                          bool with_dw) {
+__global__ void __launch_bounds__(kGemmThreads) dh_kernel(BwdParams p, const float* e_src, bool with_dw) {
   extern __shared__ float smem[];
   constexpr int P = fp32_pitch(D);
   float* e_s = smem;          // D x P: E
@@ -444,11 +346,7 @@ __global__ void __launch_bounds__(kGemmThreads) dh_kernel(BwdParams p, const flo
 #pragma unroll
     for (int c = 0; c < D / 16; ++c) {
       const int idx = (row0 + tr) * D + tc + 16 * c;
-      if (split_out) {
-        store_split<D>(p.dh_split + g * 2 * D * D, idx, acc.v[0][c]);
-      } else {
-        p.dh_group[g * D * D + idx] = acc.v[0][c];
-      }
+      store_split<D>(p.dh_split + g * 2 * D * D, idx, acc.v[0][c]);
     }
   }
   if (with_dw) {
@@ -474,20 +372,106 @@ Status sum_partials(const float* in, float* out, int64_t groups, int parts, int6
   return check_launch("backward: sum_partials_kernel");
 }
 
+// ---- complement variant: one CTA per query block, products on the tensor cores (select/split_product.cuh) ----
+
+template <int D>
+constexpr int square_pair_smem() {
+  return 2 * SplitSquare<D>::kOperandBytes;
+}
+
+// Grid (Nq, B*H). G_i^T = W H_i^T, stored split per query block: the dq and row-prep epilogues read it as G.
+template <int D>
+__global__ void __launch_bounds__(SplitSquare<D>::kThreads) complement_gmat_kernel(BwdParams p) {
+  constexpr int kTile = SplitSquare<D>::kTileBytes;
+  extern __shared__ __align__(128) unsigned char pair_smem[];
+  const uint32_t x_hi = smem_addr(pair_smem), x_lo = x_hi + kTile, y_hi = x_lo + kTile, y_lo = y_hi + kTile;
+  const int64_t part = static_cast<int64_t>(blockIdx.y) * p.nq + blockIdx.x;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  stage_split<D>(x_hi, x_lo, p.proj_w, D, tid);
+  stage_split<D>(y_hi, y_lo, p.grp_h + part * p.grp_stride, D, tid);
+  __syncthreads();
+  float acc[D / 8][4];
+  zero_acc<D>(acc);
+  split_product<D, false, true>(acc, x_hi, x_lo, y_hi, y_lo, warp * 16, lane);
+  uint16_t* dst = p.g_split + part * 2 * D * D;
+  store_split_pairs<D>(acc, warp * 16, lane, dst, dst + D * D);
+}
+
+// Grid (Nq, B*H). Row i of the head's dh_rows: [dH_i = E_i W, dz_i], hi part in row i and lo part in row Nq + i.
+template <int D>
+__global__ void __launch_bounds__(SplitSquare<D>::kThreads) complement_dh_kernel(BwdParams p) {
+  constexpr int kTile = SplitSquare<D>::kTileBytes;
+  extern __shared__ __align__(128) unsigned char pair_smem[];
+  const uint32_t x_hi = smem_addr(pair_smem), x_lo = x_hi + kTile, y_hi = x_lo + kTile, y_lo = y_hi + kTile;
+  const int64_t bh = blockIdx.y, i = blockIdx.x, part = bh * p.nq + i;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  uint16_t* hi = p.dh_rows + (bh * 2 * p.nq + i) * p.dh_row_stride;
+  uint16_t* lo = hi + p.nq * p.dh_row_stride;
+  for (int c = tid; c < D; c += SplitSquare<D>::kThreads) {
+    const float dz = p.dz_part[part * D + c];
+    const __nv_bfloat16 zh = __float2bfloat16_rn(dz);
+    reinterpret_cast<__nv_bfloat16*>(hi)[D * D + c] = zh;
+    reinterpret_cast<__nv_bfloat16*>(lo)[D * D + c] = __float2bfloat16_rn(dz - __bfloat162float(zh));
+  }
+  stage_split<D>(x_hi, x_lo, p.e_part + part * D * D, D, tid);
+  stage_split<D>(y_hi, y_lo, p.proj_w, D, tid);
+  __syncthreads();
+  float acc[D / 8][4];
+  zero_acc<D>(acc);
+  split_product<D, false, false>(acc, x_hi, x_lo, y_hi, y_lo, warp * 16, lane);
+  store_split_pairs<D>(acc, warp * 16, lane, hi, lo);
+}
+
+// Grid (ceil(Nq / kDwGroup), B*H). dW partial of a group of query blocks: sum over its blocks, in order, of E_i^T H_i
+// (dW = sum_r dO_r^T O_l[r] = sum_i E_i^T H_i since O_l[r] = A_r H_i).
+template <int D>
+__global__ void __launch_bounds__(SplitSquare<D>::kThreads) complement_dw_kernel(BwdParams p) {
+  constexpr int kTile = SplitSquare<D>::kTileBytes;
+  extern __shared__ __align__(128) unsigned char pair_smem[];
+  const uint32_t x_hi = smem_addr(pair_smem), x_lo = x_hi + kTile, y_hi = x_lo + kTile, y_lo = y_hi + kTile;
+  const int64_t bh = blockIdx.y;
+  const int i0 = blockIdx.x * kDwGroup, i1 = min(p.nq, i0 + kDwGroup);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  float acc[D / 8][4];
+  zero_acc<D>(acc);
+  for (int i = i0; i < i1; ++i) {
+    const int64_t part = bh * p.nq + i;
+    __syncthreads();  // the previous block's tiles are read
+    stage_split<D>(x_hi, x_lo, p.e_part + part * D * D, D, tid);
+    stage_split<D>(y_hi, y_lo, p.grp_h + part * p.grp_stride, D, tid);
+    __syncthreads();
+    split_product<D, true, false>(acc, x_hi, x_lo, y_hi, y_lo, warp * 16, lane);
+  }
+  float* dst = p.dw_part + (bh * gridDim.x + blockIdx.x) * D * D;
+  for_each_pair<D>(acc, warp * 16, lane, [&](int r, int c, float v0, float v1) {
+    *reinterpret_cast<float2*>(dst + r * D + c) = make_float2(v0, v1);
+  });
+}
+
+// Grid (B*H*Nk). The fp32 dH^(j) (D x D) of key group j, at dh_split + j * dh_key_stride read as floats, rewritten
+// in place as its split: hi (D x D bf16) then lo. Every thread holds its elements before the barrier, so the writes
+// cannot overtake the reads.
+template <int D>
+__global__ void __launch_bounds__(256) split_in_place_kernel(BwdParams p) {
+  constexpr int kPer = D * D / 256;
+  uint16_t* base = p.dh_split + static_cast<int64_t>(blockIdx.x) * p.dh_key_stride;
+  const float* src = reinterpret_cast<const float*>(base);
+  float v[kPer];
+#pragma unroll
+  for (int e = 0; e < kPer; ++e) v[e] = src[e * 256 + threadIdx.x];
+  __syncthreads();
+  __nv_bfloat16* hi = reinterpret_cast<__nv_bfloat16*>(base);
+#pragma unroll
+  for (int e = 0; e < kPer; ++e) {
+    const __nv_bfloat16 h = __float2bfloat16_rn(v[e]);
+    hi[e * 256 + threadIdx.x] = h;
+    hi[D * D + e * 256 + threadIdx.x] = __float2bfloat16_rn(v[e] - __bfloat162float(h));
+  }
+}
 }  // namespace
 
-Status launch_complement_states(const BwdParams& p, DType dtype, FeatureMap fm, cudaStream_t stream) {
-  return SLA_CUDA_DTYPE_SWITCH(dtype, T, "backward", [&] {
-    return SLA_CUDA_HEADDIM_SWITCH(p.d, D, "backward", [&] {
-      return SLA_FEATURE_MAP_SWITCH(fm, F, [&]() -> Status {
-        const auto kernel = complement_states_kernel<T, D, F>;
-        const std::size_t smem = sizeof(float) * 2 * kStatsTileRows * fp32_pitch(D);
-        SLA_RETURN_IF_ERROR(set_smem(kernel, smem));
-        kernel<<<dim3(p.nq, p.heads, p.batch), kGemmThreads, smem, stream>>>(p);
-        return check_launch("backward: complement_states_kernel");
-      });
-    });
-  });
+Status launch_sum_partials(const float* in, float* out, int64_t groups, int parts, int64_t n, cudaStream_t stream) {
+  return sum_partials(in, out, groups, parts, n, stream);
 }
 
 Status launch_row_prep(const BwdParams& p, DType dtype, FeatureMap fm, cudaStream_t stream) {
@@ -498,8 +482,8 @@ Status launch_row_prep(const BwdParams& p, DType dtype, FeatureMap fm, cudaStrea
         const std::size_t smem = RowPrepSmem<D>::kBytes;
         SLA_RETURN_IF_ERROR(set_smem(kernel, smem));
         const int64_t grid_x = p.complement ? p.nq : p.row_chunks;
-        // E feeds dH (W present) and, in the global variant, dW.
-        const bool need_e = p.has_weight || (!p.complement && p.d_proj_w != nullptr);
+        // E feeds dH (W present) and dW.
+        const bool need_e = p.has_weight || p.d_proj_w != nullptr;
         kernel<<<dim3(grid_x, p.heads, p.batch), kRowPrepThreads, smem, stream>>>(p, need_e);
         return check_launch("backward: row_prep_kernel");
       });
@@ -507,61 +491,84 @@ Status launch_row_prep(const BwdParams& p, DType dtype, FeatureMap fm, cudaStrea
   });
 }
 
+namespace {
+
+// Complement: dW from the per-group partials E_i^T H_i; dH_i, dz_i as split rows; the key side's selection GEMM
+// (dH^(j), dz^(j) of every key block, fp32) and its split in place.
+Status complement_reductions(const BwdParams& p, cudaStream_t stream) {
+  const int64_t bh = p.batch * p.heads, dd = int64_t{p.d} * p.d;
+  return SLA_CUDA_HEADDIM_SWITCH(p.d, D, "backward", [&]() -> Status {
+    constexpr int smem = square_pair_smem<D>();
+    if (p.d_proj_w) {
+      SLA_RETURN_IF_ERROR(set_smem(complement_dw_kernel<D>, smem));
+      const int groups = (p.nq + kDwGroup - 1) / kDwGroup;
+      complement_dw_kernel<D><<<dim3(groups, static_cast<unsigned>(bh)), SplitSquare<D>::kThreads, smem, stream>>>(p);
+      SLA_RETURN_IF_ERROR(check_launch("backward: complement_dw_kernel"));
+      SLA_RETURN_IF_ERROR(sum_partials(p.dw_part, p.d_proj_w, 1, static_cast<int>(bh * groups), dd, stream));
+    }
+    if (!p.has_weight) return Status::Ok();
+    SLA_RETURN_IF_ERROR(set_smem(complement_dh_kernel<D>, smem));
+    complement_dh_kernel<D><<<dim3(p.nq, static_cast<unsigned>(bh)), SplitSquare<D>::kThreads, smem, stream>>>(p);
+    SLA_RETURN_IF_ERROR(check_launch("backward: complement_dh_kernel"));
+    SLA_RETURN_IF_ERROR(launch_transpose_mask(p.mask_args, p.mask, p.mask_t, stream));
+    SelectGemm g;
+    g.m = p.nk;
+    g.n = p.dh_row_stride;
+    g.k = 2 * int64_t{p.nq};
+    g.lda = mask_row_stride(p.nq);
+    g.ldb = p.dh_row_stride;
+    g.ldc = p.dz_key_stride;
+    g.stride_a = int64_t{p.nk} * g.lda;
+    g.stride_b = g.k * g.ldb;
+    g.stride_c = int64_t{p.nk} * g.ldc;
+    g.batch = bh;
+    SLA_RETURN_IF_ERROR(
+        launch_select_gemm(g, p.mask_t, p.dh_rows, reinterpret_cast<float*>(p.dh_split), p.gemm_workspace, stream));
+    split_in_place_kernel<D><<<static_cast<unsigned>(bh * p.nk), 256, 0, stream>>>(p);
+    return check_launch("backward: split_in_place_kernel");
+  });
+}
+
+}  // namespace
+
 Status launch_linear_reductions(const BwdParams& p, DType dtype, cudaStream_t stream) {
+  (void)dtype;
   const int64_t bh = p.batch * p.heads, dd = int64_t{p.d} * p.d;
   const int parts = p.complement ? p.nq : p.row_chunks;
-  // db over every (b, h, part); dz per (b, h) (global) or its total (complement).
+  // db over every (b, h, part).
   if (p.d_proj_b) {
     SLA_RETURN_IF_ERROR(sum_partials(p.db_part, p.d_proj_b, 1, static_cast<int>(bh * parts), p.d, stream));
   }
-  if (p.complement && p.d_proj_w) {
-    SLA_RETURN_IF_ERROR(SLA_CUDA_DTYPE_SWITCH(dtype, T, "backward", [&] {
-      return SLA_CUDA_HEADDIM_SWITCH(p.d, D, "backward", [&]() -> Status {
-        const auto kernel = projection_partials_kernel<T, D>;
-        const std::size_t smem = sizeof(float) * 2 * kStatsTileRows * fp32_pitch(D);
-        SLA_RETURN_IF_ERROR(set_smem(kernel, smem));
-        kernel<<<dim3(p.row_chunks, p.heads, p.batch), kGemmThreads, smem, stream>>>(p);
-        return check_launch("backward: projection_partials_kernel");
-      });
-    }));
-    SLA_RETURN_IF_ERROR(sum_partials(p.dw_part, p.d_proj_w, 1, static_cast<int>(bh * p.row_chunks), dd, stream));
-  }
-  const bool global_dw = !p.complement && p.d_proj_w;
+  if (p.complement) return complement_reductions(p, stream);
+  const bool global_dw = p.d_proj_w != nullptr;
   if (!p.has_weight && !global_dw) return Status::Ok();
-  if (p.has_weight) {
-    SLA_RETURN_IF_ERROR(sum_partials(p.dz_part, p.complement ? p.dz_total : p.dz_key, bh, parts, p.d, stream));
-  }
+  if (p.has_weight) SLA_RETURN_IF_ERROR(sum_partials(p.dz_part, p.dz_key, bh, parts, p.d, stream));
   return SLA_CUDA_HEADDIM_SWITCH(p.d, D, "backward", [&]() -> Status {
     const std::size_t smem = sizeof(float) * 2 * D * fp32_pitch(D);
     SLA_RETURN_IF_ERROR(set_smem(dh_kernel<D>, smem));
-    const int64_t groups = p.complement ? bh * p.nq : bh;
-    // Global: E per (b, h) is the sum of its row chunks' partials; complement: one partial per query block.
-    const float* e_src = p.e_part;
-    if (!p.complement) {
-      SLA_RETURN_IF_ERROR(sum_partials(p.e_part, p.e_total, bh, p.row_chunks, dd, stream));
-      e_src = p.e_total;
-    }
-    dh_kernel<D><<<dim3(static_cast<unsigned>(groups), D / kSliceRows), kGemmThreads, smem, stream>>>(
-        p, e_src, !p.complement, global_dw);
+    // E per (b, h) is the sum of its row chunks' partials.
+    SLA_RETURN_IF_ERROR(sum_partials(p.e_part, p.e_total, bh, p.row_chunks, dd, stream));
+    dh_kernel<D>
+        <<<dim3(static_cast<unsigned>(bh), D / kSliceRows), kGemmThreads, smem, stream>>>(p, p.e_total, global_dw);
     SLA_RETURN_IF_ERROR(check_launch("backward: dh_kernel"));
     if (global_dw) SLA_RETURN_IF_ERROR(sum_partials(p.dw_part, p.d_proj_w, 1, static_cast<int>(bh), dd, stream));
-    if (p.complement && p.has_weight) {
-      SLA_RETURN_IF_ERROR(sum_partials(p.dh_group, p.dh_total, bh, p.nq, dd, stream));
-      const dim3 grid(static_cast<unsigned>((dd + p.d + 255) / 256), p.nk, static_cast<unsigned>(bh));
-      complement_key_grads_kernel<D><<<grid, 256, 0, stream>>>(p);
-      SLA_RETURN_IF_ERROR(check_launch("backward: complement_key_grads_kernel"));
-    }
     return Status::Ok();
   });
 }
 
 Status launch_gmat(const BwdParams& p, cudaStream_t stream) {
   if (!p.has_weight) return Status::Ok();
-  const int64_t groups = p.complement ? p.batch * p.heads * p.nq : p.batch * p.heads;
+  const int64_t bh = p.batch * p.heads;
   return SLA_CUDA_HEADDIM_SWITCH(p.d, D, "backward", [&]() -> Status {
+    if (p.complement) {
+      constexpr int smem = square_pair_smem<D>();
+      SLA_RETURN_IF_ERROR(set_smem(complement_gmat_kernel<D>, smem));
+      complement_gmat_kernel<D><<<dim3(p.nq, static_cast<unsigned>(bh)), SplitSquare<D>::kThreads, smem, stream>>>(p);
+      return check_launch("backward: complement_gmat_kernel");
+    }
     const std::size_t smem = sizeof(float) * 2 * D * fp32_pitch(D);
     SLA_RETURN_IF_ERROR(set_smem(gmat_kernel<D>, smem));
-    gmat_kernel<D><<<dim3(static_cast<unsigned>(groups), D / kSliceRows), kGemmThreads, smem, stream>>>(p);
+    gmat_kernel<D><<<dim3(static_cast<unsigned>(bh), D / kSliceRows), kGemmThreads, smem, stream>>>(p);
     return check_launch("backward: gmat_kernel");
   });
 }

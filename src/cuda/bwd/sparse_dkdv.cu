@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(BK * 2) dkdv_mma_kernel(BwdParams p) {
   const int64_t group = p.complement ? bh * p.nk + j : bh;
   const uint32_t dh_hi = base + Smem::q, dh_lo = dh_hi + D * D * 2;
   if (p.has_weight) {
-    const uint16_t* dh_src = p.dh_split + group * 2 * D * D;
+    const uint16_t* dh_src = p.dh_split + group * p.dh_key_stride;
     load_tile_async<D, D, kThreads>(dh_hi, dh_src, D, D, tid);
     load_tile_async<D, D, kThreads>(dh_lo, dh_src + D * D, D, D, tid);
     cp_async_commit();
@@ -213,7 +213,7 @@ __global__ void __launch_bounds__(BK * 2) dkdv_mma_kernel(BwdParams p) {
     for (int n = 0; n < kNt; ++n) dphi[n][0] = dphi[n][1] = dphi[n][2] = dphi[n][3] = 0.f;
     // V dH^T: B[k = e][n = d] = dH[d][e], i.e. dH stored n-major.
     warp_mma_t_split<T, D, D, false, kNt>(dphi, base + Smem::v, key_warp * 16, dh_hi, dh_lo, D, 0, lane);
-    const float* dz = p.dz_key + group * D;
+    const float* dz = p.dz_key + group * p.dz_key_stride;
 #pragma unroll
     for (int n = 0; n < kNt; ++n) {
       const float2 zc = *reinterpret_cast<const float2*>(dz + n * 8 + 2 * t4);

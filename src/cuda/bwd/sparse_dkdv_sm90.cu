@@ -161,7 +161,7 @@ __global__ void __launch_bounds__(BK * 2, BK == 64 ? 2 : 1)
                                      p.k.row_stride, valid_k, tid);
     load_tile_async<BK, D, kThreads>(v_tile, reinterpret_cast<const uint16_t*>(row_ptr<T>(p.v, b, h, key0)),
                                      p.v.row_stride, valid_k, tid);
-    const uint16_t* dh_src = p.dh_split + group * 2 * D * D;
+    const uint16_t* dh_src = p.dh_split + group * p.dh_key_stride;
     load_tile_async<D, D, kThreads>(dh_hi, dh_src, D, D, tid);
     load_tile_async<D, D, kThreads>(dh_lo, dh_src + D * D, D, D, tid);
     cp_async_commit();
@@ -206,7 +206,7 @@ __global__ void __launch_bounds__(BK * 2, BK == 64 ? 2 : 1)
 #pragma unroll
     for (int n = 0; n < kNt; ++n) dphi[n][0] = dphi[n][1] = dphi[n][2] = dphi[n][3] = 0.f;
     warp_mma_t_split<T, D, D, false, kNt>(dphi, v_tile, warp * 16, dh_hi, dh_lo, D, 0, lane);
-    const float* dz = p.dz_key + group * D;
+    const float* dz = p.dz_key + group * p.dz_key_stride;
 #pragma unroll
     for (int n = 0; n < kNt; ++n) {
       const float2 zc = *reinterpret_cast<const float2*>(dz + n * 8 + 2 * t4);

@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(BQ * 2) dq_mma_kernel(BwdParams p) {
     for (int n = 0; n < kNt; ++n) da[n][0] = da[n][1] = da[n][2] = da[n][3] = 0.f;
     warp_mma_t_split<T, D, D, true, kNt>(da, base + Smem::d_o, warp * 16, base + Smem::k, base + Smem::k + D * D * 2,
                                          D, 0, lane);
-    const float* z = p.complement ? p.grp_z + part * D : p.lin_z + bh * D;
+    const float* z = p.complement ? p.grp_z + part * p.grp_stride : p.lin_z + bh * D;
     float d_r[2], inv_n[2];
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
