@@ -45,8 +45,10 @@ struct BlockMap {
   TensorView negl_count;  // (B, H, Nq);     absent when Tn == 0
   TensorView inv_offset;  // (B, H, Nk + 1)  backward only
   TensorView inv_index;   // (B, H, Nq * T)  backward only
-  TensorView negl_inv_offset;  // (B, H, Nk + 1)   backward only, absent when Tn == 0
-  TensorView negl_inv_index;   // (B, H, Nq * Tn)  backward only, absent when Tn == 0
+  // Optional, read by no backward (the complement variant's backward selects the marginal blocks with a mask
+  // built from lut and negl_lut): when present, they must invert negl_lut, and the map functions fill them.
+  TensorView negl_inv_offset;  // (B, H, Nk + 1)   absent when Tn == 0
+  TensorView negl_inv_index;   // (B, H, Nq * Tn)  absent when Tn == 0
 };
 
 // Execution context. `stream` is a cudaStream_t for the CUDA backend (nullptr = legacy default stream) and is

@@ -149,8 +149,9 @@ BlockMapTensors block_map(const at::Tensor& q, const at::Tensor& k, int64_t bloc
   at::Tensor negl_count = empty_table(q, {B, H, has_negl ? Nq : 0});
   at::Tensor inv_offset = empty_table(q, {B, H, with_inverse ? Nk + 1 : 0});
   at::Tensor inv_index = empty_table(q, {B, H, with_inverse ? Nq * T : 0});
-  at::Tensor negl_inv_offset = empty_table(q, {B, H, with_inverse && has_negl ? Nk + 1 : 0});
-  at::Tensor negl_inv_index = empty_table(q, {B, H, with_inverse ? Nq * Tn : 0});
+  // The negligible class's inverse tables stay empty: no backward reads them (include/sla/sla.h).
+  at::Tensor negl_inv_offset = empty_table(q, {B, H, 0});
+  at::Tensor negl_inv_index = empty_table(q, {B, H, 0});
 
   const sla::BlockMap map =
       map_views(lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index);
@@ -164,13 +165,12 @@ InverseTensors invert_block_map(const at::Tensor& lut, const at::Tensor& count, 
   check_rank(lut, 4, "lut", "(B, H, Nq, T)");
   check_rank(negl_lut, 4, "negl_lut", "(B, H, Nq, Tn)");
   TORCH_CHECK_VALUE(k_blocks >= 1, "k_blocks: expected Nk >= 1, got ", k_blocks);
-  const int64_t B = lut.size(0), H = lut.size(1), Nq = lut.size(2), T = lut.size(3), Tn = negl_lut.size(3);
-  const bool has_negl = negl_lut.numel() > 0;
+  const int64_t B = lut.size(0), H = lut.size(1), Nq = lut.size(2), T = lut.size(3);
 
   at::Tensor inv_offset = empty_table(lut, {B, H, k_blocks + 1});
   at::Tensor inv_index = empty_table(lut, {B, H, Nq * T});
-  at::Tensor negl_inv_offset = empty_table(lut, {B, H, has_negl ? k_blocks + 1 : 0});
-  at::Tensor negl_inv_index = empty_table(lut, {B, H, Nq * Tn});
+  at::Tensor negl_inv_offset = empty_table(lut, {B, H, 0});  // not built: see block_map above
+  at::Tensor negl_inv_index = empty_table(lut, {B, H, 0});
 
   const sla::BlockMap map =
       map_views(lut, count, negl_lut, negl_count, inv_offset, inv_index, negl_inv_offset, negl_inv_index);

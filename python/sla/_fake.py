@@ -104,8 +104,8 @@ def _block_map_fake(
         _table(q, b, h, nq if has_negl else 0),
         _table(q, b, h, nk + 1 if with_inverse else 0),
         _table(q, b, h, nq * t if with_inverse else 0),
-        _table(q, b, h, nk + 1 if with_inverse and has_negl else 0),
-        _table(q, b, h, nq * tn if with_inverse else 0),
+        _table(q, b, h, 0),  # the negligible inverse tables are not built (python/csrc/ops.cpp)
+        _table(q, b, h, 0),
     )
 
 
@@ -117,13 +117,11 @@ def _invert_block_map_fake(lut, count, negl_lut, negl_count, k_blocks):
     if k_blocks < 1:
         raise ValueError(f"k_blocks: expected Nk >= 1, got {k_blocks}")
     b, h, nq, t = lut.shape
-    tn = negl_lut.shape[3]
-    has_negl = negl_lut.numel() > 0
     return (
         _table(lut, b, h, k_blocks + 1),
         _table(lut, b, h, nq * t),
-        _table(lut, b, h, k_blocks + 1 if has_negl else 0),
-        _table(lut, b, h, nq * tn),
+        _table(lut, b, h, 0),
+        _table(lut, b, h, 0),
     )
 
 

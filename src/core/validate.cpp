@@ -275,8 +275,9 @@ Status check_block_map(const BlockMap& m, const BlockMapShape& s, const TensorVi
   const Dim tn{s.negligible, "Tn = min(floor(negligible * Nk), Nk - T)", nullptr};
   SLA_RETURN_IF_ERROR(check_table("map.negl_lut", m.negl_lut, {b, h, nq, tn}, q, "q"));
   SLA_RETURN_IF_ERROR(check_table("map.negl_count", m.negl_count, {b, h, nq}, q, "q"));
+  // The negligible inverse tables are optional everywhere: no backward reads them; checked when given.
   const bool has_negl_inverse = m.negl_inv_offset.present() || m.negl_inv_index.present();
-  if (need_inverse || has_negl_inverse) {
+  if (has_negl_inverse) {
     SLA_RETURN_IF_ERROR(check_pair("map.negl_inv_offset", m.negl_inv_offset, "map.negl_inv_index", m.negl_inv_index));
     SLA_RETURN_IF_ERROR(check_int32_range(s, false, true));
     SLA_RETURN_IF_ERROR(check_table("map.negl_inv_offset", m.negl_inv_offset, {b, h, nk1}, q, "q"));

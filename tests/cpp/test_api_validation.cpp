@@ -477,11 +477,16 @@ TEST(ApiValidation, BackwardRequiresInverseMap) {
   EXPECT_TRUE(IsInvalid(bwd(a), "map.inv_index: absent but map.inv_offset is present"));
 }
 
-TEST(ApiValidation, BackwardRequiresNegligibleInverseWhenTnIsPositive) {
+// No backward reads the negligible class's inverse tables: they may be absent, and are checked when given.
+TEST(ApiValidation, NegligibleInverseTablesAreOptionalButCheckedWhenGiven) {
   BackwardArgs a = make_backward(DType::f32, true);
   a.map.negl_inv_offset = TensorView{};
   a.map.negl_inv_index = TensorView{};
-  EXPECT_TRUE(IsInvalid(bwd(a, complement_cfg()), "map.negl_inv_"));
+  EXPECT_TRUE(bwd(a, complement_cfg()).ok()) << bwd(a, complement_cfg()).message;
+  a.map.negl_inv_offset = view(DType::i32, {B, H, NK + 1});
+  EXPECT_TRUE(IsInvalid(bwd(a, complement_cfg()), "map.negl_inv_index: absent but map.negl_inv_offset is present"));
+  a.map.negl_inv_index = view(DType::i32, {B, H, NQ * TN + 1});
+  EXPECT_TRUE(IsInvalid(bwd(a, complement_cfg()), "map.negl_inv_index"));
 }
 
 TEST(ApiValidation, BackwardRequiresSavedOutputs) {

@@ -50,10 +50,6 @@ SlaRunner::SlaRunner(const sla::TensorView& q, const sla::TensorView& k, const s
   if (mode == Mode::training) {
     map_.inv_offset = i32({b, h, s.k_blocks + 1}, dev);
     map_.inv_index = i32({b, h, s.q_blocks * s.critical}, dev);
-    if (s.negligible > 0) {
-      map_.negl_inv_offset = i32({b, h, s.k_blocks + 1}, dev);
-      map_.negl_inv_index = i32({b, h, s.q_blocks * s.negligible}, dev);
-    }
   }
   o_ = OwnedTensor(q.dtype, {b, h, lq, dv}, dev);
   if (mode != Mode::inference) {
