@@ -140,6 +140,12 @@ def parse_args(argv=None):
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     p.add_argument("--losses", default=",".join(LOSSES), help="distill,diffusion or one of them")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--proj-lr",
+        type=float,
+        default=None,
+        help="learning rate of the SLA projections (proj_l) in the fine-tunes (default: --ft-lr, as every weight)",
+    )
     for key, value in PRESETS["gpu"].items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
@@ -372,13 +378,26 @@ def progress(total, desc):
         return None
 
 
-def train(model, stream, steps, lr, warmup, loss_kind, teacher, held_out, eval_every, amp, desc, plateau=None) -> dict:
+def make_optimizer(model, lr: float, proj_lr=None) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; with `proj_lr`, the SLA projections (`...proj_l.*`) in a group of their
+    own at that rate. Each group's `base_lr` is the rate the warm-up ramps to."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    proj = [p for n, p in named if ".proj_l." in n] if proj_lr is not None else []
+    ids = {id(p) for p in proj}
+    groups = [dict(params=[p for _, p in named if id(p) not in ids], base_lr=lr), dict(params=proj, base_lr=proj_lr)]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+
+
+def train(
+    model, stream, steps, lr, warmup, loss_kind, teacher, held_out, eval_every, amp, desc, plateau=None, proj_lr=None
+) -> dict:
     """Trains `model` for `steps` on `stream` (AdamW, linear warm-up then constant, clip 1.0, weight decay 0.01 as
     TurboDiffusion's recipe), evaluating on `held_out` at step 0, every `eval_every` steps and at the end.
     `plateau` = (min_steps, evals, tol) stops when the best held-out loss of the last `evals` evaluations improved on
-    the best before them by less than `tol` (relative): the pre-training's "until it flattens"."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+    the best before them by less than `tol` (relative): the pre-training's "until it flattens". `proj_lr`, when
+    given, is the learning rate of the SLA projections (parameters named `...processor.proj_l.*`)."""
+    opt = make_optimizer(model, lr, proj_lr)
+    params = [p for g in opt.param_groups for p in g["params"]]
     curve, train_losses = [], []
     key = "teacher_mse" if loss_kind == "distill" else "diffusion"
     curve.append(dict(step=0, **held_out.evaluate(model, amp)))
@@ -396,7 +415,7 @@ def train(model, stream, steps, lr, warmup, loss_kind, teacher, held_out, eval_e
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, lr, warmup)
+            group["lr"] = lr_at(step, group["base_lr"], warmup)
         opt.step()
         train_losses.append(loss.item() if (step + 1) % 10 == 0 or step + 1 == steps else math.nan)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
@@ -578,6 +597,16 @@ def table(results: dict) -> str:
 # ---- main --------------------------------------------------------------------------------------------------------
 
 
+def write_results(out: str, results: dict, strip: list, complete: bool) -> None:
+    """quality.json, samples.png and losses.png of the arms finished so far (each written whole: atomic_write);
+    `complete` is False in the JSON until the last arm is done."""
+    results["complete"] = complete
+    write_strip(os.path.join(out, "samples.png"), strip)
+    write_curves(os.path.join(out, "losses.png"), results)
+    text = json.dumps(results, indent=1, default=str)
+    atomic_write(os.path.join(out, "quality.json"), lambda tmp: write_text(tmp, text))
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     threads = torch.get_num_threads()
@@ -685,18 +714,17 @@ def run(args) -> dict:
                 args.ft_eval_every,
                 amp,
                 f"{name} / {loss}",
+                proj_lr=args.proj_lr,
             )
             x = sample(student, sample_noise, sample_labels, args.sample_steps, amp)
             run.update(sample=compare(x, teacher_sample), density=density(arm, args), seconds=time.perf_counter() - t0)
             results["arms"].setdefault(name, {})[loss] = run
             strip.append((f"{name} / {loss}", x[0]))
             del student
+            # After every arm, so that a run cut short (a device limit) keeps the arms it finished.
+            write_results(args.out, results, strip, complete=False)
     timings["total_s"] = time.perf_counter() - start
-
-    write_strip(os.path.join(args.out, "samples.png"), strip)
-    write_curves(os.path.join(args.out, "losses.png"), results)
-    text = json.dumps(results, indent=1, default=str)
-    atomic_write(os.path.join(args.out, "quality.json"), lambda tmp: write_text(tmp, text))
+    write_results(args.out, results, strip, complete=True)
     print(table(results))
     print(
         f"total {timings['total_s']:.0f} s (pre-training {timings['pretrain_s']:.0f} s); outputs in {args.out}",

@@ -72,6 +72,7 @@ def test_quality_smoke_writes_finite_results_and_reuses_the_checkpoint(tmp_path)
     assert saved["arms"]["dense"]["distill"]["curve"][0]["teacher_mse"] == 0
     assert saved["arms"]["sla_global_0.05"]["distill"]["curve"][0]["teacher_mse"] > 0
     assert results["arms"].keys() == saved["arms"].keys()
+    assert saved["complete"] is True
 
     # A second run reuses the checkpoint (no pre-training) and reaches the same teacher.
     again = quality.main(["--smoke", "--out", str(out), "--arms", "dense", "--losses", "distill"])
@@ -90,3 +91,43 @@ def test_quality_smoke_writes_finite_results_and_reuses_the_checkpoint(tmp_path)
                 "dense",
             ]
         )
+
+
+def test_projection_learning_rate_gets_its_own_group():
+    quality = load("quality")
+
+    class Proc(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj_l = torch.nn.Linear(2, 2)
+
+    model = torch.nn.ModuleDict(dict(attn=torch.nn.Linear(2, 2), processor=Proc(), frozen=torch.nn.Linear(2, 2)))
+    model["frozen"].requires_grad_(False)
+    proj = set(model["processor"].proj_l.parameters())
+    opt = quality.make_optimizer(model, 1e-4, proj_lr=3e-3)
+    assert [g["base_lr"] for g in opt.param_groups] == [1e-4, 3e-3]
+    assert set(opt.param_groups[1]["params"]) == proj
+    assert set(opt.param_groups[0]["params"]) == set(model["attn"].parameters())
+    # Without proj_lr every trainable weight shares one group, the projections included.
+    opt = quality.make_optimizer(model, 1e-4)
+    assert len(opt.param_groups) == 1 and len(opt.param_groups[0]["params"]) == 4
+
+
+def test_a_run_cut_short_keeps_the_arms_it_finished(tmp_path, monkeypatch):
+    quality = load("quality")
+    out = tmp_path / "q"
+    real_sample = quality.sample
+    calls = []
+
+    def sample_then_stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the teacher's samples, the first arm's, then the second arm is cut short
+            raise KeyboardInterrupt
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(quality, "sample", sample_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        quality.main(["--smoke", "--out", str(out), "--arms", "dense,sparse_only_0.05", "--losses", "distill"])
+    saved = json.loads((out / "quality.json").read_text())
+    assert saved["complete"] is False and list(saved["arms"]) == ["dense"]
+    assert (out / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
