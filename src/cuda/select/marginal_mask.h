@@ -30,13 +30,13 @@ SLA_HOST_DEVICE inline int64_t mask_row_stride(int64_t n) { return (2 * n + 7) /
 // Rows of the mask per head: Nq, or Nq + 1 with the total row.
 SLA_HOST_DEVICE inline int64_t marginal_mask_rows(const MarginalMaskArgs& a) { return a.nq + (a.total_row ? 1 : 0); }
 
-// mask (BH, rows, mask_row_stride(Nk)) bf16: entry (i, j) and (i, Nk + j) are 1 where key block j is marginal for query block i
-// (in neither the critical nor the negligible row), else 0. The two halves multiply the hi and the lo rows of the
-// split states.
+// mask (BH, rows, mask_row_stride(Nk)) bf16: entry (i, j) and (i, Nk + j) are 1 where key block j is marginal for query
+// block i (in neither the critical nor the negligible row), else 0. The two halves multiply the hi and the lo rows of
+// the split states.
 Status launch_marginal_mask(const MarginalMaskArgs& a, uint16_t* mask, cudaStream_t stream);
 
-// mask_t (BH, Nk, mask_row_stride(Nq)) bf16: the transpose of the first Nq x Nk block of `mask`, in both halves (the A operand of
-// the key side's selection, sum over query blocks).
+// mask_t (BH, Nk, mask_row_stride(Nq)) bf16: the transpose of the first Nq x Nk block of `mask`, in both halves (the A
+// operand of the key side's selection, sum over query blocks).
 Status launch_transpose_mask(const MarginalMaskArgs& a, const uint16_t* mask, uint16_t* mask_t, cudaStream_t stream);
 
 }  // namespace sla::cuda
