@@ -27,6 +27,7 @@ reproduced on a model trained here from scratch (docs/QUALITY.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -124,6 +125,9 @@ ARMS = {
     "sla_global_0.1": dict(sla=dict(topk=0.1)),
     "sla_complement_0.05_negl_0.1": dict(sla=dict(topk=0.05, variant="complement", negligible=0.1)),
     "sla_global_0.05_tiles": dict(sla=dict(topk=0.05), tiles=True),
+    # Per-head topk from sla.calibrate on the dense model's own q, k, v (attention mass inside the critical blocks,
+    # under an average density equal to topk 0.05's): the calibrated rules' gain at the same compute.
+    "sla_calibrated_0.05": dict(sla=dict(topk=0.05), calibrate=dict(rule="topk", target="mass", quality=0.99)),
     "sparse_only_0.05": dict(sla=dict(topk=0.05), freeze_proj=True),
     "linear_only": dict(sla=None, linear_only=True),
 }
@@ -250,8 +254,11 @@ def linear_only_processor_class():
     return LinearOnlyProcessor
 
 
-def make_arm(teacher: Denoiser, arm: dict, args) -> Denoiser:
-    """A trainable copy of the dense model with the arm's attention."""
+def make_arm(teacher: Denoiser, arm: dict, args, calibration_batches=(), amp=contextlib.nullcontext) -> Denoiser:
+    """A trainable copy of the dense model with the arm's attention. An arm with `calibrate` gets per-head rules
+    from sla.calibrate on the q, k, v its SLA layers see on `calibration_batches` (x_t, t, labels), before any
+    training; the summary is left in `student.calibration`."""
+    import sla
     import sla.diffusers as sd
 
     student = copy.deepcopy(teacher).requires_grad_(True)
@@ -267,6 +274,24 @@ def make_arm(teacher: Denoiser, arm: dict, args) -> Denoiser:
         if arm.get("freeze_proj"):
             for proc in sd.sla_processors(wan).values():
                 proc.proj_l.requires_grad_(False)  # stays zero: sparse attention alone
+        if arm.get("calibrate"):
+            if not calibration_batches:
+                raise ValueError("an arm with calibrate needs calibration_batches")
+            with sla.record(wan, max_passes=len(calibration_batches)) as rec:
+                with torch.no_grad(), amp():
+                    for x_t, t, labels in calibration_batches:
+                        student(x_t, t, labels)
+            budget = density(arm, args)["critical"]
+            cal = sla.calibrate(
+                rec, budget=budget, block_q=args.block_q, block_k=args.block_k, progress=False, **arm["calibrate"]
+            )
+            sla.apply_rules(wan, cal)
+            student.calibration = dict(
+                average_density=cal.settings["average_density"],
+                budget=budget,
+                budget_bound=cal.settings["budget_bound"],
+                topk_per_layer={n: [h["param"] for h in e["heads"]] for n, e in cal.layers.items()},
+            )
     return student
 
 
@@ -697,11 +722,13 @@ def run(args) -> dict:
     )
     strip = [("teacher (dense)", teacher_sample[0])]
     stream = Stream(args, FINETUNE, device, cache=True)  # rendered once, the same clips for every arm
+    # The calibrated arm's rules come from the first fine-tuning batches (the clips every arm trains on first).
+    calibration_batches = [stream.batch(i)[:3] for i in range(2)]
     for loss in args.losses:
         for name in args.arms:
             arm = ARMS[name]
             t0 = time.perf_counter()
-            student = make_arm(teacher, arm, args)
+            student = make_arm(teacher, arm, args, calibration_batches, amp)
             run = train(
                 student,
                 stream,
@@ -718,6 +745,9 @@ def run(args) -> dict:
             )
             x = sample(student, sample_noise, sample_labels, args.sample_steps, amp)
             run.update(sample=compare(x, teacher_sample), density=density(arm, args), seconds=time.perf_counter() - t0)
+            if getattr(student, "calibration", None) is not None:
+                run["calibration"] = student.calibration
+                run["density"]["critical"] = student.calibration["average_density"]
             results["arms"].setdefault(name, {})[loss] = run
             strip.append((f"{name} / {loss}", x[0]))
             del student

@@ -73,6 +73,13 @@ def test_quality_smoke_writes_finite_results_and_reuses_the_checkpoint(tmp_path)
     assert saved["arms"]["sla_global_0.05"]["distill"]["curve"][0]["teacher_mse"] > 0
     assert results["arms"].keys() == saved["arms"].keys()
     assert saved["complete"] is True
+    # The calibrated arm: per-head topk of every SLA layer, within the density of topk 0.05 (its budget).
+    config = saved["config"]
+    for loss in ("distill", "diffusion"):
+        cal = saved["arms"]["sla_calibrated_0.05"][loss]["calibration"]
+        assert cal["average_density"] <= cal["budget"] + 1e-9
+        assert sorted(cal["topk_per_layer"]) == [f"blocks.{i}.attn1.processor" for i in range(config["layers"])]
+        assert all(len(ks) == config["heads"] and all(0 < x <= 1 for x in ks) for ks in cal["topk_per_layer"].values())
 
     # A second run reuses the checkpoint (no pre-training) and reaches the same teacher.
     again = quality.main(["--smoke", "--out", str(out), "--arms", "dense", "--losses", "distill"])
