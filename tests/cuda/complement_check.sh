@@ -31,6 +31,12 @@ echo "== memcheck, complement backward" | tee -a "$OUT/grids.log"
 timeout 60 compute-sanitizer --tool memcheck --error-exitcode 3 $T --mode bwd --filter "bwd/f16/d64/bq64/bk128/complement" \
   >>"$OUT/grids.log" 2>&1 || rc=1
 tail -1 "$OUT/grids.log"
+for tool in racecheck synccheck; do  # the per-CTA batching of the complement kernels (grid case batched-ctas)
+  echo "== $tool, batched-ctas backward" | tee -a "$OUT/grids.log"
+  timeout 120 compute-sanitizer --tool $tool --error-exitcode 3 $T --mode bwd --filter "bk64/complement/softmax/batched-ctas" \
+    >>"$OUT/grids.log" 2>&1 || rc=1
+  tail -1 "$OUT/grids.log"
+done
 echo "== the H100 fuzz case of issue 18 (one key, f16 d128 complement)"
 $T --mode fuzz --seed 11361526181690020066 --case 259 2>&1 | tail -2
 echo "== the global-variant fuzz case of docs/KERNELS_NEXT.md 1.9 (fails until Delta is consistent)"

@@ -277,6 +277,25 @@ std::vector<Case> forward_cases() {
     c.shape_name = "map-Nk>512";
     cases.push_back(c);
   }
+  // Many heads of short rows: the complement kernels' batching per CTA (key_state_kernel's groups_per_cta, the
+  // blocks_per_cta of complement_operands_kernel, complement_gmat_kernel and complement_dh_kernel) engages only when
+  // B * H * blocks reaches 1024. Here they take 2 key blocks and 2 query blocks per CTA, with a ragged last block
+  // (630 = 9 * 64 + 54) and the total row of the selection last in its CTA; with W (the operands' product, G_i and
+  // dH_i) and without it (H_i alone).
+  for (int bk : {64, 128}) {
+    Case c;
+    c.variant = Variant::complement;
+    c.d = 64;
+    c.batch = 2;
+    c.heads = bk == 64 ? 64 : 128;
+    c.lq = c.lk = 630;
+    c.bk = bk;
+    c.topk = 0.25;
+    c.negligible = 0.1;
+    c.weight = bk == 64;
+    c.shape_name = "batched-ctas";
+    cases.push_back(c);
+  }
   {
     // One marginal block per row out of Nk = 2048, V of one sign: the complement's linear state of a query block is
     // one block's state, while the sum over all key blocks is 2048 times larger. A kernel that forms it as that
