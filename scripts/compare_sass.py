@@ -10,6 +10,8 @@ instruction text (operands, branch offsets within the function, predicates) are 
 of anonymous namespaces (_GLOBAL__N__<hash>_<file>_...) depends on where the source tree lies, so it is masked: two
 checkouts in different folders compare equal. Objects are paired by their path relative to the build folder,
 functions by (arch, name). Exit status 0 when everything matches.
+--by-function pools the functions of all objects of each build instead, so that kernels moved between files (a split
+into one instantiation per file) still pair: names in anonymous namespaces then drop the file they came from too.
 --rename also reports, for each function that differs, whether it is the same instruction sequence under one
 consistent one-to-one renaming of its registers (R, UR, P, UP): the same operations on the same data flow, with
 other physical registers (such functions still count as differing).
@@ -30,8 +32,17 @@ INSTR = re.compile(r"^\s*/\*[0-9a-f]{4,}\*/\s*(.*?)\s*;")
 ANON_NS = re.compile(r"_GLOBAL__N__[0-9a-f]{8}_")
 
 
+# An anonymous namespace's mangled name with the file it is in, <length>_GLOBAL__N__<hash>_<length>_<file>_cu_<hash>
+# (then _<number> in some files), and the length of the name that follows it.
+ANON_FILE = re.compile(r"\d+_GLOBAL__N__(?:#|[0-9a-f]{8})_\d+_[A-Za-z0-9_]+?_cu_[0-9a-f]{8}_?\d+(?=[A-Za-z_])")
+
+
 def unhash(text):
     return ANON_NS.sub("_GLOBAL__N__#_", text)
+
+
+def unfile(text):
+    return ANON_FILE.sub("_GLOBAL__N__#anon", text)
 
 
 REG = re.compile(r"\b(U?[RP]\d+)\b")
@@ -84,6 +95,21 @@ def disassemble(tool, obj):
     return funcs
 
 
+def pooled(tool, objs):
+    """disassemble() of one object, or of a list of objects merged with file names dropped from anonymous
+    namespaces (--by-function)."""
+    if not isinstance(objs, list):
+        return disassemble(tool, objs)
+    funcs = {}
+    for obj in objs:
+        for (arch, name), instrs in disassemble(tool, obj).items():
+            key = (arch, unfile(name))
+            if key in funcs:
+                sys.exit(f"compare_sass: {arch} {key[1]} is defined in two objects ({obj} and another)")
+            funcs[key] = [unfile(i) for i in instrs]
+    return funcs
+
+
 def objects(build):
     root = pathlib.Path(build)
     return {str(p.relative_to(root)): p for p in sorted(root.rglob("*.cu.o"))}
@@ -96,9 +122,12 @@ def main():
     ap.add_argument("--cuobjdump")
     ap.add_argument("--show", type=int, default=3, help="differing functions to print in full context")
     ap.add_argument("--rename", action="store_true", help="test differing functions for a register renaming")
+    ap.add_argument("--by-function", action="store_true", help="pair functions across all objects of a build")
     args = ap.parse_args()
     tool = find_cuobjdump(args.cuobjdump)
     objs_a, objs_b = objects(args.build_a), objects(args.build_b)
+    if args.by_function:
+        objs_a, objs_b = {"(all objects)": list(objs_a.values())}, {"(all objects)": list(objs_b.values())}
     ok = True
     if set(objs_a) != set(objs_b):
         ok = False
@@ -108,7 +137,7 @@ def main():
     same_arch = collections.Counter()
     shown = 0
     for rel in sorted(set(objs_a) & set(objs_b)):
-        fa, fb = disassemble(tool, objs_a[rel]), disassemble(tool, objs_b[rel])
+        fa, fb = pooled(tool, objs_a[rel]), pooled(tool, objs_b[rel])
         for key in sorted(set(fa) | set(fb), key=lambda k: (k[0] or "", k[1])):
             arch, name = key
             if key not in fa or key not in fb:

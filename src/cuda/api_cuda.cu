@@ -16,9 +16,9 @@
 #include "cuda/bwd/linear_bwd.h"
 #include "cuda/common/cuda_status.h"
 #include "cuda/common/params.h"
-#include "cuda/forward_launch.h"
+#include "cuda/fwd/launch.h"
 #include "cuda/head_chunks.h"
-#include "cuda/linear_state.h"
+#include "cuda/fwd/linear_state.h"
 #include "cuda/map_check.h"
 
 #ifndef SLA_CUDA_ARCHS_STRING

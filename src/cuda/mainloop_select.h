@@ -7,7 +7,7 @@ namespace sla::cuda {
 
 enum class MainloopKind { mma, wgmma };
 
-// wgmma + TMA (forward_mainloop_sm90.cuh, bwd/sparse_dq_sm90.cu) on a compute capability 9.0 device when the build
+// wgmma + TMA (fwd/mainloop_sm90.cuh, bwd/sparse_dq_sm90.cuh) on a compute capability 9.0 device when the build
 // includes sm_90a, mma.sync + cp.async otherwise. The environment variable SLA_CUDA_MAINLOOP=mma|wgmma|auto (read
 // once) forces a choice, for A/B timing and for testing the sm_80 path on Hopper; forcing wgmma where it cannot run
 // is an error, never a silent fallback.

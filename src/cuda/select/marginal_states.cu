@@ -1,8 +1,8 @@
-// marginal_states.h: key-block states (linear_state.cu's key pass), the mask, one selection GEMM.
+// marginal_states.h: key-block states (fwd/linear_state.cu's key pass), the mask, one selection GEMM.
 #include "cuda/select/marginal_states.h"
 
 #include "core/validate.h"
-#include "cuda/linear_state.h"
+#include "cuda/fwd/linear_state.h"
 #include "cuda/select/select_gemm.h"
 
 namespace sla::cuda {

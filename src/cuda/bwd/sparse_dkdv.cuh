@@ -7,16 +7,18 @@
 // Warp w owns keys 16 w .. 16 w + 15 of the block (bk / 16 warps; with bk = 64 two CTAs share an SM, so one's
 // prologue and epilogue overlap the other's main loop). No atomics anywhere: each key block's gradients come from
 // one CTA. The linear branch's share is added in registers and dk, dv are written once.
+#pragma once
+
 #include <cuda_runtime.h>
 
-#include "cuda/build_switch.h"
+#include <string>
+
+#include "core/static_switch.h"
 #include "cuda/bwd/sparse_bwd.h"
 #include "cuda/bwd/split_mma.cuh"
 #include "cuda/bwd/tile_stage.cuh"
 #include "cuda/common/cuda_status.h"
 #include "cuda/common/softmax.cuh"
-#include "cuda/mainloop_select.h"
-#include "cuda/tma.h"
 
 namespace sla::cuda::bwd {
 namespace {
@@ -235,30 +237,13 @@ Status launch(const BwdParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-Status launch_dkdv_mma(const BwdParams& p, DType dtype, FeatureMap fm, cudaStream_t stream) {
-  return SLA_CUDA_DTYPE_SWITCH(dtype, T, "backward", [&] {
-    return SLA_CUDA_HEADDIM_SWITCH(p.d, D, "backward", [&] {
-      return SLA_FEATURE_MAP_SWITCH(fm, F, [&]() -> Status {
-        if (p.bk == 64) return launch<T, D, 64, F>(p, stream);
-        if (p.bk == 128) return launch<T, D, 128, F>(p, stream);
-        return Status::Unsupported("block_k: the CUDA backward supports 64 and 128, got " + std::to_string(p.bk));
-      });
-    });
+template <class T, int D>
+Status launch_dkdv_mma(const BwdParams& p, FeatureMap fm, cudaStream_t stream) {
+  return SLA_FEATURE_MAP_SWITCH(fm, F, [&]() -> Status {
+    if (p.bk == 64) return launch<T, D, 64, F>(p, stream);
+    if (p.bk == 128) return launch<T, D, 128, F>(p, stream);
+    return Status::Unsupported("block_k: the CUDA backward supports 64 and 128, got " + std::to_string(p.bk));
   });
-}
-
-Status launch_dkdv(const BwdParams& p, DType dtype, FeatureMap fm, cudaStream_t stream) {
-  MainloopKind kind = MainloopKind::mma;
-  if (Status st = select_mainloop(&kind); !st.ok()) return st;
-  if (kind == MainloopKind::wgmma) {
-    // As the forward: strides the driver cannot describe in a tensor map take the mma.sync kernel.
-    QdoTensorMaps maps;
-    if (make_panel_tensor_map(&maps.q, p.q, p.batch, p.heads, p.lq, p.d, 64, "q").ok() &&
-        make_panel_tensor_map(&maps.d_o, p.d_o, p.batch, p.heads, p.lq, p.dv, 64, "d_o").ok()) {
-      return launch_dkdv_wgmma(p, maps, dtype, fm, stream);
-    }
-  }
-  return launch_dkdv_mma(p, dtype, fm, stream);
 }
 
 }  // namespace sla::cuda::bwd

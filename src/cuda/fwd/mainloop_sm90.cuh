@@ -1,4 +1,4 @@
-// The Hopper (sm_90a) sparse mainloop of the forward kernel: the same contract as SparseMainloop (forward_kernel.cuh)
+// The Hopper (sm_90a) sparse mainloop of the forward kernel: the same contract as MmaMainloop (mainloop_sm80.cuh)
 // with the products on wgmma. One warpgroup per 64 query rows (warp w of the CTA owns rows 16 w .. 16 w + 15, the
 // layout the epilogue expects with kMTiles = 1); Q stays in registers as the A operand of S = Q K^T, P goes from the
 // S accumulators to the A operand of O += P V without touching shared memory, and K_j, V_j are read by the tensor
@@ -88,8 +88,16 @@ struct WgmmaMainloop {
     using Gather = LutGather<kStages, kBK, kD, Traits::kWarps>;
     static_assert(Gather::kStageBytes == Traits::kStageBytes, "stage plan mismatch");
     static_assert(Gather::kBarrierBytes <= Traits::kBarrierBytes, "barrier region too small");
-    Gather gather{stages, stages + Traits::kBarrierOffset, &p.tma_k, &p.tma_v, lut, n, p.nk, kBK,
-                  static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z)};
+    Gather gather{stages,
+                  stages + Traits::kBarrierOffset,
+                  &p.tma_k,
+                  &p.tma_v,
+                  lut,
+                  n,
+                  p.nk,
+                  kBK,
+                  static_cast<int>(blockIdx.y),
+                  static_cast<int>(blockIdx.z)};
     gather.start(tid, kAhead);
     cp_async_wait<0>();
     __syncthreads();  // Q has landed for every warp, and the barriers are initialised

@@ -1,4 +1,5 @@
-// Host-side entry of the forward main kernel: one explicit instantiation per (dtype, head dim) in its own .cu file.
+// Host-side entry of the forward main kernel: one explicit instantiation per (dtype, head dim) in its own .cu file
+// (fwd/instantiations/, written by scripts/gen_kernels.py).
 #pragma once
 
 #include <cuda_runtime.h>

@@ -1,13 +1,17 @@
-// dK and dV of the sparse branch on Hopper (sm_90a): the transposed formulation of dkdv_mma_kernel (sparse_dkdv.cu)
+// dK and dV of the sparse branch on Hopper (sm_90a): the transposed formulation of dkdv_mma_kernel (sparse_dkdv.cuh)
 // on wgmma, with the query tiles of the inverse LUT gathered by the TMA (cuda/common/lut_gather.cuh). One CTA per
 // key block, one warpgroup per 64 of its keys (warp w owns keys 16 w .. 16 w + 15). K and V sit in shared memory in
 // the panel layout as the A operands of S^T = K Q^T and dP^T = V dO^T; P^T and dS^T go from the accumulators to the
 // A operands of dV += P^T dO and dK += dS^T Q. Two stages of (Q, dO) tiles, so that two CTAs fit per SM at
 // bk = 64 and one CTA's element-wise work overlaps the other's products. The linear branch's share is added in
 // registers by the same epilogue as dkdv_mma_kernel, on K and V reloaded in the mma.sync tile layout.
+#pragma once
+
 #include <cuda_runtime.h>
 
-#include "cuda/build_switch.h"
+#include <string>
+
+#include "core/static_switch.h"
 #include "cuda/bwd/mma_frag.cuh"
 #include "cuda/bwd/sparse_bwd.h"
 #include "cuda/bwd/split_mma.cuh"
@@ -231,16 +235,12 @@ Status launch(const BwdParams& p, const QdoTensorMaps& maps, cudaStream_t stream
 
 }  // namespace
 
-Status launch_dkdv_wgmma(const BwdParams& p, const QdoTensorMaps& maps, DType dtype, FeatureMap fm,
-                         cudaStream_t stream) {
-  return SLA_CUDA_DTYPE_SWITCH(dtype, T, "backward", [&] {
-    return SLA_CUDA_HEADDIM_SWITCH(p.d, D, "backward", [&] {
-      return SLA_FEATURE_MAP_SWITCH(fm, F, [&]() -> Status {
-        if (p.bk == 64) return launch<T, D, 64, F>(p, maps, stream);
-        if (p.bk == 128) return launch<T, D, 128, F>(p, maps, stream);
-        return Status::Unsupported("block_k: the CUDA backward supports 64 and 128, got " + std::to_string(p.bk));
-      });
-    });
+template <class T, int D>
+Status launch_dkdv_wgmma(const BwdParams& p, const QdoTensorMaps& maps, FeatureMap fm, cudaStream_t stream) {
+  return SLA_FEATURE_MAP_SWITCH(fm, F, [&]() -> Status {
+    if (p.bk == 64) return launch<T, D, 64, F>(p, maps, stream);
+    if (p.bk == 128) return launch<T, D, 128, F>(p, maps, stream);
+    return Status::Unsupported("block_k: the CUDA backward supports 64 and 128, got " + std::to_string(p.bk));
   });
 }
 

@@ -5,9 +5,13 @@
 // accumulators to the A operand of dQ += dS K; K and V tiles of 64 keys are read by the tensor cores from the TMA's
 // 128-byte-swizzled panels. Tile t's S and dP products run while dQ += dS_{t-1} K_{t-1} is still on the tensor
 // cores, and dS_t is computed under it.
+#pragma once
+
 #include <cuda_runtime.h>
 
-#include "cuda/build_switch.h"
+#include <string>
+
+#include "core/static_switch.h"
 #include "cuda/bwd/mma_frag.cuh"
 #include "cuda/bwd/sparse_bwd.h"
 #include "cuda/bwd/split_mma.cuh"
@@ -216,15 +220,12 @@ Status launch(const BwdParams& p, const KvTensorMaps& maps, cudaStream_t stream)
 
 }  // namespace
 
-Status launch_dq_wgmma(const BwdParams& p, const KvTensorMaps& maps, DType dtype, FeatureMap fm, cudaStream_t stream) {
-  return SLA_CUDA_DTYPE_SWITCH(dtype, T, "backward", [&] {
-    return SLA_CUDA_HEADDIM_SWITCH(p.d, D, "backward", [&] {
-      return SLA_FEATURE_MAP_SWITCH(fm, F, [&]() -> Status {
-        if (p.bq == 64) return launch<T, D, 64, F>(p, maps, stream);
-        if (p.bq == 128) return launch<T, D, 128, F>(p, maps, stream);
-        return Status::Unsupported("block_q: the CUDA backward supports 64 and 128, got " + std::to_string(p.bq));
-      });
-    });
+template <class T, int D>
+Status launch_dq_wgmma(const BwdParams& p, const KvTensorMaps& maps, FeatureMap fm, cudaStream_t stream) {
+  return SLA_FEATURE_MAP_SWITCH(fm, F, [&]() -> Status {
+    if (p.bq == 64) return launch<T, D, 64, F>(p, maps, stream);
+    if (p.bq == 128) return launch<T, D, 128, F>(p, maps, stream);
+    return Status::Unsupported("block_q: the CUDA backward supports 64 and 128, got " + std::to_string(p.bq));
   });
 }
 

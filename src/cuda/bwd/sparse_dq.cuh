@@ -3,16 +3,18 @@
 // double-buffered with cp.async. Per sub-tile: S = Q K^T and dP = dO V^T, P = exp(s S - LSE) recomputed,
 // dS = P (dP - Delta), dQ += dS K. The linear branch's share is added to the fp32 accumulator in registers; dq is
 // written once.
+#pragma once
+
 #include <cuda_runtime.h>
 
-#include "cuda/build_switch.h"
+#include <string>
+
+#include "core/static_switch.h"
 #include "cuda/bwd/sparse_bwd.h"
 #include "cuda/bwd/split_mma.cuh"
 #include "cuda/bwd/tile_stage.cuh"
 #include "cuda/common/cuda_status.h"
 #include "cuda/common/softmax.cuh"
-#include "cuda/mainloop_select.h"
-#include "cuda/tma.h"
 
 namespace sla::cuda::bwd {
 namespace {
@@ -199,31 +201,14 @@ Status launch(const BwdParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-Status launch_dq_mma(const BwdParams& p, DType dtype, FeatureMap fm, cudaStream_t stream) {
-  return SLA_CUDA_DTYPE_SWITCH(dtype, T, "backward", [&] {
-    return SLA_CUDA_HEADDIM_SWITCH(p.d, D, "backward", [&] {
-      return SLA_FEATURE_MAP_SWITCH(fm, F, [&]() -> Status {
-        // 64-row CTAs for both block sizes: 4 warps, two CTAs per SM, so that one CTA's prologue and epilogue
-        // overlap another's main loop (measured faster than one 8-warp CTA per 128-row block, see docs/PERF.md).
-        if (p.bq == 64 || p.bq == 128) return launch<T, D, 64, F>(p, stream);
-        return Status::Unsupported("block_q: the CUDA backward supports 64 and 128, got " + std::to_string(p.bq));
-      });
-    });
+template <class T, int D>
+Status launch_dq_mma(const BwdParams& p, FeatureMap fm, cudaStream_t stream) {
+  return SLA_FEATURE_MAP_SWITCH(fm, F, [&]() -> Status {
+    // 64-row CTAs for both block sizes: 4 warps, two CTAs per SM, so that one CTA's prologue and epilogue
+    // overlap another's main loop (measured faster than one 8-warp CTA per 128-row block, see docs/PERF.md).
+    if (p.bq == 64 || p.bq == 128) return launch<T, D, 64, F>(p, stream);
+    return Status::Unsupported("block_q: the CUDA backward supports 64 and 128, got " + std::to_string(p.bq));
   });
-}
-
-Status launch_dq(const BwdParams& p, DType dtype, FeatureMap fm, cudaStream_t stream) {
-  MainloopKind kind = MainloopKind::mma;
-  if (Status st = select_mainloop(&kind); !st.ok()) return st;
-  if (kind == MainloopKind::wgmma) {
-    // As the forward: strides the driver cannot describe in a tensor map take the mma.sync kernel.
-    KvTensorMaps maps;
-    if (make_panel_tensor_map(&maps.k, p.k, p.batch, p.heads, p.lk, p.d, 64, "k").ok() &&
-        make_panel_tensor_map(&maps.v, p.v, p.batch, p.heads, p.lk, p.dv, 64, "v").ok()) {
-      return launch_dq_wgmma(p, maps, dtype, fm, stream);
-    }
-  }
-  return launch_dq_mma(p, dtype, fm, stream);
 }
 
 }  // namespace sla::cuda::bwd

@@ -19,7 +19,7 @@
 #include "cuda/common/feature_map.cuh"
 #include "cuda/common/numeric.cuh"
 #include "cuda/common/tile_io.cuh"
-#include "cuda/linear_state.h"
+#include "cuda/fwd/linear_state.h"
 #include "cuda/select/marginal_states.h"
 #include "cuda/select/split_product.cuh"
 

@@ -1,11 +1,12 @@
-// Definition of launch_forward_main, included only by the forward_<dtype>_hdim<D>.cu instantiation files.
+// Definition of launch_forward_main, included only by the instantiation files fwd/instantiations/forward_*.cu.
 #pragma once
 
 #include <string>
 
 #include "cuda/common/cuda_status.h"
-#include "cuda/forward_kernel.cuh"
-#include "cuda/forward_launch.h"
+#include "cuda/fwd/kernel.cuh"
+#include "cuda/fwd/launch.h"
+#include "cuda/fwd/tile_scheduler.cuh"
 #include "cuda/mainloop_select.h"
 #include "cuda/tma.h"
 
@@ -17,8 +18,7 @@ Status launch_traits(const ForwardParams& p, cudaStream_t stream) {
   if (Traits::kSmemBytes > 48 * 1024) {
     if (Status st = set_dynamic_smem(kernel, Traits::kSmemBytes, "forward_kernel"); !st.ok()) return st;
   }
-  const dim3 grid(static_cast<unsigned>(p.nq), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
-  kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(p);
+  kernel<<<QueryBlockScheduler::grid(p), Traits::kThreads, Traits::kSmemBytes, stream>>>(p);
   return check_launch("forward_kernel");
 }
 
