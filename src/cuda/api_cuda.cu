@@ -17,8 +17,8 @@
 #include "cuda/common/cuda_status.h"
 #include "cuda/common/params.h"
 #include "cuda/fwd/launch.h"
-#include "cuda/head_chunks.h"
 #include "cuda/fwd/linear_state.h"
+#include "cuda/head_chunks.h"
 #include "cuda/map_check.h"
 
 #ifndef SLA_CUDA_ARCHS_STRING

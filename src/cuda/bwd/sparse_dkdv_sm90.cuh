@@ -64,8 +64,9 @@ __global__ void __launch_bounds__(BK * 2, BK == 64 ? 2 : 1)
   load_panel_tile_async<BK, D, kThreads>(base + Plan::v, reinterpret_cast<const uint16_t*>(row_ptr<T>(p.v, b, h, key0)),
                                          p.v.row_stride, valid_k, tid);
   cp_async_commit();
-  typename Plan::Gather gather{base + Plan::stages, base + Plan::bars, &maps.q, &maps.d_o, index + first,
-                               off[j + 1] - first, p.nq, p.bq, static_cast<int>(h), static_cast<int>(b)};
+  typename Plan::Gather gather{base + Plan::stages, base + Plan::bars,  &maps.q, &maps.d_o,
+                               index + first,       off[j + 1] - first, p.nq,    p.bq,
+                               static_cast<int>(h), static_cast<int>(b)};
   gather.start(tid, Plan::kStages - 1);
   cp_async_wait<0>();
   fence_proxy_async_smem();  // K and V (cp.async) are read by wgmma
@@ -229,7 +230,7 @@ Status launch(const BwdParams& p, const QdoTensorMaps& maps, cudaStream_t stream
   constexpr int kBytes = DkdvSm90Plan<D, BK>::kBytes;
   if (Status st = set_dynamic_smem(kernel, kBytes, "backward: dkdv_wgmma_kernel"); !st.ok()) return st;
   kernel<<<dim3(p.nk, static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch)), BK * 2, kBytes, stream>>>(p,
-                                                                                                              maps);
+                                                                                                                 maps);
   return check_launch("backward: dkdv_wgmma_kernel");
 }
 

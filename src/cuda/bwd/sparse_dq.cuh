@@ -69,8 +69,7 @@ __global__ void __launch_bounds__(BQ * 2) dq_mma_kernel(BwdParams p) {
 
   load_tile_async<BQ, D, kThreads>(base + Smem::q, reinterpret_cast<const uint16_t*>(row_ptr<T>(p.q, b, h, row0)),
                                    p.q.row_stride, valid_q, tid);
-  load_tile_async<BQ, D, kThreads>(base + Smem::d_o,
-                                   reinterpret_cast<const uint16_t*>(row_ptr<T>(p.d_o, b, h, row0)),
+  load_tile_async<BQ, D, kThreads>(base + Smem::d_o, reinterpret_cast<const uint16_t*>(row_ptr<T>(p.d_o, b, h, row0)),
                                    p.d_o.row_stride, valid_q, tid);
   if (n_iter > 0) issue_kv(0, 0);
   cp_async_commit();
@@ -159,8 +158,8 @@ __global__ void __launch_bounds__(BQ * 2) dq_mma_kernel(BwdParams p) {
     float da[kNt][4];
 #pragma unroll
     for (int n = 0; n < kNt; ++n) da[n][0] = da[n][1] = da[n][2] = da[n][3] = 0.f;
-    warp_mma_t_split<T, D, D, true, kNt>(da, base + Smem::d_o, warp * 16, base + Smem::k, base + Smem::k + D * D * 2,
-                                         D, 0, lane);
+    warp_mma_t_split<T, D, D, true, kNt>(da, base + Smem::d_o, warp * 16, base + Smem::k, base + Smem::k + D * D * 2, D,
+                                         0, lane);
     const float* z = p.complement ? p.grp_z + part * p.grp_stride : p.lin_z + bh * D;
     float d_r[2], inv_n[2];
 #pragma unroll

@@ -67,7 +67,8 @@ __device__ __forceinline__ void issue_dq(float (&dq)[D / 8][4], uint32_t (&dsa)[
   using Tag = typename ElementTraits<T>::MmaTag;
   const uint64_t desc = smem_desc_sw128(k_tile, kTile * kPanelRowBytes, 1024);
 #pragma unroll
-  for (int kk = 0; kk < kTile / 16; ++kk) wgmma_rs<true>(dq, dsa[kk], desc_advance(desc, kk * 16 * kPanelRowBytes), true, Tag{});
+  for (int kk = 0; kk < kTile / 16; ++kk)
+    wgmma_rs<true>(dq, dsa[kk], desc_advance(desc, kk * 16 * kPanelRowBytes), true, Tag{});
   wgmma_commit();
 }
 
@@ -90,8 +91,9 @@ __global__ void __launch_bounds__(BQ * 2, 1)
   load_tile_async<BQ, D, kThreads>(base + Plan::d_o, reinterpret_cast<const uint16_t*>(row_ptr<T>(p.d_o, b, h, row0)),
                                    p.d_o.row_stride, valid_q, tid);
   cp_async_commit();
-  typename Plan::Gather gather{base + Plan::stages, base + Plan::bars, &maps.k, &maps.v, p.lut + part * p.t_crit,
-                               crit, p.nk, p.bk, static_cast<int>(h), static_cast<int>(b)};
+  typename Plan::Gather gather{
+      base + Plan::stages, base + Plan::bars,  &maps.k, &maps.v, p.lut + part * p.t_crit, crit, p.nk, p.bk,
+      static_cast<int>(h), static_cast<int>(b)};
   gather.start(tid, Plan::kStages - 2);
 
   // Rows g and g + 8 of this warp's 16. Rows past Lq get P = 0 (their dq is never stored).

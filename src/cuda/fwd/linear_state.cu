@@ -88,8 +88,8 @@ __global__ void __launch_bounds__(kKeyStateThreads) key_state_kernel(StateParams
   auto issue_loads = [&](int64_t r0, int stage) {
     const int valid = static_cast<int>(min_i64(kStateRows, r_end - r0));
     load_tile_async<kStateRows, kD, kKeyStateThreads>(v_stages + stage * kTileBytes,
-                                                   reinterpret_cast<const uint16_t*>(v_head + r0 * p.v.row_stride),
-                                                   p.v.row_stride, valid, tid);
+                                                      reinterpret_cast<const uint16_t*>(v_head + r0 * p.v.row_stride),
+                                                      p.v.row_stride, valid, tid);
 #pragma unroll
     for (int q = 0; q < kRowsPerWarp; ++q) {
       const int rr = warp + q * (kKeyStateThreads / 32);
@@ -244,8 +244,8 @@ struct HeadParams {
 // present, G = H W^T as hi/lo. One warp per output column n of G: lanes split the reduction over m (W's row n is
 // read coalesced) and combine with shuffles in a fixed pattern.
 template <int kRows>
-__device__ void write_operands(const float* h_rows, int d0, int d, const float* weight,
-                               const LinearOperandLayout& lay, unsigned char* ops) {
+__device__ void write_operands(const float* h_rows, int d0, int d, const float* weight, const LinearOperandLayout& lay,
+                               unsigned char* ops) {
   __nv_bfloat16* g_hi = reinterpret_cast<__nv_bfloat16*>(ops + lay.g_hi());
   __nv_bfloat16* g_lo = reinterpret_cast<__nv_bfloat16*>(ops + lay.g_lo());
   __nv_bfloat16* h_hi = reinterpret_cast<__nv_bfloat16*>(ops + lay.h_hi());
