@@ -417,7 +417,6 @@ Status check_saved(const SavedOutputs& s, const TensorView& q, const Problem& p)
   return check_acc_tensor("lin_z", s.lin_z, {b, h, d}, q, p);
 }
 
-// q, k, v and everything derived from them: shared by forward and backward.
 // q and k and the sizes that follow from them and the block sizes (Nq, Nk); the table widths stay 0. cfg's fields
 // are assumed valid (validate_config or validate_attention_config ran).
 Status resolve_qk(const TensorView& q, const TensorView& k, const Config& cfg, Problem* p) {
