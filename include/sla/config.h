@@ -28,6 +28,9 @@ const char* feature_map_name(FeatureMap f);
 struct Config {
   int block_q = 64;                         // bq: rows of Q per query block; 64 or 128
   int block_k = 64;                         // bk: rows of K/V per key block; 64 or 128
+  // The block-map fields: topk, negligible and the adaptive rule below decide the table widths T and Tn of a
+  // predicted map (predict_block_map, block_map_shape). forward and backward neither read nor check them: they take
+  // T and Tn from the map's tables.
   double topk = 0.05;                       // fraction of key blocks that are critical, in (0, 1]
   double negligible = 0.0;                  // k_l: fraction of key blocks skipped entirely, in [0, 1 - topk];
                                             // only the complement variant uses it (must be 0 for global)

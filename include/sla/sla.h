@@ -18,7 +18,8 @@
 
 namespace sla {
 
-// Sizes of the block map of a problem.
+// Sizes of the block map of a problem: the tables predict_block_map writes for a Config. (forward and backward take
+// T and Tn from the tables they are given, which may have any widths in range; see BlockMap.)
 struct BlockMapShape {
   int64_t batch = 0, heads = 0;
   int64_t q_blocks = 0;    // Nq = ceil(Lq / bq)
@@ -38,6 +39,10 @@ Status block_map_shape(int64_t batch, int64_t heads, int64_t lq, int64_t lk, con
 // past the count are unused (check_block_map below says how a caller-supplied map is checked). The inverse tables are
 // compressed rows per (b,h): the query blocks i that hold key block j in their critical set are inv_index[b,h,
 // inv_offset[b,h,j] : inv_offset[b,h,j+1]], in ascending i.
+// The table widths are read from the tables: T is lut's last dimension, Tn is negl_lut's (0 when negl_lut is
+// absent). predict_block_map needs the widths block_map_shape gives for its Config; forward, backward,
+// invert_block_map and check_block_map accept any widths with 1 <= T <= Nk and 0 <= Tn <= Nk - T (forward and
+// backward: negligible tables only with the complement variant), whatever cfg.topk and cfg.negligible say.
 struct BlockMap {
   TensorView lut;         // (B, H, Nq, T)
   TensorView count;       // (B, H, Nq)
@@ -90,14 +95,16 @@ Status invert_block_map(const BlockMap& map, const Exec& exec);
 Status check_block_map(const BlockMap& map, int64_t k_blocks);
 
 // Forward pass (docs/SPEC.md sections 2-4): O = O_s + O_l W^T + b.
-// The accumulation type `acc` is f64 for f64 inputs and f32 otherwise.
+// The accumulation type `acc` is f64 for f64 inputs and f32 otherwise. Of the Config, forward and backward read
+// block_q, block_k, variant, feature_map, scale and eps (and check only those); the block-map fields (topk,
+// negligible and the adaptive rules) are for predict_block_map: the widths T and Tn come from args.map's tables.
 struct ForwardArgs {
   TensorView q;            // (B, H, Lq, D)
   TensorView k;            // (B, H, Lk, D)
   TensorView v;            // (B, H, Lk, Dv)
   TensorView proj_weight;  // optional (Dv, Dv), acc dtype, contiguous; absent means W = 0
   TensorView proj_bias;    // optional (Dv), acc dtype; absent means b = 0
-  BlockMap map;            // lut/count (and negl_* for the complement variant) are read
+  BlockMap map;            // lut/count (and negl_* for the complement variant) are read; T and Tn are their widths
   TensorView o;            // out (B, H, Lq, Dv), dtype of q
   // Saved for the backward pass; all four may be absent together for inference.
   TensorView lse;          // out (B, H, Lq) acc, contiguous: natural-log LSE of the sparse branch's scaled scores
@@ -113,8 +120,8 @@ struct ForwardArgs {
 Status forward_workspace_size(const ForwardArgs& args, const Config& cfg, std::size_t* bytes);
 Status forward(const ForwardArgs& args, const Config& cfg, const Exec& exec);
 
-// Backward pass (docs/SPEC.md section 5). Inputs as in forward plus the forward's outputs; the block map must
-// include the inverse tables.
+// Backward pass (docs/SPEC.md section 5). Inputs as in forward plus the forward's outputs; the block map (T and Tn
+// from its tables, as in forward) must include the inverse tables.
 struct BackwardArgs {
   TensorView q, k, v;          // as in ForwardArgs
   TensorView proj_weight;      // optional, as in ForwardArgs

@@ -37,13 +37,12 @@ int to_block_size(int64_t block, const char* name) {
   return static_cast<int>(block);
 }
 
-sla::Config make_config(int64_t block_q, int64_t block_k, double topk, double negligible,
-                        c10::string_view variant, c10::string_view feature_map, double scale, double eps) {
+// The Config fields forward and backward read; block_map adds the block-map fields (topk, negligible, the rules).
+sla::Config make_config(int64_t block_q, int64_t block_k, c10::string_view variant, c10::string_view feature_map,
+                        double scale, double eps) {
   sla::Config cfg;
   cfg.block_q = to_block_size(block_q, "block_q");
   cfg.block_k = to_block_size(block_k, "block_k");
-  cfg.topk = topk;
-  cfg.negligible = negligible;
   cfg.variant = parse_variant(std::string(variant));
   cfg.feature_map = parse_feature_map(std::string(feature_map));
   cfg.scale = scale;
@@ -99,7 +98,8 @@ sla::BlockMap map_views(const at::Tensor& lut, const at::Tensor& count, const at
                                                               {&negl_inv_index, "negl_inv_index"}};
   for (const auto& [t, name] : tables) check_int32(*t, name);
   sla::BlockMap map;
-  map.lut = optional_view_of(lut, "lut");
+  // lut is required: an empty one (T = 0) reaches the library, whose message names T and its range.
+  map.lut = view_of(lut, "lut");
   map.count = optional_view_of(count, "count");
   map.negl_lut = optional_view_of(negl_lut, "negl_lut");
   map.negl_count = optional_view_of(negl_count, "negl_count");
@@ -121,7 +121,9 @@ BlockMapTensors block_map(const at::Tensor& q, const at::Tensor& k, int64_t bloc
   check_rank(k, 4, "k", "(B, H, Lk, D)");
   check_floating(q, "q");
   check_floating(k, "k");
-  sla::Config cfg = make_config(block_q, block_k, topk, negligible, variant, "softmax", scale, 1e-5);
+  sla::Config cfg = make_config(block_q, block_k, variant, "softmax", scale, 1e-5);
+  cfg.topk = topk;
+  cfg.negligible = negligible;
   cfg.head_topk.assign(head_topk.begin(), head_topk.end());
   cfg.head_top_p.assign(head_top_p.begin(), head_top_p.end());
   cfg.rule = (top_p != 0.0 || !head_top_p.empty()) ? sla::CriticalRule::top_p : sla::CriticalRule::topk;
@@ -193,16 +195,15 @@ ForwardTensors forward(const at::Tensor& q, const at::Tensor& k, const at::Tenso
                        const at::Tensor& lut, const at::Tensor& count, const at::Tensor& negl_lut,
                        const at::Tensor& negl_count, const at::Tensor& inv_offset, const at::Tensor& inv_index,
                        const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index, int64_t block_q,
-                       int64_t block_k, double topk, double negligible, c10::string_view variant,
-                       c10::string_view feature_map, double scale, double eps, bool save_for_backward,
-                       void* stream) {
+                       int64_t block_k, c10::string_view variant, c10::string_view feature_map, double scale,
+                       double eps, bool save_for_backward, void* stream) {
   check_rank(q, 4, "q", "(B, H, Lq, D)");
   check_rank(k, 4, "k", "(B, H, Lk, D)");
   check_rank(v, 4, "v", "(B, H, Lk, Dv)");
   check_floating(q, "q");
   check_floating(k, "k");
   check_floating(v, "v");
-  const sla::Config cfg = make_config(block_q, block_k, topk, negligible, variant, feature_map, scale, eps);
+  const sla::Config cfg = make_config(block_q, block_k, variant, feature_map, scale, eps);
   const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), D = q.size(3), Dv = v.size(3);
   const at::ScalarType acc = acc_dtype(q);
   const auto acc_opts = q.options().dtype(acc);
@@ -245,8 +246,8 @@ BackwardTensors backward(const at::Tensor& grad_o, const at::Tensor& q, const at
                          const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index, const at::Tensor& o,
                          const at::Tensor& lse, const at::Tensor& o_lin, const at::Tensor& lin_h,
                          const at::Tensor& lin_z, const at::Tensor& o_sparse, int64_t block_q, int64_t block_k,
-                         double topk, double negligible, c10::string_view variant, c10::string_view feature_map,
-                         double scale, double eps, void* stream) {
+                         c10::string_view variant, c10::string_view feature_map, double scale, double eps,
+                         void* stream) {
   check_rank(grad_o, 4, "grad_o", "(B, H, Lq, Dv)");
   check_rank(q, 4, "q", "(B, H, Lq, D)");
   check_rank(k, 4, "k", "(B, H, Lk, D)");
@@ -256,7 +257,7 @@ BackwardTensors backward(const at::Tensor& grad_o, const at::Tensor& q, const at
   check_floating(k, "k");
   check_floating(v, "v");
   check_floating(o, "o");
-  const sla::Config cfg = make_config(block_q, block_k, topk, negligible, variant, feature_map, scale, eps);
+  const sla::Config cfg = make_config(block_q, block_k, variant, feature_map, scale, eps);
   const int64_t Dv = v.size(3);
   const auto acc_opts = q.options().dtype(acc_dtype(q));
   const bool has_weight = proj_weight.has_value() && proj_weight->defined();

@@ -5,7 +5,10 @@
 //   lut (B,H,Nq,T), count (B,H,Nq), negl_lut (B,H,Nq,Tn), negl_count (B,H,Nq),
 //   inv_offset (B,H,Nk+1), inv_index (B,H,Nq*T), negl_inv_offset (B,H,Nk+1), negl_inv_index (B,H,Nq*Tn).
 // A table the problem does not have (the negligible ones when Tn == 0, the inverse ones when only inference was
-// asked for) is an empty tensor of shape (B,H,0) or (B,H,Nq,0); the library sees it as absent.
+// asked for) is an empty tensor of shape (B,H,0) or (B,H,Nq,0); the library sees it as absent (lut itself is always
+// passed on, so that an empty one gets the library's message about T).
+// forward and backward take the widths from the tables: T = lut.size(3), Tn = negl_lut.size(3) (0: absent); the ops
+// have no topk or negligible argument (block_map's decide the widths of the tables it makes).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -41,8 +44,8 @@ ForwardTensors forward(const at::Tensor& q, const at::Tensor& k, const at::Tenso
                        const at::Tensor& lut, const at::Tensor& count, const at::Tensor& negl_lut,
                        const at::Tensor& negl_count, const at::Tensor& inv_offset, const at::Tensor& inv_index,
                        const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index, int64_t block_q,
-                       int64_t block_k, double topk, double negligible, c10::string_view variant,
-                       c10::string_view feature_map, double scale, double eps, bool save_for_backward, void* stream);
+                       int64_t block_k, c10::string_view variant, c10::string_view feature_map, double scale,
+                       double eps, bool save_for_backward, void* stream);
 
 BackwardTensors backward(const at::Tensor& grad_o, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                          const c10::optional<at::Tensor>& proj_weight, const c10::optional<at::Tensor>& proj_bias,
@@ -51,7 +54,7 @@ BackwardTensors backward(const at::Tensor& grad_o, const at::Tensor& q, const at
                          const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index, const at::Tensor& o,
                          const at::Tensor& lse, const at::Tensor& o_lin, const at::Tensor& lin_h,
                          const at::Tensor& lin_z, const at::Tensor& o_sparse, int64_t block_q, int64_t block_k,
-                         double topk, double negligible, c10::string_view variant, c10::string_view feature_map,
-                         double scale, double eps, void* stream);
+                         c10::string_view variant, c10::string_view feature_map, double scale, double eps,
+                         void* stream);
 
 }  // namespace sla_torch

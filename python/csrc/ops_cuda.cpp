@@ -65,8 +65,8 @@ ForwardTensors forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::
                             const at::Tensor& lut, const at::Tensor& count, const at::Tensor& negl_lut,
                             const at::Tensor& negl_count, const at::Tensor& inv_offset, const at::Tensor& inv_index,
                             const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index, int64_t block_q,
-                            int64_t block_k, double topk, double negligible, c10::string_view variant,
-                            c10::string_view feature_map, double scale, double eps, bool save_for_backward) {
+                            int64_t block_k, c10::string_view variant, c10::string_view feature_map, double scale,
+                            double eps, bool save_for_backward) {
   check_same_device({{"q", &q},
                      {"k", &k},
                      {"v", &v},
@@ -82,8 +82,8 @@ ForwardTensors forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::
                      {"negl_inv_index", &negl_inv_index}});
   CudaLaunch launch(q);
   return forward(q, k, v, proj_weight, proj_bias, lut, count, negl_lut, negl_count, inv_offset, inv_index,
-                 negl_inv_offset, negl_inv_index, block_q, block_k, topk, negligible, variant, feature_map, scale,
-                 eps, save_for_backward, launch.stream());
+                 negl_inv_offset, negl_inv_index, block_q, block_k, variant, feature_map, scale, eps, save_for_backward,
+                 launch.stream());
 }
 
 BackwardTensors backward_cuda(const at::Tensor& grad_o, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -93,8 +93,7 @@ BackwardTensors backward_cuda(const at::Tensor& grad_o, const at::Tensor& q, con
                               const at::Tensor& negl_inv_offset, const at::Tensor& negl_inv_index, const at::Tensor& o,
                               const at::Tensor& lse, const at::Tensor& o_lin, const at::Tensor& lin_h,
                               const at::Tensor& lin_z, const at::Tensor& o_sparse, int64_t block_q, int64_t block_k,
-                              double topk, double negligible, c10::string_view variant, c10::string_view feature_map,
-                              double scale, double eps) {
+                              c10::string_view variant, c10::string_view feature_map, double scale, double eps) {
   check_same_device({{"q", &q},
                      {"grad_o", &grad_o},
                      {"k", &k},
@@ -116,8 +115,8 @@ BackwardTensors backward_cuda(const at::Tensor& grad_o, const at::Tensor& q, con
                      {"lin_z", &lin_z}});
   CudaLaunch launch(q);
   return backward(grad_o, q, k, v, proj_weight, proj_bias, lut, count, negl_lut, negl_count, inv_offset, inv_index,
-                  negl_inv_offset, negl_inv_index, o, lse, o_lin, lin_h, lin_z, o_sparse, block_q, block_k, topk,
-                  negligible, variant, feature_map, scale, eps, launch.stream());
+                  negl_inv_offset, negl_inv_index, o, lse, o_lin, lin_h, lin_z, o_sparse, block_q, block_k, variant,
+                  feature_map, scale, eps, launch.stream());
 }
 
 }  // namespace

@@ -8,9 +8,9 @@
   "Tensor lut, Tensor count, Tensor negl_lut, Tensor negl_count, Tensor inv_offset, Tensor inv_index, " \
   "Tensor negl_inv_offset, Tensor negl_inv_index"
 
-#define SLA_CONFIG                                                                                       \
-  "int block_q, int block_k, float topk, float negligible, str variant, str feature_map, float scale, " \
-  "float eps"
+// The options of forward and backward. No topk or negligible: the table widths T and Tn are the last dimensions of
+// lut and negl_lut (block_map's topk and negligible decide them when it makes the map).
+#define SLA_CONFIG "int block_q, int block_k, str variant, str feature_map, float scale, float eps"
 
 TORCH_LIBRARY(sla, m) {
   m.def(

@@ -15,7 +15,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 _NUM_MAP_TABLES = 8
-_NUM_OPTIONS = 8  # block_q, block_k, topk, negligible, variant, feature_map, scale, eps
+_NUM_OPTIONS = 6  # block_q, block_k, variant, feature_map, scale, eps (T and Tn are the tables' widths)
 
 
 def _setup_context(ctx, inputs, output):

@@ -34,8 +34,9 @@ def block_map_sizes(lq, lk, block_q: int, block_k: int, topk: float, negligible:
 
 
 def topk_for_count(count: int, k_blocks: int) -> float:
-    """The smallest topk (a double) for which floor(topk * Nk) == count: the option that describes a caller's LUT
-    with `count` entries per row, so that the library's shape checks accept it."""
+    """The smallest topk (a double) for which floor(topk * Nk) == count: the fixed-rule option under which
+    sla.block_map gives every row `count` critical blocks (calibration reports its topk choices this way). The
+    forward and backward ops need no such option: they read T from the LUT."""
     topk = count / k_blocks
     while math.floor(topk * k_blocks) < count:
         topk = math.nextafter(topk, math.inf)

@@ -9,7 +9,6 @@ import torch
 
 from . import _options
 from ._autograd import check_no_forward_ad
-from ._shapes import topk_for_count
 from .blockmap import BlockMap
 from .blockmap import block_map as predict_block_map
 from .rules import BlockRule, PerHead
@@ -66,8 +65,8 @@ def sparse_linear_attention(
         eps: the global variant's denominator epsilon.
         proj_weight, proj_bias: the (Dv, Dv) and (Dv,) projection of the linear branch; None means zero. Computed
             in float32 (float64 for float64 inputs) whatever their dtype.
-        block_map: a map to use instead of predicting one (its block sizes, T and Tn replace block_q, block_k,
-            topk and negligible).
+        block_map: a map to use instead of predicting one (its block sizes replace block_q and block_k; the
+            forward and backward ops read T and Tn from its tables, so topk, negligible and the rules are unused).
         return_block_map: also return the BlockMap used.
 
     Returns:
@@ -114,13 +113,6 @@ def sparse_linear_attention(
         )
     else:
         bmap = block_map.with_inverse() if needs_grad else block_map
-    if block_map is None and rule.is_fixed:
-        map_topk, map_negligible = float(rule.topk), float(rule.negligible)
-    else:
-        # The library checks the tables' shapes against the options: describe the given map exactly.
-        map_topk = topk_for_count(bmap.real_topk, bmap.k_blocks)
-        tn = bmap.negl_lut.shape[3]
-        map_negligible = topk_for_count(tn, bmap.k_blocks) if tn > 0 else 0.0
 
     acc = _acc_dtype(q.dtype)
     weight = proj_weight.to(acc) if proj_weight is not None else None
@@ -134,8 +126,6 @@ def sparse_linear_attention(
         *bmap.tables(),
         bmap.block_q,
         bmap.block_k,
-        map_topk,
-        map_negligible,
         variant,
         feature_map,
         0.0 if scale is None else float(scale),

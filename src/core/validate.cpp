@@ -246,8 +246,8 @@ Status check_pair(const char* a_name, const TensorView& a, const char* b_name, c
 
 enum class InverseTables { optional, required };
 
-// The map of a problem whose sizes are known (predict, forward, backward).
-Status check_block_map(const BlockMap& m, const BlockMapShape& s, const TensorView& q, InverseTables inverse) {
+// The map predict_block_map writes: its widths T and Tn follow from cfg (resolve_block_map_shape).
+Status check_predicted_map(const BlockMap& m, const BlockMapShape& s, const TensorView& q, InverseTables inverse) {
   const Dim b{s.batch, "B", "q"}, h{s.heads, "H", "q"};
   const Dim nq{s.q_blocks, "Nq = ceil(Lq / block_q)", nullptr};
   const Dim nk1{s.k_blocks + 1, "Nk + 1 = ceil(Lk / block_k) + 1", nullptr};
@@ -285,6 +285,79 @@ Status check_block_map(const BlockMap& m, const BlockMapShape& s, const TensorVi
                                     {b, h, {s.q_blocks * s.negligible, "Nq * Tn", nullptr}}, q, "q"));
   }
   return Status::Ok();
+}
+
+// The width T of map.lut, read from the table itself (forward, backward, invert_block_map, check_block_map): in
+// [1, Nk]. `nk_from` says where Nk comes from. An absent table or one of another rank gets check_structure's message.
+Status lut_width(const TensorView& lut, int64_t nk, const std::string& nk_from, int64_t* t) {
+  if (!lut.present() || lut.ndim != 4) return check_structure("map.lut", lut, {"B", "H", "Nq", "T"});
+  *t = lut.shape[3];
+  if (*t < 1 || *t > nk) {
+    return Status::Invalid(cat("map.lut: expected last dimension T in [1, Nk = ", nk, "]", nk_from, ", got ", *t));
+  }
+  return Status::Ok();
+}
+
+// The width Tn of a present map.negl_lut: in [1, Nk - T] (an absent table is Tn = 0).
+Status negl_width(const TensorView& negl_lut, int64_t nk, int64_t t, int64_t* tn) {
+  if (negl_lut.ndim != 4) return check_structure("map.negl_lut", negl_lut, {"B", "H", "Nq", "Tn"});
+  *tn = negl_lut.shape[3];
+  if (*tn < 1) {
+    return Status::Invalid(
+        cat("map.negl_lut: expected last dimension Tn >= 1 (pass an absent view when Tn = 0), got ", *tn));
+  }
+  if (*tn > nk - t) {
+    return Status::Invalid(
+        cat("map.negl_lut: expected last dimension Tn in [0, Nk - T = ", nk, " - ", t, " = ", nk - t, "], got ", *tn));
+  }
+  return Status::Ok();
+}
+
+// The map of a forward or backward call: Nq and Nk follow from Lq, Lk and the block sizes; T and Tn are the
+// tables' own widths (map.lut's last dimension, map.negl_lut's or 0 when it is absent). Sets s->critical and
+// s->negligible. Negligible tables belong to the complement variant only.
+Status check_call_map(const BlockMap& m, const Config& cfg, const TensorView& q, InverseTables inverse,
+                      BlockMapShape* s) {
+  const Dim b{s->batch, "B", "q"}, h{s->heads, "H", "q"};
+  const Dim nq{s->q_blocks, "Nq = ceil(Lq / block_q)", nullptr};
+  const Dim nk1{s->k_blocks + 1, "Nk + 1 = ceil(Lk / block_k) + 1", nullptr};
+  int64_t t = 0;
+  SLA_RETURN_IF_ERROR(lut_width(m.lut, s->k_blocks, "", &t));
+  s->critical = t;
+  SLA_RETURN_IF_ERROR(check_table("map.lut", m.lut, {b, h, nq, {t, "T", nullptr}}, q, "q"));
+  SLA_RETURN_IF_ERROR(check_table("map.count", m.count, {b, h, nq}, q, "q"));
+
+  const bool need_inverse = inverse == InverseTables::required;
+  const bool has_inverse = m.inv_offset.present() || m.inv_index.present();
+  if (need_inverse || has_inverse) {
+    SLA_RETURN_IF_ERROR(check_pair("map.inv_offset", m.inv_offset, "map.inv_index", m.inv_index));
+    SLA_RETURN_IF_ERROR(check_int32_range(*s, true, false));
+    SLA_RETURN_IF_ERROR(check_table("map.inv_offset", m.inv_offset, {b, h, nk1}, q, "q"));
+    SLA_RETURN_IF_ERROR(
+        check_table("map.inv_index", m.inv_index, {b, h, {s->q_blocks * t, "Nq * T", nullptr}}, q, "q"));
+  }
+
+  s->negligible = 0;
+  if (cfg.variant != Variant::complement || !m.negl_lut.present()) {
+    const std::string why = cfg.variant != Variant::complement
+                                ? "for the global variant (only the complement variant skips blocks)"
+                                : "because map.negl_lut is absent (Tn = 0)";
+    SLA_RETURN_IF_ERROR(check_absent("map.negl_lut", m.negl_lut, why));
+    SLA_RETURN_IF_ERROR(check_absent("map.negl_count", m.negl_count, why));
+    SLA_RETURN_IF_ERROR(check_absent("map.negl_inv_offset", m.negl_inv_offset, why));
+    return check_absent("map.negl_inv_index", m.negl_inv_index, why);
+  }
+  int64_t tn = 0;
+  SLA_RETURN_IF_ERROR(negl_width(m.negl_lut, s->k_blocks, t, &tn));
+  s->negligible = tn;
+  SLA_RETURN_IF_ERROR(check_table("map.negl_lut", m.negl_lut, {b, h, nq, {tn, "Tn", nullptr}}, q, "q"));
+  SLA_RETURN_IF_ERROR(check_table("map.negl_count", m.negl_count, {b, h, nq}, q, "q"));
+  // The negligible inverse tables are optional everywhere: no backward reads them; checked when given.
+  if (!m.negl_inv_offset.present() && !m.negl_inv_index.present()) return Status::Ok();
+  SLA_RETURN_IF_ERROR(check_pair("map.negl_inv_offset", m.negl_inv_offset, "map.negl_inv_index", m.negl_inv_index));
+  SLA_RETURN_IF_ERROR(check_int32_range(*s, false, true));
+  SLA_RETURN_IF_ERROR(check_table("map.negl_inv_offset", m.negl_inv_offset, {b, h, nk1}, q, "q"));
+  return check_table("map.negl_inv_index", m.negl_inv_index, {b, h, {s->q_blocks * tn, "Nq * Tn", nullptr}}, q, "q");
 }
 
 // v (B, H, Lk, Dv): like k except for its head dim.
@@ -344,9 +417,41 @@ Status check_saved(const SavedOutputs& s, const TensorView& q, const Problem& p)
   return check_acc_tensor("lin_z", s.lin_z, {b, h, d}, q, p);
 }
 
-// q, k, v and everything derived from them: shared by forward and backward.
+// q and k and the sizes that follow from them and the block sizes (Nq, Nk); the table widths stay 0. cfg's fields
+// are assumed valid (validate_config or validate_attention_config ran).
+Status resolve_qk(const TensorView& q, const TensorView& k, const Config& cfg, Problem* p) {
+  SLA_RETURN_IF_ERROR(check_attention_input("q", q, {"B", "H", "Lq", "D"}));
+  SLA_RETURN_IF_ERROR(check_head_dim("q", "D", q.shape[3]));
+  SLA_RETURN_IF_ERROR(check_attention_input("k", k, {"B", "H", "Lk", "D"}));
+  SLA_RETURN_IF_ERROR(check_dtype("k", k, q.dtype, "like q"));
+  SLA_RETURN_IF_ERROR(check_device("k", k, q, "q"));
+  SLA_RETURN_IF_ERROR(check_tensor(
+      "k", k, {{q.shape[0], "B", "q"}, {q.shape[1], "H", "q"}, {k.shape[2], "Lk", nullptr}, {q.shape[3], "D", "q"}}));
+  Problem r;
+  r.batch = q.shape[0];
+  r.heads = q.shape[1];
+  r.lq = q.shape[2];
+  r.lk = k.shape[2];
+  r.d = q.shape[3];
+  r.dtype = q.dtype;
+  r.acc = q.dtype == DType::f64 ? DType::f64 : DType::f32;
+  r.device = q.device;
+  r.scale = cfg.scale != 0.0 ? cfg.scale : 1.0 / std::sqrt(static_cast<double>(r.d));
+  r.map.batch = r.batch;
+  r.map.heads = r.heads;
+  // Ceiling division without lq + bq - 1 (which could overflow near INT64_MAX).
+  r.map.q_blocks = r.lq / cfg.block_q + (r.lq % cfg.block_q != 0 ? 1 : 0);
+  r.map.k_blocks = r.lk / cfg.block_k + (r.lk % cfg.block_k != 0 ? 1 : 0);
+  SLA_RETURN_IF_ERROR(check_int32_range(r.map, false, false));
+  *p = r;
+  return Status::Ok();
+}
+
+// q, k, v and everything derived from them, for forward and backward: only the Config fields these passes read are
+// checked (validate_attention_config); the block-map fields (topk, negligible, the adaptive rules) are not read.
 Status resolve_qkv(const TensorView& q, const TensorView& k, const TensorView& v, const Config& cfg, Problem* p) {
-  SLA_RETURN_IF_ERROR(validate_predict_inputs(q, k, cfg, p));
+  SLA_RETURN_IF_ERROR(validate_attention_config(cfg));
+  SLA_RETURN_IF_ERROR(resolve_qk(q, k, cfg, p));
   SLA_RETURN_IF_ERROR(check_v(v, q, k));
   p->dv = v.shape[3];
   return Status::Ok();
@@ -454,11 +559,8 @@ Status check_negligible_tables(const BlockMap& m, const Dim& b, const Dim& h, co
     SLA_RETURN_IF_ERROR(check_absent("map.negl_inv_offset", m.negl_inv_offset, why));
     return check_absent("map.negl_inv_index", m.negl_inv_index, why);
   }
-  SLA_RETURN_IF_ERROR(check_structure("map.negl_lut", m.negl_lut, {"B", "H", "Nq", "Tn"}));
-  const int64_t tn = m.negl_lut.shape[3];
-  if (tn > nk - t) {
-    return Status::Invalid(cat("map.negl_lut: expected shape[3] (Tn) <= Nk - T = ", nk - t, ", got ", tn));
-  }
+  int64_t tn = 0;
+  SLA_RETURN_IF_ERROR(negl_width(m.negl_lut, nk, t, &tn));
   s->negligible = tn;
   SLA_RETURN_IF_ERROR(check_table("map.negl_lut", m.negl_lut, {b, h, dq, {tn, "Tn", nullptr}}, ref, "map.lut"));
   SLA_RETURN_IF_ERROR(check_table("map.negl_count", m.negl_count, {b, h, dq}, ref, "map.lut"));
@@ -510,15 +612,12 @@ RowRule resolve_row_rule(const Config& cfg, const BlockMapShape& s, int64_t head
 
 bool is_allowed_block_size(int block) { return block == 16 || block == 32 || block == 64 || block == 128; }
 
-Status validate_config(const Config& cfg) {
+Status validate_attention_config(const Config& cfg) {
   if (!is_allowed_block_size(cfg.block_q)) {
     return Status::Invalid(cat("cfg.block_q: expected 16, 32, 64 or 128, got ", cfg.block_q));
   }
   if (!is_allowed_block_size(cfg.block_k)) {
     return Status::Invalid(cat("cfg.block_k: expected 16, 32, 64 or 128, got ", cfg.block_k));
-  }
-  if (!(std::isfinite(cfg.topk) && cfg.topk > 0.0 && cfg.topk <= 1.0)) {
-    return Status::Invalid(cat("cfg.topk: expected a finite value in (0, 1], got ", cfg.topk));
   }
   const int variant = static_cast<int>(cfg.variant);
   if (cfg.variant != Variant::global && cfg.variant != Variant::complement) {
@@ -528,6 +627,20 @@ Status validate_config(const Config& cfg) {
       cfg.feature_map != FeatureMap::relu) {
     return Status::Invalid(
         cat("cfg.feature_map: expected softmax (0), elu (1) or relu (2), got ", static_cast<int>(cfg.feature_map)));
+  }
+  if (!(cfg.scale == 0.0 || (std::isfinite(cfg.scale) && cfg.scale > 0.0))) {
+    return Status::Invalid(cat("cfg.scale: expected 0 (meaning 1/sqrt(D)) or a finite value > 0, got ", cfg.scale));
+  }
+  if (!(std::isfinite(cfg.eps) && cfg.eps > 0.0)) {
+    return Status::Invalid(cat("cfg.eps: expected a finite value > 0, got ", cfg.eps));
+  }
+  return Status::Ok();
+}
+
+Status validate_config(const Config& cfg) {
+  SLA_RETURN_IF_ERROR(validate_attention_config(cfg));
+  if (!(std::isfinite(cfg.topk) && cfg.topk > 0.0 && cfg.topk <= 1.0)) {
+    return Status::Invalid(cat("cfg.topk: expected a finite value in (0, 1], got ", cfg.topk));
   }
   SLA_RETURN_IF_ERROR(validate_rule(cfg));
   // The fixed negligible fraction must leave room for the critical set: 1 - topk (the largest head's topk with
@@ -543,12 +656,6 @@ Status validate_config(const Config& cfg) {
         cat("cfg.negligible: expected 0 for the global variant (only the complement variant "
             "skips blocks), got ",
             cfg.negligible));
-  }
-  if (!(cfg.scale == 0.0 || (std::isfinite(cfg.scale) && cfg.scale > 0.0))) {
-    return Status::Invalid(cat("cfg.scale: expected 0 (meaning 1/sqrt(D)) or a finite value > 0, got ", cfg.scale));
-  }
-  if (!(std::isfinite(cfg.eps) && cfg.eps > 0.0)) {
-    return Status::Invalid(cat("cfg.eps: expected a finite value > 0, got ", cfg.eps));
   }
   return Status::Ok();
 }
@@ -575,52 +682,35 @@ BlockMapShape resolve_block_map_shape(int64_t batch, int64_t heads, int64_t lq, 
 
 Status validate_predict_inputs(const TensorView& q, const TensorView& k, const Config& cfg, Problem* p) {
   SLA_RETURN_IF_ERROR(validate_config(cfg));
-  SLA_RETURN_IF_ERROR(check_attention_input("q", q, {"B", "H", "Lq", "D"}));
-  SLA_RETURN_IF_ERROR(check_head_dim("q", "D", q.shape[3]));
-  SLA_RETURN_IF_ERROR(check_attention_input("k", k, {"B", "H", "Lk", "D"}));
-  SLA_RETURN_IF_ERROR(check_dtype("k", k, q.dtype, "like q"));
-  SLA_RETURN_IF_ERROR(check_device("k", k, q, "q"));
-  SLA_RETURN_IF_ERROR(check_tensor(
-      "k", k, {{q.shape[0], "B", "q"}, {q.shape[1], "H", "q"}, {k.shape[2], "Lk", nullptr}, {q.shape[3], "D", "q"}}));
-  SLA_RETURN_IF_ERROR(validate_config_heads(cfg, q.shape[1]));
   Problem r;
-  r.batch = q.shape[0];
-  r.heads = q.shape[1];
-  r.lq = q.shape[2];
-  r.lk = k.shape[2];
-  r.d = q.shape[3];
-  r.dtype = q.dtype;
-  r.acc = q.dtype == DType::f64 ? DType::f64 : DType::f32;
-  r.device = q.device;
-  r.scale = cfg.scale != 0.0 ? cfg.scale : 1.0 / std::sqrt(static_cast<double>(r.d));
+  SLA_RETURN_IF_ERROR(resolve_qk(q, k, cfg, &r));
+  SLA_RETURN_IF_ERROR(validate_config_heads(cfg, r.heads));
   r.map = resolve_block_map_shape(r.batch, r.heads, r.lq, r.lk, cfg);
-  SLA_RETURN_IF_ERROR(check_int32_range(r.map, false, false));
   *p = r;
   return Status::Ok();
 }
 
 Status validate_predict(const TensorView& q, const TensorView& k, const Config& cfg, const BlockMap& map, Problem* p) {
   SLA_RETURN_IF_ERROR(validate_predict_inputs(q, k, cfg, p));
-  return check_block_map(map, p->map, q, InverseTables::optional);
+  return check_predicted_map(map, p->map, q, InverseTables::optional);
 }
 
 Status validate_invert(const BlockMap& m, Problem* p) {
-  SLA_RETURN_IF_ERROR(check_structure("map.lut", m.lut, {"B", "H", "Nq", "T"}));
-  const TensorView& ref = m.lut;
-  const int64_t batch = ref.shape[0], heads = ref.shape[1], nq = ref.shape[2], t = ref.shape[3];
-  const Dim b{batch, "B", "map.lut"}, h{heads, "H", "map.lut"}, dq{nq, "Nq", "map.lut"};
-  SLA_RETURN_IF_ERROR(check_table("map.lut", m.lut, {b, h, dq, {t, "T", nullptr}}, ref, "map.lut"));
-  SLA_RETURN_IF_ERROR(check_table("map.count", m.count, {b, h, dq}, ref, "map.lut"));
+  if (!m.lut.present() || m.lut.ndim != 4) return check_structure("map.lut", m.lut, {"B", "H", "Nq", "T"});
   // Nk is known only from the inverse offsets (Nk + 1 entries per row).
   SLA_RETURN_IF_ERROR(check_structure("map.inv_offset", m.inv_offset, {"B", "H", "Nk + 1"}));
   const int64_t nk = m.inv_offset.shape[2] - 1;
   if (nk < 1) {
     return Status::Invalid(cat("map.inv_offset: expected shape[2] (Nk + 1) >= 2, got ", m.inv_offset.shape[2]));
   }
+  int64_t t = 0;
+  SLA_RETURN_IF_ERROR(lut_width(m.lut, nk, " (Nk from map.inv_offset)", &t));
+  const TensorView& ref = m.lut;
+  const int64_t batch = ref.shape[0], heads = ref.shape[1], nq = ref.shape[2];
+  const Dim b{batch, "B", "map.lut"}, h{heads, "H", "map.lut"}, dq{nq, "Nq", "map.lut"};
+  SLA_RETURN_IF_ERROR(check_table("map.lut", m.lut, {b, h, dq, {t, "T", nullptr}}, ref, "map.lut"));
+  SLA_RETURN_IF_ERROR(check_table("map.count", m.count, {b, h, dq}, ref, "map.lut"));
   SLA_RETURN_IF_ERROR(check_table("map.inv_offset", m.inv_offset, {b, h, {nk + 1, "Nk + 1", nullptr}}, ref, "map.lut"));
-  if (t > nk) {
-    return Status::Invalid(cat("map.lut: expected shape[3] (T) <= Nk = ", nk, " (from map.inv_offset), got ", t));
-  }
   BlockMapShape s;
   s.batch = batch;
   s.heads = heads;
@@ -641,7 +731,7 @@ Status validate_invert(const BlockMap& m, Problem* p) {
 }
 
 Status validate_check_map(const BlockMap& m, int64_t k_blocks, Problem* p) {
-  SLA_RETURN_IF_ERROR(check_structure("map.lut", m.lut, {"B", "H", "Nq", "T"}));
+  if (!m.lut.present() || m.lut.ndim != 4) return check_structure("map.lut", m.lut, {"B", "H", "Nq", "T"});
   if (k_blocks < 1 || k_blocks > kInt32Max) {
     return Status::Invalid(cat("k_blocks: expected Nk in [1, 2^31 - 1], got ", k_blocks));
   }
@@ -651,12 +741,11 @@ Status validate_check_map(const BlockMap& m, int64_t k_blocks, Problem* p) {
                                "; copy them to the host first (the CUDA forward and backward check device tables "
                                "themselves)"));
   }
-  const int64_t batch = ref.shape[0], heads = ref.shape[1], nq = ref.shape[2], t = ref.shape[3];
+  int64_t t = 0;
+  SLA_RETURN_IF_ERROR(lut_width(m.lut, k_blocks, " (k_blocks)", &t));
+  const int64_t batch = ref.shape[0], heads = ref.shape[1], nq = ref.shape[2];
   const Dim b{batch, "B", "map.lut"}, h{heads, "H", "map.lut"}, dq{nq, "Nq", "map.lut"};
   SLA_RETURN_IF_ERROR(check_table("map.lut", m.lut, {b, h, dq, {t, "T", nullptr}}, ref, "map.lut"));
-  if (t > k_blocks) {
-    return Status::Invalid(cat("map.lut: expected shape[3] (T) <= Nk = ", k_blocks, " (k_blocks), got ", t));
-  }
   SLA_RETURN_IF_ERROR(check_table("map.count", m.count, {b, h, dq}, ref, "map.lut"));
   const Dim nk1{k_blocks + 1, "Nk + 1", "k_blocks"};
   BlockMapShape s;
@@ -684,7 +773,7 @@ Status validate_check_map(const BlockMap& m, int64_t k_blocks, Problem* p) {
 Status validate_forward(const ForwardArgs& a, const Config& cfg, Problem* p) {
   Problem r;
   SLA_RETURN_IF_ERROR(resolve_qkv(a.q, a.k, a.v, cfg, &r));
-  SLA_RETURN_IF_ERROR(check_block_map(a.map, r.map, a.q, InverseTables::optional));
+  SLA_RETURN_IF_ERROR(check_call_map(a.map, cfg, a.q, InverseTables::optional, &r.map));
   SLA_RETURN_IF_ERROR(check_output_like("o", a.o, r, a.q, /*written=*/true));
   SLA_RETURN_IF_ERROR(check_projection("proj_weight", a.proj_weight, "proj_bias", a.proj_bias, a.q, r));
   r.has_weight = a.proj_weight.present();
@@ -717,7 +806,7 @@ Status validate_forward(const ForwardArgs& a, const Config& cfg, Problem* p) {
 Status validate_backward(const BackwardArgs& a, const Config& cfg, Problem* p) {
   Problem r;
   SLA_RETURN_IF_ERROR(resolve_qkv(a.q, a.k, a.v, cfg, &r));
-  SLA_RETURN_IF_ERROR(check_block_map(a.map, r.map, a.q, InverseTables::required));
+  SLA_RETURN_IF_ERROR(check_call_map(a.map, cfg, a.q, InverseTables::required, &r.map));
   SLA_RETURN_IF_ERROR(check_projection("proj_weight", a.proj_weight, "proj_bias", a.proj_bias, a.q, r));
   SLA_RETURN_IF_ERROR(check_output_like("o", a.o, r, a.q, /*written=*/false));
   SLA_RETURN_IF_ERROR(check_output_like("d_o", a.d_o, r, a.q, /*written=*/false));

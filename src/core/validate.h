@@ -38,6 +38,11 @@ bool is_allowed_block_size(int block);
 // Config ranges (docs/SPEC.md section 6). NaN anywhere is an error.
 Status validate_config(const Config& cfg);
 
+// The Config fields forward and backward read: block_q, block_k, variant, feature_map, scale and eps. The block-map
+// fields (topk, negligible and the adaptive rules) are for predict_block_map and block_map_shape only: forward and
+// backward take the table widths T and Tn from the map itself. validate_config checks these too.
+Status validate_attention_config(const Config& cfg);
+
 // cfg's per-head vectors against the head count of a call (validate_config cannot know H).
 Status validate_config_heads(const Config& cfg, int64_t heads);
 
@@ -62,6 +67,9 @@ BlockMapShape resolve_block_map_shape(int64_t batch, int64_t heads, int64_t lq, 
 // - predict: batch, heads, lq, lk, d, dtype, acc, device, scale, map (dv = 0: V is not an argument);
 // - invert: batch, heads, device, map (sizes read from the tables; lq, lk, d, dv = 0);
 // - forward/backward: everything; backward sets save_for_backward = true (the saved tensors are inputs there).
+//   Their map.critical and map.negligible are the widths of the caller's tables (T = map.lut's last dimension, in
+//   [1, Nk]; Tn = map.negl_lut's, in [1, Nk - T], or 0 when it is absent; negligible tables only with the
+//   complement variant), not values recomputed from cfg.topk / cfg.negligible.
 
 // predict_block_map_workspace_size: q, k and cfg only (no map yet).
 Status validate_predict_inputs(const TensorView& q, const TensorView& k, const Config& cfg, Problem* problem);
@@ -71,6 +79,7 @@ Status validate_predict(const TensorView& q, const TensorView& k, const Config& 
 // invert_block_map: the sizes come from the map itself; inv_offset/inv_index are required outputs.
 Status validate_invert(const BlockMap& map, Problem* problem);
 // check_block_map: the tables' shapes against each other and k_blocks, host memory; inverse tables optional.
+// invert_block_map and check_block_map also take T and Tn from the tables (T in [1, Nk], Tn in [1, Nk - T]).
 Status validate_check_map(const BlockMap& map, int64_t k_blocks, Problem* problem);
 Status validate_forward(const ForwardArgs& args, const Config& cfg, Problem* problem);
 Status validate_backward(const BackwardArgs& args, const Config& cfg, Problem* problem);

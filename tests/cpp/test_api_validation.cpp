@@ -346,25 +346,97 @@ TEST(ApiValidation, PublicEntryPointsRejectBadConfig) {
   Config c = global_cfg();
   c.topk = 0.0;
   std::size_t bytes = 0;
-  EXPECT_TRUE(IsInvalid(forward(make_forward(), c, Exec{}), "cfg.topk"));
-  EXPECT_TRUE(IsInvalid(forward_workspace_size(make_forward(), c, &bytes), "cfg.topk"));
-  EXPECT_TRUE(IsInvalid(backward(make_backward(), c, Exec{}), "cfg.topk"));
-  EXPECT_TRUE(IsInvalid(backward_workspace_size(make_backward(), c, &bytes), "cfg.topk"));
   ForwardArgs a = make_forward();
   EXPECT_TRUE(IsInvalid(predict_block_map(a.q, a.k, c, a.map, Exec{}), "cfg.topk"));
   EXPECT_TRUE(IsInvalid(predict_block_map_workspace_size(a.q, a.k, c, &bytes), "cfg.topk"));
   BlockMapShape s;
   EXPECT_TRUE(IsInvalid(block_map_shape(B, H, LQ, LK, c, &s), "cfg.topk"));
+  // The fields forward and backward read are checked there too.
+  c = global_cfg();
+  c.eps = 0.0;
+  EXPECT_TRUE(IsInvalid(forward(make_forward(), c, Exec{}), "cfg.eps"));
+  EXPECT_TRUE(IsInvalid(forward_workspace_size(make_forward(), c, &bytes), "cfg.eps"));
+  EXPECT_TRUE(IsInvalid(backward(make_backward(), c, Exec{}), "cfg.eps"));
+  EXPECT_TRUE(IsInvalid(backward_workspace_size(make_backward(), c, &bytes), "cfg.eps"));
+  c = global_cfg();
+  c.block_k = 48;
+  EXPECT_TRUE(IsInvalid(fwd(make_forward(), c), "cfg.block_k: expected 16, 32, 64 or 128, got 48"));
+  c = global_cfg();
+  c.variant = static_cast<Variant>(7);
+  EXPECT_TRUE(IsInvalid(bwd(make_backward(), c), "cfg.variant: expected global (0) or complement (1), got 7"));
+}
+
+TEST(ApiValidation, ForwardAndBackwardDoNotReadTheBlockMapFields) {
+  // T and Tn come from the tables: topk, negligible and the adaptive rules are for predict_block_map only, so any
+  // value (even one predict rejects) leaves forward and backward unchanged.
+  Config c = global_cfg();
+  c.topk = 0.0;
+  c.negligible = 0.7;
+  c.rule = CriticalRule::top_p;
+  c.top_p = 2.0;
+  c.negligible_threshold = 0.5;
+  EXPECT_TRUE(IsInvalid(validate_config(c), "cfg."));
+  Problem p;
+  ASSERT_TRUE(validate_forward(make_forward(), c, &p).ok()) << validate_forward(make_forward(), c, &p).message;
+  EXPECT_EQ(p.map.critical, T);
+  EXPECT_EQ(p.map.negligible, 0);
+  ASSERT_TRUE(validate_backward(make_backward(), c, &p).ok()) << validate_backward(make_backward(), c, &p).message;
+  c.variant = Variant::complement;
+  c.negligible = 0.0;
+  ASSERT_TRUE(validate_forward(make_forward(DType::f32, true, true), c, &p).ok());
+  EXPECT_EQ(p.map.negligible, TN);
 }
 
 // ---- block map ----
 
 TEST(ApiValidation, RejectsLutOfWrongShape) {
   ForwardArgs a = make_forward();
-  a.map.lut = view(DType::i32, {B, H, NQ, T + 1});
-  EXPECT_TRUE(IsInvalid(fwd(a), "map.lut: expected shape[3] (T = clamp(floor(topk * Nk), 1, Nk)) = 2, got 3"));
   a.map.lut = view(DType::i32, {B, H, NQ + 1, T});
   EXPECT_TRUE(IsInvalid(fwd(a), "map.lut: expected shape[2] (Nq = ceil(Lq / block_q)) = 4, got 5"));
+  a.map.lut = view(DType::i32, {B, H, NQ});
+  EXPECT_TRUE(IsInvalid(fwd(a), "map.lut: expected 4 dimensions (B, H, Nq, T), got 3"));
+  a.map.lut = TensorView{};
+  EXPECT_TRUE(IsInvalid(fwd(a), "map.lut: required but absent"));
+}
+
+// T is map.lut's last dimension: any width in [1, Nk] is accepted, whatever cfg.topk says (0.5 here: 2 of Nk = 5).
+TEST(ApiValidation, TakesTheLutWidthFromTheTable) {
+  for (int64_t t = 1; t <= NK; ++t) {
+    ForwardArgs a = make_forward();
+    a.map.lut = view(DType::i32, {B, H, NQ, t});
+    Problem p;
+    ASSERT_TRUE(validate_forward(a, global_cfg(), &p).ok())
+        << "T " << t << ": " << validate_forward(a, global_cfg(), &p).message;
+    EXPECT_EQ(p.map.critical, t);
+    EXPECT_EQ(p.map.negligible, 0);
+    BackwardArgs g = make_backward();
+    g.map.lut = a.map.lut;
+    g.map.inv_index = view(DType::i32, {B, H, NQ * t});
+    ASSERT_TRUE(validate_backward(g, global_cfg(), &p).ok())
+        << "T " << t << ": " << validate_backward(g, global_cfg(), &p).message;
+    EXPECT_EQ(p.map.critical, t);
+  }
+}
+
+TEST(ApiValidation, RejectsLutWidthOutsideOneToNk) {
+  ForwardArgs a = make_forward();
+  a.map.lut = view(DType::i32, {B, H, NQ, 0});
+  EXPECT_TRUE(IsInvalid(fwd(a), "map.lut: expected last dimension T in [1, Nk = 5], got 0"));
+  a.map.lut = view(DType::i32, {B, H, NQ, NK + 1});
+  EXPECT_TRUE(IsInvalid(fwd(a), "map.lut: expected last dimension T in [1, Nk = 5], got 6"));
+  BackwardArgs g = make_backward();
+  g.map.lut = view(DType::i32, {B, H, NQ, NK + 1});
+  EXPECT_TRUE(IsInvalid(bwd(g), "map.lut: expected last dimension T in [1, Nk = 5], got 6"));
+}
+
+TEST(ApiValidation, RejectsInverseIndexNotMatchingTheLutWidth) {
+  BackwardArgs a = make_backward();
+  a.map.lut = view(DType::i32, {B, H, NQ, 3});  // T = 3: inv_index must hold Nq * 3 = 12 entries per (b, h)
+  EXPECT_TRUE(IsInvalid(bwd(a), "map.inv_index: expected shape[2] (Nq * T) = 12, got 8"));
+  ForwardArgs f = make_forward(DType::f32, true, true);
+  f.map.negl_inv_offset = view(DType::i32, {B, H, NK + 1});
+  f.map.negl_inv_index = view(DType::i32, {B, H, NQ * 2});
+  EXPECT_TRUE(IsInvalid(fwd(f, complement_cfg()), "map.negl_inv_index: expected shape[2] (Nq * Tn) = 4, got 8"));
 }
 
 TEST(ApiValidation, RejectsLutOfWrongDtype) {
@@ -391,14 +463,52 @@ TEST(ApiValidation, RejectsLutOnAnotherDevice) {
   EXPECT_TRUE(IsInvalid(fwd(a), "map.count: expected device cpu:0 like q, got cuda:0"));
 }
 
-TEST(ApiValidation, RejectsNegligibleTablesWhenTnIsZero) {
+TEST(ApiValidation, RejectsNegligibleTablesForTheGlobalVariant) {
   ForwardArgs a = make_forward(DType::f32, true, /*complement=*/true);
-  EXPECT_TRUE(IsInvalid(fwd(a, global_cfg()), "map.negl_lut: expected absent because Tn = 0"));
+  EXPECT_TRUE(IsInvalid(fwd(a, global_cfg()),
+                        "map.negl_lut: expected absent for the global variant (only the complement variant skips "
+                        "blocks), got a present view"));
+  a.map.negl_lut = TensorView{};
+  EXPECT_TRUE(IsInvalid(fwd(a, global_cfg()), "map.negl_count: expected absent for the global variant"));
 }
 
-TEST(ApiValidation, RequiresNegligibleTablesWhenTnIsPositive) {
+TEST(ApiValidation, RejectsNegligibleCountWithoutTable) {
+  ForwardArgs a = make_forward(DType::f32, true, /*complement=*/true);
+  a.map.negl_lut = TensorView{};
+  EXPECT_TRUE(IsInvalid(fwd(a, complement_cfg()), "map.negl_count: expected absent because map.negl_lut is absent"));
+}
+
+// Tn is map.negl_lut's last dimension (0 when it is absent), in [0, Nk - T], whatever cfg.negligible says.
+TEST(ApiValidation, TakesTheNegligibleWidthFromTheTable) {
+  Problem p;
   ForwardArgs a = make_forward(DType::f32, true, /*complement=*/false);
-  EXPECT_TRUE(IsInvalid(fwd(a, complement_cfg()), "map.negl_lut: required but absent"));
+  ASSERT_TRUE(validate_forward(a, complement_cfg(), &p).ok()) << validate_forward(a, complement_cfg(), &p).message;
+  EXPECT_EQ(p.map.negligible, 0);
+  for (int64_t tn = 1; tn <= NK - T; ++tn) {
+    a = make_forward(DType::f32, true, /*complement=*/true);
+    a.map.negl_lut = view(DType::i32, {B, H, NQ, tn});
+    ASSERT_TRUE(validate_forward(a, complement_cfg(), &p).ok()) << "Tn " << tn;
+    EXPECT_EQ(p.map.critical, T);
+    EXPECT_EQ(p.map.negligible, tn);
+    BackwardArgs g = make_backward(DType::f32, /*complement=*/true);
+    g.map.negl_lut = a.map.negl_lut;
+    g.map.negl_inv_index = view(DType::i32, {B, H, NQ * tn});
+    ASSERT_TRUE(validate_backward(g, complement_cfg(), &p).ok()) << "Tn " << tn;
+    EXPECT_EQ(p.map.negligible, tn);
+  }
+}
+
+TEST(ApiValidation, RejectsNegligibleWidthAboveNkMinusT) {
+  ForwardArgs a = make_forward(DType::f32, true, /*complement=*/true);
+  a.map.negl_lut = view(DType::i32, {B, H, NQ, NK - T + 1});
+  EXPECT_TRUE(IsInvalid(fwd(a, complement_cfg()),
+                        "map.negl_lut: expected last dimension Tn in [0, Nk - T = 5 - 2 = 3], got 4"));
+  a.map.lut = view(DType::i32, {B, H, NQ, NK});  // T = Nk leaves no room
+  a.map.negl_lut = view(DType::i32, {B, H, NQ, 1});
+  EXPECT_TRUE(IsInvalid(fwd(a, complement_cfg()),
+                        "map.negl_lut: expected last dimension Tn in [0, Nk - T = 5 - 5 = 0], got 1"));
+  a.map.negl_lut = view(DType::i32, {B, H, NQ, 0});
+  EXPECT_TRUE(IsInvalid(fwd(a, complement_cfg()), "map.negl_lut: expected last dimension Tn >= 1"));
 }
 
 TEST(ApiValidation, RejectsHalfAnInversePair) {
@@ -561,7 +671,12 @@ TEST(ApiValidation, InvertRejectsMoreCriticalBlocksThanKeyBlocks) {
   BlockMap m = make_map(true, false);
   m.inv_offset = view(DType::i32, {B, H, 2});  // Nk = 1 < T = 2
   Problem p;
-  EXPECT_TRUE(IsInvalid(validate_invert(m, &p), "map.lut: expected shape[3] (T) <= Nk = 1"));
+  EXPECT_TRUE(IsInvalid(validate_invert(m, &p),
+                        "map.lut: expected last dimension T in [1, Nk = 1] (Nk from map.inv_offset), got 2"));
+  m = make_map(true, true);
+  m.negl_lut = view(DType::i32, {B, H, NQ, NK - T + 1});
+  EXPECT_TRUE(
+      IsInvalid(validate_invert(m, &p), "map.negl_lut: expected last dimension Tn in [0, Nk - T = 5 - 2 = 3], got 4"));
 }
 
 TEST(ApiValidation, InvertRejectsNegligibleCountWithoutTable) {

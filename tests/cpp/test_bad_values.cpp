@@ -267,7 +267,8 @@ TEST(CheckBlockMap, ArgumentChecks) {
   Case r = make_case(Variant::global, 0.67, false);  // T = 2 of Nk = 3
   ASSERT_TRUE(predict(r.in, r.cfg, r.map).ok());
   EXPECT_TRUE(IsInvalid(sla::check_block_map(r.map.view(), 0), "k_blocks: expected Nk in [1, 2^31 - 1], got 0"));
-  EXPECT_TRUE(IsInvalid(sla::check_block_map(r.map.view(), 1), "map.lut: expected shape[3] (T) <= Nk = 1"));
+  EXPECT_TRUE(IsInvalid(sla::check_block_map(r.map.view(), 1),
+                        "map.lut: expected last dimension T in [1, Nk = 1] (k_blocks), got 2"));
   sla::BlockMap on_device = r.map.view();
   on_device.lut.device = sla::Device::cuda;
   EXPECT_TRUE(IsInvalid(sla::check_block_map(on_device, 3), "map.lut: expected tables in host memory"));

@@ -253,6 +253,61 @@ TEST_P(CpuBackward, FiniteDifferencesCallerLut) {
   check_finite_differences(g, rng);
 }
 
+// T and Tn are the tables' own widths: caller maps wider or narrower than cfg.topk and cfg.negligible say
+// (floor(0.5 * 4) = 2 and floor(0.25 * 4) = 1 here) give the gradients of central finite differences.
+TEST_P(CpuBackward, FiniteDifferencesCallerMapOfOtherWidths) {
+  const bool complement = std::get<0>(GetParam()) == Variant::complement;
+  const std::pair<int64_t, int64_t> widths[] = {{3, 1}, {1, 2}};
+  for (const auto& [t, tn] : widths) {
+    std::mt19937_64 rng(seed_for_current_test(static_cast<uint64_t>(t)));
+    const Shape s = shape(1, 2, 48, 64, 5, 6);  // Nq = 3, Nk = 4
+    GradCase g;
+    g.shape = s;
+    g.cfg = config(0.5, 16, 16);
+    g.in = make_inputs(s, DType::f64, rng, true, true);
+    sla::BlockMapShape ms = map_shape(s, g.cfg);
+    ms.critical = t;
+    ms.negligible = complement ? tn : 0;
+    g.map = random_full_map(ms, true, rng);
+    const sla::Status st = sla::invert_block_map(g.map.view(), exec_with_threads(1));
+    ASSERT_TRUE(st.ok()) << st.message;
+    SCOPED_TRACE("T " + std::to_string(t) + ", Tn " + std::to_string(ms.negligible));
+    check_finite_differences(g, rng);
+  }
+}
+
+// The same widths against the fp64 reference's gradients of the sparse branch (W = b = 0), on a larger problem.
+TEST_P(CpuBackward, CallerMapOfOtherWidthsMatchesTheReference) {
+  std::mt19937_64 rng(seed_for_current_test());
+  const Shape s = shape(1, 2, 130, 150, 16, 16);  // Nq = 5, Nk = 10 (32 x 16 blocks); topk 0.3 gives T = 3
+  GradCase g;
+  g.shape = s;
+  g.cfg = config(0.3);
+  g.in = make_inputs(s, DType::f64, rng, true, true);
+  g.in.w.fill_storage(0.0);
+  g.in.bias.fill_storage(0.0);
+  sla::BlockMapShape ms = map_shape(s, g.cfg);
+  ASSERT_EQ(ms.k_blocks, 10);
+  ms.critical = 6;
+  ms.negligible = g.cfg.variant == Variant::complement ? 3 : 0;
+  g.map = random_full_map(ms, true, rng);
+  const sla::Status st = sla::invert_block_map(g.map.view(), exec_with_threads(1));
+  ASSERT_TRUE(st.ok()) << st.message;
+  forward_and_backward(g, rng);
+  const ref::Masks masks = ref::masks_from_tables(g.map, ms.k_blocks);
+  std::vector<double> dq, dk, dv;
+  ref::sparse_backward(ref::dims_of(s), g.in.q.logical(), g.in.k.logical(), g.in.v.logical(), g.d_o.logical(), &masks,
+                       32, 16, resolved_scale(s, g.cfg), &dq, &dk, &dv);
+  EXPECT_TRUE(all_close(g.grads.dq.logical(), dq, kF64Tol, kF64Tol));
+  EXPECT_TRUE(all_close(g.grads.dk.logical(), dk, kF64Tol, kF64Tol));
+  EXPECT_TRUE(all_close(g.grads.dv.logical(), dv, kF64Tol, kF64Tol));
+  const std::vector<double> o_lin = ref::linear(ref::dims_of(s), g.in.q.logical(), g.in.k.logical(), g.in.v.logical(),
+                                                masks, 32, 16, g.cfg.variant, g.cfg.feature_map, g.cfg.eps);
+  std::vector<double> dw, db;
+  expected_projection_grads(s, g.d_o.logical(), o_lin, &dw, &db);
+  EXPECT_TRUE(all_close(g.grads.dw.logical(), dw, kF64Tol, kF64Tol));
+}
+
 // Invariant 6: a ragged problem inside padded NaN-filled buffers: gradients equal those of the exact-size
 // contiguous run bit for bit and the gradients' padding keeps its sentinel.
 TEST_P(CpuBackward, RaggedPaddedBuffersReadAndWriteOnlyTheTokens) {

@@ -327,6 +327,58 @@ TEST_P(CpuForward, CallerLutWithVaryingCounts) {
     for (int64_t h = 0; h < s.h; ++h) EXPECT_EQ(r.out.lse.get({b, h, 0}), -std::numeric_limits<double>::infinity());
 }
 
+// T and Tn are the tables' own widths: caller maps wider or narrower than cfg.topk and cfg.negligible say
+// (floor(0.5 * 9) = 4 and floor(0.2 * 9) = 1 here) run and match the references on their own masks.
+TEST_P(CpuForward, CallerMapWidthsNeedNotFollowTopk) {
+  std::mt19937_64 rng(seed_for_current_test());
+  const Shape s = shape(160, 144, 16, 16);  // Nq = 5, Nk = 9
+  const Config cfg = config(0.5);
+  const bool complement = cfg.variant == Variant::complement;
+  const std::pair<int64_t, int64_t> widths[] = {{1, 3}, {7, 2}, {9, 0}, {5, 4}};
+  for (const auto& [t, tn] : widths) {
+    sla::BlockMapShape ms = map_shape(s, cfg);
+    ASSERT_EQ(ms.k_blocks, 9);
+    ms.critical = t;
+    ms.negligible = complement ? tn : 0;
+    Case r;
+    r.shape = s;
+    r.cfg = cfg;
+    r.in = make_inputs(s, DType::f64, rng, true, true);
+    r.map = random_full_map(ms, false, rng);
+    r.out = alloc_forward(s, DType::f64, true);
+    const sla::Status st = run_forward(r.in, cfg, r.map, r.out);
+    ASSERT_TRUE(st.ok()) << "T " << t << ", Tn " << ms.negligible << ": " << st.message;
+    const Expected e = expected_for(r);
+    EXPECT_TRUE(all_close(r.out.o.logical(), e.o, kF64Tol, kF64Tol)) << "T " << t << ", Tn " << ms.negligible;
+    EXPECT_TRUE(all_close(r.out.o_lin.logical(), e.o_lin, kF64Tol, kF64Tol)) << "T " << t << ", Tn " << ms.negligible;
+    EXPECT_TRUE(all_close(r.out.lse.logical(), e.lse, kF64Tol, kF64Tol)) << "T " << t << ", Tn " << ms.negligible;
+  }
+}
+
+// Widths outside [1, Nk] and [0, Nk - T], and negligible tables with the global variant, are argument errors.
+TEST_P(CpuForward, CallerMapWidthsOutOfRangeAreRejected) {
+  std::mt19937_64 rng(seed_for_current_test());
+  const Shape s = shape(160, 144, 16, 16);  // Nq = 5, Nk = 9
+  const Config cfg = config(0.5);
+  const Inputs in = make_inputs(s, DType::f64, rng, false, false);
+  const ForwardOutputs out = alloc_forward(s, DType::f64, false);
+  sla::BlockMapShape ms = map_shape(s, cfg);
+  ms.negligible = 0;
+  ms.critical = 10;
+  sla::Status st = run_forward(in, cfg, alloc_map(ms, false), out);
+  EXPECT_EQ(st.code, sla::StatusCode::invalid_argument);
+  EXPECT_NE(st.message.find("map.lut: expected last dimension T in [1, Nk = 9], got 10"), std::string::npos)
+      << st.message;
+  ms.critical = 6;
+  ms.negligible = 4;
+  st = run_forward(in, cfg, alloc_map(ms, false), out);
+  EXPECT_EQ(st.code, sla::StatusCode::invalid_argument);
+  const std::string expected = cfg.variant == Variant::complement
+                                   ? "map.negl_lut: expected last dimension Tn in [0, Nk - T = 9 - 6 = 3], got 4"
+                                   : "map.negl_lut: expected absent for the global variant";
+  EXPECT_NE(st.message.find(expected), std::string::npos) << st.message;
+}
+
 // L smaller than one block, on both sides.
 TEST_P(CpuForward, SequenceShorterThanOneBlock) {
   std::mt19937_64 rng(seed_for_current_test());

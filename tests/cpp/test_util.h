@@ -276,6 +276,27 @@ inline MapBuffers alloc_map(const sla::BlockMapShape& ms, bool with_inverse) {
   return m;
 }
 
+// A caller map of any widths (ms.critical, ms.negligible; the forward and backward take them from the tables): every
+// row holds ms.critical random distinct key blocks, ascending, and ms.negligible others. The inverse tables, when
+// allocated, are left for invert_block_map.
+inline MapBuffers random_full_map(const sla::BlockMapShape& ms, bool with_inverse, std::mt19937_64& rng) {
+  MapBuffers m = alloc_map(ms, with_inverse);
+  std::vector<int64_t> perm(static_cast<size_t>(ms.k_blocks));
+  for (int64_t b = 0; b < ms.batch; ++b)
+    for (int64_t h = 0; h < ms.heads; ++h)
+      for (int64_t i = 0; i < ms.q_blocks; ++i) {
+        for (int64_t j = 0; j < ms.k_blocks; ++j) perm[j] = j;
+        std::shuffle(perm.begin(), perm.end(), rng);
+        std::sort(perm.begin(), perm.begin() + ms.critical);
+        m.count.set({b, h, i}, double(ms.critical));
+        for (int64_t e = 0; e < ms.critical; ++e) m.lut.set({b, h, i, e}, double(perm[e]));
+        if (ms.negligible == 0) continue;
+        m.negl_count.set({b, h, i}, double(ms.negligible));
+        for (int64_t e = 0; e < ms.negligible; ++e) m.negl_lut.set({b, h, i, e}, double(perm[ms.critical + e]));
+      }
+  return m;
+}
+
 inline sla::Exec exec_with_threads(int threads) {
   sla::Exec e;
   e.num_threads = threads;

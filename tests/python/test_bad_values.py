@@ -102,7 +102,7 @@ def test_complement_empty_marginal_is_still_zero_even_with_nan_in_k():
     k[0, 0, 3, 1] = float("nan")
     tables = sla.block_map(q, k, topk=1.0, variant="complement").tables()
     o, _, o_lin, _, _, _ = torch.ops.sla.forward(
-        q, k, v, w, b, *tables, 64, 64, 1.0, 0.0, "complement", "softmax", 0.0, 1e-5, True
+        q, k, v, w, b, *tables, 64, 64, "complement", "softmax", 0.0, 1e-5, True
     )
     assert torch.equal(o_lin, torch.zeros_like(o_lin))
     assert torch.isnan(o).all()  # every row attends key 3 in the sparse branch
@@ -175,12 +175,12 @@ def test_mixed_devices_raise_in_the_fake_kernels():
     bmap = sla.block_map(q, k, topk=0.5)
     with pytest.raises(ValueError, match="v: expected device cpu like q"):
         torch.ops.sla.forward(
-            q, k, v.to("meta"), None, None, *bmap.tables(), 64, 64, 0.5, 0.0, "global", "softmax", 0.0, 1e-5, False
+            q, k, v.to("meta"), None, None, *bmap.tables(), 64, 64, "global", "softmax", 0.0, 1e-5, False
         )
     tables = list(bmap.tables())
     tables[0] = tables[0].to("meta")
     with pytest.raises(ValueError, match="lut: expected device cpu like q"):
-        torch.ops.sla.forward(q, k, v, None, None, *tables, 64, 64, 0.5, 0.0, "global", "softmax", 0.0, 1e-5, False)
+        torch.ops.sla.forward(q, k, v, None, None, *tables, 64, 64, "global", "softmax", 0.0, 1e-5, False)
     with pytest.raises(ValueError, match="count: expected device meta like lut"):
         torch.ops.sla.invert_block_map(
             bmap.lut.to("meta"), bmap.count, bmap.negl_lut.to("meta"), bmap.negl_count.to("meta"), bmap.k_blocks
@@ -398,7 +398,7 @@ def test_op_level_table_dtype(qkv):
     tables = list(bmap.tables())
     tables[1] = tables[1].long()
     with pytest.raises(TypeError, match=r"count: expected dtype int32 \(block-map tables\), got Long"):
-        torch.ops.sla.forward(q, k, v, None, None, *tables, 64, 64, 0.5, 0.0, "global", "softmax", 0.0, 1e-5, False)
+        torch.ops.sla.forward(q, k, v, None, None, *tables, 64, 64, "global", "softmax", 0.0, 1e-5, False)
 
 
 @pytest.mark.parametrize(

@@ -206,7 +206,7 @@ def test_opcheck_on_cuda(variant, negligible):
     b = (0.1 * torch.randn(64, device="cuda")).requires_grad_()
     torch.library.opcheck(torch.ops.sla.block_map.default, (q, k, 64, 64, 0.3, negligible, variant, True))
     bmap = sla.block_map(q, k, topk=0.3, variant=variant, negligible=negligible)
-    options = (64, 64, 0.3, negligible, variant, "softmax", 0.0, 1e-5)
+    options = (64, 64, variant, "softmax", 0.0, 1e-5)
     torch.library.opcheck(
         torch.ops.sla.invert_block_map.default, (bmap.lut, bmap.count, bmap.negl_lut, bmap.negl_count, bmap.k_blocks)
     )

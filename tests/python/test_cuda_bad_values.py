@@ -195,9 +195,7 @@ def test_mixed_devices_raise():
         torch.ops.sla.block_map(q, k.cpu(), 64, 64, 0.5, 0.0, "global", True)  # the real op, not the Python layer
     bmap = sla.block_map(q, k, topk=0.5)
     with pytest.raises(ValueError, match="v: expected device cuda:0 like q, got cpu"):
-        torch.ops.sla.forward(
-            q, k, v.cpu(), None, None, *bmap.tables(), 64, 64, 0.5, 0.0, "global", "softmax", 0.0, 1e-5, False
-        )
+        torch.ops.sla.forward(q, k, v.cpu(), None, None, *bmap.tables(), 64, 64, "global", "softmax", 0.0, 1e-5, False)
     with pytest.raises(ValueError, match="k: expected device cuda:0 like q, got meta"):
         torch.ops.sla.block_map(q, k.to("meta"), 64, 64, 0.5, 0.0, "global", True)
     with pytest.raises(ValueError, match="proj_weight: expected device"):

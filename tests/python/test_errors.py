@@ -94,9 +94,7 @@ def test_caller_lut_of_the_wrong_shape(qkv):
 def test_backward_without_saved_state_is_explained(qkv):
     q, k, v = (t.clone().requires_grad_() for t in qkv)
     bmap = sla.block_map(q, k, topk=0.5)
-    o = torch.ops.sla.forward(
-        q, k, v, None, None, *bmap.tables(), 64, 64, 0.5, 0.0, "global", "softmax", 0.0, 1e-5, False
-    )[0]
+    o = torch.ops.sla.forward(q, k, v, None, None, *bmap.tables(), 64, 64, "global", "softmax", 0.0, 1e-5, False)[0]
     with pytest.raises(RuntimeError, match="save_for_backward"):
         o.sum().backward()
 

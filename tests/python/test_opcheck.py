@@ -10,7 +10,7 @@ import sla
 from conftest import make_projection, make_qkv
 
 
-def forward_args(q, k, v, w, b, bmap, *, variant="global", negligible=0.0, save=True):
+def forward_args(q, k, v, w, b, bmap, *, variant="global", save=True):
     return (
         q,
         k,
@@ -20,8 +20,6 @@ def forward_args(q, k, v, w, b, bmap, *, variant="global", negligible=0.0, save=
         *bmap.tables(),
         bmap.block_q,
         bmap.block_k,
-        0.3,
-        negligible,
         variant,
         "softmax",
         0.0,
@@ -54,7 +52,7 @@ def test_forward(variant, negligible, layout, with_projection):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     w, b = make_projection(16, requires_grad=True) if with_projection else (None, None)
     bmap = sla.block_map(q, k, topk=0.3, variant=variant, negligible=negligible)
-    args = forward_args(q, k, v, w, b, bmap, variant=variant, negligible=negligible)
+    args = forward_args(q, k, v, w, b, bmap, variant=variant)
     torch.library.opcheck(torch.ops.sla.forward.default, args)
 
 
@@ -87,8 +85,6 @@ def test_backward(with_projection):
         o_sparse,
         64,
         64,
-        0.3,
-        0.0,
         "global",
         "softmax",
         0.0,
