@@ -87,7 +87,7 @@ int run_calibrate(const CalibrateOptions& o) {
     // Read again under the lock: a run that added another layer meanwhile keeps it.
     const FolderLock lock(o.out_path);
     const std::string what = "--out " + o.out_path;
-    const JsonValue file = read_calibration_file(o.out_path, what);
+    const Json file = read_calibration_file(o.out_path, what);
     check_same_settings(file, s, o.cfg.block_q, o.cfg.block_k, what);
     write_file_atomically(o.out_path, write_json(with_layer(file, cal, ap, s, o.layer)), what);
   }
