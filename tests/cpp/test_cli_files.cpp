@@ -266,6 +266,8 @@ TEST(CliFiles, JsonKeepsValuesOrderAndStrings) {
   // The layout: one line for scalars and arrays of scalars, one member per line around them.
   EXPECT_EQ(write_json(parse_json("{\"a\": [{\"b\": 1, \"c\": [2, 3]}, {}], \"d\": {}, \"e\": []}", "t")),
             "{\n \"a\": [\n  {\"b\": 1, \"c\": [2, 3]},\n  {}\n ],\n \"d\": {},\n \"e\": []\n}\n");
+  EXPECT_TRUE(is_utf8("\xc3\xa9"));
+  EXPECT_FALSE(is_utf8("\xff"));
 }
 
 // ---- sla calibrate and its file ----
@@ -367,6 +369,13 @@ TEST(CliFiles, RefusedCalibrateRunsLeaveTheFilesAsTheyWere) {
                 " holds layers calibrated with target 'mass'; the file's settings describe every layer, so expected "
                 "the same value (or another --out)");
   expect_unchanged("other target");
+
+  // The layer's name goes into the JSON file, which holds UTF-8 text only.
+  EXPECT_EQ(error_of([&] {
+              run_calibrate(calibrate_options(dir, qkv, "blocks.\xff"));
+            }),
+            "usage: --layer: is not UTF-8 text; expected a name in UTF-8 (the file is JSON)");
+  expect_unchanged("a --layer that is not UTF-8");
 
   // A run that fails after the checks (its input holds a NaN) writes nothing.
   std::string bad = captured;

@@ -115,4 +115,13 @@ std::string write_json(const Json& value) {
   return out + "\n";
 }
 
+bool is_utf8(const std::string& s) {
+  try {
+    (void)Json(s).dump();
+    return true;
+  } catch (const Json::type_error&) {
+    return false;
+  }
+}
+
 }  // namespace sla_cli

@@ -24,4 +24,7 @@ Json parse_json(const std::string& text, const std::string& source);
 // items); others one member per line, indented by one space per level; ends with a newline. Strings must be UTF-8.
 std::string write_json(const Json& value);
 
+// Whether `s` can be a JSON string (valid UTF-8).
+bool is_utf8(const std::string& s);
+
 }  // namespace sla_cli
