@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Installs what building and testing SLA needs, and nothing that is already there.
 #   scripts/install_deps.sh          C++ build and tests: compiler, CMake, Ninja, GoogleTest, and the libraries of the
-#                                    `sla` program: CLI11 (command line), libzip (.npz), libpng and zlib (pictures)
+#                                    `sla` program: CLI11 (command line), libzip (.npz), libpng and zlib (pictures),
+#                                    nlohmann/json (the calibration file)
 #   scripts/install_deps.sh demo     the same without GoogleTest: what `make demo` builds
 #   scripts/install_deps.sh format   clang-format, for scripts/check_format.sh (CI)
 #   scripts/install_deps.sh python   the Python test stack: torch, scikit-build-core, tests/python/requirements.txt
 #                                    (numpy, pytest, diffusers, ruff)
 # Works as root (CI, fresh machines) or with sudo. Where packages cannot be installed (no apt, or no network, as on
 # the GPU machine) it says what is missing and goes on: CMake then builds what it can and names what it lacks
-# (without GoogleTest only the C++ unit tests are left out, without CLI11 or libzip the `sla` program, and
-# `make test` fails if no test was built at all).
+# (without GoogleTest only the C++ unit tests are left out, without CLI11, libzip or nlohmann/json the `sla` program,
+# and `make test` fails if no test was built at all).
 set -euo pipefail
 
 mode=${1:-build}
@@ -21,7 +22,7 @@ if [ "$mode" != "python" ]; then
       command -v cmake >/dev/null || need_apt+=(cmake)
       command -v ninja >/dev/null || need_apt+=(ninja-build)
       command -v g++ >/dev/null || need_apt+=(g++)
-      pkgs=(libpng-dev zlib1g-dev pkg-config libcli11-dev libzip-dev)
+      pkgs=(libpng-dev zlib1g-dev pkg-config libcli11-dev libzip-dev nlohmann-json3-dev)
       if [ "$mode" = build ]; then
         pkgs+=(libgtest-dev)
         # `make test` makes a virtual environment; Debian's python3 needs python3-venv (ensurepip) for that.

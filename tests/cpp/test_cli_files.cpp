@@ -18,7 +18,7 @@
 #include "commands/commands.h"
 #include "commands/output_checks.h"
 #include "formats/atomic_file.h"
-#include "formats/json_value.h"
+#include "formats/json_text.h"
 #include "formats/png_writer.h"
 #include "workload/calibration_file.h"
 #include "workload/synthetic_video.h"
@@ -191,39 +191,83 @@ TEST(CliFiles, JsonErrorsNameTheFileAndPosition) {
       parse_json(text, "--out r.json");
     });
   };
+  const std::string head = "run: --out r.json: not valid JSON: ";
   EXPECT_EQ(parse_error("{\"a\": 1,\n \"b\": }"),
-            "run: --out r.json: not valid JSON: line 2, column 7: unexpected "
-            "character '}'");
+            head +
+                "line 2, column 7: syntax error while parsing value - unexpected '}'; expected '[', '{', or a "
+                "literal");
   EXPECT_EQ(parse_error("{\"a\": 1} x"),
-            "run: --out r.json: not valid JSON: line 1, column 10: unexpected text after "
-            "the value");
+            head +
+                "line 1, column 10: syntax error while parsing value - invalid literal; last read: '1} x'; "
+                "expected end of input");
   EXPECT_EQ(parse_error(""),
-            "run: --out r.json: not valid JSON: line 1, column 1: the text ends where a value is "
-            "expected");
-  EXPECT_EQ(parse_error("{\"a\": 1, \"a\": 2}"),
-            "run: --out r.json: not valid JSON: line 1, column 14: member 'a' "
-            "appears twice");
-  EXPECT_EQ(parse_error(std::string(100, '[')),
-            "run: --out r.json: not valid JSON: line 1, column 66: nested more "
-            "than 64 levels deep");
+            head +
+                "line 1, column 1: syntax error while parsing value - unexpected end of input; expected '[', '{', "
+                "or a literal");
+  // The end of the text: the column just after its last byte.
+  EXPECT_EQ(parse_error("[1,\n \"abc"),
+            head +
+                "line 2, column 6: syntax error while parsing value - invalid string: missing closing quote; last "
+                "read: '\"abc'");
+  EXPECT_EQ(parse_error("[1, 2]\r\n// note"),
+            head +
+                "line 2, column 1: syntax error while parsing value - invalid literal; last read: "
+                "'2]<U+000D><U+000A>/'; expected end of input")
+      << "no comments";
+  EXPECT_EQ(parse_error("{\"s\": \"a\tb\"}"),
+            head +
+                "line 1, column 9: syntax error while parsing value - invalid string: control character U+0009 (HT) "
+                "must be escaped to \\u0009 or \\t; last read: '\"a<U+0009>'");
+  EXPECT_EQ(parse_error("{\"s\": \"\xff\"}"),
+            head +
+                "line 1, column 8: syntax error while parsing value - invalid string: ill-formed UTF-8 byte; last "
+                "read: '\"\xff'");
+  EXPECT_EQ(parse_error("{\"x\": [1e400]}"), head + "line 1, column 13: number overflow parsing '1e400'");
+  // Checked here, not by nlohmann: a member name twice in one object (at the end of its second name), and nesting.
+  EXPECT_EQ(parse_error("{\"a\": 1, \"a\": 2}"), head + "line 1, column 12: member 'a' appears twice");
+  EXPECT_EQ(parse_error("{\"layers\": {\"a\": {\"a\": 1},\n  \"b\": {},\n  \"a\": {}}}"),
+            head + "line 3, column 5: member 'a' appears twice");
+  EXPECT_EQ(parse_error(std::string(100, '[')), head + "line 1, column 66: nested more than 64 levels deep");
+  EXPECT_EQ(parse_json(std::string(65, '[') + std::string(65, ']'), "t").dump(),
+            std::string(65, '[') + std::string(65, ']'))
+      << "64 levels inside the outermost are allowed";
+  EXPECT_EQ(parse_json("{\"a\": {\"a\": 1}, \"b\": {\"a\": 2}}", "t").dump(), "{\"a\":{\"a\":1},\"b\":{\"a\":2}}")
+      << "one name in different objects";
 }
 
-TEST(CliFiles, JsonKeepsNumbersOrderAndStrings) {
+TEST(CliFiles, JsonKeepsValuesOrderAndStrings) {
   const std::string text =
-      "{\"z\": 0.90000000000000002, \"a\": [1e-7, -0, 3], \"s\": \"tab\\t \\u00e9 \\ud83d\\ude00 \\\"q\\\"\"}";
-  const JsonValue v = parse_json(text, "t");
-  EXPECT_EQ(v.members[0].first, "z");
-  EXPECT_EQ(v.find("z")->text, "0.90000000000000002") << "a number keeps its text";
-  EXPECT_EQ(v.find("s")->text, "tab\t \xc3\xa9 \xf0\x9f\x98\x80 \"q\"");
+      "{\"z\": 0.90000000000000002, \"a\": [1e-7, -0, 3, -0.0], \"s\": \"tab\\t \\u00e9 \\ud83d\\ude00 \\\"q\\\"\"}";
+  const Json v = parse_json(text, "t");
+  EXPECT_EQ(v.begin().key(), "z") << "objects keep their order";
+  EXPECT_EQ(v.at("z").get<double>(), 0.9) << "0.90000000000000002 is the double nearest 0.9";
+  EXPECT_EQ(v.at("s").get<std::string>(), "tab\t \xc3\xa9 \xf0\x9f\x98\x80 \"q\"");
   const std::string again = write_json(v);
-  EXPECT_EQ(again,
-            "{\"z\": 0.90000000000000002, \"a\": [1e-7, -0, 3], \"s\": \"tab\\u0009 \xc3\xa9 \xf0\x9f\x98\x80 "
-            "\\\"q\\\"\"}\n");
+  EXPECT_EQ(again, "{\"z\": 0.9, \"a\": [1e-07, 0, 3, -0.0], \"s\": \"tab\\t \xc3\xa9 \xf0\x9f\x98\x80 \\\"q\\\"\"}\n");
   EXPECT_EQ(write_json(parse_json(again, "t")), again);
-  EXPECT_EQ(JsonValue::number(0.1).text, "0.1");
-  EXPECT_EQ(JsonValue::number(1.0 / 3.0).text, "0.3333333333333333");  // the shortest that reads back
-  EXPECT_EQ(JsonValue::number(0.1 + 0.2).text, "0.30000000000000004");
-  EXPECT_EQ(JsonValue::number(std::nan("")).kind, JsonValue::Kind::null);
+
+  // Doubles are written as the shortest text that reads back as the same double, bit for bit.
+  EXPECT_EQ(write_json(Json(0.1)), "0.1\n");
+  EXPECT_EQ(write_json(Json(1.0 / 3.0)), "0.3333333333333333\n");
+  EXPECT_EQ(write_json(Json(0.1 + 0.2)), "0.30000000000000004\n");
+  EXPECT_EQ(write_json(Json(1.0)), "1.0\n") << "a double stays a double";
+  EXPECT_EQ(write_json(Json(std::nan(""))), "null\n") << "JSON has no NaN";
+  for (const double x : {0.1 + 0.2, 1.0 / 3.0, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, -0.0, 1e21,
+                         123456789.12345679, 0.9}) {
+    const Json back = parse_json(write_json(Json(x)), "t");
+    ASSERT_TRUE(back.is_number_float()) << x;
+    const double y = back.get<double>();
+    EXPECT_EQ(std::memcmp(&x, &y, sizeof x), 0) << write_json(Json(x));
+  }
+  // Integers of 64 bits stay integers, exactly (2^53 + 1 is no double).
+  const std::string integers = "[-9223372036854775808, 9223372036854775807, 18446744073709551615, 9007199254740993]\n";
+  EXPECT_EQ(write_json(parse_json(integers, "t")), integers);
+
+  // The layout: one line for scalars and arrays of scalars, one member per line around them.
+  EXPECT_EQ(write_json(parse_json("{\"a\": [{\"b\": 1, \"c\": [2, 3]}, {}], \"d\": {}, \"e\": []}", "t")),
+            "{\n \"a\": [\n  {\"b\": 1, \"c\": [2, 3]},\n  {}\n ],\n \"d\": {},\n \"e\": []\n}\n");
+  EXPECT_TRUE(is_utf8("\xc3\xa9"));
+  EXPECT_FALSE(is_utf8("\xff"));
 }
 
 // ---- sla calibrate and its file ----
@@ -233,26 +277,26 @@ TEST(CliFiles, CalibrateAddsLayersToOneFile) {
   const std::string qkv = write_qkv_npy(dir + "/qkv.npy", 2, 1);
   ASSERT_EQ(run_calibrate(calibrate_options(dir, qkv, "blocks.0.attn1")), 0);
   ASSERT_EQ(run_calibrate(calibrate_options(dir, qkv, "blocks.1.attn1")), 0);
-  JsonValue file = parse_json(read_bytes(dir + "/rules.json"), "rules.json");
-  ASSERT_EQ(file.find("layers")->members.size(), 2u);
-  EXPECT_EQ(file.find("layers")->members[0].first, "blocks.0.attn1");
-  EXPECT_EQ(file.find("layers")->members[1].first, "blocks.1.attn1");
-  const std::string layer1 = write_json(*file.find("layers")->find("blocks.1.attn1"));
+  Json file = parse_json(read_bytes(dir + "/rules.json"), "rules.json");
+  ASSERT_EQ(file.at("layers").size(), 2u);
+  EXPECT_EQ(file.at("layers").begin().key(), "blocks.0.attn1");
+  EXPECT_EQ(std::next(file.at("layers").begin()).key(), "blocks.1.attn1");
+  const std::string layer1 = write_json(file.at("layers").at("blocks.1.attn1"));
 
   // The same layer again, on other inputs: replaced where it is; the other layer is kept byte for byte.
   const std::string other = write_qkv_npy(dir + "/other.npy", 2, 99);
   ASSERT_EQ(run_calibrate(calibrate_options(dir, other, "blocks.0.attn1")), 0);
   file = parse_json(read_bytes(dir + "/rules.json"), "rules.json");
-  const JsonValue& layers = *file.find("layers");
-  ASSERT_EQ(layers.members.size(), 2u);
-  EXPECT_EQ(layers.members[0].first, "blocks.0.attn1");
-  EXPECT_EQ(write_json(*layers.find("blocks.1.attn1")), layer1);
+  const Json& layers = file.at("layers");
+  ASSERT_EQ(layers.size(), 2u);
+  EXPECT_EQ(layers.begin().key(), "blocks.0.attn1");
+  EXPECT_EQ(write_json(layers.at("blocks.1.attn1")), layer1);
   // The file's average density is over both layers (equal shapes: the mean of every head).
   double sum = 0;
-  for (const auto& [name, layer] : layers.members) {
-    for (const JsonValue& h : layer.find("heads")->items) sum += h.find("density")->as_double();
+  for (const Json& layer : layers) {
+    for (const Json& h : layer.at("heads")) sum += h.at("density").get<double>();
   }
-  EXPECT_NEAR(file.find("settings")->find("average_density")->as_double(), sum / 4, 1e-15);
+  EXPECT_NEAR(file.at("settings").at("average_density").get<double>(), sum / 4, 1e-15);
   EXPECT_EQ(listing(dir), (std::vector<std::string>{"other.npy", "qkv.npy", "rules.json", "rules.png"}));
 }
 
@@ -267,11 +311,11 @@ TEST(CliFiles, CalibrateKeepsWhatAnotherWriterRecorded) {
               " },\n \"layers\": {\n  \"py.layer\": {\n   \"rule\": {\n    \"top_p\": [\n     0.5\n    ]\n   }\n"
               "  }\n }\n}\n");
   ASSERT_EQ(run_calibrate(calibrate_options(dir, qkv, "cli.layer")), 0);
-  const JsonValue file = parse_json(read_bytes(dir + "/rules.json"), "rules.json");
-  EXPECT_EQ(write_json(*file.find("layers")->find("py.layer")), "{\n \"rule\": {\"top_p\": [0.5]}\n}\n");
-  EXPECT_NE(file.find("layers")->find("cli.layer"), nullptr);
-  EXPECT_EQ(file.find("settings")->find("seed")->text, "0");
-  EXPECT_EQ(write_json(*file.find("settings")->find("p_grid")), "[0.5, 1.0]\n");
+  const Json file = parse_json(read_bytes(dir + "/rules.json"), "rules.json");
+  EXPECT_EQ(write_json(file.at("layers").at("py.layer")), "{\n \"rule\": {\"top_p\": [0.5]}\n}\n");
+  EXPECT_TRUE(file.at("layers").contains("cli.layer"));
+  EXPECT_EQ(write_json(file.at("settings").at("seed")), "0\n");
+  EXPECT_EQ(write_json(file.at("settings").at("p_grid")), "[0.5, 1.0]\n");
 }
 
 TEST(CliFiles, RefusedCalibrateRunsLeaveTheFilesAsTheyWere) {
@@ -326,6 +370,13 @@ TEST(CliFiles, RefusedCalibrateRunsLeaveTheFilesAsTheyWere) {
                 "the same value (or another --out)");
   expect_unchanged("other target");
 
+  // The layer's name goes into the JSON file, which holds UTF-8 text only.
+  EXPECT_EQ(error_of([&] {
+              run_calibrate(calibrate_options(dir, qkv, "blocks.\xff"));
+            }),
+            "usage: --layer: is not UTF-8 text; expected a name in UTF-8 (the file is JSON)");
+  expect_unchanged("a --layer that is not UTF-8");
+
   // A run that fails after the checks (its input holds a NaN) writes nothing.
   std::string bad = captured;
   const float nan = std::nanf("");
@@ -352,13 +403,19 @@ TEST(CliFiles, AnOutFileThatIsNotACalibrationIsNeverReplaced) {
   };
   const Case cases[] = {
       {"{\"format\": \"sla-calibration\", \"version\": 1, \"layers\": {\"a\": {}},",
-       "run: --out " + path + ": not valid JSON: line 1, column 65: expected a member name in double quotes"},
+       "run: --out " + path +
+           ": not valid JSON: line 1, column 65: syntax error while parsing object key - unexpected end of input; "
+           "expected string literal"},
+      {"{\"format\": \"sla-calibration\", \"version\": 1, \"layers\": {\"a\": {}, \"a\": {}}}",
+       "run: --out " + path + ": not valid JSON: line 1, column 67: member 'a' appears twice"},
       {"{\"model\": \"weights\"}", "run: --out " + path +
                                        ": is not a calibration file (no \"format\": \"sla-calibration\"); refusing to "
                                        "replace it (choose another --out, or remove the file)"},
       {"{\"format\": \"sla-calibration\", \"version\": 2, \"layers\": {}}",
        "run: --out " + path + ": is a calibration file of version 2; expected version 1"},
-      {"", "run: --out " + path + ": not valid JSON: line 1, column 1: the text ends where a value is expected"},
+      {"", "run: --out " + path +
+               ": not valid JSON: line 1, column 1: syntax error while parsing value - unexpected end of input; "
+               "expected '[', '{', or a literal"},
   };
   for (const Case& c : cases) {
     write_bytes(path, c.contents);

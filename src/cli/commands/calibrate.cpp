@@ -9,6 +9,7 @@
 #include "commands/output_checks.h"
 #include "formats/atomic_file.h"
 #include "formats/folder_lock.h"
+#include "formats/json_text.h"
 #include "formats/npy_reader.h"
 #include "formats/png_writer.h"
 #include "report/blockmap_image.h"
@@ -31,14 +32,15 @@ CalibrationSettings settings_of(const CalibrateOptions& o) {
   return s;
 }
 
-// Everything that can be refused without computing: the output paths, and an existing --out that is not a
-// calibration file or holds layers of other settings.
+// Everything that can be refused without computing: the output paths, a --layer name that JSON cannot hold, and an
+// existing --out that is not a calibration file or holds layers of other settings.
 void check_before_work(const CalibrateOptions& o, const CalibrationSettings& s) {
   check_output_path("--out", o.out_path);
   check_output_path("--png", o.png_path);
   check_distinct_files("--out", o.out_path, "--qkv", o.qkv_path);
   check_distinct_files("--png", o.png_path, "--qkv", o.qkv_path);
   check_distinct_files("--out", o.out_path, "--png", o.png_path);
+  if (!is_utf8(o.layer)) throw UsageError("--layer: is not UTF-8 text; expected a name in UTF-8 (the file is JSON)");
   const std::string what = "--out " + o.out_path;
   check_same_settings(read_calibration_file(o.out_path, what), s, o.cfg.block_q, o.cfg.block_k, what);
 }
@@ -87,7 +89,7 @@ int run_calibrate(const CalibrateOptions& o) {
     // Read again under the lock: a run that added another layer meanwhile keeps it.
     const FolderLock lock(o.out_path);
     const std::string what = "--out " + o.out_path;
-    const JsonValue file = read_calibration_file(o.out_path, what);
+    const Json file = read_calibration_file(o.out_path, what);
     check_same_settings(file, s, o.cfg.block_q, o.cfg.block_k, what);
     write_file_atomically(o.out_path, write_json(with_layer(file, cal, ap, s, o.layer)), what);
   }
