@@ -379,7 +379,6 @@ constexpr int square_pair_smem() {
   return 2 * SplitSquare<D>::kOperandBytes;
 }
 
-// Grid (Nq, B*H). G_i^T = W H_i^T, stored split per query block: the dq and row-prep epilogues read it as G.
 // Query blocks per CTA of complement_gmat_kernel and complement_dh_kernel: W is staged (split) once per CTA, and
 // with 128 KiB of shared memory at D = 128 a CTA has its SM alone, so staging W for every block cost as much as the
 // block's own operand. Up to 4 blocks, while at least 512 CTAs (about four waves on an H100) remain.
@@ -389,6 +388,8 @@ inline int blocks_per_pair_cta(int nq, int64_t bh) {
 
 inline unsigned ceil_div_int(int n, int d) { return static_cast<unsigned>((n + d - 1) / d); }
 
+// Grid (ceil(Nq / blocks_per_cta), B*H), W staged once per CTA for its run of query blocks. G_i^T = W H_i^T, stored
+// split per query block: the dq and row-prep epilogues read it as G.
 template <int D>
 __global__ void __launch_bounds__(SplitSquare<D>::kThreads) complement_gmat_kernel(BwdParams p, int blocks_per_cta) {
   constexpr int kTile = SplitSquare<D>::kTileBytes;
@@ -412,7 +413,8 @@ __global__ void __launch_bounds__(SplitSquare<D>::kThreads) complement_gmat_kern
   }
 }
 
-// Grid (Nq, B*H). Row i of the head's dh_rows: [dH_i = E_i W, dz_i], hi part in row i and lo part in row Nq + i.
+// Grid (ceil(Nq / blocks_per_cta), B*H), W staged once per CTA for its run of query blocks. Row i of the head's
+// dh_rows: [dH_i = E_i W, dz_i], hi part in row i and lo part in row Nq + i.
 template <int D>
 __global__ void __launch_bounds__(SplitSquare<D>::kThreads) complement_dh_kernel(BwdParams p, int blocks_per_cta) {
   constexpr int kTile = SplitSquare<D>::kTileBytes;

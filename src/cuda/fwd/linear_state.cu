@@ -1,12 +1,14 @@
 // The linear-branch state pass (docs/SPEC.md section 3).
 // Global variant, two launches:
-//   key_state_kernel      per (key group, h, b): partial H_g = phi(K_g)^T V_g and z_g = colsum phi(K_g), fp32
+//   key_state_kernel      per (run of consecutive key groups, h, b): partial H_g = phi(K_g)^T V_g and
+//                         z_g = colsum phi(K_g) of each group, fp32
 //   head_state_kernel     per (4 rows of H, h, b): H = sum of the partials in group order (deterministic),
 //                         z likewise; writes lin_h / lin_z when saved, and the epilogue operands (G = H W^T and H
 //                         as bf16 hi/lo pairs, z)
 // Complement variant: H_i, z_i of every query block as direct sums over its marginal key blocks
 // (select/marginal_states.h: key_state_kernel with one group per key block and split bf16 output, the 0/1 mask,
-// one selection GEMM), then complement_operands_kernel per (query block, b * h): the epilogue operands of block i
+// one selection GEMM), then complement_operands_kernel per (run of up to 4 query blocks, b * h; W staged once per
+// CTA): the epilogue operands of each block i
 // (H_i split, G_i = H_i W^T on the tensor cores with split operands, z_i) and lin_h / lin_z from the total row.
 #include <cuda_runtime.h>
 
