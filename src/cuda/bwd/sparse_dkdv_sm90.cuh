@@ -12,12 +12,12 @@
 #include <string>
 
 #include "core/static_switch.h"
-#include "cuda/bwd/mma_frag.cuh"
 #include "cuda/bwd/sparse_bwd.h"
 #include "cuda/bwd/split_mma.cuh"
 #include "cuda/bwd/tile_stage.cuh"
 #include "cuda/common/cuda_status.h"
 #include "cuda/common/lut_gather.cuh"
+#include "cuda/common/mma_frag.cuh"
 #include "cuda/common/softmax.cuh"
 #include "cuda/common/wgmma.cuh"
 

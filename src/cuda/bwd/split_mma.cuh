@@ -13,8 +13,8 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "cuda/bwd/mma_frag.cuh"
 #include "cuda/common/feature_map.cuh"
+#include "cuda/common/mma_frag.cuh"
 #include "cuda/common/quad_reduce.cuh"
 
 namespace sla::cuda::bwd {
@@ -22,20 +22,6 @@ namespace sla::cuda::bwd {
 // Whether values of T are exactly representable as one bf16 (then their lo part is zero).
 template <class T>
 constexpr bool kExactInBf16 = std::is_same_v<T, __nv_bfloat16>;
-
-// A fragment from a tile stored k-major, X[k][m] (the transpose of the A operand), e.g. phi(Q)/n stored by rows as
-// the A operand of A^T dO.
-template <int kCols>
-__device__ __forceinline__ void load_a_kmajor(uint32_t (&a)[4], uint32_t tile, int k0, int m0, int lane) {
-  const int row = k0 + (lane % 8) + 8 * (lane / 16);
-  const int col = m0 + 8 * ((lane / 8) % 2);
-  ldmatrix_x4_trans(a, tile + swizzle<kCols / 8>(row, col / 8));
-}
-
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  const uint32_t b[2] = {b0, b1};
-  mma_16816(c, a, b, Bf16Tag{});
-}
 
 // Registers of T pairs -> bf16 hi (and lo, for fp16) pairs.
 template <class T, int N>
@@ -96,8 +82,7 @@ __device__ __forceinline__ float2 tile_pair(const unsigned char* tile, int row, 
 // phi statistics of rows g (hf = 0) and g + 8 (hf = 1) of a 16 x D tile held in C-fragment positions, reading the
 // inputs x from a swizzled T tile: every thread of the quad ends with the same values.
 template <class T, int D, FeatureMap F>
-__device__ __forceinline__ void row_phi_stats(FeatureRowStats (&st)[2], const unsigned char* tile, int row0,
-                                              int lane) {
+__device__ __forceinline__ void row_phi_stats(FeatureRowStats (&st)[2], const unsigned char* tile, int row0, int lane) {
   if constexpr (F == FeatureMap::softmax) {
     const int g = lane / 4, t4 = lane % 4;
 #pragma unroll

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "cuda/common/feature_map.cuh"
+#include "cuda/common/mma_frag.cuh"
 #include "cuda/common/numeric.cuh"
 #include "cuda/common/params.h"
 #include "cuda/common/ptx.cuh"

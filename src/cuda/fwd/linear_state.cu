@@ -17,6 +17,7 @@
 #include "cuda/build_switch.h"
 #include "cuda/common/cuda_status.h"
 #include "cuda/common/feature_map.cuh"
+#include "cuda/common/mma_frag.cuh"
 #include "cuda/common/numeric.cuh"
 #include "cuda/common/tile_io.cuh"
 #include "cuda/fwd/linear_state.h"

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "cuda/common/mask.cuh"
+#include "cuda/common/mma_frag.cuh"
 #include "cuda/common/numeric.cuh"
 #include "cuda/common/params.h"
 #include "cuda/common/ptx.cuh"

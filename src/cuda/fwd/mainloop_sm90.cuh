@@ -13,6 +13,7 @@
 
 #include "cuda/common/lut_gather.cuh"
 #include "cuda/common/mask.cuh"
+#include "cuda/common/mma_frag.cuh"
 #include "cuda/common/numeric.cuh"
 #include "cuda/common/params.h"
 #include "cuda/common/ptx.cuh"

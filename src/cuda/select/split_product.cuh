@@ -2,7 +2,7 @@
 // memory as an unevaluated sum hi + lo of two bf16 tiles (SplitBf16, ~16 significant bits), and the product runs as
 // hi*hi' + lo*hi' + hi*lo' with fp32 accumulation (the dropped lo*lo' term is below 2^-16 relative). One CTA per
 // product, D / 16 warps, each owning 16 output rows; operands are stored row-major as they are in memory and read
-// transposed or not through the ldmatrix flavour (bwd/mma_frag.cuh). The complement variant's per-block products
+// transposed or not through the ldmatrix flavour (common/mma_frag.cuh). The complement variant's per-block products
 // (G_i = H_i W^T, W H_i^T, dH_i = E_i W, E_i^T H_i) are all of this form.
 #pragma once
 
@@ -10,8 +10,8 @@
 
 #include <cstdint>
 
-#include "cuda/bwd/mma_frag.cuh"
 #include "cuda/bwd/split_mma.cuh"
+#include "cuda/common/mma_frag.cuh"
 #include "cuda/common/numeric.cuh"
 #include "cuda/common/ptx.cuh"
 #include "cuda/common/tile_io.cuh"
@@ -67,29 +67,29 @@ __device__ __forceinline__ void split_product(float (&acc)[D / 8][4], uint32_t x
   for (int k0 = 0; k0 < D; k0 += 16) {
     uint32_t ahi[4], alo[4];
     if constexpr (kTransX) {
-      bwd::load_a_kmajor<D>(ahi, x_hi, k0, row0, lane);
-      bwd::load_a_kmajor<D>(alo, x_lo, k0, row0, lane);
+      load_a_kmajor<D>(ahi, x_hi, k0, row0, lane);
+      load_a_kmajor<D>(alo, x_lo, k0, row0, lane);
     } else {
-      bwd::load_a<D>(ahi, x_hi, row0, k0, lane);
-      bwd::load_a<D>(alo, x_lo, row0, k0, lane);
+      load_a<D>(ahi, x_hi, row0, k0, lane);
+      load_a<D>(alo, x_lo, row0, k0, lane);
     }
 #pragma unroll
     for (int np = 0; np < D / 16; ++np) {
       uint32_t bh[4], bl[4];
       const int n0 = np * 16;
       if constexpr (kTransY) {
-        bwd::load_b_nmajor<D>(bh, y_hi, n0, k0, lane);
-        bwd::load_b_nmajor<D>(bl, y_lo, n0, k0, lane);
+        load_b_nmajor<D>(bh, y_hi, n0, k0, lane);
+        load_b_nmajor<D>(bl, y_lo, n0, k0, lane);
       } else {
-        bwd::load_b_kmajor<D>(bh, y_hi, k0, n0, lane);
-        bwd::load_b_kmajor<D>(bl, y_lo, k0, n0, lane);
+        load_b_kmajor<D>(bh, y_hi, k0, n0, lane);
+        load_b_kmajor<D>(bl, y_lo, k0, n0, lane);
       }
-      bwd::mma_bf16(acc[2 * np], ahi, bh[0], bh[1]);
-      bwd::mma_bf16(acc[2 * np + 1], ahi, bh[2], bh[3]);
-      bwd::mma_bf16(acc[2 * np], alo, bh[0], bh[1]);
-      bwd::mma_bf16(acc[2 * np + 1], alo, bh[2], bh[3]);
-      bwd::mma_bf16(acc[2 * np], ahi, bl[0], bl[1]);
-      bwd::mma_bf16(acc[2 * np + 1], ahi, bl[2], bl[3]);
+      mma_bf16(acc[2 * np], ahi, bh[0], bh[1]);
+      mma_bf16(acc[2 * np + 1], ahi, bh[2], bh[3]);
+      mma_bf16(acc[2 * np], alo, bh[0], bh[1]);
+      mma_bf16(acc[2 * np + 1], alo, bh[2], bh[3]);
+      mma_bf16(acc[2 * np], ahi, bl[0], bl[1]);
+      mma_bf16(acc[2 * np + 1], ahi, bl[2], bl[3]);
     }
   }
 }
