@@ -38,7 +38,7 @@ struct LinearEpilogue {
 #pragma unroll
       for (int ks = 0; ks < kD / 16; ++ks) {
         uint32_t a[4];
-        ldsm_a<kChunks>(a, q_tile, row16, ks * 16, lane);
+        load_a<kChunks * 8>(a, q_tile, row16, ks * 16, lane);
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
           const float2 x = ElementTraits<T>::unpack2(a[q]);
@@ -52,7 +52,7 @@ struct LinearEpilogue {
 #pragma unroll
     for (int ks = 0; ks < kD / 16; ++ks) {
       uint32_t a[4];
-      ldsm_a<kChunks>(a, q_tile, row16, ks * 16, lane);
+      load_a<kChunks * 8>(a, q_tile, row16, ks * 16, lane);
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
         const float2 x = ElementTraits<T>::unpack2(a[q]);
@@ -96,7 +96,7 @@ struct LinearEpilogue {
 #pragma unroll
     for (int ks = 0; ks < kD / 16; ++ks) {
       uint32_t a[4];
-      ldsm_a<kChunks>(a, q_tile, row16, ks * 16, lane);
+      load_a<kChunks * 8>(a, q_tile, row16, ks * 16, lane);
       uint32_t out[4];
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
@@ -126,12 +126,12 @@ struct LinearEpilogue {
     for (int ks = 0; ks < kD / 16; ++ks) {
       uint32_t a[kM][4];
 #pragma unroll
-      for (int mt = 0; mt < kM; ++mt) ldsm_a<kChunks>(a[mt], a_tile, row0 + mt * 16, ks * 16, lane);
+      for (int mt = 0; mt < kM; ++mt) load_a<kChunks * 8>(a[mt], a_tile, row0 + mt * 16, ks * 16, lane);
 #pragma unroll
       for (int nd = 0; nd < kD / 16; ++nd) {
         uint32_t bh[4], bl[4];
-        ldsm_b_kn<kChunks>(bh, b_hi, nd * 16, ks * 16, lane);
-        ldsm_b_kn<kChunks>(bl, b_lo, nd * 16, ks * 16, lane);
+        load_b_kmajor<kChunks * 8>(bh, b_hi, ks * 16, nd * 16, lane);
+        load_b_kmajor<kChunks * 8>(bl, b_lo, ks * 16, nd * 16, lane);
         const uint32_t h0[2] = {bh[0], bh[1]}, h1[2] = {bh[2], bh[3]};
         const uint32_t l0[2] = {bl[0], bl[1]}, l1[2] = {bl[2], bl[3]};
 #pragma unroll
@@ -155,7 +155,7 @@ struct LinearEpilogue {
 #pragma unroll 1  // see the note above add_staged: one ks step of code, run once per CTA
       for (int ks = 0; ks < kD / 16; ++ks) {
         uint32_t a[4], a_hi[4], a_lo[4];
-        ldsm_a<kChunks>(a, q_tile, row0 + mt * 16, ks * 16, lane);
+        load_a<kChunks * 8>(a, q_tile, row0 + mt * 16, ks * 16, lane);
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
           const float2 x = ElementTraits<T>::unpack2(a[q]);
@@ -168,8 +168,8 @@ struct LinearEpilogue {
 #pragma unroll
         for (int nd = 0; nd < kD / 16; ++nd) {
           uint32_t bh[4], bl[4];
-          ldsm_b_kn<kChunks>(bh, b_hi, nd * 16, ks * 16, lane);
-          ldsm_b_kn<kChunks>(bl, b_lo, nd * 16, ks * 16, lane);
+          load_b_kmajor<kChunks * 8>(bh, b_hi, ks * 16, nd * 16, lane);
+          load_b_kmajor<kChunks * 8>(bl, b_lo, ks * 16, nd * 16, lane);
           const uint32_t h0[2] = {bh[0], bh[1]}, h1[2] = {bh[2], bh[3]};
           const uint32_t l0[2] = {bl[0], bl[1]}, l1[2] = {bl[2], bl[3]};
           mma_16816(acc[mt][2 * nd], a_hi, h0, Bf16Tag{});

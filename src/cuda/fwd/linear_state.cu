@@ -231,12 +231,12 @@ __global__ void __launch_bounds__(kKeyStateThreads) key_state_kernel(StateParams
 #pragma unroll
     for (int ks = 0; ks < kStateRows / 16; ++ks) {
       uint32_t ah[4], al[4];
-      ldsm_a_trans<kChunks>(ah, phi_hi, warp_m * 16, ks * 16, lane);
-      ldsm_a_trans<kChunks>(al, phi_lo, warp_m * 16, ks * 16, lane);
+      load_a_kmajor<kChunks * 8>(ah, phi_hi, ks * 16, warp_m * 16, lane);
+      load_a_kmajor<kChunks * 8>(al, phi_lo, ks * 16, warp_m * 16, lane);
 #pragma unroll
       for (int np = 0; np < kCols / 16; ++np) {
         uint32_t bv[4];
-        ldsm_b_kn<kChunks>(bv, v_tile, warp_n * kCols + np * 16, ks * 16, lane);
+        load_b_kmajor<kChunks * 8>(bv, v_tile, ks * 16, warp_n * kCols + np * 16, lane);
         const uint32_t b0[2] = {bv[0], bv[1]}, b1[2] = {bv[2], bv[3]};
         mma_16816(acc[2 * np], ah, b0, Tag{});
         mma_16816(acc[2 * np], al, b0, Tag{});
@@ -244,7 +244,7 @@ __global__ void __launch_bounds__(kKeyStateThreads) key_state_kernel(StateParams
         mma_16816(acc[2 * np + 1], al, b1, Tag{});
       }
     }
-    __syncthreads();  // phi and this V stage are free again
+    __syncthreads();                                  // phi and this V stage are free again
     if (r1 == r_end || r1 % p.rows_per_group == 0) {  // the last chunk of group r0 / rows_per_group
       store_group(static_cast<int>(r0 / p.rows_per_group));
       clear();
@@ -360,8 +360,8 @@ struct OperandsParams {
   LinearOperandLayout lay;
   const float* weight;  // (D, D) or null
   bool write_h = false;
-  float* lin_h;  // or null
-  float* lin_z;  // or null
+  float* lin_h;            // or null
+  float* lin_z;            // or null
   int blocks_per_cta = 1;  // consecutive rows of `states` per CTA
 };
 
