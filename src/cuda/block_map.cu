@@ -26,6 +26,7 @@
 #include "core/validate.h"
 #include "cuda/block_map.h"
 #include "cuda/common/cuda_status.h"
+#include "cuda/common/lut_row.cuh"
 #include "cuda/common/numeric.cuh"
 #include "cuda/common/params.h"
 #include "sla/config.h"
@@ -641,7 +642,7 @@ __global__ void __launch_bounds__(kInvertThreads) invert_kernel(InvertParams p) 
   auto key_of = [&](int64_t e) {
     const int i = static_cast<int>(e / p.cap), t = static_cast<int>(e % p.cap);
     const int j = __ldg(lut + e);
-    return (t < min(max(__ldg(cnt + i), 0), p.cap) && j >= 0 && j < p.nk) ? j : -1;
+    return (t < LutRow::clamp_count(__ldg(cnt + i), p.cap) && j >= 0 && j < p.nk) ? j : -1;
   };
 
   if (threadIdx.x < kInvertKeys) cursor[threadIdx.x] = 0;

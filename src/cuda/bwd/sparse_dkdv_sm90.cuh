@@ -64,9 +64,15 @@ __global__ void __launch_bounds__(BK * 2, BK == 64 ? 2 : 1)
   load_panel_tile_async<BK, D, kThreads>(base + Plan::v, reinterpret_cast<const uint16_t*>(row_ptr<T>(p.v, b, h, key0)),
                                          p.v.row_stride, valid_k, tid);
   cp_async_commit();
-  typename Plan::Gather gather{base + Plan::stages, base + Plan::bars,  &maps.q, &maps.d_o,
-                               index + first,       off[j + 1] - first, p.nq,    p.bq,
-                               static_cast<int>(h), static_cast<int>(b)};
+  // The inverse LUT row of key block j: the query blocks that selected it.
+  typename Plan::Gather gather{base + Plan::stages,
+                               base + Plan::bars,
+                               &maps.q,
+                               &maps.d_o,
+                               LutRow{index + first, off[j + 1] - first, p.nq},
+                               p.bq,
+                               static_cast<int>(h),
+                               static_cast<int>(b)};
   gather.start(tid, Plan::kStages - 1);
   cp_async_wait<0>();
   fence_proxy_async_smem();  // K and V (cp.async) are read by wgmma

@@ -14,6 +14,7 @@
 #include "cuda/bwd/split_mma.cuh"
 #include "cuda/bwd/tile_stage.cuh"
 #include "cuda/common/cuda_status.h"
+#include "cuda/common/lut_row.cuh"
 #include "cuda/common/softmax.cuh"
 
 namespace sla::cuda::bwd {
@@ -44,7 +45,7 @@ __global__ void __launch_bounds__(BQ * 2) dq_mma_kernel(BwdParams p) {
   const int valid_q = static_cast<int>(min64(BQ, p.lq - row0));
   if (valid_q <= 0) return;  // the second half of a short last block
   const int64_t part = bh * p.nq + i;
-  const int crit = min(max(p.lut_count[part], 0), p.t_crit);
+  const int crit = LutRow::clamp_count(p.lut_count[part], p.t_crit);
   const int subs = p.bk / kKeyTile;
   const int n_iter = crit * subs;
   const int32_t* lut = p.lut + part * p.t_crit;

@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(BQ * 2, 1)
   const int64_t row0 = i * BQ;
   const int valid_q = static_cast<int>(min64(BQ, p.lq - row0));
   const int64_t part = bh * p.nq + i;
-  const int crit = min(max(p.lut_count[part], 0), p.t_crit);
+  const int crit = LutRow::clamp_count(p.lut_count[part], p.t_crit);
 
   load_tile_async<BQ, D, kThreads>(base + Plan::q, reinterpret_cast<const uint16_t*>(row_ptr<T>(p.q, b, h, row0)),
                                    p.q.row_stride, valid_q, tid);
@@ -92,7 +92,7 @@ __global__ void __launch_bounds__(BQ * 2, 1)
                                    p.d_o.row_stride, valid_q, tid);
   cp_async_commit();
   typename Plan::Gather gather{
-      base + Plan::stages, base + Plan::bars,  &maps.k, &maps.v, p.lut + part * p.t_crit, crit, p.nk, p.bk,
+      base + Plan::stages, base + Plan::bars,  &maps.k, &maps.v, LutRow{p.lut + part * p.t_crit, crit, p.nk}, p.bk,
       static_cast<int>(h), static_cast<int>(b)};
   gather.start(tid, Plan::kStages - 2);
 

@@ -2,9 +2,9 @@
 // of shared-memory stages by bulk tensor copies that thread 0 issues, with per-stage mbarriers instead of CTA-wide
 // barriers (cuda/common/tma.cuh).
 //
-// A LUT row lists key blocks of kBlockRows keys; each valid entry (0 <= j < nk) yields kBlockRows / kTileRows tiles
-// of kTileRows keys, in order. Tile `seq` lands in stage seq % kStages: K (kTileRows x kD) then V, each in the panel
-// layout of cuda/common/wgmma.cuh. Per stage:
+// A LUT row lists key blocks of kBlockRows keys; each entry that names a block (LutRow) yields kBlockRows / kTileRows
+// tiles of kTileRows keys, in order. Tile `seq` lands in stage seq % kStages: K (kTileRows x kD) then V, each in the
+// panel layout of cuda/common/wgmma.cuh. Per stage:
 //   full  (count 1):       thread 0's arrive with the tile's byte count, completed by the copies' bytes
 //   empty (count kWarps):  one arrive per consumer warp once it no longer reads the stage
 // Every thread walks the LUT row itself (the same sequence as the producer), so nothing but the barriers and the
@@ -13,6 +13,7 @@
 
 #include <cstdint>
 
+#include "cuda/common/lut_row.cuh"
 #include "cuda/common/params.h"
 #include "cuda/common/tma.cuh"
 #include "cuda/common/wgmma.cuh"
@@ -29,8 +30,8 @@ struct LutGather {
   uint32_t bars;    // shared address of the barriers (8-byte aligned, kBarrierBytes)
   const TmaDescriptor* map_k;
   const TmaDescriptor* map_v;
-  const int32_t* lut;
-  int n, nk, block_rows, head, batch;
+  LutRow row;  // the LUT row: key blocks of block_rows keys
+  int block_rows, head, batch;
   // Producer state, meaningful in thread 0 only; the consumer's walk of the same sequence.
   int e_load = 0, sub_load = 0, seq_load = 0;
   bool producing = true;
@@ -41,42 +42,33 @@ struct LutGather {
   __device__ __forceinline__ uint32_t k_tile(int s) const { return stages + s * kStageBytes; }
   __device__ __forceinline__ uint32_t v_tile(int s) const { return k_tile(s) + kTileBytes; }
 
-  __device__ __forceinline__ int next_valid(int e) const {
-    while (e < n) {
-      const int j = __ldg(lut + e);
-      if (j >= 0 && j < nk) break;
-      ++e;
-    }
-    return e;
-  }
-
   // Thread 0 initialises the barriers and issues the first `ahead` tiles; the caller then runs a CTA barrier
   // before any thread waits on them.
   __device__ __forceinline__ void start(int tid, int ahead) {
-    e_use = next_valid(0);
+    e_use = row.next_valid(0);
     if (tid != 0) return;
     for (int s = 0; s < kStages; ++s) {
       mbarrier_init(full(s), 1);
       mbarrier_init(empty(s), kWarps);
     }
     mbarrier_init_fence();
-    e_load = next_valid(0);
+    e_load = row.next_valid(0);
     for (int a = 0; a < ahead && producing; ++a) produce();
   }
 
   // Thread 0: the next tile into its stage once every warp has released the stage's previous tile.
   __device__ __forceinline__ void produce() {
-    if (e_load >= n) {
+    if (e_load >= row.n) {
       producing = false;
       return;
     }
     const int seq = seq_load++;
     const int s = seq % kStages;
     if (seq >= kStages) mbarrier_wait(empty(s), ((seq / kStages) - 1) & 1);
-    const int key0 = __ldg(lut + e_load) * block_rows + sub_load * kTileRows;
+    const int key0 = row.block(e_load) * block_rows + sub_load * kTileRows;
     if (++sub_load == block_rows / kTileRows) {
       sub_load = 0;
-      e_load = next_valid(e_load + 1);
+      e_load = row.next_valid(e_load + 1);
     }
     mbarrier_arrive_expect_tx(full(s), kStageBytes);
 #pragma unroll
@@ -91,14 +83,14 @@ struct LutGather {
   // distance that start() set).
   __device__ __forceinline__ int acquire(int seq, int tid, int& key0) {
     if (tid == 0 && producing) produce();
-    if (e_use >= n) {
+    if (e_use >= row.n) {
       key0 = -1;
       return 0;
     }
-    key0 = __ldg(lut + e_use) * block_rows + sub_use * kTileRows;
+    key0 = row.block(e_use) * block_rows + sub_use * kTileRows;
     if (++sub_use == block_rows / kTileRows) {
       sub_use = 0;
-      e_use = next_valid(e_use + 1);
+      e_use = row.next_valid(e_use + 1);
     }
     const int s = seq % kStages;
     mbarrier_wait(full(s), (seq / kStages) & 1);

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/common/lut_row.cuh"
 #include "cuda/common/numeric.cuh"
 #include "cuda/common/params.h"
 #include "cuda/common/ptx.cuh"
@@ -51,13 +52,13 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
                                              p.q.row_stride, q_valid, tid);
   cp_async_commit();
 
-  const int32_t* lut = p.lut + (bh * p.nq + i) * p.lut_capacity;
-  const int n = min(max(__ldg(p.lut_count + bh * p.nq + i), 0), p.lut_capacity);
+  const LutRow row{p.lut + (bh * p.nq + i) * p.lut_capacity,
+                   LutRow::clamp_count(__ldg(p.lut_count + bh * p.nq + i), p.lut_capacity), p.nk};
 
   const ForwardEpilogue<Traits> epilogue(p, bh, i, stages);
   using Mainloop = std::conditional_t<Traits::kUseWgmma, WgmmaMainloop<Traits>, MmaMainloop<Traits>>;
   Mainloop ml;
-  ml.run(p, lut, n, k_head, v_head, q_tile, stages, warp, lane, tid, [&] {
+  ml.run(p, row, k_head, v_head, q_tile, stages, warp, lane, tid, [&] {
     epilogue.prefetch_operands(tid);
   });
   // ---- epilogue ----

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "cuda/common/lut_row.cuh"
 #include "cuda/common/mask.cuh"
 #include "cuda/common/mma_frag.cuh"
 #include "cuda/common/numeric.cuh"
@@ -28,16 +29,6 @@ struct MmaMainloop {
   float o[kM][Traits::kNTilesO][4];  // O_s accumulator (unnormalised)
   OnlineSoftmax<kM> softmax;         // running max and sum of each row
 
-  // Index of the first valid LUT entry at or after e (entries outside [0, Nk) are skipped), or n.
-  static __device__ __forceinline__ int next_valid(const int32_t* lut, int e, int n, int nk) {
-    while (e < n) {
-      const int j = __ldg(lut + e);
-      if (j >= 0 && j < nk) break;
-      ++e;
-    }
-    return e;
-  }
-
   static __device__ __forceinline__ void load_kv(const ForwardParams& p, const T* k_head, const T* v_head, int j,
                                                  uint32_t stage, int tid) {
     const int64_t r0 = static_cast<int64_t>(j) * kBK;
@@ -52,9 +43,8 @@ struct MmaMainloop {
   // Runs the LUT row. On entry the Q tile load has been issued (committed or not); after_q() runs first (this
   // loop prefetches nothing for the epilogue). On exit every cp.async is done and the K/V stages are free.
   template <class AfterQ>
-  __device__ __forceinline__ void run(const ForwardParams& p, const int32_t* lut, int n, const T* k_head,
-                                      const T* v_head, uint32_t q_tile, uint32_t stages, int warp, int lane, int tid,
-                                      AfterQ&& after_q) {
+  __device__ __forceinline__ void run(const ForwardParams& p, const LutRow& row, const T* k_head, const T* v_head,
+                                      uint32_t q_tile, uint32_t stages, int warp, int lane, int tid, AfterQ&& after_q) {
     after_q();
 #pragma unroll
     for (int mt = 0; mt < kM; ++mt) {
@@ -68,16 +58,17 @@ struct MmaMainloop {
     const uint32_t q_lane = q_tile + Lane::a(lane) + row0 * kRowBytes;
     const uint32_t k_lane = stages + Lane::b_nk(lane), v_lane = stages + Traits::kKBytes + Lane::b_kn(lane);
 
-    int e = next_valid(lut, 0, n, p.nk);
-    if (e < n) load_kv(p, k_head, v_head, __ldg(lut + e), stages, tid);
+    int e = row.next_valid(0);
+    if (e < row.n) load_kv(p, k_head, v_head, row.block(e), stages, tid);
     cp_async_commit();
     int stage = 0;
-    while (e < n) {
-      const int j = __ldg(lut + e);
-      const int e_next = next_valid(lut, e + 1, n, p.nk);
+    while (e < row.n) {
+      const int j = row.block(e);
+      const int e_next = row.next_valid(e + 1);
       cp_async_wait<0>();
       __syncthreads();  // stage `stage` is loaded, and every warp is done with the other one
-      if (e_next < n) load_kv(p, k_head, v_head, __ldg(lut + e_next), stages + (stage ^ 1) * Traits::kStageBytes, tid);
+      if (e_next < row.n)
+        load_kv(p, k_head, v_head, row.block(e_next), stages + (stage ^ 1) * Traits::kStageBytes, tid);
       cp_async_commit();
       const uint32_t stage_off = stage * Traits::kStageBytes;
 

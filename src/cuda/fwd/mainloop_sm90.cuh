@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "cuda/common/lut_gather.cuh"
+#include "cuda/common/lut_row.cuh"
 #include "cuda/common/mask.cuh"
 #include "cuda/common/mma_frag.cuh"
 #include "cuda/common/numeric.cuh"
@@ -78,8 +79,8 @@ struct WgmmaMainloop {
   // overlaps the tail of that product (FlashAttention-3's intra-warpgroup pipelining). Stages hold K_t, V_{t-1}
   // and the kAhead blocks being gathered, so blocks are issued kStages - 2 ahead.
   template <class AfterQ>
-  __device__ __forceinline__ void run(const ForwardParams& p, const int32_t* lut, int n, const T*, const T*,
-                                      uint32_t q_tile, uint32_t stages, int warp, int lane, int tid, AfterQ&& after_q) {
+  __device__ __forceinline__ void run(const ForwardParams& p, const LutRow& row, const T*, const T*, uint32_t q_tile,
+                                      uint32_t stages, int warp, int lane, int tid, AfterQ&& after_q) {
     constexpr int kAhead = kStages - 2;
     static_assert(kAhead >= 1, "the pipelined loop needs at least three stages");
 #pragma unroll
@@ -93,9 +94,7 @@ struct WgmmaMainloop {
                   stages + Traits::kBarrierOffset,
                   &p.tma_k,
                   &p.tma_v,
-                  lut,
-                  n,
-                  p.nk,
+                  row,
                   kBK,
                   static_cast<int>(blockIdx.y),
                   static_cast<int>(blockIdx.z)};

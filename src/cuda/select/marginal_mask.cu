@@ -2,6 +2,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/common/cuda_status.h"
+#include "cuda/common/lut_row.cuh"
 #include "cuda/select/marginal_mask.h"
 
 namespace sla::cuda {
@@ -24,13 +25,13 @@ __global__ void __launch_bounds__(kMaskThreads) marginal_mask_kernel(MarginalMas
   if (i >= a.nq) return;  // the total row
   __syncthreads();
   const int64_t part = bh * a.nq + i;
-  const int nc = min(max(a.count[part], 0), a.t);
+  const int nc = LutRow::clamp_count(a.count[part], a.t);
   for (int e = threadIdx.x; e < nc; e += blockDim.x) {
     const int j = a.lut[part * a.t + e];
     if (j >= 0 && j < a.nk) row[j] = row[a.nk + j] = 0;
   }
   if (a.negl_lut != nullptr) {
-    const int nn = min(max(a.negl_count[part], 0), a.tn);
+    const int nn = LutRow::clamp_count(a.negl_count[part], a.tn);
     for (int e = threadIdx.x; e < nn; e += blockDim.x) {
       const int j = a.negl_lut[part * a.tn + e];
       if (j >= 0 && j < a.nk) row[j] = row[a.nk + j] = 0;
