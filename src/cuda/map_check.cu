@@ -177,6 +177,10 @@ CheckedMap carve_map_check(const Problem& p, bool rebuild_inverse, WorkspaceCarv
   if (rebuild_inverse) {
     c.inv_offset = ws.take<int32_t>(static_cast<std::size_t>(bh * (nk + 1)));
     c.inv_index = ws.take<int32_t>(static_cast<std::size_t>(bh * nq * p.map.critical));
+    if (negl) {
+      c.negl_inv_offset = ws.take<int32_t>(static_cast<std::size_t>(bh * (nk + 1)));
+      c.negl_inv_index = ws.take<int32_t>(static_cast<std::size_t>(bh * nq * p.map.negligible));
+    }
   }
   return c;
 }
@@ -220,9 +224,10 @@ Status launch_map_check(const Problem& p, const BlockMap& map, CheckedMap* c, cu
   if (c->inv_offset != nullptr) {
     m.inv_offset = table_view(c->inv_offset, {p.batch, p.heads, nk + 1}, like);
     m.inv_index = table_view(c->inv_index, {p.batch, p.heads, nq * p.map.critical}, like);
-    // Only the critical class's: no kernel reads the negligible class's (the caller's are dropped, not checked).
-    m.negl_inv_offset = TensorView{};
-    m.negl_inv_index = TensorView{};
+    if (negl) {
+      m.negl_inv_offset = table_view(c->negl_inv_offset, {p.batch, p.heads, nk + 1}, like);
+      m.negl_inv_index = table_view(c->negl_inv_index, {p.batch, p.heads, nq * p.map.negligible}, like);
+    }
     SLA_RETURN_IF_ERROR(launch_invert_block_map(p, m, stream));
   }
   c->map = m;

@@ -4,9 +4,8 @@
 //      and disjoint from the critical one) and flags the (b, h) of a bad row;
 //   2. a kernel copies the counts into the workspace, 0 for every row of a flagged head, so that the main kernels
 //      (which read only the first count entries of a row) never see a bad index;
-//   3. the backward pass rebuilds the critical class's inverse tables from the LUT and those counts (the caller's
-//      inverse tables are shape-checked only, never read: rebuilding costs one small kernel and cannot disagree with
-//      the LUT); no kernel reads the negligible class's, so none are built;
+//   3. the backward pass rebuilds the inverse tables from the LUT and those counts (the caller's inverse tables are
+//      shape-checked only, never read: rebuilding costs one small kernel and cannot disagree with the LUT);
 //   4. after the main kernels, every output a flagged head owns is overwritten with NaN (poison_heads), and the
 //      projection gradients, which sum over all heads, become NaN when any head is flagged (poison_if_any).
 #pragma once
@@ -27,6 +26,8 @@ struct CheckedMap {
   int32_t* negl_count = nullptr;  // (B, H, Nq) or null (Tn = 0)
   int32_t* inv_offset = nullptr;  // rebuilt inverse tables, or null (forward)
   int32_t* inv_index = nullptr;
+  int32_t* negl_inv_offset = nullptr;
+  int32_t* negl_inv_index = nullptr;
   int64_t heads = 0;     // H, for poison_heads
   int64_t any_slot = 0;  // B * H: the index of any_bad in flags
   BlockMap map;          // set by launch_map_check: the caller's LUTs with the pieces above

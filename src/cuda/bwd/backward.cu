@@ -145,6 +145,8 @@ Status launch_backward(const Problem& p, const BackwardArgs& args, const Config&
   if (p.map.negligible > 0) {
     bp.negl_lut = i32(map.negl_lut);
     bp.negl_count = i32(map.negl_count);
+    bp.negl_inv_offset = i32(map.negl_inv_offset);
+    bp.negl_inv_index = i32(map.negl_inv_index);
   }
 
   bp.batch = p.batch;

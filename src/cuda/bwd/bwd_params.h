@@ -39,6 +39,8 @@ struct BwdParams {
   const int32_t* negl_count = nullptr;  // (B, H, Nq) or null
   const int32_t* inv_offset = nullptr;  // (B, H, Nk + 1)
   const int32_t* inv_index = nullptr;   // (B, H, Nq * T)
+  const int32_t* negl_inv_offset = nullptr;  // (B, H, Nk + 1) or null
+  const int32_t* negl_inv_index = nullptr;   // (B, H, Nq * Tn) or null
 
   int64_t batch = 0, heads = 0, lq = 0, lk = 0;
   int nq = 0, nk = 0, t_crit = 0, t_negl = 0;

@@ -379,71 +379,47 @@ constexpr int square_pair_smem() {
   return 2 * SplitSquare<D>::kOperandBytes;
 }
 
-// Query blocks per CTA of complement_gmat_kernel and complement_dh_kernel: W is staged (split) once per CTA, and
-// with 128 KiB of shared memory at D = 128 a CTA has its SM alone, so staging W for every block cost as much as the
-// block's own operand. Up to 4 blocks, while at least 512 CTAs (about four waves on an H100) remain.
-inline int blocks_per_pair_cta(int nq, int64_t bh) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(4, int64_t{nq} * bh / 512)));
-}
-
-inline unsigned ceil_div_int(int n, int d) { return static_cast<unsigned>((n + d - 1) / d); }
-
-// Grid (ceil(Nq / blocks_per_cta), B*H), W staged once per CTA for its run of query blocks. G_i^T = W H_i^T, stored
-// split per query block: the dq and row-prep epilogues read it as G.
+// Grid (Nq, B*H). G_i^T = W H_i^T, stored split per query block: the dq and row-prep epilogues read it as G.
 template <int D>
-__global__ void __launch_bounds__(SplitSquare<D>::kThreads) complement_gmat_kernel(BwdParams p, int blocks_per_cta) {
+__global__ void __launch_bounds__(SplitSquare<D>::kThreads) complement_gmat_kernel(BwdParams p) {
   constexpr int kTile = SplitSquare<D>::kTileBytes;
   extern __shared__ __align__(128) unsigned char pair_smem[];
   const uint32_t x_hi = smem_addr(pair_smem), x_lo = x_hi + kTile, y_hi = x_lo + kTile, y_lo = y_hi + kTile;
+  const int64_t part = static_cast<int64_t>(blockIdx.y) * p.nq + blockIdx.x;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  stage_split<D>(x_hi, x_lo, p.proj_w, D, tid);  // W once for the CTA's query blocks (see blocks_per_pair_cta)
-#pragma unroll 1
-  for (int r = 0; r < blocks_per_cta; ++r) {
-    const int i = blockIdx.x * blocks_per_cta + r;  // uniform across the CTA
-    if (i >= p.nq) break;
-    if (r > 0) __syncthreads();  // the previous block's product has read the Y tiles
-    const int64_t part = static_cast<int64_t>(blockIdx.y) * p.nq + i;
-    stage_split<D>(y_hi, y_lo, p.grp_h + part * p.grp_stride, D, tid);
-    __syncthreads();
-    float acc[D / 8][4];
-    zero_acc<D>(acc);
-    split_product<D, false, true>(acc, x_hi, x_lo, y_hi, y_lo, warp * 16, lane);
-    uint16_t* dst = p.g_split + part * 2 * D * D;
-    store_split_pairs<D>(acc, warp * 16, lane, dst, dst + D * D);
-  }
+  stage_split<D>(x_hi, x_lo, p.proj_w, D, tid);
+  stage_split<D>(y_hi, y_lo, p.grp_h + part * p.grp_stride, D, tid);
+  __syncthreads();
+  float acc[D / 8][4];
+  zero_acc<D>(acc);
+  split_product<D, false, true>(acc, x_hi, x_lo, y_hi, y_lo, warp * 16, lane);
+  uint16_t* dst = p.g_split + part * 2 * D * D;
+  store_split_pairs<D>(acc, warp * 16, lane, dst, dst + D * D);
 }
 
-// Grid (ceil(Nq / blocks_per_cta), B*H), W staged once per CTA for its run of query blocks. Row i of the head's
-// dh_rows: [dH_i = E_i W, dz_i], hi part in row i and lo part in row Nq + i.
+// Grid (Nq, B*H). Row i of the head's dh_rows: [dH_i = E_i W, dz_i], hi part in row i and lo part in row Nq + i.
 template <int D>
-__global__ void __launch_bounds__(SplitSquare<D>::kThreads) complement_dh_kernel(BwdParams p, int blocks_per_cta) {
+__global__ void __launch_bounds__(SplitSquare<D>::kThreads) complement_dh_kernel(BwdParams p) {
   constexpr int kTile = SplitSquare<D>::kTileBytes;
   extern __shared__ __align__(128) unsigned char pair_smem[];
   const uint32_t x_hi = smem_addr(pair_smem), x_lo = x_hi + kTile, y_hi = x_lo + kTile, y_lo = y_hi + kTile;
-  const int64_t bh = blockIdx.y;
+  const int64_t bh = blockIdx.y, i = blockIdx.x, part = bh * p.nq + i;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  stage_split<D>(y_hi, y_lo, p.proj_w, D, tid);  // W once for the CTA's query blocks (see blocks_per_pair_cta)
-#pragma unroll 1
-  for (int r = 0; r < blocks_per_cta; ++r) {
-    const int64_t i = int64_t{blockIdx.x} * blocks_per_cta + r;  // uniform across the CTA
-    if (i >= p.nq) break;
-    if (r > 0) __syncthreads();  // the previous block's product has read the X tiles
-    const int64_t part = bh * p.nq + i;
-    uint16_t* hi = p.dh_rows + (bh * 2 * p.nq + i) * p.dh_row_stride;
-    uint16_t* lo = hi + p.nq * p.dh_row_stride;
-    for (int c = tid; c < D; c += SplitSquare<D>::kThreads) {
-      const float dz = p.dz_part[part * D + c];
-      const __nv_bfloat16 zh = __float2bfloat16_rn(dz);
-      reinterpret_cast<__nv_bfloat16*>(hi)[D * D + c] = zh;
-      reinterpret_cast<__nv_bfloat16*>(lo)[D * D + c] = __float2bfloat16_rn(dz - __bfloat162float(zh));
-    }
-    stage_split<D>(x_hi, x_lo, p.e_part + part * D * D, D, tid);
-    __syncthreads();
-    float acc[D / 8][4];
-    zero_acc<D>(acc);
-    split_product<D, false, false>(acc, x_hi, x_lo, y_hi, y_lo, warp * 16, lane);
-    store_split_pairs<D>(acc, warp * 16, lane, hi, lo);
+  uint16_t* hi = p.dh_rows + (bh * 2 * p.nq + i) * p.dh_row_stride;
+  uint16_t* lo = hi + p.nq * p.dh_row_stride;
+  for (int c = tid; c < D; c += SplitSquare<D>::kThreads) {
+    const float dz = p.dz_part[part * D + c];
+    const __nv_bfloat16 zh = __float2bfloat16_rn(dz);
+    reinterpret_cast<__nv_bfloat16*>(hi)[D * D + c] = zh;
+    reinterpret_cast<__nv_bfloat16*>(lo)[D * D + c] = __float2bfloat16_rn(dz - __bfloat162float(zh));
   }
+  stage_split<D>(x_hi, x_lo, p.e_part + part * D * D, D, tid);
+  stage_split<D>(y_hi, y_lo, p.proj_w, D, tid);
+  __syncthreads();
+  float acc[D / 8][4];
+  zero_acc<D>(acc);
+  split_product<D, false, false>(acc, x_hi, x_lo, y_hi, y_lo, warp * 16, lane);
+  store_split_pairs<D>(acc, warp * 16, lane, hi, lo);
 }
 
 // Grid (ceil(Nq / kDwGroup), B*H). dW partial of a group of query blocks: sum over its blocks, in order, of E_i^T H_i
@@ -532,10 +508,7 @@ Status complement_reductions(const BwdParams& p, cudaStream_t stream) {
     }
     if (!p.has_weight) return Status::Ok();
     SLA_RETURN_IF_ERROR(set_smem(complement_dh_kernel<D>, smem));
-    const int per_cta = blocks_per_pair_cta(p.nq, bh);
-    complement_dh_kernel<D>
-        <<<dim3(ceil_div_int(p.nq, per_cta), static_cast<unsigned>(bh)), SplitSquare<D>::kThreads, smem, stream>>>(
-            p, per_cta);
+    complement_dh_kernel<D><<<dim3(p.nq, static_cast<unsigned>(bh)), SplitSquare<D>::kThreads, smem, stream>>>(p);
     SLA_RETURN_IF_ERROR(check_launch("backward: complement_dh_kernel"));
     SLA_RETURN_IF_ERROR(launch_transpose_mask(p.mask_args, p.mask, p.mask_t, stream));
     SelectGemm g;
@@ -590,10 +563,7 @@ Status launch_gmat(const BwdParams& p, cudaStream_t stream) {
     if (p.complement) {
       constexpr int smem = square_pair_smem<D>();
       SLA_RETURN_IF_ERROR(set_smem(complement_gmat_kernel<D>, smem));
-      const int per_cta = blocks_per_pair_cta(p.nq, bh);
-      complement_gmat_kernel<D>
-          <<<dim3(ceil_div_int(p.nq, per_cta), static_cast<unsigned>(bh)), SplitSquare<D>::kThreads, smem, stream>>>(
-              p, per_cta);
+      complement_gmat_kernel<D><<<dim3(p.nq, static_cast<unsigned>(bh)), SplitSquare<D>::kThreads, smem, stream>>>(p);
       return check_launch("backward: complement_gmat_kernel");
     }
     const std::size_t smem = sizeof(float) * 2 * D * fp32_pitch(D);

@@ -12,7 +12,6 @@
 #include <string>
 
 #include "core/static_switch.h"
-#include "cuda/bwd/dkdv_epilogue.cuh"
 #include "cuda/bwd/sparse_bwd.h"
 #include "cuda/bwd/split_mma.cuh"
 #include "cuda/bwd/tile_stage.cuh"
@@ -179,10 +178,52 @@ __global__ void __launch_bounds__(BK * 2, BK == 64 ? 2 : 1)
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
-    dkdv_add_linear_dv<T, D, F>(dv, smem + Plan::epi_k, dh_hi, dh_lo, warp * 16, lane);
+    FeatureRowStats st[2];
+    row_phi_stats<T, D, F>(st, smem + Plan::epi_k, warp * 16, lane);
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      float a[2][4];  // phi(K) for columns 16 ks .. 16 ks + 15: [column half][rows g (0, 1), g + 8 (2, 3)]
+#pragma unroll
+      for (int ch = 0; ch < 2; ++ch)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const float2 x = tile_pair<T, D>(smem + Plan::epi_k, warp * 16 + g + 8 * hf, ks * 16 + ch * 8 + 2 * t4);
+          a[ch][2 * hf] = phi_forward<F>(x.x, st[hf]);
+          a[ch][2 * hf + 1] = phi_forward<F>(x.y, st[hf]);
+        }
+      uint32_t ahi[4], alo[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int ch = q >> 1, hf = q & 1;
+        const SplitBf16 sp = split_bf16x2(a[ch][2 * hf], a[ch][2 * hf + 1]);
+        ahi[q] = sp.hi;
+        alo[q] = sp.lo;
+      }
+#pragma unroll
+      for (int np = 0; np < D / 16; ++np) {
+        uint32_t bh4[4], bl4[4];
+        load_b_kmajor<D>(bh4, dh_hi, ks * 16, np * 16, lane);
+        load_b_kmajor<D>(bl4, dh_lo, ks * 16, np * 16, lane);
+        mma_bf16(dv[2 * np], ahi, bh4[0], bh4[1]);
+        mma_bf16(dv[2 * np + 1], ahi, bh4[2], bh4[3]);
+        mma_bf16(dv[2 * np], ahi, bl4[0], bl4[1]);
+        mma_bf16(dv[2 * np + 1], ahi, bl4[2], bl4[3]);
+        mma_bf16(dv[2 * np], alo, bh4[0], bh4[1]);
+        mma_bf16(dv[2 * np + 1], alo, bh4[2], bh4[3]);
+      }
+    }
     store_acc_rows<T, kNt>(p.grad_v, b, h, key0, warp * 16, valid_k, dv, lane);
-    dkdv_add_linear_dk<T, D, F>(dk, smem + Plan::epi_k, v_tile, dh_hi, dh_lo, p.dz_key + group * p.dz_key_stride,
-                                warp * 16, lane);
+    float dphi[kNt][4];
+#pragma unroll
+    for (int n = 0; n < kNt; ++n) dphi[n][0] = dphi[n][1] = dphi[n][2] = dphi[n][3] = 0.f;
+    warp_mma_t_split<T, D, D, false, kNt>(dphi, v_tile, warp * 16, dh_hi, dh_lo, D, 0, lane);
+    const float* dz = p.dz_key + group * p.dz_key_stride;
+#pragma unroll
+    for (int n = 0; n < kNt; ++n) {
+      const float2 zc = *reinterpret_cast<const float2*>(dz + n * 8 + 2 * t4);
+      dphi[n][0] += zc.x, dphi[n][1] += zc.y, dphi[n][2] += zc.x, dphi[n][3] += zc.y;
+    }
+    add_phi_backward<T, D, F>(dk, dphi, smem + Plan::epi_k, warp * 16, lane);
   } else {
     store_acc_rows<T, kNt>(p.grad_v, b, h, key0, warp * 16, valid_k, dv, lane);
   }

@@ -10,7 +10,6 @@
 #include <string>
 
 #include "core/static_switch.h"
-#include "cuda/bwd/dq_epilogue.cuh"
 #include "cuda/bwd/sparse_bwd.h"
 #include "cuda/bwd/split_mma.cuh"
 #include "cuda/bwd/tile_stage.cuh"
@@ -144,8 +143,50 @@ __global__ void __launch_bounds__(BQ * 2) dq_mma_kernel(BwdParams p) {
   cp_async_wait<0>();
   __syncthreads();
 
-  dq_epilogue<T, D, kThreads, F>(dq, p, smem, DqEpilogueSmem{Smem::q, Smem::d_o, Smem::k}, b, h, bh, part, row0,
-                                 valid_q, tid);
+  // Epilogue in registers: dq = s * (sum dS K) + phi-backward of da, da = (dO G - D_r z) / n_r (docs/SPEC.md 5), with
+  // u = dO G on the tensor cores (G split, staged over the K/V buffers; Q and dO tiles are still in place).
+#pragma unroll
+  for (int n = 0; n < kNt; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dq[n][e] *= p.scale;
+  if (p.has_weight) {
+    const uint16_t* g_src = p.g_split + (p.complement ? part : bh) * 2 * D * D;
+    load_tile_async<D, D, kThreads>(base + Smem::k, g_src, D, D, tid);
+    load_tile_async<D, D, kThreads>(base + Smem::k + D * D * 2, g_src + D * D, D, D, tid);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    float da[kNt][4];
+#pragma unroll
+    for (int n = 0; n < kNt; ++n) da[n][0] = da[n][1] = da[n][2] = da[n][3] = 0.f;
+    warp_mma_t_split<T, D, D, true, kNt>(da, base + Smem::d_o, warp * 16, base + Smem::k, base + Smem::k + D * D * 2, D,
+                                         0, lane);
+    const float* z = p.complement ? p.grp_z + part * p.grp_stride : p.lin_z + bh * D;
+    float d_r[2], inv_n[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int r = warp * 16 + g + 8 * hf;
+      const bool ok = r < valid_q;
+      d_r[hf] = ok ? p.d_lin[bh * p.lq + row0 + r] : 0.f;
+      inv_n[hf] = ok ? p.inv_n[bh * p.lq + row0 + r] : 0.f;
+    }
+#pragma unroll
+    for (int n = 0; n < kNt; ++n) {
+      const float2 zc = *reinterpret_cast<const float2*>(z + n * 8 + 2 * t4);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) da[n][e] = (da[n][e] - d_r[e >> 1] * (e & 1 ? zc.y : zc.x)) * inv_n[e >> 1];
+    }
+    add_phi_backward<T, D, F>(dq, da, smem + Smem::q, warp * 16, lane);
+  }
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int r = warp * 16 + g + 8 * hf;
+    if (r >= valid_q) continue;
+    T* dst = row_ptr_mut<T>(p.grad_q, b, h, row0 + r);
+#pragma unroll
+    for (int n = 0; n < kNt; ++n)
+      *reinterpret_cast<uint32_t*>(dst + n * 8 + 2 * t4) = ElementTraits<T>::pack2(dq[n][2 * hf], dq[n][2 * hf + 1]);
+  }
 }
 
 template <class T, int D, int BQ, FeatureMap F>

@@ -49,6 +49,23 @@ __device__ __forceinline__ void load_b_kmajor(uint32_t (&b)[4], uint32_t tile, i
   ldmatrix_x4_trans(b, tile + swizzle<kCols / 8>(row, col / 8));
 }
 
+// The same loads as load_a, load_a_kmajor and load_b_kmajor, with the lane's row and chunk written as bit
+// operations and the tile's width in chunks: the forward's epilogue and state kernels use these. Where a kernel uses
+// one or the other, ptxas schedules it differently (up to 40 instructions in a forward kernel, 220 in dq_mma_kernel),
+// so they become one form once a GPU has timed it.
+template <int kChunks>
+__device__ __forceinline__ void ldsm_a(uint32_t (&r)[4], uint32_t tile, int m0, int k0, int lane) {
+  ldmatrix_x4(r, tile + swizzle<kChunks>(m0 + (lane & 15), (k0 >> 3) + (lane >> 4)));
+}
+template <int kChunks>
+__device__ __forceinline__ void ldsm_a_trans(uint32_t (&r)[4], uint32_t tile, int m0, int k0, int lane) {
+  ldmatrix_x4_trans(r, tile + swizzle<kChunks>(k0 + (lane & 7) + ((lane >> 4) << 3), (m0 >> 3) + ((lane >> 3) & 1)));
+}
+template <int kChunks>
+__device__ __forceinline__ void ldsm_b_kn(uint32_t (&r)[4], uint32_t tile, int n0, int k0, int lane) {
+  ldmatrix_x4_trans(r, tile + swizzle<kChunks>(k0 + (lane & 7) + (((lane >> 3) & 1) << 3), (n0 >> 3) + (lane >> 4)));
+}
+
 // Lane parts of the addresses above, for loops over many 16x16 blocks of one tile. In a tile whose base is aligned to
 // its row size (kChunks * 16 bytes), block (rows r0.., chunks 2c, 2c + 1) with r0 a multiple of 16 sits at
 // (base + lane_part + r0 * row_bytes) ^ (c << 5): the swizzle XOR then touches only the chunk bits, so a loop keeps

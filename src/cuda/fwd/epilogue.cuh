@@ -1,7 +1,7 @@
 // The forward's epilogue, shared by both mainloops: normalises O_s, writes the LSE (and O_s in fp32 when the
 // state is saved), adds the linear branch phi(q)/n (H W^T) + b on the tensor cores, writes O (and O_l when saved).
 //   LinearEpilogue    the linear branch's pieces: per-row factors 1/n, phi(q)/n staged as an operand, the products
-//   ForwardEpilogue   the epilogue of one CTA: its operands' addresses, their prefetch, store()
+//   ForwardEpilogue   the epilogue operands of one CTA: where they are, their prefetch during the mainloop
 #pragma once
 
 #include <cuda_runtime.h>
@@ -38,7 +38,7 @@ struct LinearEpilogue {
 #pragma unroll
       for (int ks = 0; ks < kD / 16; ++ks) {
         uint32_t a[4];
-        load_a<kChunks * 8>(a, q_tile, row16, ks * 16, lane);
+        ldsm_a<kChunks>(a, q_tile, row16, ks * 16, lane);
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
           const float2 x = ElementTraits<T>::unpack2(a[q]);
@@ -52,7 +52,7 @@ struct LinearEpilogue {
 #pragma unroll
     for (int ks = 0; ks < kD / 16; ++ks) {
       uint32_t a[4];
-      load_a<kChunks * 8>(a, q_tile, row16, ks * 16, lane);
+      ldsm_a<kChunks>(a, q_tile, row16, ks * 16, lane);
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
         const float2 x = ElementTraits<T>::unpack2(a[q]);
@@ -96,7 +96,7 @@ struct LinearEpilogue {
 #pragma unroll
     for (int ks = 0; ks < kD / 16; ++ks) {
       uint32_t a[4];
-      load_a<kChunks * 8>(a, q_tile, row16, ks * 16, lane);
+      ldsm_a<kChunks>(a, q_tile, row16, ks * 16, lane);
       uint32_t out[4];
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
@@ -126,12 +126,12 @@ struct LinearEpilogue {
     for (int ks = 0; ks < kD / 16; ++ks) {
       uint32_t a[kM][4];
 #pragma unroll
-      for (int mt = 0; mt < kM; ++mt) load_a<kChunks * 8>(a[mt], a_tile, row0 + mt * 16, ks * 16, lane);
+      for (int mt = 0; mt < kM; ++mt) ldsm_a<kChunks>(a[mt], a_tile, row0 + mt * 16, ks * 16, lane);
 #pragma unroll
       for (int nd = 0; nd < kD / 16; ++nd) {
         uint32_t bh[4], bl[4];
-        load_b_kmajor<kChunks * 8>(bh, b_hi, ks * 16, nd * 16, lane);
-        load_b_kmajor<kChunks * 8>(bl, b_lo, ks * 16, nd * 16, lane);
+        ldsm_b_kn<kChunks>(bh, b_hi, nd * 16, ks * 16, lane);
+        ldsm_b_kn<kChunks>(bl, b_lo, nd * 16, ks * 16, lane);
         const uint32_t h0[2] = {bh[0], bh[1]}, h1[2] = {bh[2], bh[3]};
         const uint32_t l0[2] = {bl[0], bl[1]}, l1[2] = {bl[2], bl[3]};
 #pragma unroll
@@ -155,7 +155,7 @@ struct LinearEpilogue {
 #pragma unroll 1  // see the note above add_staged: one ks step of code, run once per CTA
       for (int ks = 0; ks < kD / 16; ++ks) {
         uint32_t a[4], a_hi[4], a_lo[4];
-        load_a<kChunks * 8>(a, q_tile, row0 + mt * 16, ks * 16, lane);
+        ldsm_a<kChunks>(a, q_tile, row0 + mt * 16, ks * 16, lane);
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
           const float2 x = ElementTraits<T>::unpack2(a[q]);
@@ -168,8 +168,8 @@ struct LinearEpilogue {
 #pragma unroll
         for (int nd = 0; nd < kD / 16; ++nd) {
           uint32_t bh[4], bl[4];
-          load_b_kmajor<kChunks * 8>(bh, b_hi, ks * 16, nd * 16, lane);
-          load_b_kmajor<kChunks * 8>(bl, b_lo, ks * 16, nd * 16, lane);
+          ldsm_b_kn<kChunks>(bh, b_hi, nd * 16, ks * 16, lane);
+          ldsm_b_kn<kChunks>(bl, b_lo, nd * 16, ks * 16, lane);
           const uint32_t h0[2] = {bh[0], bh[1]}, h1[2] = {bh[2], bh[3]};
           const uint32_t l0[2] = {bl[0], bl[1]}, l1[2] = {bl[2], bl[3]};
           mma_16816(acc[mt][2 * nd], a_hi, h0, Bf16Tag{});
@@ -238,139 +238,6 @@ struct ForwardEpilogue {
       load_tile_async<kD, kD, Traits::kThreads>(op_hi, reinterpret_cast<const uint16_t*>(ops + hi_off), kD, kD, tid);
       load_tile_async<kD, kD, Traits::kThreads>(op_lo, reinterpret_cast<const uint16_t*>(ops + lo_off), kD, kD, tid);
       cp_async_commit();
-    }
-  }
-
-  // Everything after the mainloop: `ml` holds O_s (unnormalised) and the softmax row stats of the warp's rows
-  // row0 + warp_row0 + ..., the K/V stages are free.
-  template <class Mainloop>
-  __device__ __forceinline__ void store(const ForwardParams& p, Mainloop& ml, uint32_t q_tile, uint32_t stages,
-                                        int64_t b, int64_t h, int64_t bh, int64_t row0, int warp_row0, int lane,
-                                        int tid) const {
-    const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-    for (int mt = 0; mt < kM; ++mt) {
-      float inv_l[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const float l = ml.softmax.row_sum(mt, r);
-        // l is exactly 0 only for a row that visited no key (a LUT row of count 0): O_s = 0, LSE = -inf. Every
-        // visited block adds exp2(0) = 1 at its maximum. NaN or Inf in q or k makes l NaN, which must reach O and
-        // the LSE as in dense attention: hence l == 0, not l > 0 (a NaN fails both comparisons).
-        inv_l[r] = l == 0.f ? 0.f : 1.f / l;
-        const int64_t row = row0 + warp_row0 + mt * 16 + g + 8 * r;
-        if (p.lse != nullptr && t == 0 && row < p.lq) {
-          p.lse[bh * p.lq + row] = l == 0.f ? -INFINITY : ml.softmax.lse(mt, r, l);
-        }
-      }
-#pragma unroll
-      for (int nt = 0; nt < Traits::kNTilesO; ++nt) {
-        ml.o[mt][nt][0] *= inv_l[0];
-        ml.o[mt][nt][1] *= inv_l[0];
-        ml.o[mt][nt][2] *= inv_l[1];
-        ml.o[mt][nt][3] *= inv_l[1];
-      }
-    }
-
-    // O_s alone in fp32, for the backward's Delta = dO . O_s (BackwardArgs::o_sparse): no 16-bit rounding in it.
-    if (p.o_sparse != nullptr) {
-      store_rows_f32<kD>(p.o_sparse + bh * p.lq * kD, ml.o, row0 + warp_row0, p.lq, g, t);
-    }
-
-    FeatureRowStats st[kM][2];
-    float factor[kM][2];
-    const FeatureMap fmap = static_cast<FeatureMap>(p.feature_map);
-    // With prefetched operands, H for the saved O_l goes to the free stages now and arrives during the G product.
-    const uint32_t h_hi = Traits::kPrefetchOps && p.has_weight ? stages : op_hi, h_lo = h_hi + Traits::kOperandBytes;
-    if (Traits::kPrefetchOps && p.has_weight && p.o_lin != nullptr) {
-      load_tile_async<kD, kD, Traits::kThreads>(h_hi, reinterpret_cast<const uint16_t*>(ops + lay.h_hi()), kD, kD, tid);
-      load_tile_async<kD, kD, Traits::kThreads>(h_lo, reinterpret_cast<const uint16_t*>(ops + lay.h_lo()), kD, kD, tid);
-      cp_async_commit();
-    }
-    if (need_linear) {
-      if (!Traits::kPrefetchOps) {
-        load_tile_async<kD, kD, Traits::kThreads>(op_hi, reinterpret_cast<const uint16_t*>(ops + hi_off), kD, kD, tid);
-        load_tile_async<kD, kD, Traits::kThreads>(op_lo, reinterpret_cast<const uint16_t*>(ops + lo_off), kD, kD, tid);
-        cp_async_commit();
-      }
-      const float* z = reinterpret_cast<const float*>(ops + lay.z());
-      const bool empty = *reinterpret_cast<const int32_t*>(ops + lay.marginal_empty()) != 0;
-#pragma unroll
-      for (int mt = 0; mt < kM; ++mt) {
-        SLA_FEATURE_MAP_SWITCH(fmap, FM, [&] {
-          LinearEpilogue<Traits>::template row_factors<FM>(p, q_tile, z, empty, warp_row0 + mt * 16, lane, st[mt],
-                                                           factor[mt]);
-        });
-      }
-      if constexpr (kStagedA) {
-#pragma unroll
-        for (int mt = 0; mt < kM; ++mt) {
-          SLA_FEATURE_MAP_SWITCH(fmap, FM, [&] {
-            LinearEpilogue<Traits>::template stage_scaled_phi<FM>(q_tile, st[mt], factor[mt], warp_row0 + mt * 16,
-                                                                  lane);
-          });
-        }
-      }
-      cp_async_wait<0>();
-      __syncthreads();
-    }
-    if (p.has_weight) {
-      if constexpr (kStagedA) {
-        LinearEpilogue<Traits>::add_staged(ml.o, q_tile, op_hi, op_lo, warp_row0, lane);
-      } else {
-        SLA_FEATURE_MAP_SWITCH(fmap, FM, [&] {
-          LinearEpilogue<Traits>::template add_linear<FM, true>(ml.o, q_tile, op_hi, op_lo, st, factor, warp_row0,
-                                                                lane);
-        });
-      }
-    }
-    // O = O_s + O_l W^T + b, rounded once to the input dtype.
-    T* o_head = static_cast<T*>(p.o.ptr) + b * p.o.batch_stride + h * p.o.head_stride;
-#pragma unroll
-    for (int nt = 0; nt < Traits::kNTilesO; ++nt) {
-      const int c = nt * 8 + 2 * t;
-      float b0 = 0.f, b1 = 0.f;
-      if (p.bias != nullptr) {
-        b0 = __ldg(p.bias + c);
-        b1 = __ldg(p.bias + c + 1);
-      }
-#pragma unroll
-      for (int mt = 0; mt < kM; ++mt) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int64_t row = row0 + warp_row0 + mt * 16 + g + 8 * r;
-          if (row < p.lq) {
-            *reinterpret_cast<uint32_t*>(o_head + row * p.o.row_stride + c) =
-                ElementTraits<T>::pack2(ml.o[mt][nt][2 * r] + b0, ml.o[mt][nt][2 * r + 1] + b1);
-          }
-        }
-      }
-    }
-    if (p.o_lin != nullptr) {
-      if (p.has_weight && !Traits::kPrefetchOps) {
-        // The stages hold G: replace them with H.
-        __syncthreads();
-        load_tile_async<kD, kD, Traits::kThreads>(op_hi, reinterpret_cast<const uint16_t*>(ops + lay.h_hi()), kD, kD,
-                                                  tid);
-        load_tile_async<kD, kD, Traits::kThreads>(op_lo, reinterpret_cast<const uint16_t*>(ops + lay.h_lo()), kD, kD,
-                                                  tid);
-        cp_async_commit();
-        cp_async_wait<0>();
-        __syncthreads();
-      }
-#pragma unroll
-      for (int mt = 0; mt < kM; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < Traits::kNTilesO; ++nt)
-          ml.o[mt][nt][0] = ml.o[mt][nt][1] = ml.o[mt][nt][2] = ml.o[mt][nt][3] = 0.f;
-      if constexpr (kStagedA) {
-        LinearEpilogue<Traits>::add_staged(ml.o, q_tile, h_hi, h_lo, warp_row0, lane);
-      } else {
-        SLA_FEATURE_MAP_SWITCH(fmap, FM, [&] {
-          LinearEpilogue<Traits>::template add_linear<FM, true>(ml.o, q_tile, h_hi, h_lo, st, factor, warp_row0, lane);
-        });
-      }
-      store_rows_f32<kD>(p.o_lin + bh * p.lq * kD, ml.o, row0 + warp_row0, p.lq, g, t);
     }
   }
 };

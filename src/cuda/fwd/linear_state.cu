@@ -1,18 +1,15 @@
 // The linear-branch state pass (docs/SPEC.md section 3).
 // Global variant, two launches:
-//   key_state_kernel      per (run of consecutive key groups, h, b): partial H_g = phi(K_g)^T V_g and
-//                         z_g = colsum phi(K_g) of each group, fp32
+//   key_state_kernel      per (key group, h, b): partial H_g = phi(K_g)^T V_g and z_g = colsum phi(K_g), fp32
 //   head_state_kernel     per (4 rows of H, h, b): H = sum of the partials in group order (deterministic),
 //                         z likewise; writes lin_h / lin_z when saved, and the epilogue operands (G = H W^T and H
 //                         as bf16 hi/lo pairs, z)
 // Complement variant: H_i, z_i of every query block as direct sums over its marginal key blocks
 // (select/marginal_states.h: key_state_kernel with one group per key block and split bf16 output, the 0/1 mask,
-// one selection GEMM), then complement_operands_kernel per (run of up to 4 query blocks, b * h; W staged once per
-// CTA): the epilogue operands of each block i
+// one selection GEMM), then complement_operands_kernel per (query block, b * h): the epilogue operands of block i
 // (H_i split, G_i = H_i W^T on the tensor cores with split operands, z_i) and lin_h / lin_z from the total row.
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -43,7 +40,6 @@ struct StateParams {
   int64_t split_ld;
   int64_t heads, lk, rows_per_group;
   int groups, feature_map;
-  int groups_per_cta;  // consecutive groups of one (b, h) per CTA (the results do not depend on it)
 };
 
 constexpr int kStateRows = 64;  // keys per tensor-core step of key_state_kernel
@@ -51,11 +47,6 @@ constexpr int kStateRows = 64;  // keys per tensor-core step of key_state_kernel
 // 16 warps per CTA instead of 8 give the scheduler twice the warps to hide it, and halve each warp's accumulator
 // tile (D/16 x 2 warp grid over H), which keeps it under the 128 registers that 512 threads allow.
 constexpr int kKeyStateThreads = 512;
-// Groups of block_k rows (complement variant) are far shorter than the 1024 of the global variant: a CTA takes
-// several consecutive ones, up to this many rows, so that loads overlap the tensor-core work (see the kernel), but
-// never fewer CTAs than kKeyStateMinCtas (about four waves of one CTA per SM on an H100).
-constexpr int64_t kKeyStateRowsPerCta = 256;
-constexpr int64_t kKeyStateMinCtas = 512;
 
 // Partial H_g = phi(K_g)^T V_g on the tensor cores. phi(k) enters as an unevaluated sum hi + lo of two values of
 // the input type (16+ significant bits) and V exactly, so the fp32 accumulators see phi(k) v to ~2^-16 relative.
@@ -75,81 +66,28 @@ __global__ void __launch_bounds__(kKeyStateThreads) key_state_kernel(StateParams
   const uint32_t phi_hi = v_stages + 2 * kTileBytes, phi_lo = phi_hi + kTileBytes;
   float* z_part = reinterpret_cast<float*>(state_smem + 4 * kTileBytes);  // (warps, D)
 
+  const int grp = blockIdx.x;
   const int64_t h = blockIdx.y, b = blockIdx.z, bh = b * p.heads + h;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int warp_m = warp % kWarpsM, warp_n = warp / kWarpsM;
   const T* k_head = static_cast<const T*>(p.k.ptr) + b * p.k.batch_stride + h * p.k.head_stride;
   const T* v_head = static_cast<const T*>(p.v.ptr) + b * p.v.batch_stride + h * p.v.head_stride;
-  // This CTA's groups [first, first + groups_per_cta): one stream of 64-row chunks, so that the loads of a group's
-  // first chunk overlap the last chunk of the group before (with one group of 64 rows per CTA, and one 512-thread
-  // CTA per SM at D = 128, nothing would overlap). Each group is summed alone, in the same order: bitwise the same
-  // as one group per CTA.
-  const int first = blockIdx.x * p.groups_per_cta;
-  const int64_t r_begin = first * p.rows_per_group;
-  const int64_t r_end = min_i64(p.lk, min_i64(p.groups, first + p.groups_per_cta) * p.rows_per_group);
+  const int64_t r_begin = grp * p.rows_per_group;
+  const int64_t r_end = min_i64(p.lk, r_begin + p.rows_per_group);
 
   float acc[kCols / 8][4];
+#pragma unroll
+  for (int n = 0; n < kCols / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
   float zacc[kE];
-  auto clear = [&] {
 #pragma unroll
-    for (int n = 0; n < kCols / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
-#pragma unroll
-    for (int e = 0; e < kE; ++e) zacc[e] = 0.f;
-  };
-  clear();
-
-  // Group grp's H and z out of the accumulators (split bf16 rows, or fp32 partials).
-  auto store_group = [&](int grp) {
-    const int g = lane >> 2, t = lane & 3;
-    uint16_t* split_hi = nullptr;
-    uint16_t* split_lo = nullptr;
-    if (p.split_rows != nullptr) {
-      split_hi = p.split_rows + (bh * 2 * p.groups + grp) * p.split_ld;
-      split_lo = split_hi + p.groups * p.split_ld;
-    }
-#pragma unroll
-    for (int n = 0; n < kCols / 8; ++n) {
-      const int col = warp_n * kCols + n * 8 + 2 * t;
-      const int row = warp_m * 16 + g;
-      if (split_hi != nullptr) {
-        const SplitBf16 s0 = split_bf16x2(acc[n][0], acc[n][1]), s1 = split_bf16x2(acc[n][2], acc[n][3]);
-        *reinterpret_cast<uint32_t*>(split_hi + row * kD + col) = s0.hi;
-        *reinterpret_cast<uint32_t*>(split_lo + row * kD + col) = s0.lo;
-        *reinterpret_cast<uint32_t*>(split_hi + (row + 8) * kD + col) = s1.hi;
-        *reinterpret_cast<uint32_t*>(split_lo + (row + 8) * kD + col) = s1.lo;
-      } else {
-        float* ph = p.part_h + (bh * p.groups + grp) * kD * kD;
-        *reinterpret_cast<float2*>(ph + row * kD + col) = make_float2(acc[n][0], acc[n][1]);
-        *reinterpret_cast<float2*>(ph + (row + 8) * kD + col) = make_float2(acc[n][2], acc[n][3]);
-      }
-    }
-#pragma unroll
-    for (int e = 0; e < kE; ++e) z_part[warp * kD + lane * kE + e] = zacc[e];
-    __syncthreads();
-    if (tid < kD) {
-      float z = 0.f;
-      for (int w = 0; w < kKeyStateThreads / 32; ++w) z += z_part[w * kD + tid];
-      if (split_hi != nullptr) {
-        const __nv_bfloat16 zh = __float2bfloat16_rn(z);
-        reinterpret_cast<__nv_bfloat16*>(split_hi)[kD * kD + tid] = zh;
-        reinterpret_cast<__nv_bfloat16*>(split_lo)[kD * kD + tid] = __float2bfloat16_rn(z - __bfloat162float(zh));
-      } else {
-        p.part_z[(bh * p.groups + grp) * kD + tid] = z;
-      }
-    }
-    // z_part is written again only after the next chunk's two barriers.
-  };
+  for (int e = 0; e < kE; ++e) zacc[e] = 0.f;
 
   // Software pipeline: while chunk c is multiplied, V of chunk c + 1 streams into the other stage (cp.async) and
-  // the K rows of chunk c + 1 into registers. A chunk ends at kStateRows rows, its group's end or Lk, whichever
-  // comes first (groups of block_k = 16 or 32 rows take one short chunk each).
-  auto chunk_end = [&](int64_t r0) {
-    return min_i64(r_end, min_i64(r0 + kStateRows, (r0 / p.rows_per_group + 1) * p.rows_per_group));
-  };
+  // the K rows of chunk c + 1 into registers.
   constexpr int kRowsPerWarp = kStateRows / (kKeyStateThreads / 32);
   uint32_t raw[kRowsPerWarp][kE / 2];
   auto issue_loads = [&](int64_t r0, int stage) {
-    const int valid = static_cast<int>(chunk_end(r0) - r0);
+    const int valid = static_cast<int>(min_i64(kStateRows, r_end - r0));
     load_tile_async<kStateRows, kD, kKeyStateThreads>(v_stages + stage * kTileBytes,
                                                       reinterpret_cast<const uint16_t*>(v_head + r0 * p.v.row_stride),
                                                       p.v.row_stride, valid, tid);
@@ -170,9 +108,8 @@ __global__ void __launch_bounds__(kKeyStateThreads) key_state_kernel(StateParams
   cp_async_commit();
 
   int stage = 0;
-  for (int64_t r0 = r_begin; r0 < r_end; r0 = chunk_end(r0), stage ^= 1) {
-    const int64_t r1 = chunk_end(r0);
-    const int valid = static_cast<int>(r1 - r0);
+  for (int64_t r0 = r_begin; r0 < r_end; r0 += kStateRows, stage ^= 1) {
+    const int valid = static_cast<int>(min_i64(kStateRows, r_end - r0));
     // phi of each key row: lanes own kE consecutive columns.
 #pragma unroll
     for (int q = 0; q < kRowsPerWarp; ++q) {
@@ -223,7 +160,7 @@ __global__ void __launch_bounds__(kKeyStateThreads) key_state_kernel(StateParams
         asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(phi_lo + off), "r"(lo[0]));
       }
     }
-    if (r1 < r_end) issue_loads(r1, stage ^ 1);
+    if (r0 + kStateRows < r_end) issue_loads(r0 + kStateRows, stage ^ 1);
     cp_async_commit();
     cp_async_wait<1>();  // V of this chunk has landed
     __syncthreads();
@@ -231,12 +168,12 @@ __global__ void __launch_bounds__(kKeyStateThreads) key_state_kernel(StateParams
 #pragma unroll
     for (int ks = 0; ks < kStateRows / 16; ++ks) {
       uint32_t ah[4], al[4];
-      load_a_kmajor<kChunks * 8>(ah, phi_hi, ks * 16, warp_m * 16, lane);
-      load_a_kmajor<kChunks * 8>(al, phi_lo, ks * 16, warp_m * 16, lane);
+      ldsm_a_trans<kChunks>(ah, phi_hi, warp_m * 16, ks * 16, lane);
+      ldsm_a_trans<kChunks>(al, phi_lo, warp_m * 16, ks * 16, lane);
 #pragma unroll
       for (int np = 0; np < kCols / 16; ++np) {
         uint32_t bv[4];
-        load_b_kmajor<kChunks * 8>(bv, v_tile, ks * 16, warp_n * kCols + np * 16, lane);
+        ldsm_b_kn<kChunks>(bv, v_tile, warp_n * kCols + np * 16, ks * 16, lane);
         const uint32_t b0[2] = {bv[0], bv[1]}, b1[2] = {bv[2], bv[3]};
         mma_16816(acc[2 * np], ah, b0, Tag{});
         mma_16816(acc[2 * np], al, b0, Tag{});
@@ -244,13 +181,46 @@ __global__ void __launch_bounds__(kKeyStateThreads) key_state_kernel(StateParams
         mma_16816(acc[2 * np + 1], al, b1, Tag{});
       }
     }
-    __syncthreads();                                  // phi and this V stage are free again
-    if (r1 == r_end || r1 % p.rows_per_group == 0) {  // the last chunk of group r0 / rows_per_group
-      store_group(static_cast<int>(r0 / p.rows_per_group));
-      clear();
-    }
+    __syncthreads();  // phi and this V stage are free again
   }
   cp_async_wait<0>();
+  const int g = lane >> 2, t = lane & 3;
+  uint16_t* split_hi = nullptr;
+  uint16_t* split_lo = nullptr;
+  if (p.split_rows != nullptr) {
+    split_hi = p.split_rows + (bh * 2 * p.groups + grp) * p.split_ld;
+    split_lo = split_hi + p.groups * p.split_ld;
+  }
+#pragma unroll
+  for (int n = 0; n < kCols / 8; ++n) {
+    const int col = warp_n * kCols + n * 8 + 2 * t;
+    const int row = warp_m * 16 + g;
+    if (split_hi != nullptr) {
+      const SplitBf16 s0 = split_bf16x2(acc[n][0], acc[n][1]), s1 = split_bf16x2(acc[n][2], acc[n][3]);
+      *reinterpret_cast<uint32_t*>(split_hi + row * kD + col) = s0.hi;
+      *reinterpret_cast<uint32_t*>(split_lo + row * kD + col) = s0.lo;
+      *reinterpret_cast<uint32_t*>(split_hi + (row + 8) * kD + col) = s1.hi;
+      *reinterpret_cast<uint32_t*>(split_lo + (row + 8) * kD + col) = s1.lo;
+    } else {
+      float* ph = p.part_h + (bh * p.groups + grp) * kD * kD;
+      *reinterpret_cast<float2*>(ph + row * kD + col) = make_float2(acc[n][0], acc[n][1]);
+      *reinterpret_cast<float2*>(ph + (row + 8) * kD + col) = make_float2(acc[n][2], acc[n][3]);
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < kE; ++e) z_part[warp * kD + lane * kE + e] = zacc[e];
+  __syncthreads();
+  if (tid < kD) {
+    float z = 0.f;
+    for (int w = 0; w < kKeyStateThreads / 32; ++w) z += z_part[w * kD + tid];
+    if (split_hi != nullptr) {
+      const __nv_bfloat16 zh = __float2bfloat16_rn(z);
+      reinterpret_cast<__nv_bfloat16*>(split_hi)[kD * kD + tid] = zh;
+      reinterpret_cast<__nv_bfloat16*>(split_lo)[kD * kD + tid] = __float2bfloat16_rn(z - __bfloat162float(zh));
+    } else {
+      p.part_z[(bh * p.groups + grp) * kD + tid] = z;
+    }
+  }
 }
 
 template <int kD>
@@ -360,13 +330,9 @@ struct OperandsParams {
   LinearOperandLayout lay;
   const float* weight;  // (D, D) or null
   bool write_h = false;
-  float* lin_h;            // or null
-  float* lin_z;            // or null
-  int blocks_per_cta = 1;  // consecutive rows of `states` per CTA
+  float* lin_h;  // or null
+  float* lin_z;  // or null
 };
-
-constexpr int64_t kOperandsRowsPerCta = 4;
-constexpr int64_t kOperandsMinCtas = 512;  // about four waves of one CTA per SM on an H100
 
 template <int D>
 constexpr int operands_smem_bytes() {
@@ -378,46 +344,39 @@ __global__ void __launch_bounds__(SplitSquare<D>::kThreads) complement_operands_
   constexpr int kThreads = SplitSquare<D>::kThreads, kTile = SplitSquare<D>::kTileBytes;
   extern __shared__ __align__(128) unsigned char operands_smem[];
   const uint32_t x_hi = smem_addr(operands_smem), x_lo = x_hi + kTile, y_hi = x_lo + kTile, y_lo = y_hi + kTile;
-  const int tid = threadIdx.x;
+  const int i = blockIdx.x, tid = threadIdx.x;
   const int64_t bh = blockIdx.y;
-  // W is staged (split) once per CTA for its blocks_per_cta rows: with 128 KiB of shared memory at D = 128 a CTA
-  // has its SM alone, and staging W for every row cost as much as the row's own operands.
-  if (p.weight != nullptr) stage_split<D>(y_hi, y_lo, p.weight, D, tid);
-  for (int r = 0; r < p.blocks_per_cta; ++r) {
-    const int i = blockIdx.x * p.blocks_per_cta + r;  // the same for every thread: the branches below are uniform
-    if (i >= p.rows) break;
-    if (r > 0) __syncthreads();  // the previous row's product has read the X tiles
-    const float* src = p.states + (bh * p.rows + i) * p.n;
-    if (i == p.nq) {  // the total row
-      if (p.lin_h != nullptr) {
-        for (int e = tid; e < D * D; e += kThreads) p.lin_h[bh * D * D + e] = src[e];
-      }
-      if (p.lin_z != nullptr) {
-        for (int c = tid; c < D; c += kThreads) p.lin_z[bh * D + c] = src[D * D + c];
-      }
-      continue;
+  const float* src = p.states + (bh * p.rows + i) * p.n;
+  if (i == p.nq) {  // the total row
+    if (p.lin_h != nullptr) {
+      for (int e = tid; e < D * D; e += kThreads) p.lin_h[bh * D * D + e] = src[e];
     }
-    unsigned char* ops = p.ops + bh * p.ops_head_stride + static_cast<int64_t>(i) * p.ops_qblock_stride;
-    float* z = reinterpret_cast<float*>(ops + p.lay.z());
-    for (int c = tid; c < D; c += kThreads) z[c] = src[D * D + c];
-    if (tid == 0) {
-      // The checked map's rows hold distinct in-range blocks, so the counts say whether any block is marginal.
-      const int64_t part = bh * p.nq + i;
-      const int removed = p.count[part] + (p.negl_count != nullptr ? p.negl_count[part] : 0);
-      *reinterpret_cast<int32_t*>(ops + p.lay.marginal_empty()) = removed >= p.nk ? 1 : 0;
+    if (p.lin_z != nullptr) {
+      for (int c = tid; c < D; c += kThreads) p.lin_z[bh * D + c] = src[D * D + c];
     }
-    uint16_t* h_hi = p.write_h ? reinterpret_cast<uint16_t*>(ops + p.lay.h_hi()) : nullptr;
-    uint16_t* h_lo = p.write_h ? reinterpret_cast<uint16_t*>(ops + p.lay.h_lo()) : nullptr;
-    stage_split<D>(x_hi, x_lo, src, D, tid, h_hi, h_lo);
-    if (p.weight == nullptr) continue;
-    __syncthreads();
-    const int warp = tid / 32, lane = tid % 32;
-    float acc[D / 8][4];
-    zero_acc<D>(acc);
-    split_product<D, false, true>(acc, x_hi, x_lo, y_hi, y_lo, warp * 16, lane);
-    store_split_pairs<D>(acc, warp * 16, lane, reinterpret_cast<uint16_t*>(ops + p.lay.g_hi()),
-                         reinterpret_cast<uint16_t*>(ops + p.lay.g_lo()));
+    return;
   }
+  unsigned char* ops = p.ops + bh * p.ops_head_stride + static_cast<int64_t>(i) * p.ops_qblock_stride;
+  float* z = reinterpret_cast<float*>(ops + p.lay.z());
+  for (int c = tid; c < D; c += kThreads) z[c] = src[D * D + c];
+  if (tid == 0) {
+    // The checked map's rows hold distinct in-range blocks, so the counts say whether any block is marginal.
+    const int64_t part = bh * p.nq + i;
+    const int removed = p.count[part] + (p.negl_count != nullptr ? p.negl_count[part] : 0);
+    *reinterpret_cast<int32_t*>(ops + p.lay.marginal_empty()) = removed >= p.nk ? 1 : 0;
+  }
+  uint16_t* h_hi = p.write_h ? reinterpret_cast<uint16_t*>(ops + p.lay.h_hi()) : nullptr;
+  uint16_t* h_lo = p.write_h ? reinterpret_cast<uint16_t*>(ops + p.lay.h_lo()) : nullptr;
+  stage_split<D>(x_hi, x_lo, src, D, tid, h_hi, h_lo);
+  if (p.weight == nullptr) return;
+  stage_split<D>(y_hi, y_lo, p.weight, D, tid);
+  __syncthreads();
+  const int warp = tid / 32, lane = tid % 32;
+  float acc[D / 8][4];
+  zero_acc<D>(acc);
+  split_product<D, false, true>(acc, x_hi, x_lo, y_hi, y_lo, warp * 16, lane);
+  store_split_pairs<D>(acc, warp * 16, lane, reinterpret_cast<uint16_t*>(ops + p.lay.g_hi()),
+                       reinterpret_cast<uint16_t*>(ops + p.lay.g_lo()));
 }
 
 struct StateBuffers {
@@ -437,8 +396,7 @@ StateBuffers carve_global(const Problem& p, const LinearStatePlan& plan, Workspa
 
 template <class T, int kD>
 Status launch_key_state(const StateParams& sp, const Problem& p, cudaStream_t stream) {
-  const int ctas = (sp.groups + sp.groups_per_cta - 1) / sp.groups_per_cta;
-  const dim3 grid(static_cast<unsigned>(ctas), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
+  const dim3 grid(static_cast<unsigned>(sp.groups), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
   constexpr int smem = key_state_smem_bytes<kD>();
   cudaError_t attr = cudaSuccess;
   SLA_FEATURE_MAP_SWITCH(static_cast<FeatureMap>(sp.feature_map), FM, [&] {
@@ -467,10 +425,6 @@ StateParams state_params(const Problem& p, const TensorView& k, const TensorView
   sp.rows_per_group = rows_per_group;
   sp.groups = static_cast<int>((p.lk + rows_per_group - 1) / rows_per_group);
   sp.feature_map = static_cast<int>(fm);
-  // Up to kKeyStateRowsPerCta rows per CTA, while at least kKeyStateMinCtas CTAs remain to fill the GPU.
-  const int64_t all_groups = sp.groups * p.batch * p.heads;
-  sp.groups_per_cta = static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>(kKeyStateRowsPerCta / rows_per_group, all_groups / kKeyStateMinCtas)));
   return sp;
 }
 
@@ -497,12 +451,7 @@ Status launch_complement_operands(const Problem& p, const ForwardArgs& args, con
   return SLA_CUDA_HEADDIM_SWITCH(p.d, D, "linear state", [&]() -> Status {
     constexpr int smem = operands_smem_bytes<D>();
     SLA_RETURN_IF_ERROR(set_dynamic_smem(complement_operands_kernel<D>, smem, "complement_operands_kernel"));
-    // Up to kOperandsRowsPerCta rows per CTA, while at least kOperandsMinCtas CTAs remain to fill the GPU.
-    const int64_t bh = p.batch * p.heads;
-    op.blocks_per_cta =
-        static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kOperandsRowsPerCta, s.rows * bh / kOperandsMinCtas)));
-    const int64_t ctas = (s.rows + op.blocks_per_cta - 1) / op.blocks_per_cta;
-    const dim3 grid(static_cast<unsigned>(ctas), static_cast<unsigned>(bh));
+    const dim3 grid(static_cast<unsigned>(s.rows), static_cast<unsigned>(p.batch * p.heads));
     complement_operands_kernel<D><<<grid, SplitSquare<D>::kThreads, smem, stream>>>(op);
     return check_launch("complement_operands_kernel");
   });

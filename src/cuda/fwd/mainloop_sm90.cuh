@@ -105,7 +105,7 @@ struct WgmmaMainloop {
     // Q as the A operand of every S product: this warp's 16 rows, all of D, loaded once.
     uint32_t qa[kD / 16][4];
 #pragma unroll
-    for (int ks = 0; ks < kD / 16; ++ks) load_a<kChunks * 8>(qa[ks], q_tile, warp * 16, ks * 16, lane);
+    for (int ks = 0; ks < kD / 16; ++ks) ldsm_a<kChunks>(qa[ks], q_tile, warp * 16, ks * 16, lane);
 
     // The first block is peeled off so that no wgmma sits under a branch (ptxas serialises those).
     int key0 = -1;
