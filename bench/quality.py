@@ -467,6 +467,36 @@ def train(
     )
 
 
+def sla_projections(model) -> list:
+    """The SLA layers' projections of the linear branch (`...proj_l`, zero at the start of fine-tuning)."""
+    return [m for n, m in model.named_modules() if n.endswith(".proj_l") and isinstance(m, nn.Linear)]
+
+
+def linear_branch_probe(model, held_out, amp) -> dict | None:
+    """What the fine-tuned linear branch contributes: the SLA projections' mean Frobenius norms, and the held-out
+    losses of the same model with every projection set to zero (the linear branch switched off at inference, i.e.
+    the model as sparse-only). Equal losses mean the linear branch does nothing; the projections are restored.
+    None for a model without SLA projections."""
+    projs = sla_projections(model)
+    if not projs:
+        return None
+    saved = [(p.weight.detach().clone(), p.bias.detach().clone()) for p in projs]
+    weight_norm = sum(torch.linalg.matrix_norm(w.float()).item() for w, _ in saved) / len(saved)
+    bias_norm = sum(torch.linalg.vector_norm(b.float()).item() for _, b in saved) / len(saved)
+    try:
+        with torch.no_grad():
+            for p in projs:
+                p.weight.zero_()
+                p.bias.zero_()
+        without = held_out.evaluate(model, amp)
+    finally:
+        with torch.no_grad():
+            for p, (w, b) in zip(projs, saved):
+                p.weight.copy_(w)
+                p.bias.copy_(b)
+    return dict(proj_weight_norm=weight_norm, proj_bias_norm=bias_norm, without_linear=without)
+
+
 # ---- sampling ----------------------------------------------------------------------------------------------------
 
 
@@ -616,6 +646,26 @@ def table(results: dict) -> str:
                 f"| {arm} | {loss} | {d['critical']:.3f} / {d['negligible']:.3f} | {end['diffusion']:.4f} | "
                 f"{end['teacher_mse']:.5f} | {r['sample']['psnr_db']:.2f} | {r['sample']['rel_l2']:.4f} |"
             )
+    probes = [
+        (arm, loss, r["curve"][-1], r["linear_branch"])
+        for arm, per_loss in results["arms"].items()
+        for loss, r in per_loss.items()
+        if "linear_branch" in r
+    ]
+    if probes:
+        lines += [
+            "",
+            "| arm | loss | projection mean ||W||_F / ||b|| | held-out diffusion loss: as trained / projection zeroed"
+            " | MSE to teacher: as trained / projection zeroed |",
+            "|---|---|---|---|---|",
+        ]
+        for arm, loss, end, pr in probes:
+            off = pr["without_linear"]
+            lines.append(
+                f"| {arm} | {loss} | {pr['proj_weight_norm']:.4f} / {pr['proj_bias_norm']:.4f} | "
+                f"{end['diffusion']:.4f} / {off['diffusion']:.4f} | "
+                f"{end['teacher_mse']:.5f} / {off['teacher_mse']:.5f} |"
+            )
     return "\n".join(lines)
 
 
@@ -743,6 +793,9 @@ def run(args) -> dict:
                 f"{name} / {loss}",
                 proj_lr=args.proj_lr,
             )
+            probe = linear_branch_probe(student, held_out, amp)
+            if probe is not None:
+                run["linear_branch"] = probe
             x = sample(student, sample_noise, sample_labels, args.sample_steps, amp)
             run.update(sample=compare(x, teacher_sample), density=density(arm, args), seconds=time.perf_counter() - t0)
             if getattr(student, "calibration", None) is not None:

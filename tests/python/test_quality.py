@@ -4,6 +4,7 @@ that a GPU run does not find a broken script. Checks outputs, not timing or qual
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -73,6 +74,17 @@ def test_quality_smoke_writes_finite_results_and_reuses_the_checkpoint(tmp_path)
     assert saved["arms"]["sla_global_0.05"]["distill"]["curve"][0]["teacher_mse"] > 0
     assert results["arms"].keys() == saved["arms"].keys()
     assert saved["complete"] is True
+    # The linear-branch probe: on every arm with SLA projections, none on the dense control. The sparse-only arm's
+    # projections stayed at zero, so zeroing them changes nothing; the SLA arm's moved off zero.
+    assert "linear_branch" not in saved["arms"]["dense"]["distill"]
+    frozen = saved["arms"]["sparse_only_0.05"]["distill"]
+    assert frozen["linear_branch"]["proj_weight_norm"] == 0
+    end = {k: v for k, v in frozen["curve"][-1].items() if k != "step"}
+    assert frozen["linear_branch"]["without_linear"] == end
+    trained = saved["arms"]["sla_global_0.05"]["distill"]["linear_branch"]
+    assert trained["proj_weight_norm"] > 0
+    assert set(trained["without_linear"]) == {"diffusion", "teacher_mse"}
+    assert "projection zeroed" in quality.table(saved)
     # The calibrated arm: per-head topk of every SLA layer, within the density of topk 0.05 (its budget).
     config = saved["config"]
     for loss in ("distill", "diffusion"):
@@ -118,6 +130,35 @@ def test_projection_learning_rate_gets_its_own_group():
     # Without proj_lr every trainable weight shares one group, the projections included.
     opt = quality.make_optimizer(model, 1e-4)
     assert len(opt.param_groups) == 1 and len(opt.param_groups[0]["params"]) == 4
+
+
+def test_linear_branch_probe_switches_the_projections_off_and_restores_them():
+    quality = load("quality")
+
+    class Proc(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj_l = torch.nn.Linear(2, 2)
+
+    model = torch.nn.ModuleDict(dict(a=Proc(), b=Proc()))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    class HeldOut:
+        seen = []
+
+        def evaluate(self, m, amp):
+            # The probe's evaluation sees every projection at zero.
+            self.seen.append(all(float(p.abs().sum()) == 0 for p in m.parameters()))
+            return dict(diffusion=1.0, teacher_mse=2.0)
+
+    held = HeldOut()
+    probe = quality.linear_branch_probe(model, held, contextlib.nullcontext)
+    assert held.seen == [True]
+    assert probe["without_linear"] == dict(diffusion=1.0, teacher_mse=2.0)
+    expected = sum(torch.linalg.matrix_norm(before[f"{n}.proj_l.weight"]).item() for n in "ab") / 2
+    assert probe["proj_weight_norm"] == pytest.approx(expected)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert quality.linear_branch_probe(torch.nn.Linear(2, 2), held, contextlib.nullcontext) is None
 
 
 def test_a_run_cut_short_keeps_the_arms_it_finished(tmp_path, monkeypatch):
