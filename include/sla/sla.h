@@ -106,9 +106,12 @@ struct ForwardArgs {
   TensorView proj_bias;    // optional (Dv), acc dtype; absent means b = 0
   BlockMap map;            // lut/count (and negl_* for the complement variant) are read; T and Tn are their widths
   TensorView o;            // out (B, H, Lq, Dv), dtype of q
-  // Saved for the backward pass; all four may be absent together for inference.
+  // Saved for the backward pass: lse, lin_h and lin_z present together (training) or absent (inference).
   TensorView lse;          // out (B, H, Lq) acc, contiguous: natural-log LSE of the sparse branch's scaled scores
-  TensorView o_lin;        // out (B, H, Lq, Dv) acc, contiguous: O_l before the projection
+  // Optional out with the rest of the saved state: O_l before the projection, (B, H, Lq, Dv) acc, contiguous. The
+  // CPU backward reads it; the CUDA backward does not (it forms D_r and dW from dO G and H), so leave it absent on
+  // CUDA: it costs the forward a second D x D product per row and Lq x Dv fp32 per head.
+  TensorView o_lin;
   TensorView lin_h;        // out (B, H, D, Dv) acc, contiguous: H = sum over all keys of phi(k)^T v
   TensorView lin_z;        // out (B, H, D) acc, contiguous: z = sum over all keys of phi(k)
   // Optional out, saved for the backward pass: O_s, the sparse branch's output alone, (B, H, Lq, Dv) acc,
@@ -129,7 +132,8 @@ struct BackwardArgs {
   BlockMap map;
   TensorView o;                // forward output (B, H, Lq, Dv)
   TensorView d_o;              // gradient of O, (B, H, Lq, Dv), dtype of q
-  TensorView lse, o_lin, lin_h, lin_z;  // saved by forward
+  TensorView lse, lin_h, lin_z;  // saved by forward
+  TensorView o_lin;             // saved by forward; required by the CPU backward, ignored by the CUDA backward
   // Optional, the forward's o_sparse (pass it: Delta_r = dO . O_s is formed from it). Without it, Delta_r is
   // dO . O (no W, no b: FlashAttention's Delta, which carries the input-dtype rounding of O) or
   // dO . (O - O_l W^T - b), which carries the rounding of the whole output: a linear part or bias much larger

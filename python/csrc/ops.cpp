@@ -211,7 +211,9 @@ ForwardTensors forward(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   const at::Tensor qa = with_attention_strides(q), ka = with_attention_strides(k), va = with_attention_strides(v);
   at::Tensor o = empty_attention_like(qa, Dv, q.scalar_type());
   at::Tensor lse = save_for_backward ? at::empty({B, H, Lq}, acc_opts) : at::empty({0}, acc_opts);
-  at::Tensor o_lin = save_for_backward ? at::empty({B, H, Lq, Dv}, acc_opts) : at::empty({0}, acc_opts);
+  // O_l only where the backward reads it (the CPU backend): the CUDA backward forms D_r and dW without it.
+  const bool keep_o_lin = save_for_backward && q.device().is_cpu();
+  at::Tensor o_lin = keep_o_lin ? at::empty({B, H, Lq, Dv}, acc_opts) : at::empty({0}, acc_opts);
   at::Tensor lin_h = save_for_backward ? at::empty({B, H, D, Dv}, acc_opts) : at::empty({0}, acc_opts);
   at::Tensor lin_z = save_for_backward ? at::empty({B, H, D}, acc_opts) : at::empty({0}, acc_opts);
   // O_s alone in the accumulation dtype: the backward forms Delta = dO . O_s from it (no 16-bit rounding).
@@ -227,7 +229,7 @@ ForwardTensors forward(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   args.o = view_of(o, "o");
   if (save_for_backward) {
     args.lse = view_of(lse, "lse");
-    args.o_lin = view_of(o_lin, "o_lin");
+    if (keep_o_lin) args.o_lin = view_of(o_lin, "o_lin");
     args.lin_h = view_of(lin_h, "lin_h");
     args.lin_z = view_of(lin_z, "lin_z");
     args.o_sparse = view_of(o_sparse, "o_sparse");

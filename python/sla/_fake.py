@@ -172,7 +172,8 @@ def _forward_fake(
     if save_for_backward:
         saved = (
             q.new_empty((b, h, lq), dtype=acc),
-            q.new_empty((b, h, lq, dv), dtype=acc),
+            # o_lin: only where the backward reads it (CPU), as the real op.
+            q.new_empty((b, h, lq, dv) if q.device.type == "cpu" else (0,), dtype=acc),
             q.new_empty((b, h, d, dv), dtype=acc),
             q.new_empty((b, h, d), dtype=acc),
             q.new_empty((b, h, lq, dv), dtype=acc),

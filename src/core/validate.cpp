@@ -403,7 +403,7 @@ Status check_projection(const char* w_name, const TensorView& w, const char* b_n
   return Status::Ok();
 }
 
-// The four tensors forward saves for backward.
+// The tensors forward saves for backward. o_lin is optional: only the CPU backward reads it.
 struct SavedOutputs {
   const TensorView &lse, &o_lin, &lin_h, &lin_z;
 };
@@ -412,7 +412,7 @@ Status check_saved(const SavedOutputs& s, const TensorView& q, const Problem& p)
   const Dim b{p.batch, "B", "q"}, h{p.heads, "H", "q"}, lq{p.lq, "Lq", "q"};
   const Dim d{p.d, "D", "q"}, dv{p.dv, "Dv", "v"};
   SLA_RETURN_IF_ERROR(check_acc_tensor("lse", s.lse, {b, h, lq}, q, p));
-  SLA_RETURN_IF_ERROR(check_acc_tensor("o_lin", s.o_lin, {b, h, lq, dv}, q, p));
+  if (s.o_lin.present()) SLA_RETURN_IF_ERROR(check_acc_tensor("o_lin", s.o_lin, {b, h, lq, dv}, q, p));
   SLA_RETURN_IF_ERROR(check_acc_tensor("lin_h", s.lin_h, {b, h, d, dv}, q, p));
   return check_acc_tensor("lin_z", s.lin_z, {b, h, d}, q, p);
 }
@@ -779,19 +779,24 @@ Status validate_forward(const ForwardArgs& a, const Config& cfg, Problem* p) {
   r.has_weight = a.proj_weight.present();
   r.has_bias = a.proj_bias.present();
 
-  const char* names[] = {"lse", "o_lin", "lin_h", "lin_z"};
-  const TensorView* saved[] = {&a.lse, &a.o_lin, &a.lin_h, &a.lin_z};
+  const char* names[] = {"lse", "lin_h", "lin_z"};
+  const TensorView* saved[] = {&a.lse, &a.lin_h, &a.lin_z};
   int first_present = -1, first_absent = -1;
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < 3; ++i) {
     int& slot = saved[i]->present() ? first_present : first_absent;
     if (slot < 0) slot = i;
   }
   if (first_present >= 0 && first_absent >= 0) {
     return Status::Invalid(cat(names[first_absent], ": absent but ", names[first_present],
-                               " is present; expected lse, o_lin, lin_h and lin_z all present (training) or all "
-                               "absent (inference)"));
+                               " is present; expected lse, lin_h and lin_z all present (training) or all absent "
+                               "(inference)"));
   }
   r.save_for_backward = first_present >= 0;
+  if (a.o_lin.present() && !r.save_for_backward) {
+    return Status::Invalid(
+        "o_lin: present but lse, lin_h and lin_z are absent; expected o_lin only with the rest of the saved state "
+        "(training), or absent");
+  }
   if (r.save_for_backward) {
     SLA_RETURN_IF_ERROR(check_saved({a.lse, a.o_lin, a.lin_h, a.lin_z}, a.q, r));
   }
@@ -815,6 +820,11 @@ Status validate_backward(const BackwardArgs& a, const Config& cfg, Problem* p) {
     SLA_RETURN_IF_ERROR(check_acc_tensor("o_sparse", a.o_sparse, {b, h, lq, dv}, a.q, r));
   }
   SLA_RETURN_IF_ERROR(check_saved({a.lse, a.o_lin, a.lin_h, a.lin_z}, a.q, r));
+  if (!a.o_lin.present() && a.q.device == Device::cpu) {
+    return Status::Invalid(
+        "o_lin: absent; expected the forward's O_l (B, H, Lq, Dv), which the CPU backward reads (save it in the "
+        "forward: ForwardArgs::o_lin; the CUDA backward does not need it)");
+  }
   SLA_RETURN_IF_ERROR(check_gradient("dq", a.dq, a.q, "q"));
   SLA_RETURN_IF_ERROR(check_gradient("dk", a.dk, a.k, "k"));
   SLA_RETURN_IF_ERROR(check_gradient("dv", a.dv, a.v, "v"));

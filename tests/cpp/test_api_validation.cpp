@@ -536,6 +536,32 @@ TEST(ApiValidation, RejectsPartiallyPresentSavedOutputs) {
   EXPECT_TRUE(IsInvalid(fwd(a), "lse: absent but lin_z is present"));
 }
 
+// O_l is optional in the saved state: only the CPU backward reads it.
+TEST(ApiValidation, SavesTheStateWithoutOLin) {
+  ForwardArgs a = make_forward();
+  a.o_lin = TensorView{};
+  EXPECT_TRUE(fwd(a).ok()) << fwd(a).message;
+  a = make_forward(DType::f32, false);
+  a.o_lin = view(DType::f32, {B, H, LQ, DV});
+  EXPECT_TRUE(IsInvalid(fwd(a), "o_lin: present but lse, lin_h and lin_z are absent"));
+  a = make_forward();
+  a.o_lin = view(DType::f32, {B, H, LQ, D + 1});
+  EXPECT_TRUE(IsInvalid(fwd(a), "o_lin: expected shape[3] (Dv)"));
+}
+
+TEST(ApiValidation, OnlyTheCpuBackwardNeedsOLin) {
+  BackwardArgs a = make_backward();
+  a.o_lin = TensorView{};
+  EXPECT_TRUE(
+      IsInvalid(bwd(a), "o_lin: absent; expected the forward's O_l (B, H, Lq, Dv), which the CPU backward reads"));
+  for (TensorView* t :
+       {&a.q, &a.k, &a.v, &a.o, &a.d_o, &a.proj_weight, &a.proj_bias, &a.lse, &a.lin_h, &a.lin_z, &a.dq, &a.dk, &a.dv,
+        &a.d_proj_weight, &a.d_proj_bias, &a.map.lut, &a.map.count, &a.map.inv_offset, &a.map.inv_index}) {
+    t->device = Device::cuda;
+  }
+  EXPECT_TRUE(bwd(a).ok()) << bwd(a).message;
+}
+
 TEST(ApiValidation, RejectsSavedOutputsInInputDtype) {
   ForwardArgs a = make_forward(DType::f16);
   a.lse = view(DType::f16, {B, H, LQ});

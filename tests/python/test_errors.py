@@ -103,3 +103,14 @@ def test_op_level_string_options(qkv):
     q, k, _ = qkv
     with pytest.raises(ValueError, match="variant"):
         torch.ops.sla.block_map(q, k, 64, 64, 0.5, 0.0, "paper", True)
+
+
+def test_the_cpu_forward_saves_o_lin_and_the_cpu_backward_needs_it(qkv):
+    q, k, v = qkv
+    bmap = sla.block_map(q, k, topk=0.5).with_inverse()
+    options = (64, 64, "global", "softmax", 0.0, 1e-5)
+    o, lse, o_lin, lin_h, lin_z, o_sparse = torch.ops.sla.forward(q, k, v, None, None, *bmap.tables(), *options, True)
+    assert o_lin.shape == (1, 2, 128, 16)  # the CUDA forward leaves it out: its backward does not read it
+    saved = (lse, o_lin.new_empty(0), lin_h, lin_z, o_sparse)
+    with pytest.raises(ValueError, match="o_lin: absent; expected the forward's O_l .* which the CPU backward reads"):
+        torch.ops.sla.backward(torch.ones_like(o), q, k, v, None, None, *bmap.tables(), o, *saved, *options)
