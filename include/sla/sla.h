@@ -133,7 +133,7 @@ struct BackwardArgs {
   TensorView o;                // forward output (B, H, Lq, Dv)
   TensorView d_o;              // gradient of O, (B, H, Lq, Dv), dtype of q
   TensorView lse, lin_h, lin_z;  // saved by forward
-  TensorView o_lin;             // saved by forward; required by the CPU backward, ignored by the CUDA backward
+  TensorView o_lin;              // saved by forward; required by the CPU backward, ignored by the CUDA backward
   // Optional, the forward's o_sparse (pass it: Delta_r = dO . O_s is formed from it). Without it, Delta_r is
   // dO . O (no W, no b: FlashAttention's Delta, which carries the input-dtype rounding of O) or
   // dO . (O - O_l W^T - b), which carries the rounding of the whole output: a linear part or bias much larger
