@@ -38,7 +38,9 @@ Status block_map_shape(int64_t batch, int64_t heads, int64_t lq, int64_t lk, con
 // Row (b,h,i) of `lut` holds count[b,h,i] <= T distinct key-block indices (ascending from predict_block_map); entries
 // past the count are unused (check_block_map below says how a caller-supplied map is checked). The inverse tables are
 // compressed rows per (b,h): the query blocks i that hold key block j in their critical set are inv_index[b,h,
-// inv_offset[b,h,j] : inv_offset[b,h,j+1]], in ascending i.
+// inv_offset[b,h,j] : inv_offset[b,h,j+1]], in ascending i. Only the CPU backward needs them (it reads them); the
+// CUDA backward builds its own from the checked LUT in its workspace and ignores the caller's, and the forward reads
+// none.
 // The table widths are read from the tables: T is lut's last dimension, Tn is negl_lut's (0 when negl_lut is
 // absent). predict_block_map needs the widths block_map_shape gives for its Config; forward, backward,
 // invert_block_map and check_block_map accept any widths with 1 <= T <= Nk and 0 <= Tn <= Nk - T (forward and
@@ -48,8 +50,8 @@ struct BlockMap {
   TensorView count;       // (B, H, Nq)
   TensorView negl_lut;    // (B, H, Nq, Tn); absent when Tn == 0
   TensorView negl_count;  // (B, H, Nq);     absent when Tn == 0
-  TensorView inv_offset;  // (B, H, Nk + 1)  backward only
-  TensorView inv_index;   // (B, H, Nq * T)  backward only
+  TensorView inv_offset;  // (B, H, Nk + 1)  CPU backward only (required there; optional and unread on CUDA)
+  TensorView inv_index;   // (B, H, Nq * T)  CPU backward only (required there; optional and unread on CUDA)
   // Optional, read by no backward (the complement variant's backward selects the marginal blocks with a mask
   // built from lut and negl_lut): when present, they must invert negl_lut, and the map functions fill them.
   TensorView negl_inv_offset;  // (B, H, Nk + 1)   absent when Tn == 0
@@ -88,10 +90,11 @@ Status invert_block_map(const BlockMap& map, const Exec& exec);
 // table, the row (b, h, i) and the value. CUDA tables: forward and backward check them in a kernel on the given
 // stream (no host synchronisation, so graph capture keeps working); a (b, h) whose tables break a rule gets NaN in
 // every output it owns (O, and the saved LSE / O_l; dQ, dK, dV), and dW and db become NaN, because they sum over
-// every head. Nothing reads or writes out of bounds whatever the tables hold. invert_block_map skips entries
-// outside [0, Nk) and clamps counts, so its output from a bad LUT is checked (and rejected) again downstream.
-// check_block_map runs the host check explicitly, for tables in host memory (copy device tables first): Nk is
-// `k_blocks`; it returns ok or invalid_argument with the first problem found.
+// every head; the caller's inverse tables are not read there, so their contents are not checked. Nothing reads or
+// writes out of bounds whatever the tables hold. invert_block_map skips entries outside [0, Nk) and clamps counts, so
+// its output from a bad LUT is checked (and rejected) again downstream. check_block_map runs the host check explicitly,
+// for tables in host memory (copy device tables first): Nk is `k_blocks`; it returns ok or invalid_argument with the
+// first problem found.
 Status check_block_map(const BlockMap& map, int64_t k_blocks);
 
 // Forward pass (docs/SPEC.md sections 2-4): O = O_s + O_l W^T + b.
@@ -123,8 +126,11 @@ struct ForwardArgs {
 Status forward_workspace_size(const ForwardArgs& args, const Config& cfg, std::size_t* bytes);
 Status forward(const ForwardArgs& args, const Config& cfg, const Exec& exec);
 
-// Backward pass (docs/SPEC.md section 5). Inputs as in forward plus the forward's outputs; the block map (T and Tn
-// from its tables, as in forward) must include the inverse tables.
+// Backward pass (docs/SPEC.md section 5). Inputs as in forward plus the forward's outputs; the block map's T and Tn
+// come from its tables, as in forward. The inverse tables (map.inv_offset, map.inv_index): the CPU backward reads
+// them, so CPU tensors need them (invert_block_map fills them; an absent pair is invalid_argument); the CUDA backward
+// builds its own from the checked LUT and ignores the caller's, so for CUDA tensors they may be absent (their shapes
+// are still checked when given).
 struct BackwardArgs {
   TensorView q, k, v;          // as in ForwardArgs
   TensorView proj_weight;      // optional, as in ForwardArgs

@@ -39,7 +39,8 @@ def _backward(ctx, grad_o, *unused_saved_grads):
     q, k, v, proj_weight, proj_bias, *rest = ctx.saved_tensors
     tables = rest[:_NUM_MAP_TABLES]
     o, lse, o_lin, lin_h, lin_z, o_sparse = rest[_NUM_MAP_TABLES:]
-    if tables[4].numel() == 0:
+    # Only the CPU backward reads the inverse tables; the CUDA backward builds its own (include/sla/sla.h).
+    if tables[4].numel() == 0 and q.device.type == "cpu":
         raise RuntimeError(
             "sla.forward: backward needs the inverse block-map tables (inv_offset, inv_index); compute the block "
             "map with with_inverse=True or use BlockMap.with_inverse()"

@@ -17,7 +17,8 @@ class BlockMap(NamedTuple):
 
     ``lut[b, h, i, :count[b, h, i]]`` are the critical key blocks of query block i, ascending. ``negl_*`` are the
     negligible blocks of the complement variant (empty tensors when there are none); ``inv_*`` are the inverse
-    tables the backward pass needs (empty tensors when the map was made for inference only).
+    tables the CPU backward pass needs (empty tensors when the map was made without them: for inference, or on
+    CUDA, whose backward builds its own and ignores these).
     A NamedTuple so that torch.compile traces it without graph breaks.
     """
 
@@ -78,7 +79,8 @@ class BlockMap(NamedTuple):
         return tuple(self[:8])
 
     def with_inverse(self) -> "BlockMap":
-        """This map with its inverse tables filled (needed for the backward pass); itself if they already are."""
+        """This map with its inverse tables filled (needed for the CPU backward pass; the CUDA backward builds its
+        own); itself if they already are."""
         if self.has_inverse:
             return self
         inv = torch.ops.sla.invert_block_map(self.lut, self.count, self.negl_lut, self.negl_count, self.k_blocks)
@@ -165,7 +167,9 @@ def block_map(
 
     The complement variant also skips negligible blocks: a fixed fraction ``negligible`` of the lowest-scoring ones,
     or those whose pooled share is below ``negligible_threshold`` (at most ``max_negligible`` of the key blocks;
-    None means no cap). ``rule`` (an sla.BlockRule) may replace all of these. No gradient flows through it."""
+    None means no cap). ``rule`` (an sla.BlockRule) may replace all of these. ``with_inverse`` also builds the
+    inverse tables, which only the CPU backward reads (the CUDA backward builds its own): pass False for inference
+    or on CUDA. No gradient flows through it."""
     _options.check_choice("layout", layout, _options.LAYOUTS)
     _options.check_choice("variant", variant, _options.VARIANTS)
     _options.check_attention_tensor("q", q)

@@ -67,7 +67,10 @@ def sparse_linear_attention(
             in float32 (float64 for float64 inputs) whatever their dtype.
         block_map: a map to use instead of predicting one (its block sizes replace block_q and block_k; the
             forward and backward ops read T and Tn from its tables, so topk, negligible and the rules are unused).
-        return_block_map: also return the BlockMap used.
+            On the CPU, when gradients are needed, its inverse tables are built if it has none
+            (``BlockMap.with_inverse()``); the CUDA backward builds its own, so CUDA maps are used as given.
+        return_block_map: also return the BlockMap used (with inverse tables only when a CPU backward needs
+            them).
 
     Returns:
         O in the layout and dtype of q, or (O, BlockMap).
@@ -96,6 +99,10 @@ def sparse_linear_attention(
 
     qh, kh, vh = (_options.to_bhld(t, layout) for t in (q, k, v))
     needs_grad = _needs_grad(q, k, v, proj_weight, proj_bias)
+    # The inverse tables only where the backward reads them: the CPU backward does; the CUDA backward builds its
+    # own from the checked LUT and ignores the caller's (include/sla/sla.h, BackwardArgs), so building them there
+    # would cost an inversion kernel and their memory for nothing.
+    needs_inverse = needs_grad and qh.device.type == "cpu"
 
     if block_map is None:
         if rule is None:
@@ -109,10 +116,17 @@ def sparse_linear_attention(
                 max_negligible=max_negligible,
             )
         bmap = predict_block_map(
-            qh, kh, block_q=block_q, block_k=block_k, variant=variant, rule=rule, with_inverse=needs_grad, scale=scale
+            qh,
+            kh,
+            block_q=block_q,
+            block_k=block_k,
+            variant=variant,
+            rule=rule,
+            with_inverse=needs_inverse,
+            scale=scale,
         )
     else:
-        bmap = block_map.with_inverse() if needs_grad else block_map
+        bmap = block_map.with_inverse() if needs_inverse else block_map
 
     acc = _acc_dtype(q.dtype)
     weight = proj_weight.to(acc) if proj_weight is not None else None

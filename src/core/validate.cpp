@@ -244,7 +244,12 @@ Status check_pair(const char* a_name, const TensorView& a, const char* b_name, c
                              " is present; expected both present or both absent"));
 }
 
-enum class InverseTables { optional, required };
+// What a call needs of the critical class's inverse tables (map.inv_offset, map.inv_index):
+// - optional: nothing; checked when given (forward, predict_block_map);
+// - rebuilt: the CUDA backward, which rebuilds them from the checked LUT in its workspace and never reads the
+//   caller's (cuda/map_check.h): optional and checked when given, but their Nq * T entries must fit int32 anyway;
+// - required: the CPU backward, which reads them (cpu/backward.cpp).
+enum class InverseTables { optional, rebuilt, required };
 
 // The map predict_block_map writes: its widths T and Tn follow from cfg (resolve_block_map_shape).
 Status check_predicted_map(const BlockMap& m, const BlockMapShape& s, const TensorView& q, InverseTables inverse) {
@@ -327,14 +332,24 @@ Status check_call_map(const BlockMap& m, const Config& cfg, const TensorView& q,
   SLA_RETURN_IF_ERROR(check_table("map.lut", m.lut, {b, h, nq, {t, "T", nullptr}}, q, "q"));
   SLA_RETURN_IF_ERROR(check_table("map.count", m.count, {b, h, nq}, q, "q"));
 
-  const bool need_inverse = inverse == InverseTables::required;
   const bool has_inverse = m.inv_offset.present() || m.inv_index.present();
-  if (need_inverse || has_inverse) {
+  if (inverse == InverseTables::required && !has_inverse) {
+    const int64_t offset_shape[] = {s->batch, s->heads, s->k_blocks + 1};
+    const int64_t index_shape[] = {s->batch, s->heads, s->q_blocks * t};
+    return Status::Invalid(cat("map.inv_offset: required but absent; the CPU backward reads the inverse tables: ",
+                               "expected map.inv_offset (B, H, Nk + 1) = ", list_str(offset_shape, 3),
+                               " and map.inv_index (B, H, Nq * T) = ", list_str(index_shape, 3),
+                               ", filled from the LUT by invert_block_map (or by predict_block_map given their views; "
+                               "in Python BlockMap.with_inverse()). Only the CUDA backward builds its own"));
+  }
+  if (has_inverse) {
     SLA_RETURN_IF_ERROR(check_pair("map.inv_offset", m.inv_offset, "map.inv_index", m.inv_index));
     SLA_RETURN_IF_ERROR(check_int32_range(*s, true, false));
     SLA_RETURN_IF_ERROR(check_table("map.inv_offset", m.inv_offset, {b, h, nk1}, q, "q"));
     SLA_RETURN_IF_ERROR(
         check_table("map.inv_index", m.inv_index, {b, h, {s->q_blocks * t, "Nq * T", nullptr}}, q, "q"));
+  } else if (inverse == InverseTables::rebuilt) {
+    SLA_RETURN_IF_ERROR(check_int32_range(*s, true, false));  // the tables the CUDA backward rebuilds
   }
 
   s->negligible = 0;
@@ -811,7 +826,9 @@ Status validate_forward(const ForwardArgs& a, const Config& cfg, Problem* p) {
 Status validate_backward(const BackwardArgs& a, const Config& cfg, Problem* p) {
   Problem r;
   SLA_RETURN_IF_ERROR(resolve_qkv(a.q, a.k, a.v, cfg, &r));
-  SLA_RETURN_IF_ERROR(check_call_map(a.map, cfg, a.q, InverseTables::required, &r.map));
+  // The CPU backward reads the caller's inverse tables; the CUDA backward rebuilds them and ignores the caller's.
+  const InverseTables inverse = a.q.device == Device::cpu ? InverseTables::required : InverseTables::rebuilt;
+  SLA_RETURN_IF_ERROR(check_call_map(a.map, cfg, a.q, inverse, &r.map));
   SLA_RETURN_IF_ERROR(check_projection("proj_weight", a.proj_weight, "proj_bias", a.proj_bias, a.q, r));
   SLA_RETURN_IF_ERROR(check_output_like("o", a.o, r, a.q, /*written=*/false));
   SLA_RETURN_IF_ERROR(check_output_like("d_o", a.d_o, r, a.q, /*written=*/false));

@@ -67,6 +67,9 @@ BlockMapShape resolve_block_map_shape(int64_t batch, int64_t heads, int64_t lq, 
 // - predict: batch, heads, lq, lk, d, dtype, acc, device, scale, map (dv = 0: V is not an argument);
 // - invert: batch, heads, device, map (sizes read from the tables; lq, lk, d, dv = 0);
 // - forward/backward: everything; backward sets save_for_backward = true (the saved tensors are inputs there).
+//   map.inv_offset/inv_index: forward never needs them; the CPU backward reads them, so validate_backward requires
+//   them for CPU tensors; the CUDA backward rebuilds them from the checked LUT and ignores the caller's, so for
+//   CUDA tensors they are optional (shapes checked when given; Nq * T must fit int32 either way).
 //   Their map.critical and map.negligible are the widths of the caller's tables (T = map.lut's last dimension, in
 //   [1, Nk]; Tn = map.negl_lut's, in [1, Nk - T], or 0 when it is absent; negligible tables only with the
 //   complement variant), not values recomputed from cfg.topk / cfg.negligible.

@@ -604,13 +604,105 @@ TEST(ApiValidation, AcceptsAbsentProjection) {
 
 // ---- backward ----
 
-TEST(ApiValidation, BackwardRequiresInverseMap) {
+// The CPU backward reads the inverse tables: without them it fails, saying so and how to build them.
+TEST(ApiValidation, CpuBackwardRequiresInverseMap) {
   BackwardArgs a = make_backward();
   a.map = make_map(/*inverse=*/false, false);
-  EXPECT_TRUE(IsInvalid(bwd(a), "map.inv_offset: required but absent"));
-  EXPECT_TRUE(IsInvalid(backward(a, global_cfg(), Exec{}), "map.inv_offset: required but absent"));
+  // By hand: Nk + 1 = 6, Nq * T = 4 * 2 = 8.
+  const std::string expected =
+      "map.inv_offset: required but absent; the CPU backward reads the inverse tables: expected map.inv_offset "
+      "(B, H, Nk + 1) = (2, 3, 6) and map.inv_index (B, H, Nq * T) = (2, 3, 8), filled from the LUT by "
+      "invert_block_map";
+  EXPECT_TRUE(IsInvalid(bwd(a), expected));
+  EXPECT_TRUE(IsInvalid(backward(a, global_cfg(), Exec{}), expected));
+  std::size_t bytes = 0;
+  EXPECT_TRUE(IsInvalid(backward_workspace_size(a, global_cfg(), &bytes), expected));
   a.map.inv_offset = view(DType::i32, {B, H, NK + 1});
   EXPECT_TRUE(IsInvalid(bwd(a), "map.inv_index: absent but map.inv_offset is present"));
+  a.map.inv_offset = TensorView{};
+  a.map.inv_index = view(DType::i32, {B, H, NQ * T});
+  EXPECT_TRUE(IsInvalid(bwd(a), "map.inv_offset: absent but map.inv_index is present"));
+}
+
+// Every view of a backward call on cuda:0 (validation reads no data, so the host dummy buffer will do).
+void move_to_cuda(BackwardArgs* a) {
+  BlockMap& m = a->map;
+  for (TensorView* t : {&a->q,
+                        &a->k,
+                        &a->v,
+                        &a->proj_weight,
+                        &a->proj_bias,
+                        &a->o,
+                        &a->d_o,
+                        &a->lse,
+                        &a->o_lin,
+                        &a->lin_h,
+                        &a->lin_z,
+                        &a->o_sparse,
+                        &a->dq,
+                        &a->dk,
+                        &a->dv,
+                        &a->d_proj_weight,
+                        &a->d_proj_bias,
+                        &m.lut,
+                        &m.count,
+                        &m.negl_lut,
+                        &m.negl_count,
+                        &m.inv_offset,
+                        &m.inv_index,
+                        &m.negl_inv_offset,
+                        &m.negl_inv_index}) {
+    t->device = Device::cuda;
+  }
+}
+
+// The CUDA backward rebuilds the inverse tables from the checked LUT and never reads the caller's: they are
+// optional there, and checked (pair, shape, dtype, device) when given.
+TEST(ApiValidation, CudaBackwardInverseTablesAreOptionalButCheckedWhenGiven) {
+  BackwardArgs a = make_backward();
+  move_to_cuda(&a);
+  ASSERT_TRUE(bwd(a).ok()) << bwd(a).message;  // with them
+  a.map.inv_offset = TensorView{};
+  a.map.inv_index = TensorView{};
+  Problem p;
+  ASSERT_TRUE(validate_backward(a, global_cfg(), &p).ok()) << validate_backward(a, global_cfg(), &p).message;
+  EXPECT_EQ(p.device, Device::cuda);
+  EXPECT_EQ(p.map.critical, T);
+  EXPECT_TRUE(p.save_for_backward);
+  // The complement variant with negligible tables, no inverse tables at all.
+  BackwardArgs c = make_backward(DType::bf16, /*complement=*/true);
+  c.map = make_map(/*inverse=*/false, /*negligible=*/true);
+  move_to_cuda(&c);
+  EXPECT_TRUE(bwd(c, complement_cfg()).ok()) << bwd(c, complement_cfg()).message;
+  // The same call on the CPU is refused: only the device decides.
+  BackwardArgs h = make_backward(DType::bf16, /*complement=*/true);
+  h.map = make_map(false, true);
+  EXPECT_TRUE(IsInvalid(bwd(h, complement_cfg()), "map.inv_offset: required but absent; the CPU backward"));
+
+  // Given: half a pair, a wrong shape, a wrong dtype or a table on another device are still rejected.
+  a.map.inv_offset = view(DType::i32, {B, H, NK + 1});
+  a.map.inv_offset.device = Device::cuda;
+  EXPECT_TRUE(IsInvalid(bwd(a), "map.inv_index: absent but map.inv_offset is present"));
+  a.map.inv_index = view(DType::i32, {B, H, NQ * T + 1});
+  a.map.inv_index.device = Device::cuda;
+  EXPECT_TRUE(IsInvalid(bwd(a), "map.inv_index: expected shape[2] (Nq * T) = 8, got 9"));
+  a.map.inv_index = view(DType::f32, {B, H, NQ * T});
+  a.map.inv_index.device = Device::cuda;
+  EXPECT_TRUE(IsInvalid(bwd(a), "map.inv_index: expected dtype i32"));
+  a.map.inv_index = view(DType::i32, {B, H, NQ * T});  // on the host
+  EXPECT_TRUE(IsInvalid(bwd(a), "map.inv_index: expected device cuda:0 like q, got cpu:0"));
+}
+
+// In a build without CUDA, a CUDA backward without inverse tables gets past validation to the missing backend.
+TEST(ApiValidation, CudaBackwardWithoutInverseTablesReachesTheBackend) {
+  if (build_info().find("without CUDA") == std::string::npos) GTEST_SKIP() << "built with CUDA";
+  BackwardArgs a = make_backward();
+  a.map = make_map(/*inverse=*/false, false);
+  move_to_cuda(&a);
+  const std::string expected = "q: tensor is on CUDA but this build of SLA has no CUDA backend";
+  EXPECT_TRUE(HasError(backward(a, global_cfg(), Exec{}), StatusCode::unsupported, expected));
+  std::size_t bytes = 0;
+  EXPECT_TRUE(HasError(backward_workspace_size(a, global_cfg(), &bytes), StatusCode::unsupported, expected));
 }
 
 // No backward reads the negligible class's inverse tables: they may be absent, and are checked when given.
@@ -669,6 +761,11 @@ TEST(ApiValidation, BackwardRejectsInverseTablesBeyondInt32) {
   a.map.count = view(DType::i32, {1, 1, n});
   a.map.inv_offset = view(DType::i32, {1, 1, n + 1});
   a.map.inv_index = view(DType::i32, {1, 1, n * n});
+  EXPECT_TRUE(HasError(bwd(a, c), StatusCode::unsupported, "map.inv_index: Nq * T = 62500 * 62500"));
+  // The CUDA backward rebuilds tables of that size in its workspace: refused without the caller's too.
+  a.map.inv_offset = TensorView{};
+  a.map.inv_index = TensorView{};
+  for (TensorView* t : {&a.q, &a.k, &a.v, &a.map.lut, &a.map.count}) t->device = Device::cuda;
   EXPECT_TRUE(HasError(bwd(a, c), StatusCode::unsupported, "map.inv_index: Nq * T = 62500 * 62500"));
 }
 

@@ -5,6 +5,7 @@ held fixed."""
 from __future__ import annotations
 
 import math
+import types
 
 import pytest
 import torch
@@ -183,3 +184,123 @@ def test_expanded_grad_output():
     sla.sparse_linear_attention(*ref, topk=0.5).backward(torch.ones(1, 2, 100, 16, dtype=torch.float64))
     for ours, r in zip((q.grad, k.grad, v.grad), ref):
         assert torch.equal(ours, r.grad)
+
+
+# ---- the inverse tables: built for the CPU backward, which reads them; not for CUDA inputs, whose backward builds
+# its own from the checked LUT (include/sla/sla.h, BackwardArgs)
+
+
+def spy_with_inverse(monkeypatch, *, fail_off_cpu=False):
+    """Records the device of every BlockMap.with_inverse call (which still builds the tables); with `fail_off_cpu`,
+    a call for a map that is not on the CPU fails the test."""
+    calls = []
+    real = sla.BlockMap.with_inverse
+
+    def spy(self):
+        calls.append(self.lut.device.type)
+        if fail_off_cpu and self.lut.device.type != "cpu":
+            raise AssertionError(f"with_inverse() called for a {self.lut.device.type} map")
+        return real(self)
+
+    monkeypatch.setattr(sla.BlockMap, "with_inverse", spy)
+    return calls
+
+
+def test_cpu_training_builds_and_uses_the_inverse_tables(monkeypatch):
+    q, k, v = make_qkv(1, 2, 150, 200, 8, requires_grad=True)
+    bare = sla.block_map(q, k, topk=0.5, with_inverse=False)
+    full = bare.with_inverse()
+    calls = spy_with_inverse(monkeypatch)
+
+    # Predicted map: built by the block_map op itself (no with_inverse call), equal to what with_inverse() builds.
+    o, bmap = sla.sparse_linear_attention(q, k, v, topk=0.5, return_block_map=True)
+    assert bmap.has_inverse and calls == []
+    assert torch.equal(bmap.lut, bare.lut)
+    assert torch.equal(bmap.inv_offset, full.inv_offset) and torch.equal(bmap.inv_index, full.inv_index)
+
+    # A caller's map without them gets them, and the same gradients as the map that had them.
+    d_o = torch.randn_like(o)
+    o1, used = sla.sparse_linear_attention(q, k, v, block_map=bare, return_block_map=True)
+    assert calls == ["cpu"] and used.has_inverse
+    assert torch.equal(used.inv_offset, full.inv_offset) and torch.equal(used.inv_index, full.inv_index)
+    g_built = torch.autograd.grad(o1, (q, k, v), d_o)
+    o2, used = sla.sparse_linear_attention(q, k, v, block_map=full, return_block_map=True)
+    assert used is full  # with_inverse() of a map that has them is the map itself
+    g_given = torch.autograd.grad(o2, (q, k, v), d_o)
+    for a, b in zip(g_built, g_given):
+        assert torch.equal(a, b)
+
+    # Inference builds none.
+    del calls[:]
+    with torch.no_grad():
+        _, used = sla.sparse_linear_attention(q, k, v, block_map=bare, return_block_map=True)
+    assert not used.has_inverse and calls == []
+    _, used = sla.sparse_linear_attention(q.detach(), k.detach(), v.detach(), topk=0.5, return_block_map=True)
+    assert not used.has_inverse
+
+
+def test_cpu_backward_without_inverse_tables_fails_clearly():
+    q, k, v = make_qkv(1, 2, 150, 200, 8, requires_grad=True)
+    bare = sla.block_map(q, k, topk=0.5, with_inverse=False)
+    options = (bare.block_q, bare.block_k, "global", "softmax", 0.0, 1e-5)
+    o, *saved = torch.ops.sla.forward(q, k, v, None, None, *bare.tables(), *options, True)
+    # Autograd checks before calling the op.
+    with pytest.raises(RuntimeError, match=r"backward needs the inverse block-map tables \(inv_offset, inv_index\)"):
+        o.sum().backward()
+    # The op itself: the library names the table, the shapes expected and how to build them. By hand: Nk + 1 =
+    # ceil(200 / 64) + 1 = 5, Nq * T = ceil(150 / 64) * floor(0.5 * 4) = 3 * 2 = 6.
+    args = (torch.ones_like(o), q.detach(), k.detach(), v.detach(), None, None, *bare.tables(), o.detach(), *saved)
+    with pytest.raises(
+        ValueError,
+        match=r"map\.inv_offset: required but absent; the CPU backward reads the inverse tables: expected "
+        r"map\.inv_offset \(B, H, Nk \+ 1\) = \(1, 2, 5\) and map\.inv_index \(B, H, Nq \* T\) = \(1, 2, 6\), "
+        r"filled from the LUT by invert_block_map .*BlockMap\.with_inverse\(\)",
+    ):
+        torch.ops.sla.backward(*args, *options)
+    # With the tables the same call runs.
+    full = bare.with_inverse()
+    args = (torch.ones_like(o), q.detach(), k.detach(), v.detach(), None, None, *full.tables(), o.detach(), *saved)
+    dq, dk, dv, _, _ = torch.ops.sla.backward(*args, *options)
+    assert torch.isfinite(dq).all() and torch.isfinite(dk).all() and torch.isfinite(dv).all()
+
+
+def fake_cuda_mode():
+    """A FakeTensorMode in which CUDA tensors can be made without a GPU (shapes and devices only), or a skip."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    try:
+        with mode:
+            torch.empty(1, device="cuda")
+    except Exception as exc:  # noqa: BLE001 - whatever this torch build raises for fake CUDA tensors
+        pytest.skip(f"this torch cannot fake CUDA tensors here: {exc}")
+    return mode
+
+
+def test_cuda_inputs_get_no_inverse_tables_when_training(monkeypatch):
+    # Traced with fake CUDA tensors: the functional layer's choice of tables runs on any machine (tests/python/
+    # test_cuda.py runs the real backward on a GPU). A CUDA map must never be inverted for the backward.
+    mode = fake_cuda_mode()
+    calls = spy_with_inverse(monkeypatch, fail_off_cpu=True)
+    with mode:
+        q, k, v = (torch.randn(1, 2, 300, 64, device="cuda", dtype=torch.bfloat16).requires_grad_() for _ in range(3))
+        o, bmap = sla.sparse_linear_attention(q, k, v, topk=0.5, return_block_map=True)
+        assert o.requires_grad and o.device.type == "cuda"
+        assert bmap.lut.device.type == "cuda" and bmap.lut.shape == (1, 2, 5, 2)
+        assert not bmap.has_inverse and bmap.inv_index.shape == (1, 2, 0)
+        bare = sla.block_map(q, k, topk=0.5, with_inverse=False)
+        o, used = sla.sparse_linear_attention(q, k, v, block_map=bare, return_block_map=True)
+        assert o.requires_grad and used is bare
+
+        # The autograd formula hands such a map to the backward op instead of raising (the fake autograd engine
+        # cannot run a CUDA backward without a GPU, so the formula is called directly, with a context as
+        # _setup_context fills it).
+        qd, kd, vd = q.detach(), k.detach(), v.detach()
+        options = (bare.block_q, bare.block_k, "global", "softmax", 0.0, 1e-5)
+        saved = torch.ops.sla.forward(qd, kd, vd, None, None, *bare.tables(), *options, True)
+        ctx = types.SimpleNamespace(
+            saved_state=True, options=options, saved_tensors=(qd, kd, vd, None, None, *bare.tables(), *saved)
+        )
+        grads = sla._autograd._backward(ctx, torch.ones_like(saved[0]))
+        assert [g.shape for g in grads[:3]] == [q.shape, k.shape, v.shape] and grads[3] is None
+    assert calls == []

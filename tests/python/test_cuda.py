@@ -109,6 +109,53 @@ def test_feature_maps(phi):
         assert err <= bound, f"{name}: max error {err:.3e} > bound {bound:.3e}"
 
 
+@pytest.mark.parametrize("variant,negligible", [("global", 0.0), ("complement", 0.2)])
+def test_backward_needs_no_inverse_tables(monkeypatch, variant, negligible):
+    # The CUDA backward builds its own inverse tables from the checked LUT: the functional layer must not build them
+    # for CUDA tensors (with_inverse() fails the test here for a CUDA map), the backward must accept a map without
+    # them, and its gradients must be bitwise those of the same map with them (the kernels use no atomics).
+    q, k, v = make_qkv(2, 3, 700, 900, 64, dtype=torch.bfloat16, device="cuda", requires_grad=True)
+    w = (0.2 * torch.randn(64, 64)).cuda().requires_grad_()
+    b = (0.2 * torch.randn(64)).cuda().requires_grad_()
+    rule = dict(topk=0.3, variant=variant, negligible=negligible)
+    full = sla.block_map(q, k, **rule)  # with_inverse=True by default: the tables the backward used to get
+    bare = sla.block_map(q, k, with_inverse=False, **rule)
+    assert full.has_inverse and not bare.has_inverse
+    assert torch.equal(full.lut, bare.lut) and torch.equal(full.count, bare.count)
+
+    calls = []
+    real_with_inverse = sla.BlockMap.with_inverse
+
+    def no_cuda_inversion(self):
+        calls.append(self.lut.device.type)
+        if self.lut.is_cuda:
+            raise AssertionError("with_inverse() called for a CUDA map: the CUDA backward builds its own")
+        return real_with_inverse(self)
+
+    monkeypatch.setattr(sla.BlockMap, "with_inverse", no_cuda_inversion)
+    layer = dict(variant=variant, proj_weight=w, proj_bias=b)
+    d_o = torch.randn(2, 3, 700, 64, device="cuda", dtype=torch.bfloat16)
+    inputs = (q, k, v, w, b)
+
+    o_full = sla.sparse_linear_attention(q, k, v, block_map=full, **layer)
+    g_full = torch.autograd.grad(o_full, inputs, d_o)
+    o_bare, used = sla.sparse_linear_attention(q, k, v, block_map=bare, return_block_map=True, **layer)
+    assert used is bare  # the map the ops got: no inverse tables
+    g_bare = torch.autograd.grad(o_bare, inputs, d_o)
+    # The predicted path: the block_map op is asked for no inverse tables either.
+    o_pred, pred = sla.sparse_linear_attention(q, k, v, return_block_map=True, topk=0.3, negligible=negligible, **layer)
+    assert not pred.has_inverse and pred.inv_offset.numel() == 0 and pred.inv_index.numel() == 0
+    assert torch.equal(pred.lut, full.lut) and torch.equal(pred.count, full.count)
+    g_pred = torch.autograd.grad(o_pred, inputs, d_o)
+    assert calls == []
+
+    assert torch.equal(o_bare, o_full) and torch.equal(o_pred, o_full)
+    for name, a, c, p in zip(("dq", "dk", "dv", "dW", "db"), g_bare, g_full, g_pred):
+        assert torch.isfinite(c).all() and c.abs().max() > 0, name
+        assert torch.equal(a, c), f"{name}: differs without the inverse tables (caller's map)"
+        assert torch.equal(p, c), f"{name}: differs without the inverse tables (predicted map)"
+
+
 def test_block_map_matches_the_cpu_backend():
     q, k, _ = make_qkv(2, 4, 3000, 2900, 128, dtype=torch.bfloat16)
     gpu = sla.block_map(q.cuda(), k.cuda(), topk=0.1, block_q=128, block_k=64)
