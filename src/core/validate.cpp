@@ -826,8 +826,10 @@ Status validate_forward(const ForwardArgs& a, const Config& cfg, Problem* p) {
 Status validate_backward(const BackwardArgs& a, const Config& cfg, Problem* p) {
   Problem r;
   SLA_RETURN_IF_ERROR(resolve_qkv(a.q, a.k, a.v, cfg, &r));
-  // The CPU backward reads the caller's inverse tables; the CUDA backward rebuilds them and ignores the caller's.
-  const InverseTables inverse = a.q.device == Device::cpu ? InverseTables::required : InverseTables::rebuilt;
+  // The CPU backward reads the caller's inverse tables and O_l; the CUDA backward rebuilds the tables and forms
+  // D_r and dW without O_l.
+  const bool cpu_backward = a.q.device == Device::cpu;
+  const InverseTables inverse = cpu_backward ? InverseTables::required : InverseTables::rebuilt;
   SLA_RETURN_IF_ERROR(check_call_map(a.map, cfg, a.q, inverse, &r.map));
   SLA_RETURN_IF_ERROR(check_projection("proj_weight", a.proj_weight, "proj_bias", a.proj_bias, a.q, r));
   SLA_RETURN_IF_ERROR(check_output_like("o", a.o, r, a.q, /*written=*/false));
@@ -837,7 +839,7 @@ Status validate_backward(const BackwardArgs& a, const Config& cfg, Problem* p) {
     SLA_RETURN_IF_ERROR(check_acc_tensor("o_sparse", a.o_sparse, {b, h, lq, dv}, a.q, r));
   }
   SLA_RETURN_IF_ERROR(check_saved({a.lse, a.o_lin, a.lin_h, a.lin_z}, a.q, r));
-  if (!a.o_lin.present() && a.q.device == Device::cpu) {
+  if (cpu_backward && !a.o_lin.present()) {
     return Status::Invalid(
         "o_lin: absent; expected the forward's O_l (B, H, Lq, Dv), which the CPU backward reads (save it in the "
         "forward: ForwardArgs::o_lin; the CUDA backward does not need it)");
